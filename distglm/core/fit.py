@@ -1,0 +1,417 @@
+"""``fit_block``: fit a block of neurons jointly, with masked features, in one jitted solve.
+
+Every function evaluation is one matrix product ``X @ (coef * mask)`` over the whole block
+(and one more for its gradient), so a block of hundreds of neurons runs at matmul speed.
+Because the loss and the penalties are sums over neurons, the joint optimum is each neuron's
+own optimum; convergence is judged neuron by neuron (each neuron's optimality error must fall
+below ``tol``), so blocks of any size stop at the same per-neuron precision.
+
+Smooth problems are solved in preconditioned coordinates: for neuron ``n`` the parameters
+``theta_n = [coef_n, intercept_n]`` are written ``theta_n = L_n^{-T} v_n`` where
+``L_n L_n^T`` is the Hessian of its loss at the starting point (exact for canonical links,
+``h_n * [X 1]^T [X 1] / n_samples`` restricted to the neuron's unmasked features, plus the
+ridge curvature). The solver then sees a problem whose Hessian starts at the identity, so
+quasi-Newton methods take near-Newton steps from the first iteration. The change of
+variables costs ``n_neurons * (n_features + 1)**2`` flops per evaluation, negligible next to
+the matrix products, and leaves the optimum unchanged.
+
+Failures are data: a neuron whose initial intercept is not finite (no events at all) or whose
+solution turns non-finite is reported in ``status`` and left out of the solve; the rest of
+the block still fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import solvers as _solvers
+from .observations import Observations, initial_intercept, resolve_link
+from .regularizers import Regularizer
+
+__all__ = [
+    "Params",
+    "FitConfig",
+    "BlockResult",
+    "STATUS_OK",
+    "STATUS_NOT_CONVERGED",
+    "STATUS_NONFINITE_INIT",
+    "STATUS_NONFINITE_SOLUTION",
+    "STATUS_REASONS",
+    "fit_block",
+    "default_init",
+    "predict_rate",
+    "state_leaves",
+]
+
+STATUS_OK = 0
+STATUS_NOT_CONVERGED = 1
+STATUS_NONFINITE_INIT = 2
+STATUS_NONFINITE_SOLUTION = 3
+
+STATUS_REASONS = {
+    STATUS_OK: "",
+    STATUS_NOT_CONVERGED: "did not converge within maxiter",
+    STATUS_NONFINITE_INIT: "initial intercept is not finite (a neuron with no events, or a mean response "
+    "outside the inverse link's range)",
+    STATUS_NONFINITE_SOLUTION: "the solver returned a non-finite solution",
+}
+
+_MAX_RETRIES = 3
+
+
+class Params(NamedTuple):
+    """Model parameters of a block of neurons.
+
+    Attributes
+    ----------
+    coef : array of shape (n_features, n_neurons)
+    intercept : array of shape (n_neurons,)
+    """
+
+    coef: Any
+    intercept: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Everything static about a fit; hashable, so it keys the jit cache.
+
+    Attributes
+    ----------
+    observation : Observations
+    inverse_link : callable or str
+    regularizer : Regularizer
+    solver_name : str
+    solver_kwargs : tuple of (key, value) pairs, sorted
+    """
+
+    observation: Observations
+    inverse_link: Callable | str
+    regularizer: Regularizer
+    solver_name: str
+    solver_kwargs: tuple = ()
+
+    @property
+    def link(self) -> Callable:
+        return resolve_link(self.inverse_link)
+
+    @property
+    def preconditioned(self) -> bool:
+        return self.regularizer.smooth and self.solver_name != "ProximalGradient"
+
+
+class BlockResult(NamedTuple):
+    """What ``fit_block`` returns; per-neuron arrays have the neuron axis last.
+
+    Attributes
+    ----------
+    coef : array of shape (n_features, n_neurons); masked entries exactly 0
+    intercept : array of shape (n_neurons,)
+    scale : array of shape (n_neurons,)
+    dof_resid : array of shape (n_neurons,)
+    n_iter : int array of shape (n_neurons,): iterations until the neuron first met ``tol``
+    converged : bool array of shape (n_neurons,)
+    loss : array of shape (n_neurons,): final penalised loss of each neuron
+    grad_norm : array of shape (n_neurons,): final optimality error of each neuron
+    status : int8 array of shape (n_neurons,): a key of ``STATUS_REASONS``
+    state : the solver's state (a jaxopt NamedTuple) at the end of the solve
+    """
+
+    coef: Any
+    intercept: Any
+    scale: Any
+    dof_resid: Any
+    n_iter: Any
+    converged: Any
+    loss: Any
+    grad_norm: Any
+    status: Any
+    state: Any
+
+
+def predict_rate(link: Callable, X, coef, intercept, mask=None):
+    """Mean response ``link(X @ (coef * mask) + intercept)``, shape (n_samples, n_neurons)."""
+    weights = coef if mask is None else coef * mask
+    return link(X @ weights + intercept)
+
+
+def default_init(config: FitConfig, y, n_features: int, dtype) -> Params:
+    """Zero coefficients and the intercepts matching each neuron's mean response.
+
+    ``y`` has shape (n_samples, n_neurons); the coefficients have shape (n_features, n_neurons).
+    """
+    mean_y = np.asarray(jnp.mean(jnp.asarray(y, dtype=dtype), axis=0))
+    intercept = jnp.asarray(initial_intercept(config.inverse_link, mean_y), dtype=dtype)
+    return Params(jnp.zeros((n_features, mean_y.shape[0]), dtype), intercept)
+
+
+def _neuron_norm(tree: Params):
+    return jnp.sqrt(jnp.sum(tree.coef**2, axis=0) + tree.intercept**2)
+
+
+def _curvature(obs: Observations, link: Callable, y, eta):
+    """Mean over samples of d^2 nll / d eta^2, shape (n_neurons,)."""
+    def elem(yi, ei):
+        return obs.nll_terms(yi, link(ei))
+
+    d2 = jax.grad(jax.grad(elem, argnums=1), argnums=1)
+    return jnp.mean(jax.vmap(jax.vmap(d2))(y, eta), axis=0)
+
+
+def _preconditioner(X, mask, h, ridge):
+    """Cholesky factor L (n_neurons, p+1, p+1) with L L^T the block Hessian at the start."""
+    n, p = X.shape
+    A = jnp.concatenate([X, jnp.ones((n, 1), X.dtype)], axis=1)
+    gram = A.T @ A / n
+    m = jnp.concatenate([mask, jnp.ones((1, mask.shape[1]), X.dtype)], axis=0).T  # (N, p+1)
+    h = jnp.where(jnp.isfinite(h) & (h > 0), h, 1.0)
+    P = h[:, None, None] * gram[None] * m[:, :, None] * m[:, None, :]
+    diag = 1.0 - m
+    if ridge is not None:
+        diag = diag + jnp.concatenate([ridge * mask, jnp.zeros((1, mask.shape[1]), X.dtype)], axis=0).T
+    eye = jnp.eye(p + 1, dtype=X.dtype)
+    P = P + diag[:, :, None] * eye
+    # a rank-deficient design would make P singular; a relative jitter keeps Cholesky defined
+    jitter = 1e-7 if X.dtype == jnp.float32 else 1e-12
+    P = P + jitter * jnp.trace(P, axis1=1, axis2=2)[:, None, None] / (p + 1) * eye
+    L = jnp.linalg.cholesky(P)
+    good = jnp.all(jnp.isfinite(L), axis=(1, 2))
+    return jnp.where(good[:, None, None], L, eye)
+
+
+class _Problem(NamedTuple):
+    solver: Any
+    to_theta: Callable
+    to_solver: Callable
+    data_loss: Callable
+    penalty: Callable
+    error: Callable
+
+
+def _build(X, y, mask, strength, active, tri, config: FitConfig) -> _Problem:
+    """The solver and coordinate maps for a block (traced inside jit)."""
+    obs, reg, link = config.observation, config.regularizer, config.link
+    p = X.shape[1]
+    weight = active.astype(X.dtype)
+
+    def data_loss(theta: Params):
+        rate = predict_rate(link, X, theta.coef, theta.intercept, mask)
+        return jnp.mean(obs.nll_terms(y, rate), axis=0)
+
+    def penalty(theta: Params):
+        return reg.penalty(theta.coef * mask, strength)
+
+    if config.preconditioned:
+        def to_theta(v: Params) -> Params:
+            V = jnp.concatenate([v.coef, v.intercept[None]], axis=0).T  # (N, p+1)
+            T = jax.scipy.linalg.solve_triangular(tri, V[..., None], lower=True, trans="T")[..., 0]
+            return Params(T[:, :p].T, T[:, p])
+
+        def to_solver(theta: Params) -> Params:
+            T = jnp.concatenate([theta.coef, theta.intercept[None]], axis=0).T
+            V = jnp.einsum("nji,nj->ni", tri, T)
+            return Params(V[:, :p].T, V[:, p])
+    else:
+        def to_theta(v):
+            return v
+
+        def to_solver(theta):
+            return theta
+
+    if reg.smooth:
+        def objective(v):
+            theta = to_theta(v)
+            return jnp.sum(weight * (data_loss(theta) + penalty(theta)))
+
+        prox = None
+    else:
+        def objective(theta):
+            return jnp.sum(weight * data_loss(theta))
+
+        def prox(theta, hyperparams, scaling=1.0):
+            return Params(reg.prox(theta.coef, strength, scaling), theta.intercept)
+
+    solver = _solvers.make_solver(config.solver_name, objective, prox, dict(config.solver_kwargs))
+
+    if _solvers.has_grad_in_state(config.solver_name):
+        def error(v_old, v_new, state):
+            return _neuron_norm(state.grad)
+    else:
+        def error(v_old, v_new, state):
+            step = jax.tree_util.tree_map(lambda a, b: a - b, v_new, v_old)
+            return _neuron_norm(step) / jnp.maximum(state.stepsize, jnp.finfo(X.dtype).tiny)
+
+    return _Problem(solver, to_theta, to_solver, data_loss, penalty, error)
+
+
+def _safe_inputs(config: FitConfig, y, init: Params, active):
+    """Replace inactive neurons' data and start so they contribute exact zeros, never NaN."""
+    safe_y = 0.5 if config.observation.name == "Bernoulli" else 1.0
+    y = jnp.where(active[None, :], y, safe_y)
+    safe_b = jnp.asarray(initial_intercept(config.inverse_link, np.asarray(safe_y)), y.dtype)
+    coef = jnp.where(active[None, :], init.coef, 0.0)
+    intercept = jnp.where(active, init.intercept, safe_b)
+    return y, Params(coef, intercept)
+
+
+def _tri(X, y, mask, theta0: Params, strength, config: FitConfig):
+    if not config.preconditioned:
+        return jnp.zeros((0,), X.dtype)
+    eta0 = X @ (theta0.coef * mask) + theta0.intercept
+    h = _curvature(config.observation, config.link, y, eta0)
+    return _preconditioner(X, mask, h, config.regularizer.ridge_diagonal(strength))
+
+
+def _dof_resid(config: FitConfig, X, coef):
+    n, p = X.shape
+    n_neurons = coef.shape[1]
+    name = config.regularizer.name
+    if name in ("Lasso", "ElasticNet", "GroupLasso"):
+        nnz = jnp.sum(~jnp.isclose(coef, 0.0), axis=0)
+        return (n - nnz - 1).astype(X.dtype)
+    if name == "Ridge":
+        return jnp.full((n_neurons,), n - p - 1, X.dtype)
+    return jnp.full((n_neurons,), n - jnp.linalg.matrix_rank(X) - 1, X.dtype)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _solve(X, y, mask, init: Params, strength, active, config: FitConfig):
+    y, theta0 = _safe_inputs(config, y, init, active)
+    tri = _tri(X, y, mask, theta0, strength, config)
+    prob = _build(X, y, mask, strength, active, tri, config)
+    solver = prob.solver
+    v0 = prob.to_solver(theta0)
+    # ProximalGradient takes the prox hyperparameters positionally; ours live in the closure
+    extra = (None,) if config.solver_name == "ProximalGradient" else ()
+    state0 = solver.init_state(v0, *extra)
+    n_neurons = y.shape[1]
+    maxiter, tol = solver.maxiter, solver.tol
+
+    def cond(carry):
+        _, _, it, _, err = carry
+        return (it < maxiter) & jnp.any(active & ~(err <= tol))
+
+    def body(carry):
+        v, state, it, n_iter, err = carry
+        v_new, state_new = solver.update(v, state, *extra)
+        err_new = prob.error(v, v_new, state_new)
+        n_iter = jnp.where(err <= tol, n_iter, it + 1)
+        return v_new, state_new, it + 1, n_iter, err_new
+
+    init_err = jnp.full((n_neurons,), jnp.inf, X.dtype)
+    carry = (v0, state0, jnp.asarray(0), jnp.zeros((n_neurons,), jnp.int32), init_err)
+    v, state, _, n_iter, err = jax.lax.while_loop(cond, body, carry)
+
+    theta = prob.to_theta(v)
+    coef = theta.coef * mask
+    intercept = theta.intercept
+    loss = prob.data_loss(theta) + prob.penalty(theta)
+    dof = _dof_resid(config, X, coef)
+    rate = predict_rate(config.link, X, coef, intercept)
+    scale = config.observation.estimate_scale(y, rate, dof)
+    finite = jnp.all(jnp.isfinite(coef), axis=0) & jnp.isfinite(intercept) & jnp.isfinite(loss)
+    return coef, intercept, scale, dof, n_iter, err, loss, finite, state
+
+
+def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strength=None) -> BlockResult:
+    """Fit a block of neurons sharing the design ``X``; compiled once per shape and config.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+        Design matrix, NaN rows already removed.
+    y : array of shape (n_samples, n_neurons)
+        Responses of the block's neurons.
+    mask : array of shape (n_features, n_neurons)
+        1 where a feature predicts a neuron, 0 where it does not.
+    config : FitConfig
+    init : Params, optional
+        Starting coefficients (n_features, n_neurons) and intercepts (n_neurons,); default zeros
+        and the intercepts matching each neuron's mean response.
+    strength : per-neuron strength arrays, optional
+        As returned by ``config.regularizer.expand_strength`` (neuron axis last).
+
+    Returns
+    -------
+    BlockResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from distglm.core import FitConfig, fit_block, PoissonObservations, UnRegularized
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(500, 3)).astype("float32")
+    >>> y = rng.poisson(np.exp(X @ np.array([[0.3, 0.0], [0.0, -0.2], [0.1, 0.2]]))).astype("float32")
+    >>> cfg = FitConfig(PoissonObservations(), "exp", UnRegularized(), "LBFGS", (("tol", 1e-6),))
+    >>> res = fit_block(X, y, np.ones((3, 2), "float32"), cfg)
+    >>> res.coef.shape, bool(res.converged.all())
+    ((3, 2), True)
+    """
+    X = jnp.asarray(X)
+    dtype = X.dtype
+    y = jnp.asarray(y, dtype=dtype)
+    mask = jnp.asarray(mask, dtype=dtype)
+    n_features = X.shape[1]
+    if init is None:
+        init = default_init(config, y, n_features, dtype)
+    else:
+        init = Params(jnp.asarray(init.coef, dtype), jnp.asarray(init.intercept, dtype))
+    if strength is not None:
+        strength = jax.tree_util.tree_map(lambda s: jnp.asarray(s, dtype), strength)
+
+    status = np.where(np.isfinite(np.asarray(init.intercept)), STATUS_OK, STATUS_NONFINITE_INIT).astype(np.int8)
+    for _ in range(_MAX_RETRIES):
+        active = jnp.asarray(status == STATUS_OK)
+        coef, intercept, scale, dof, n_iter, err, loss, finite, state = _solve(
+            X, y, mask, init, strength, active, config
+        )
+        newly_bad = np.asarray(active) & ~np.asarray(finite)
+        if not newly_bad.any():
+            break
+        # a diverging neuron poisons the joint line search: drop it and refit the others
+        status[newly_bad] = STATUS_NONFINITE_SOLUTION
+    tol = _solver_tol(config)
+    err = np.asarray(err)
+    converged = (status == STATUS_OK) & (err <= tol)
+    status = np.where((status == STATUS_OK) & ~converged, STATUS_NOT_CONVERGED, status).astype(np.int8)
+    failed = status >= STATUS_NONFINITE_INIT
+    nan = np.asarray(np.nan, dtype=np.dtype(dtype.name))
+    return BlockResult(
+        coef=np.where(failed[None, :], nan, np.asarray(coef)),
+        intercept=np.where(failed, nan, np.asarray(intercept)),
+        scale=np.where(failed, nan, np.asarray(scale)),
+        dof_resid=np.asarray(dof),
+        n_iter=np.asarray(n_iter, dtype=np.int32),
+        converged=converged,
+        loss=np.where(failed, nan, np.asarray(loss)),
+        grad_norm=np.where(failed, nan, err),
+        status=status,
+        state=state,
+    )
+
+
+def _solver_tol(config: FitConfig) -> float:
+    kwargs = dict(config.solver_kwargs)
+    if "tol" in kwargs:
+        return float(kwargs["tol"])
+    return float(_solvers.SOLVERS[config.solver_name].tol)
+
+
+def state_leaves(state) -> dict[str, tuple[np.ndarray, bool]]:
+    """Flatten a solver state into ``{name: (array, per_neuron)}`` for storage.
+
+    A leaf is per-neuron (neuron axis last) when it sits under a ``Params`` node, i.e. it is
+    shaped like the coefficients or the intercepts; other leaves describe the whole block.
+    """
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        names = [getattr(k, "name", getattr(k, "key", getattr(k, "idx", None))) for k in path]
+        per_neuron = any(n in ("coef", "intercept") for n in names)
+        out[".".join(str(n) for n in names)] = (np.asarray(leaf), per_neuron)
+    return out
