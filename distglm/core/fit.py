@@ -47,6 +47,10 @@ __all__ = [
     "default_init",
     "predict_rate",
     "state_leaves",
+    "UpdateState",
+    "init_update_state",
+    "update_step",
+    "dof_resid",
 ]
 
 STATUS_OK = 0
@@ -268,6 +272,11 @@ def _tri(X, y, mask, theta0: Params, strength, config: FitConfig):
     return _preconditioner(X, mask, h, config.regularizer.ridge_diagonal(strength))
 
 
+def _extra_args(config: FitConfig) -> tuple:
+    # ProximalGradient takes the prox hyperparameters positionally; ours live in the closure
+    return (None,) if config.solver_name == "ProximalGradient" else ()
+
+
 def _dof_resid(config: FitConfig, X, coef):
     n, p = X.shape
     n_neurons = coef.shape[1]
@@ -287,8 +296,7 @@ def _solve(X, y, mask, init: Params, strength, active, config: FitConfig):
     prob = _build(X, y, mask, strength, active, tri, config)
     solver = prob.solver
     v0 = prob.to_solver(theta0)
-    # ProximalGradient takes the prox hyperparameters positionally; ours live in the closure
-    extra = (None,) if config.solver_name == "ProximalGradient" else ()
+    extra = _extra_args(config)
     state0 = solver.init_state(v0, *extra)
     n_neurons = y.shape[1]
     maxiter, tol = solver.maxiter, solver.tol
@@ -415,3 +423,43 @@ def state_leaves(state) -> dict[str, tuple[np.ndarray, bool]]:
         per_neuron = any(n in ("coef", "intercept") for n in names)
         out[".".join(str(n) for n in names)] = (np.asarray(leaf), per_neuron)
     return out
+
+
+class UpdateState(NamedTuple):
+    """State of step-by-step fitting: the solver's state and the coordinates it works in.
+
+    Attributes
+    ----------
+    solver_state : the jaxopt solver state
+    tri : Cholesky factors of shape (n_neurons, n_features + 1, n_features + 1) of the
+        preconditioner fixed at initialisation (empty when the solver is not preconditioned)
+    """
+
+    solver_state: Any
+    tri: Any
+
+
+@partial(jax.jit, static_argnames=("config",))
+def init_update_state(X, y, mask, params: Params, strength, config: FitConfig) -> UpdateState:
+    """Set up step-by-step fitting (``update_step``) from ``params`` on the data ``X``, ``y``."""
+    active = jnp.ones(y.shape[1], dtype=bool)
+    tri = _tri(X, y, mask, params, strength, config)
+    prob = _build(X, y, mask, strength, active, tri, config)
+    extra = _extra_args(config)
+    return UpdateState(prob.solver.init_state(prob.to_solver(params), *extra), tri)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def update_step(X, y, mask, params: Params, ustate: UpdateState, strength, config: FitConfig):
+    """One solver iteration on the data ``X``, ``y``; returns ``(params, UpdateState)``."""
+    active = jnp.ones(y.shape[1], dtype=bool)
+    prob = _build(X, y, mask, strength, active, ustate.tri, config)
+    extra = _extra_args(config)
+    v, state = prob.solver.update(prob.to_solver(params), ustate.solver_state, *extra)
+    theta = prob.to_theta(v)
+    return Params(theta.coef * mask, theta.intercept), UpdateState(state, ustate.tri)
+
+
+def dof_resid(config: FitConfig, X, coef):
+    """Residual degrees of freedom per neuron (NeMoS's estimate), shape (n_neurons,)."""
+    return _dof_resid(config, jnp.asarray(X), jnp.asarray(coef))

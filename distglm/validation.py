@@ -1,0 +1,229 @@
+"""Input checks at the boundary. Each error names what was expected and what came.
+
+TypeError-flavoured errors (:class:`InputTypeError`) for the wrong kind of argument,
+ValueError-flavoured ones (:class:`InputError`) for a wrong value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .errors import FitError, InputError, InputTypeError
+
+__all__ = [
+    "Design",
+    "as_design",
+    "as_responses",
+    "check_n_samples",
+    "drop_nan_rows",
+    "check_support",
+    "as_feature_mask",
+    "as_params",
+]
+
+
+class Design(NamedTuple):
+    """A design matrix with its feature groups.
+
+    Attributes
+    ----------
+    X : np.ndarray of shape (n_samples, n_features)
+    groups : tuple of (name, n_columns) pairs when X came as a dict of feature groups, else None
+    """
+
+    X: np.ndarray
+    groups: tuple | None
+
+
+def _describe(value) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"{type(value).__name__} of shape {tuple(shape)}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _as_numeric(value, name: str) -> np.ndarray:
+    if isinstance(value, (str, bytes, dict)) or value is None:
+        raise InputTypeError(f"{name} must be array-like of numbers; got {_describe(value)}")
+    try:
+        arr = np.asarray(value)
+    except Exception as err:  # noqa: BLE001 - any failure to convert is the user's input
+        raise InputTypeError(f"{name} must be array-like of numbers; got {_describe(value)}") from err
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not (np.issubdtype(arr.dtype, np.number)):
+        raise InputTypeError(f"{name} must be array-like of numbers; got an array of dtype {arr.dtype}")
+    return arr
+
+
+def as_design(X, dtype) -> Design:
+    """Check ``X`` (2-D array, or dict of 2-D arrays with equal rows) and return it as one array."""
+    if isinstance(X, dict) or (hasattr(X, "keys") and hasattr(X, "values") and not hasattr(X, "shape")):
+        if len(X) == 0:
+            raise InputError("X is an empty dict; expected at least one feature group")
+        parts, groups = [], []
+        for key, value in X.items():
+            arr = _as_numeric(value, f"X[{key!r}]")
+            if arr.ndim != 2:
+                raise InputError(
+                    f"X[{key!r}] must be 2-dimensional of shape (n_samples, n_columns); got shape {arr.shape}"
+                )
+            parts.append(arr)
+            groups.append((str(key), arr.shape[1]))
+        rows = {p.shape[0] for p in parts}
+        if len(rows) > 1:
+            raise InputError(f"every feature group in X must have the same number of samples; got {sorted(rows)}")
+        return Design(np.concatenate(parts, axis=1).astype(dtype), tuple(groups))
+    arr = _as_numeric(X, "X")
+    if arr.ndim != 2:
+        raise InputError(f"X must be 2-dimensional of shape (n_samples, n_features); got shape {arr.shape}")
+    return Design(arr.astype(dtype, copy=False), None)
+
+
+def as_responses(y, dtype, population: bool) -> np.ndarray:
+    """Check ``y``: 2-D (n_samples, n_neurons) for a population, 1-D (n_samples,) otherwise."""
+    arr = _as_numeric(y, "y")
+    if population and arr.ndim != 2:
+        raise InputError(f"y must be 2-dimensional of shape (n_samples, n_neurons); got shape {arr.shape}")
+    if not population and arr.ndim != 1:
+        raise InputError(f"y must be 1-dimensional of shape (n_samples,); got shape {arr.shape}")
+    return arr.astype(dtype, copy=False)
+
+
+def check_n_samples(X: np.ndarray, y: np.ndarray) -> None:
+    """X and y must have the same number of samples (rows)."""
+    if X.shape[0] != y.shape[0]:
+        raise InputError(
+            f"X and y must have the same number of samples; got X with {X.shape[0]} and y with {y.shape[0]}"
+        )
+
+
+def drop_nan_rows(X: np.ndarray, y: np.ndarray | None = None):
+    """Drop time bins with a NaN in X or in any neuron of y; infinities are an error.
+
+    Returns ``(X, y, keep)`` with ``keep`` a boolean array of shape (n_samples,).
+    """
+    keep = ~np.isnan(X).any(axis=1)
+    if y is not None:
+        keep &= ~np.isnan(y.reshape(y.shape[0], -1)).any(axis=1)
+    if np.isinf(X[keep]).any():
+        row, col = np.argwhere(np.isinf(X[keep]))[0]
+        raise InputError(
+            f"X must be finite outside rows holding NaN (those rows are dropped); got {X[keep][row, col]} "
+            f"at row {np.flatnonzero(keep)[row]}, column {col}"
+        )
+    if y is not None and np.isinf(y[keep]).any():
+        bad = np.argwhere(np.isinf(y[keep].reshape(int(keep.sum()), -1)))[0]
+        raise InputError(f"y must be finite outside NaN rows; got {y[keep].reshape(int(keep.sum()), -1)[tuple(bad)]} "
+                         f"at row {np.flatnonzero(keep)[bad[0]]}, neuron {bad[1]}")
+    if not keep.any():
+        raise InputError("every sample holds a NaN in X or y; nothing is left to fit")
+    return X[keep], (None if y is None else y[keep]), keep
+
+
+def check_support(observation, y: np.ndarray, offset: int = 0) -> None:
+    """Raise if any ``y`` lies outside the observation model's support.
+
+    ``offset`` is added to the reported neuron index (for blocks of a larger population).
+    """
+    bad = observation.out_of_support(y)
+    if bad.any():
+        idx = tuple(np.argwhere(bad)[0])
+        where = f"sample {idx[0]}" + (f", neuron {idx[1] + offset}" if len(idx) > 1 else "")
+        raise InputError(
+            f"y must hold {observation.support} for the {observation.name} observation model; "
+            f"got {y[idx]} at {where} ({int(bad.sum())} such values)"
+        )
+
+
+def as_feature_mask(mask, groups: tuple | None, n_features: int, n_neurons: int) -> np.ndarray:
+    """Check a feature mask and return it as floats of shape (n_features, n_neurons).
+
+    An array mask must have shape (n_features, n_neurons); with a dict X, the mask is a dict of
+    (n_neurons,) arrays with X's keys, expanded here over each group's columns.
+    """
+    if groups is not None:
+        if not isinstance(mask, dict):
+            raise InputTypeError(
+                f"with X given as a dict of feature groups, feature_mask must be a dict with the same keys; "
+                f"got {_describe(mask)}"
+            )
+        names = [g[0] for g in groups]
+        if set(map(str, mask)) != set(names):
+            raise InputError(f"feature_mask keys {sorted(map(str, mask))} do not match X's feature groups {names}")
+        rows = []
+        by_name = {str(k): v for k, v in mask.items()}
+        for name, size in groups:
+            arr = _as_numeric(by_name[name], f"feature_mask[{name!r}]")
+            if arr.shape != (n_neurons,):
+                raise InputError(
+                    f"feature_mask[{name!r}] must have shape (n_neurons,) = ({n_neurons},); got shape {arr.shape}"
+                )
+            rows.append(np.repeat(arr[None, :].astype(float), size, axis=0))
+        full = np.concatenate(rows, axis=0)
+    else:
+        if isinstance(mask, dict):
+            raise InputTypeError("feature_mask is a dict but X is an array; pass an array of shape "
+                                 f"({n_features}, {n_neurons})")
+        full = _as_numeric(mask, "feature_mask").astype(float)
+        if full.shape != (n_features, n_neurons):
+            raise InputError(
+                f"feature_mask must have shape (n_features, n_neurons) = ({n_features}, {n_neurons}); "
+                f"got shape {full.shape}"
+            )
+    check_binary_mask(full)
+    return full
+
+
+def check_binary_mask(mask: np.ndarray) -> None:
+    """A feature mask may hold only 0s and 1s."""
+    bad = (mask != 0) & (mask != 1)
+    if bad.any():
+        raise InputError(f"feature_mask must hold only 0s and 1s; got {mask[bad][0]} (values {np.unique(mask)[:5]})")
+
+
+def as_params(init_params: Any, groups: tuple | None, n_features: int, n_neurons: int | None, dtype):
+    """Check ``init_params = (coef, intercept)``; return float arrays.
+
+    ``n_neurons`` None means a single-neuron GLM: coef (n_features,), intercept (1,).
+    """
+    if isinstance(init_params, (str, bytes)) or not hasattr(init_params, "__len__"):
+        raise InputTypeError(f"init_params must be a tuple (coef, intercept); got {_describe(init_params)}")
+    if len(init_params) != 2:
+        raise InputError(f"init_params must have length two, (coef, intercept); got length {len(init_params)}")
+    coef, intercept = init_params
+    if groups is not None:
+        if not isinstance(coef, dict) or set(map(str, coef)) != {g[0] for g in groups}:
+            raise InputError(f"init_params[0] must be a dict with X's feature groups {[g[0] for g in groups]}")
+        by_name = {str(k): v for k, v in coef.items()}
+        parts = []
+        for name, size in groups:
+            arr = _as_numeric(by_name[name], f"init_params[0][{name!r}]")
+            want = (size,) if n_neurons is None else (size, n_neurons)
+            if arr.shape != want:
+                raise InputError(f"init_params[0][{name!r}] must have shape {want}; got shape {arr.shape}")
+            parts.append(arr)
+        coef = np.concatenate(parts, axis=0)
+    coef = _as_numeric(coef, "init_params[0] (coef)").astype(dtype)
+    intercept = _as_numeric(intercept, "init_params[1] (intercept)").astype(dtype)
+    want_coef = (n_features,) if n_neurons is None else (n_features, n_neurons)
+    want_int = (1,) if n_neurons is None else (n_neurons,)
+    if coef.shape != want_coef:
+        raise InputError(f"init_params[0] (coef) must have shape {want_coef}; got shape {coef.shape}")
+    if intercept.shape != want_int:
+        raise InputError(f"init_params[1] (intercept) must have shape {want_int}; got shape {intercept.shape}")
+    if not (np.all(np.isfinite(coef)) and np.all(np.isfinite(intercept))):
+        raise InputError("init_params must be finite; got NaN or infinite values")
+    return coef, intercept
+
+
+def check_solution(coef: np.ndarray, intercept: np.ndarray) -> None:
+    """NeMoS's rule: a solution with every parameter NaN is an error, not a result."""
+    if np.all(np.isnan(coef)) and np.all(np.isnan(intercept)):
+        raise FitError(
+            "Solver returned NaN parameters for every neuron, so the solution is invalid; "
+            "try a smaller stepsize, more iterations, or float64 (jax_enable_x64)"
+        )
