@@ -47,6 +47,7 @@ __all__ = [
     "default_init",
     "predict_rate",
     "state_leaves",
+    "state_spec",
     "UpdateState",
     "init_update_state",
     "update_step",
@@ -411,18 +412,47 @@ def _solver_tol(config: FitConfig) -> float:
     return float(_solvers.SOLVERS[config.solver_name].tol)
 
 
-def state_leaves(state) -> dict[str, tuple[np.ndarray, bool]]:
-    """Flatten a solver state into ``{name: (array, per_neuron)}`` for storage.
-
-    A leaf is per-neuron (neuron axis last) when it sits under a ``Params`` node, i.e. it is
-    shaped like the coefficients or the intercepts; other leaves describe the whole block.
-    """
-    out = {}
+def _flatten_state(state):
+    """``[(name, leaf, per_neuron)]``; per-neuron leaves sit under a ``Params`` node."""
+    out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         names = [getattr(k, "name", getattr(k, "key", getattr(k, "idx", None))) for k in path]
         per_neuron = any(n in ("coef", "intercept") for n in names)
-        out[".".join(str(n) for n in names)] = (np.asarray(leaf), per_neuron)
+        out.append((".".join(str(n) for n in names), leaf, per_neuron))
     return out
+
+
+def state_leaves(state) -> dict[str, tuple[np.ndarray, bool]]:
+    """Flatten a solver state into ``{name: (array, per_neuron)}`` for storage.
+
+    A per-neuron leaf is shaped like the coefficients or the intercepts (neuron axis last);
+    the other leaves describe the whole block (iteration count, step size, ...).
+    """
+    return {name: (np.asarray(leaf), per_neuron) for name, leaf, per_neuron in _flatten_state(state)}
+
+
+def state_spec(config: FitConfig, n_samples: int, n_features: int, n_neurons: int, dtype, strength=None) -> dict:
+    """Shapes of the solver state of a block, without compiling or running anything.
+
+    Returns ``{name: (shape, dtype_str, per_neuron)}``; per-neuron shapes exclude the
+    trailing neuron axis. ``strength`` is the block's strength pytree (or None).
+    """
+    dtype = np.dtype(dtype)
+    sds = jax.ShapeDtypeStruct
+    args = (
+        sds((n_samples, n_features), dtype),
+        sds((n_samples, n_neurons), dtype),
+        sds((n_features, n_neurons), dtype),
+        Params(sds((n_features, n_neurons), dtype), sds((n_neurons,), dtype)),
+        jax.tree_util.tree_map(lambda a: sds(np.shape(a), dtype), strength),
+        sds((n_neurons,), np.dtype(bool)),
+    )
+    out = jax.eval_shape(partial(_solve, config=config), *args)
+    spec = {}
+    for name, leaf, per_neuron in _flatten_state(out[-1]):
+        shape = tuple(leaf.shape[:-1]) if per_neuron else tuple(leaf.shape)
+        spec[name] = (shape, np.dtype(leaf.dtype).str, per_neuron)
+    return spec
 
 
 class UpdateState(NamedTuple):

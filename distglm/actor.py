@@ -1,0 +1,157 @@
+"""The Ray actor that fits blocks of neurons: loads X once, compiles once, writes to the store.
+
+An actor receives the NaN-free design ``X`` once (through Ray's object store, zero-copy), and
+for each block reads only that block's ``y`` and mask from the store, pads the block to the
+common block size (so ``fit_block`` compiles once per actor), fits it with the shared core,
+and writes the block's results into its own chunks before marking it done.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from . import store
+from .plan import Block
+
+__all__ = ["ACTOR_ENV", "BlockFitter", "fit_one_block"]
+
+# One XLA thread per actor: actors are the unit of parallelism, and several multi-threaded
+# XLA runtimes on one machine only fight over its cores.
+ACTOR_ENV = {
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "JAX_PLATFORMS": "cpu",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def _slice_strength(strength, start: int, stop: int, pad_to: int):
+    """The block's slice of per-neuron strength arrays (neuron axis last), padded by repetition."""
+    if strength is None:
+        return None
+    import jax
+
+    def cut(a):
+        a = np.asarray(a)[..., start:stop]
+        if a.shape[-1] < pad_to:
+            pad = [(0, 0)] * (a.ndim - 1) + [(0, pad_to - a.shape[-1])]
+            a = np.pad(a, pad, mode="edge")
+        return a
+
+    return jax.tree_util.tree_map(cut, strength)
+
+
+def fit_one_block(path: str, block: Block, X: np.ndarray, keep: np.ndarray | None, model_config: dict,
+                  strength, pad_to: int) -> dict:
+    """Fit one block of neurons and write its results; returns a small summary.
+
+    Parameters
+    ----------
+    path : str
+        The store.
+    block : Block
+        Neurons ``[block.start, block.stop)``.
+    X : array of shape (n_kept_samples, n_features)
+        Design matrix with NaN rows already dropped.
+    keep : bool array of shape (n_samples,), or None when no row is dropped
+    model_config : dict
+        The model's configuration (:func:`distglm.glm.model_to_config`).
+    strength : per-neuron strength arrays of the whole population (neuron axis last), or None
+    pad_to : int
+        The common block size; shorter blocks are padded with empty neurons.
+    """
+    import jax
+
+    from .core import fit as core_fit
+    from .glm import model_from_config
+
+    t0 = time.perf_counter()
+    y = store.read_y_block(path, block.start, block.stop)
+    mask = store.read_mask_block(path, block.start, block.stop)
+    if keep is not None:
+        y = y[keep]
+    dtype = X.dtype
+    y = y.astype(dtype, copy=False)
+    n_real = block.stop - block.start
+    if n_real < pad_to:
+        # padded neurons have no events and no features: they fail at initialisation and
+        # never enter the solve, so the real neurons' results do not depend on padding
+        y = np.pad(y, ((0, 0), (0, pad_to - n_real)))
+        mask = np.pad(mask, ((0, 0), (0, pad_to - n_real)))
+    t_read = time.perf_counter() - t0
+
+    model = model_from_config(model_config)
+    config = model._fit_config()
+    t1 = time.perf_counter()
+    result = core_fit.fit_block(X, y, mask.astype(dtype), config,
+                                strength=_slice_strength(strength, block.start, block.stop, pad_to))
+    jax.block_until_ready(result.state)
+    t_solve = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    arrays = {
+        name: np.asarray(getattr(result, name))[..., :n_real]
+        for name in ("coef", "intercept", "scale", "dof_resid", "loss", "grad_norm", "n_iter", "converged", "status")
+    }
+    state = {}
+    for name, (leaf, per_neuron) in core_fit.state_leaves(result.state).items():
+        state[name] = leaf[..., :n_real] if per_neuron else leaf
+    store.write_block(path, block, arrays, state)
+    t_write = time.perf_counter() - t2
+
+    status = arrays["status"]
+    failures = {
+        int(block.start + i): core_fit.STATUS_REASONS[int(s)]
+        for i, s in enumerate(status)
+        if s != core_fit.STATUS_OK
+    }
+    return {
+        "block": block.id,
+        "n_neurons": n_real,
+        "n_converged": int(np.sum(arrays["converged"])),
+        "failures": failures,
+        "read_s": t_read,
+        "solve_s": t_solve,
+        "write_s": t_write,
+        "pid": os.getpid(),
+    }
+
+
+class BlockFitter:
+    """Ray actor class body (wrapped with ``ray.remote`` by the scheduler).
+
+    Parameters
+    ----------
+    path : str
+        The store.
+    X : array of shape (n_kept_samples, n_features)
+        NaN-free design matrix; passed as an object reference, so it is read once per actor.
+    keep : bool array of shape (n_samples,) or None
+    model_config : dict
+    strength : per-neuron strength arrays or None
+    pad_to : int
+    x64 : bool
+        Whether the driver runs JAX in float64.
+    """
+
+    def __init__(self, path, X, keep, model_config, strength, pad_to, x64):
+        import jax
+
+        jax.config.update("jax_enable_x64", bool(x64))
+        self._args = (path, X, keep, model_config, strength, pad_to)
+        self._n_blocks = 0
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def fit(self, block: Block) -> dict:
+        path, X, keep, model_config, strength, pad_to = self._args
+        t0 = time.perf_counter()
+        summary = fit_one_block(path, block, X, keep, model_config, strength, pad_to)
+        # the first block of an actor pays for compilation; report it apart
+        summary["first_block"] = self._n_blocks == 0
+        summary["total_s"] = time.perf_counter() - t0
+        self._n_blocks += 1
+        return summary

@@ -1,0 +1,151 @@
+import doctest
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import distglm.plan
+from distglm.errors import InputError, InputTypeError, PlanError
+from distglm.plan import TARGET_BLOCK_NEURONS, Block, padded_size, plan_blocks
+
+n_neurons_st = st.integers(1, 5000)
+chunk_st = st.integers(1, 600)
+actors_st = st.integers(1, 64)
+
+
+def check_partition(blocks, n_neurons, neuron_chunk):
+    """Blocks cover 0..n_neurons-1 once, in order, with ids 0..k-1, on chunk boundaries."""
+    assert [b.id for b in blocks] == list(range(len(blocks)))
+    assert blocks[0].start == 0
+    assert blocks[-1].stop == n_neurons
+    for before, after in zip(blocks, blocks[1:]):
+        assert before.stop == after.start
+    assert all(b.size > 0 for b in blocks)
+    assert all(b.start % neuron_chunk == 0 for b in blocks)
+    assert all(b.stop % neuron_chunk == 0 for b in blocks[:-1])
+
+
+def check_sizes(blocks, block_size):
+    assert all(b.size == block_size for b in blocks[:-1])
+    assert 0 < blocks[-1].size <= block_size
+    assert padded_size(blocks) == blocks[0].size == max(b.size for b in blocks)
+
+
+@given(n_neurons_st, chunk_st, st.integers(1, 20), actors_st)
+def test_explicit_block_size_partitions_population(n_neurons, neuron_chunk, n_chunks, num_actors):
+    block_size = n_chunks * neuron_chunk
+    blocks = plan_blocks(n_neurons, neuron_chunk, block_size, num_actors)
+    check_partition(blocks, n_neurons, neuron_chunk)
+    check_sizes(blocks, block_size)
+    assert len(blocks) == -(-n_neurons // block_size)
+
+
+def reference_block_size(n_neurons, neuron_chunk, num_actors):
+    """The multiple of the chunk nearest 256, shrunk until there are 2 blocks per actor."""
+    chunks = min(range(1, 600), key=lambda k: abs(k * neuron_chunk - TARGET_BLOCK_NEURONS))
+    while chunks > 1 and -(-n_neurons // (chunks * neuron_chunk)) < 2 * num_actors:
+        chunks -= 1
+    return chunks * neuron_chunk
+
+
+@given(n_neurons_st, chunk_st, actors_st)
+def test_default_block_size(n_neurons, neuron_chunk, num_actors):
+    blocks = plan_blocks(n_neurons, neuron_chunk, num_actors=num_actors)
+    check_partition(blocks, n_neurons, neuron_chunk)
+    block_size = reference_block_size(n_neurons, neuron_chunk, num_actors)
+    assert blocks == plan_blocks(n_neurons, neuron_chunk, block_size)
+    if -(-n_neurons // neuron_chunk) >= 2 * num_actors:
+        assert len(blocks) >= 2 * num_actors
+    else:
+        # Too few neurons for two blocks per actor: one chunk per block, as many as possible.
+        assert all(b.size == neuron_chunk for b in blocks[:-1])
+
+
+def test_default_block_size_is_close_to_target():
+    assert plan_blocks(10_000, 100)[0].size == 300
+    assert plan_blocks(10_000, 64)[0].size == 256
+    assert plan_blocks(10_000, 1000)[0].size == 1000
+    assert plan_blocks(10_000, 1)[0].size == 256
+
+
+def test_default_block_size_shrinks_for_actors():
+    assert [b.size for b in plan_blocks(1000, 64, num_actors=4)] == [128] * 7 + [104]
+    # Never below one chunk, even when the population allows fewer blocks than wanted.
+    assert [b.size for b in plan_blocks(100, 64, num_actors=8)] == [64, 36]
+
+
+def test_chunk_larger_than_population_gives_one_block():
+    assert plan_blocks(10, 64) == [Block(0, 0, 10)]
+
+
+def test_numpy_integers_accepted():
+    blocks = plan_blocks(np.int64(10), np.int32(5), np.int64(5), np.int8(1))
+    assert blocks == [Block(0, 0, 5), Block(1, 5, 10)]
+    assert all(type(value) is int for block in blocks for value in block)
+
+
+def test_block_size():
+    assert Block(3, 100, 164).size == 64
+
+
+def test_not_a_multiple_names_both_numbers():
+    message = (
+        "block_size=150 is not a multiple of the store's neuron chunk 100; "
+        "use a multiple such as 100 or 200"
+    )
+    with pytest.raises(PlanError) as info:
+        plan_blocks(1000, 100, block_size=150)
+    assert str(info.value) == message
+    with pytest.raises(PlanError, match="block_size=50 .* chunk 100; use a multiple such as 100$"):
+        plan_blocks(1000, 100, block_size=50)
+
+
+@given(chunk_st, st.integers(1, 5000))
+def test_any_non_multiple_is_refused(neuron_chunk, block_size):
+    if block_size % neuron_chunk == 0:
+        plan_blocks(1000, neuron_chunk, block_size)
+    else:
+        with pytest.raises(PlanError, match=f"block_size={block_size} .* chunk {neuron_chunk}"):
+            plan_blocks(1000, neuron_chunk, block_size)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"n_neurons": 10.0}, "n_neurons"),
+        ({"n_neurons": "10"}, "n_neurons"),
+        ({"neuron_chunk": True}, "neuron_chunk"),
+        ({"neuron_chunk": None}, "neuron_chunk"),
+        ({"block_size": 2.0}, "block_size"),
+        ({"num_actors": 1.5}, "num_actors"),
+    ],
+)
+def test_bad_types(kwargs, name):
+    arguments = {"n_neurons": 10, "neuron_chunk": 2} | kwargs
+    with pytest.raises(InputTypeError, match=f"{name} must be an int; got"):
+        plan_blocks(**arguments)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"n_neurons": 0}, "n_neurons"),
+        ({"neuron_chunk": -1}, "neuron_chunk"),
+        ({"block_size": 0}, "block_size"),
+        ({"num_actors": 0}, "num_actors"),
+    ],
+)
+def test_non_positive(kwargs, name):
+    arguments = {"n_neurons": 10, "neuron_chunk": 2} | kwargs
+    with pytest.raises(InputError, match=f"{name} must be positive; got"):
+        plan_blocks(**arguments)
+
+
+def test_padded_size_of_empty_plan():
+    with pytest.raises(InputError, match="at least one Block"):
+        padded_size([])
+
+
+def test_docstring_examples():
+    assert doctest.testmod(distglm.plan).failed == 0
