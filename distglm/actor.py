@@ -27,6 +27,9 @@ ACTOR_ENV = {
 }
 
 
+_DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "distglm", "xla")
+
+
 def _slice_strength(strength, start: int, stop: int, pad_to: int):
     """The block's slice of per-neuron strength arrays (neuron axis last), padded by repetition."""
     if strength is None:
@@ -140,6 +143,10 @@ class BlockFitter:
         import jax
 
         jax.config.update("jax_enable_x64", bool(x64))
+        # A persistent compilation cache lets a replacement actor, the second actor on a node
+        # and a resumed fit load the compiled block fit instead of compiling it again.
+        jax.config.update("jax_compilation_cache_dir", os.environ.get("DISTGLM_COMPILATION_CACHE", _DEFAULT_CACHE))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         self._args = (path, X, keep, model_config, strength, pad_to)
         self._n_blocks = 0
 

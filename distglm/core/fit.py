@@ -160,13 +160,82 @@ def _neuron_norm(tree: Params):
     return jnp.sqrt(jnp.sum(tree.coef**2, axis=0) + tree.intercept**2)
 
 
-def _curvature(obs: Observations, link: Callable, y, eta):
-    """Mean over samples of d^2 nll / d eta^2, shape (n_neurons,)."""
-    def elem(yi, ei):
-        return obs.nll_terms(yi, link(ei))
+# Row chunks of about this many elements (n_rows * n_neurons): every per-sample intermediate
+# then stays a few MB, in cache, instead of a fresh (n_samples, n_neurons) buffer per pass.
+_CHUNK_ELEMENTS = 1 << 20
 
-    d2 = jax.grad(jax.grad(elem, argnums=1), argnums=1)
-    return jnp.mean(jax.vmap(jax.vmap(d2))(y, eta), axis=0)
+
+class _Chunks(NamedTuple):
+    """Samples split into row chunks: X (k, r, p), y (k, r, N), weights (k, r) = 1/n or 0 (padding)."""
+
+    X: Any
+    y: Any
+    w: Any
+
+
+def _chunk(X, y, pad_y) -> _Chunks:
+    n, p = X.shape
+    n_neurons = y.shape[1]
+    rows = max(8, (_CHUNK_ELEMENTS // max(n_neurons, 1)) // 8 * 8)
+    if rows >= n:
+        return _Chunks(X[None], y[None], jnp.full((1, n), 1.0 / n, X.dtype))
+    k = -(-n // rows)
+    pad = k * rows - n
+    Xp = jnp.concatenate([X, jnp.zeros((pad, p), X.dtype)]).reshape(k, rows, p)
+    yp = jnp.concatenate([y, jnp.full((pad, n_neurons), pad_y, y.dtype)]).reshape(k, rows, n_neurons)
+    w = jnp.concatenate([jnp.full((n,), 1.0 / n, X.dtype), jnp.zeros((pad,), X.dtype)]).reshape(k, rows)
+    return _Chunks(Xp, yp, w)
+
+
+def _elementwise(obs: Observations, link: Callable, order: int):
+    """``f(y, eta) -> (nll, d nll/d eta)`` (order 1) or ``d^2 nll/d eta^2`` (order 2), elementwise."""
+    def nll(y, eta):
+        return obs.nll_terms(y, link(eta))
+
+    def first(y, eta):
+        return jax.jvp(lambda e: nll(y, e), (eta,), (jnp.ones_like(eta),))
+
+    if order == 1:
+        return first
+
+    def second(y, eta):
+        return jax.jvp(lambda e: first(y, e)[1], (eta,), (jnp.ones_like(eta),))[1]
+
+    return second
+
+
+def _data_pass(chunks: _Chunks, weights, intercept, fn, with_grad: bool):
+    """Per-neuron mean loss (N,), and its gradients (p, N), (N,) w.r.t. weights and intercept.
+
+    One scan over row chunks: each chunk costs one product ``X_c @ weights`` and, for the
+    gradient, one ``X_c.T @ d``; nothing of size (n_samples, n_neurons) is materialised.
+    """
+    n_neurons = weights.shape[1]
+    zeros_n = jnp.zeros((n_neurons,), weights.dtype)
+
+    def body(carry, chunk):
+        x, yy, w = chunk
+        eta = x @ weights + intercept
+        value, deriv = fn(yy, eta)
+        loss = carry[0] + w @ value
+        if not with_grad:
+            return (loss,), None
+        wd = deriv * w[:, None]
+        return (loss, carry[1] + x.T @ wd, carry[2] + jnp.sum(wd, axis=0)), None
+
+    init = (zeros_n, jnp.zeros_like(weights), zeros_n) if with_grad else (zeros_n,)
+    out, _ = jax.lax.scan(body, init, tuple(chunks))
+    return out
+
+
+def _curvature(chunks: _Chunks, weights, intercept, fn2):
+    """Mean over samples of d^2 nll / d eta^2 at the given parameters, shape (n_neurons,)."""
+    def body(acc, chunk):
+        x, yy, w = chunk
+        return acc + w @ fn2(yy, x @ weights + intercept), None
+
+    out, _ = jax.lax.scan(body, jnp.zeros(weights.shape[1], weights.dtype), tuple(chunks))
+    return out
 
 
 def _preconditioner(X, mask, h, ridge):
@@ -199,15 +268,19 @@ class _Problem(NamedTuple):
     error: Callable
 
 
-def _build(X, y, mask, strength, active, tri, config: FitConfig) -> _Problem:
-    """The solver and coordinate maps for a block (traced inside jit)."""
+def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _Problem:
+    """The solver and coordinate maps for a block (traced inside jit).
+
+    The objective returns its value and gradient together (``value_and_grad=True``), from one
+    chunked pass over the samples (see ``_data_pass``).
+    """
     obs, reg, link = config.observation, config.regularizer, config.link
-    p = X.shape[1]
-    weight = active.astype(X.dtype)
+    p = mask.shape[0]
+    weight = active.astype(mask.dtype)
+    fn = _elementwise(obs, link, 1)
 
     def data_loss(theta: Params):
-        rate = predict_rate(link, X, theta.coef, theta.intercept, mask)
-        return jnp.mean(obs.nll_terms(y, rate), axis=0)
+        return _data_pass(chunks, theta.coef * mask, theta.intercept, fn, with_grad=False)[0]
 
     def penalty(theta: Params):
         return reg.penalty(theta.coef * mask, strength)
@@ -229,35 +302,59 @@ def _build(X, y, mask, strength, active, tri, config: FitConfig) -> _Problem:
         def to_solver(theta):
             return theta
 
-    if reg.smooth:
-        def objective(v):
-            theta = to_theta(v)
-            return jnp.sum(weight * (data_loss(theta) + penalty(theta)))
+    # ProximalGradient may fit a smooth problem too: then its penalty is in the objective and
+    # its proximal operator is the identity
+    penalised = reg.smooth
 
-        prox = None
+    def objective(v):
+        theta, pullback = jax.vjp(to_theta, v)
+        loss, g_w, g_b = _data_pass(chunks, theta.coef * mask, theta.intercept, fn, with_grad=True)
+        g_coef = weight * g_w * mask
+        total = jnp.sum(weight * loss)
+        if penalised:
+            pen, pen_grad = jax.value_and_grad(lambda c: jnp.sum(weight * penalty(Params(c, None))))(theta.coef)
+            total = total + pen
+            g_coef = g_coef + pen_grad
+        return total, pullback(Params(g_coef, weight * g_b))[0]
+
+    if penalised:
+        def prox(theta, hyperparams, scaling=1.0):
+            return theta
     else:
-        def objective(theta):
-            return jnp.sum(weight * data_loss(theta))
-
         def prox(theta, hyperparams, scaling=1.0):
             return Params(reg.prox(theta.coef, strength, scaling), theta.intercept)
 
-    solver = _solvers.make_solver(config.solver_name, objective, prox, dict(config.solver_kwargs))
+    def objective_value(v):
+        theta = to_theta(v)
+        total = jnp.sum(weight * data_loss(theta))
+        return total + jnp.sum(weight * penalty(theta)) if penalised else total
 
-    if _solvers.has_grad_in_state(config.solver_name):
+    # Line-search solvers that use gradients at every trial point get value and gradient from
+    # one pass; GradientDescent and ProximalGradient backtrack on values alone, so they get
+    # the cheaper value-only pass and differentiate it when they need a gradient.
+    with_grad = _solvers.has_grad_in_state(config.solver_name)
+    solver = _solvers.make_solver(config.solver_name, objective if with_grad else objective_value, prox,
+                                  dict(config.solver_kwargs), value_and_grad=with_grad)
+
+    if with_grad:
         def error(v_old, v_new, state):
             return _neuron_norm(state.grad)
     else:
         def error(v_old, v_new, state):
             step = jax.tree_util.tree_map(lambda a, b: a - b, v_new, v_old)
-            return _neuron_norm(step) / jnp.maximum(state.stepsize, jnp.finfo(X.dtype).tiny)
+            return _neuron_norm(step) / jnp.maximum(state.stepsize, jnp.finfo(mask.dtype).tiny)
 
     return _Problem(solver, to_theta, to_solver, data_loss, penalty, error)
 
 
+def _safe_y(config: FitConfig) -> float:
+    """A response inside every family's domain, for neurons and rows that must contribute 0."""
+    return 0.5 if config.observation.name == "Bernoulli" else 1.0
+
+
 def _safe_inputs(config: FitConfig, y, init: Params, active):
     """Replace inactive neurons' data and start so they contribute exact zeros, never NaN."""
-    safe_y = 0.5 if config.observation.name == "Bernoulli" else 1.0
+    safe_y = _safe_y(config)
     y = jnp.where(active[None, :], y, safe_y)
     safe_b = jnp.asarray(initial_intercept(config.inverse_link, np.asarray(safe_y)), y.dtype)
     coef = jnp.where(active[None, :], init.coef, 0.0)
@@ -265,11 +362,10 @@ def _safe_inputs(config: FitConfig, y, init: Params, active):
     return y, Params(coef, intercept)
 
 
-def _tri(X, y, mask, theta0: Params, strength, config: FitConfig):
+def _tri(X, chunks: _Chunks, mask, theta0: Params, strength, config: FitConfig):
     if not config.preconditioned:
         return jnp.zeros((0,), X.dtype)
-    eta0 = X @ (theta0.coef * mask) + theta0.intercept
-    h = _curvature(config.observation, config.link, y, eta0)
+    h = _curvature(chunks, theta0.coef * mask, theta0.intercept, _elementwise(config.observation, config.link, 2))
     return _preconditioner(X, mask, h, config.regularizer.ridge_diagonal(strength))
 
 
@@ -293,8 +389,9 @@ def _dof_resid(config: FitConfig, X, coef):
 @partial(jax.jit, static_argnames=("config",))
 def _solve(X, y, mask, init: Params, strength, active, config: FitConfig):
     y, theta0 = _safe_inputs(config, y, init, active)
-    tri = _tri(X, y, mask, theta0, strength, config)
-    prob = _build(X, y, mask, strength, active, tri, config)
+    chunks = _chunk(X, y, _safe_y(config))
+    tri = _tri(X, chunks, mask, theta0, strength, config)
+    prob = _build(chunks, mask, strength, active, tri, config)
     solver = prob.solver
     v0 = prob.to_solver(theta0)
     extra = _extra_args(config)
@@ -473,8 +570,9 @@ class UpdateState(NamedTuple):
 def init_update_state(X, y, mask, params: Params, strength, config: FitConfig) -> UpdateState:
     """Set up step-by-step fitting (``update_step``) from ``params`` on the data ``X``, ``y``."""
     active = jnp.ones(y.shape[1], dtype=bool)
-    tri = _tri(X, y, mask, params, strength, config)
-    prob = _build(X, y, mask, strength, active, tri, config)
+    chunks = _chunk(X, y, _safe_y(config))
+    tri = _tri(X, chunks, mask, params, strength, config)
+    prob = _build(chunks, mask, strength, active, tri, config)
     extra = _extra_args(config)
     return UpdateState(prob.solver.init_state(prob.to_solver(params), *extra), tri)
 
@@ -483,7 +581,7 @@ def init_update_state(X, y, mask, params: Params, strength, config: FitConfig) -
 def update_step(X, y, mask, params: Params, ustate: UpdateState, strength, config: FitConfig):
     """One solver iteration on the data ``X``, ``y``; returns ``(params, UpdateState)``."""
     active = jnp.ones(y.shape[1], dtype=bool)
-    prob = _build(X, y, mask, strength, active, ustate.tri, config)
+    prob = _build(_chunk(X, y, _safe_y(config)), mask, strength, active, ustate.tri, config)
     extra = _extra_args(config)
     v, state = prob.solver.update(prob.to_solver(params), ustate.solver_state, *extra)
     theta = prob.to_theta(v)

@@ -63,12 +63,16 @@ def validate_solver_kwargs(solver_name: str, solver_kwargs) -> dict:
     return dict(solver_kwargs)
 
 
-def make_solver(solver_name: str, fun: Callable, prox: Callable | None, solver_kwargs: dict):
-    """Instantiate the jaxopt solver for ``fun`` (and ``prox`` for ProximalGradient)."""
+def make_solver(solver_name: str, fun: Callable, prox: Callable | None, solver_kwargs: dict,
+                value_and_grad: bool = False):
+    """Instantiate the jaxopt solver for ``fun`` (and ``prox`` for ProximalGradient).
+
+    With ``value_and_grad``, ``fun(params)`` returns ``(value, gradient)`` together.
+    """
     kwargs = {**_DEFAULTS.get(solver_name, {}), **solver_kwargs}
     if solver_name == "ProximalGradient":
         kwargs["prox"] = prox
-    return SOLVERS[solver_name](fun=fun, **kwargs)
+    return SOLVERS[solver_name](fun=fun, value_and_grad=value_and_grad, **kwargs)
 
 
 def has_grad_in_state(solver_name: str) -> bool:
