@@ -333,7 +333,7 @@ class GLM:
         """
         config = self._fit_config()
         Xa, ya, groups = self._prepare(X, y)
-        val.check_support(self._observation_model, ya)
+        val.check_support(self._observation_model, ya if self._population else ya[:, 0])
         n_features, n_neurons = Xa.shape[1], ya.shape[1]
         mask = self._mask_for(groups, n_features, n_neurons)
         strength = self._expanded_strength(n_features, n_neurons)
@@ -471,7 +471,7 @@ class GLM:
         """Set up the solver for :meth:`update` from ``init_params``; returns the solver state."""
         config = self._fit_config()
         Xa, ya, groups = self._prepare(X, y)
-        val.check_support(self._observation_model, ya)
+        val.check_support(self._observation_model, ya if self._population else ya[:, 0])
         n_features, n_neurons = Xa.shape[1], ya.shape[1]
         coef, intercept = val.as_params(init_params, groups, n_features, n_neurons if self._population else None,
                                         Xa.dtype)

@@ -1,0 +1,429 @@
+"""distglm vs NeMoS 0.2.8: Ridge-penalised Poisson PopulationGLM fitted with LBFGS.
+
+Both libraries fit the same simulated population (float32, a random feature mask) with the
+same regularizer strength and each library's default solver settings. Each library runs in
+its own fresh Python process, so "cold" includes JAX start-up and compilation exactly as a
+user meets it; "warm" is a second ``fit`` in the same process on a new dataset of the same
+shapes. Both solutions are scored by one function, the penalised objective evaluated in
+float64 numpy on the data they were fitted to.
+
+The distglm process also measures this machine's float32 matmul rate on the benchmark's
+shapes and turns the solver's count of function evaluations into the FLOP rate the warm solve
+achieved.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_vs_nemos.py            # full size, writes results/
+    .venv/bin/python benchmarks/bench_vs_nemos.py --quick    # small smoke run, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RESULT_TAG = "BENCH_RESULT_JSON:"
+
+FULL = dict(n_samples=20_000, n_features=50, n_neurons=500)
+QUICK = dict(n_samples=2_000, n_features=50, n_neurons=100)
+STRENGTH = 1e-3
+MASK_DENSITY = 0.8
+MASK_SEED = 0
+SEED_COLD = 1
+SEED_WARM = 2
+
+GOALS = {
+    "cold_speedup": 3.0,
+    "warm_speedup": 10.0,
+    "objective_rtol": 1e-6,
+    "matmul_fraction": 0.7,
+}
+
+
+# ------------------------------------------------------------------ data and objective
+def feature_mask(n_features: int, n_neurons: int) -> np.ndarray:
+    """0/1 mask of shape (n_features, n_neurons), about MASK_DENSITY ones, fixed seed."""
+    rng = np.random.default_rng(MASK_SEED)
+    return (rng.random((n_features, n_neurons)) < MASK_DENSITY).astype(np.float32)
+
+
+def simulate(seed: int, n_samples: int, n_features: int, n_neurons: int, mask: np.ndarray):
+    """Poisson population: X of shape (n_samples, n_features), y of shape (n_samples, n_neurons)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_samples, n_features))
+    W = rng.normal(scale=0.1, size=(n_features, n_neurons)) * mask
+    b = rng.uniform(np.log(0.1), np.log(1.0), size=n_neurons)
+    y = rng.poisson(np.exp(X @ W + b))
+    return X.astype(np.float32), y.astype(np.float32)
+
+
+def penalized_objective(X, y, mask, coef, intercept, strength: float) -> float:
+    """Mean Poisson NLL over samples, summed over neurons, plus 0.5*s*sum(coef**2), in float64.
+
+    Normalisation constants (log y!) are dropped; masked coefficients are zeroed.
+    """
+    X = np.asarray(X, np.float64)
+    y = np.asarray(y, np.float64)
+    w = np.asarray(coef, np.float64) * np.asarray(mask, np.float64)
+    eta = X @ w + np.asarray(intercept, np.float64)
+    nll = np.mean(np.exp(eta) - y * eta, axis=0)
+    return float(np.sum(nll) + 0.5 * strength * np.sum(w**2))
+
+
+# ------------------------------------------------------------------ worker
+class CompileClock:
+    """Seconds JAX spends tracing, lowering and compiling, from jax.monitoring events."""
+
+    EVENTS = {
+        "/jax/core/compile/jaxpr_trace_duration": "trace_s",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+        "/jax/core/compile/backend_compile_duration": "backend_compile_s",
+    }
+
+    def __init__(self):
+        import jax
+
+        self.totals = dict.fromkeys(self.EVENTS.values(), 0.0)
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event, duration, **kwargs):
+        key = self.EVENTS.get(event)
+        if key is not None:
+            self.totals[key] += duration
+
+    def snapshot(self) -> dict:
+        return dict(self.totals)
+
+    @staticmethod
+    def delta(before: dict, after: dict) -> dict:
+        return {k: round(after[k] - before[k], 4) for k in after}
+
+
+def make_model(lib: str, mask: np.ndarray):
+    kwargs = dict(
+        observation_model="Poisson",
+        regularizer="Ridge",
+        regularizer_strength=STRENGTH,
+        solver_name="LBFGS",
+        feature_mask=mask,
+    )
+    if lib == "nemos":
+        import nemos
+
+        return nemos.glm.PopulationGLM(**kwargs)
+    from distglm.glm import PopulationGLM
+
+    return PopulationGLM(**kwargs)
+
+
+def solver_stats(lib: str, model) -> dict:
+    if lib == "nemos":
+        info = model.optim_info_
+        return {
+            "num_steps": int(info.num_steps),
+            "converged": bool(info.converged),
+            "reached_max_steps": bool(info.reached_max_steps),
+            "solver_function_val": float(info.function_val),
+            "solver": type(model._solver).__name__,
+            "solver_tol": float(getattr(model._solver, "atol", getattr(model._solver, "tol", np.nan))),
+            "solver_maxiter": int(model._solver.maxiter),
+        }
+    state = model.solver_state_
+    return {
+        "iter_num": int(state.iter_num),
+        "num_fun_eval": int(state.num_fun_eval),
+        "num_grad_eval": int(state.num_grad_eval),
+        "num_linesearch_iter": int(state.num_linesearch_iter),
+        # jaxopt's LBFGS builds its zoom line search with has_aux=True, so every line search
+        # counts one extra evaluation for an auxiliary output that is None; its result is
+        # unused and XLA drops it. Each line-search step is one value-and-gradient evaluation.
+        "evaluations": int(state.num_fun_eval) - int(state.iter_num),
+        "neuron_n_iter_max": int(np.max(model.n_iter_)),
+        "neuron_n_iter_median": float(np.median(model.n_iter_)),
+        "n_converged": int(np.sum(model.converged_)),
+        "solver": type(state).__name__,
+    }
+
+
+def timed_fit(model, X, y, clock):
+    before = clock.snapshot()
+    t0 = time.perf_counter()
+    model.fit(X, y)
+    coef = np.asarray(model.coef_)
+    intercept = np.asarray(model.intercept_)
+    seconds = time.perf_counter() - t0
+    return seconds, coef, intercept, CompileClock.delta(before, clock.snapshot())
+
+
+def matmul_rate(X: np.ndarray, n_neurons: int, reps: int) -> dict:
+    """Best-of-``reps`` float32 rate of ``X @ W`` and ``X.T @ G`` at the benchmark's shapes."""
+    import jax
+    import jax.numpy as jnp
+
+    n, p = X.shape
+    rng = np.random.default_rng(3)
+    Xj = jnp.asarray(X)
+    W = jnp.asarray(rng.normal(size=(p, n_neurons)).astype(np.float32))
+    G = jnp.asarray(rng.normal(size=(n, n_neurons)).astype(np.float32))
+    fwd = jax.jit(lambda X, W: X @ W)
+    bwd = jax.jit(lambda X, G: X.T @ G)
+    flops = 2.0 * n * p * n_neurons
+
+    def best(f, *args):
+        jax.block_until_ready(f(*args))
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    t_fwd, t_bwd = best(fwd, Xj, W), best(bwd, Xj, G)
+    return {
+        "flops_per_matmul": flops,
+        "reps": reps,
+        "x_w_best_s": t_fwd,
+        "xt_g_best_s": t_bwd,
+        "x_w_gflops": flops / t_fwd / 1e9,
+        "xt_g_gflops": flops / t_bwd / 1e9,
+        # the pair one value-and-gradient evaluation needs, each op at its best
+        "pair_gflops": 2 * flops / (t_fwd + t_bwd) / 1e9,
+        # the reference: the faster op is what this machine's matmul can do at these shapes
+        "reference_gflops": flops / min(t_fwd, t_bwd) / 1e9,
+    }
+
+
+def worker(lib: str, n_samples: int, n_features: int, n_neurons: int, matmul_reps: int,
+           repeats: int) -> dict:
+    import jax
+
+    clock = CompileClock()
+    mask = feature_mask(n_features, n_neurons)
+    X_a, y_a = simulate(SEED_COLD, n_samples, n_features, n_neurons, mask)
+    X_b, y_b = simulate(SEED_WARM, n_samples, n_features, n_neurons, mask)
+
+    model = make_model(lib, mask)
+    cold_s, coef_a, b_a, cold_compile = timed_fit(model, X_a, y_a, clock)
+    cold_stats = solver_stats(lib, model)
+    warm_s, coef_b, b_b, warm_compile = timed_fit(model, X_b, y_b, clock)
+    warm_stats = solver_stats(lib, model)
+
+    out = {
+        "lib": lib,
+        "cold": {
+            "seconds": cold_s,
+            "objective": penalized_objective(X_a, y_a, mask, coef_a, b_a, STRENGTH),
+            "masked_coef_max_abs": float(np.max(np.abs(coef_a * (1 - mask)))),
+            "jax_compile_events": cold_compile,
+            **cold_stats,
+        },
+        "warm": {
+            "seconds": warm_s,
+            "objective": penalized_objective(X_b, y_b, mask, coef_b, b_b, STRENGTH),
+            "masked_coef_max_abs": float(np.max(np.abs(coef_b * (1 - mask)))),
+            "jax_compile_events": warm_compile,
+            **warm_stats,
+        },
+        "jax_devices": [str(d) for d in jax.devices()],
+    }
+    repeat_s = []
+    for _ in range(repeats):
+        repeat_s.append(timed_fit(model, X_b, y_b, clock)[0])
+    out["warm"]["repeat_seconds"] = repeat_s
+    out["warm"]["best_seconds"] = min([warm_s, *repeat_s])
+
+    if lib == "distglm":
+        rate = matmul_rate(X_b, n_neurons, matmul_reps)
+        # each evaluation: X @ (coef*mask) for the loss and X.T @ G for its gradient
+        evals = warm_stats["evaluations"]
+        solve_flops = evals * 2 * rate["flops_per_matmul"]
+        out["matmul"] = rate
+        out["warm_solve"] = {
+            "evaluations": evals,
+            "flops": solve_flops,
+            "achieved_gflops": solve_flops / warm_s / 1e9,
+            "fraction_of_matmul_rate": solve_flops / warm_s / 1e9 / rate["reference_gflops"],
+            "fraction_of_matmul_rate_best_warm": solve_flops / out["warm"]["best_seconds"] / 1e9
+            / rate["reference_gflops"],
+            "fraction_counting_jaxopt_num_fun_eval": warm_stats["num_fun_eval"] * 2 * rate["flops_per_matmul"]
+            / warm_s / 1e9 / rate["reference_gflops"],
+        }
+    return out
+
+
+# ------------------------------------------------------------------ parent
+def run_worker(lib: str, sizes: dict, matmul_reps: int, repeats: int) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib,
+           "--n-samples", str(sizes["n_samples"]), "--n-features", str(sizes["n_features"]),
+           "--n-neurons", str(sizes["n_neurons"]), "--matmul-reps", str(matmul_reps),
+           "--repeats", str(repeats)]
+    # both workers get the same environment and so the same thread settings
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise RuntimeError(f"{lib} worker failed with exit code {proc.returncode}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if not lines:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise RuntimeError(f"{lib} worker printed no result")
+    return json.loads(lines[-1][len(RESULT_TAG):])
+
+
+def machine_info() -> dict:
+    from importlib.metadata import version
+
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpus_available": affinity,
+        "cpu_model": cpu_model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: version(name) for name in ("jax", "jaxlib", "jaxopt", "nemos", "distglm", "numpy")},
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "thread_env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                       "OPENBLAS_NUM_THREADS", "JAX_PLATFORMS")},
+    }
+
+
+def summarize(res: dict) -> dict:
+    d, n = res["distglm"], res["nemos"]
+    cold_ratio = n["cold"]["seconds"] / d["cold"]["seconds"]
+    warm_ratio = n["warm"]["seconds"] / d["warm"]["seconds"]
+    warm_best_ratio = n["warm"]["best_seconds"] / d["warm"]["best_seconds"]
+    rtol = GOALS["objective_rtol"]
+    obj_ok = {
+        phase: d[phase]["objective"] <= n[phase]["objective"] + rtol * abs(n[phase]["objective"])
+        for phase in ("cold", "warm")
+    }
+    fraction = d["warm_solve"]["fraction_of_matmul_rate"]
+    return {
+        "cold_speedup": cold_ratio,
+        "warm_speedup": warm_ratio,
+        "warm_best_speedup": warm_best_ratio,
+        "objective_difference": {p: d[p]["objective"] - n[p]["objective"] for p in ("cold", "warm")},
+        "matmul_fraction": fraction,
+        "goals_met": {
+            "cold_speedup": cold_ratio >= GOALS["cold_speedup"],
+            "warm_speedup": warm_ratio >= GOALS["warm_speedup"],
+            "objective": obj_ok["cold"] and obj_ok["warm"],
+            "matmul_fraction": fraction >= GOALS["matmul_fraction"],
+        },
+    }
+
+
+def markdown(report: dict) -> str:
+    s, d, n = report["summary"], report["distglm"], report["nemos"]
+    m, sz = report["machine"], report["sizes"]
+    met = {k: "met" if v else "not met" for k, v in s["goals_met"].items()}
+    lines = [
+        "# distglm vs NeMoS 0.2.8: Ridge Poisson PopulationGLM, LBFGS",
+        "",
+        f"{sz['n_samples']:,} samples, {sz['n_features']} features, {sz['n_neurons']} neurons, "
+        f"feature mask {report['mask_density']:.0%} ones, Ridge strength {report['strength']}, float32. "
+        f"{m['date_utc']}, {m['cpu_count']} CPUs ({m['cpu_model']}), jax {m['versions']['jax']}. "
+        "Each library in a fresh process; cold = first fit (compilation included), "
+        "warm = second fit on new data of the same shapes. "
+        f"Load average at start: {', '.join(f'{v:.2f}' for v in m['load_average_at_start'])}.",
+        "",
+        "| | NeMoS | distglm | NeMoS / distglm | goal | |",
+        "|---|---:|---:|---:|---|---|",
+        f"| cold fit (s) | {n['cold']['seconds']:.2f} | {d['cold']['seconds']:.2f} | "
+        f"{s['cold_speedup']:.2f}x | >= {GOALS['cold_speedup']:g}x | {met['cold_speedup']} |",
+        f"| warm fit (s) | {n['warm']['seconds']:.2f} | {d['warm']['seconds']:.2f} | "
+        f"{s['warm_speedup']:.2f}x | >= {GOALS['warm_speedup']:g}x | {met['warm_speedup']} |",
+        f"| warm fit, best of {1 + len(d['warm']['repeat_seconds'])} (s) | {n['warm']['best_seconds']:.2f} | "
+        f"{d['warm']['best_seconds']:.2f} | {s['warm_best_speedup']:.2f}x | (for reference) | |",
+        f"| objective, cold data | {n['cold']['objective']:.8g} | {d['cold']['objective']:.8g} | "
+        f"diff {s['objective_difference']['cold']:+.3g} | distglm <= NeMoS (rtol {GOALS['objective_rtol']:g}) | "
+        f"{met['objective']} |",
+        f"| objective, warm data | {n['warm']['objective']:.8g} | {d['warm']['objective']:.8g} | "
+        f"diff {s['objective_difference']['warm']:+.3g} | | |",
+        f"| warm solve, share of matmul rate | | {s['matmul_fraction']:.1%} | | "
+        f">= {GOALS['matmul_fraction']:.0%} | {met['matmul_fraction']} |",
+        "",
+        f"Warm fit: NeMoS {n['warm']['num_steps']} LBFGS steps "
+        f"({sum(n['warm']['jax_compile_events'].values()):.2f} s of it JAX tracing/compiling again); "
+        f"distglm {d['warm']['iter_num']} LBFGS iterations, {d['warm_solve']['evaluations']} value-and-gradient "
+        f"evaluations (jaxopt's num_fun_eval says {d['warm']['num_fun_eval']}: it also counts a discarded "
+        "auxiliary re-evaluation per line search). "
+        f"distglm cold fit: {sum(d['cold']['jax_compile_events'].values()):.2f} s JAX tracing/compiling "
+        f"(backend compile {d['cold']['jax_compile_events']['backend_compile_s']:.2f} s).",
+        "",
+        f"Matmul rate, float32, best of {d['matmul']['reps']}: X @ W {d['matmul']['x_w_gflops']:.1f} GFLOP/s, "
+        f"X.T @ G {d['matmul']['xt_g_gflops']:.1f} GFLOP/s; reference = the faster, "
+        f"{d['matmul']['reference_gflops']:.1f} GFLOP/s. The warm distglm fit did "
+        f"{d['warm_solve']['flops'] / 1e9:.1f} GFLOP (2 matmuls per evaluation) at "
+        f"{d['warm_solve']['achieved_gflops']:.1f} GFLOP/s "
+        f"(best warm fit: {d['warm_solve']['fraction_of_matmul_rate_best_warm']:.1%} of the reference).",
+        "",
+        "Objective: mean Poisson NLL over samples, summed over neurons, + 0.5*s*sum(coef**2), "
+        "in float64 on the fitted data. Each library uses its default solver tolerance.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small smoke run; results are printed (with the JSON), not written")
+    parser.add_argument("--worker", choices=("distglm", "nemos"), help=argparse.SUPPRESS)
+    parser.add_argument("--n-samples", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--n-features", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--n-neurons", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--matmul-reps", type=int, default=50, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="further warm fits after the second one, for a best-of warm time (default 2)")
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        out = worker(args.worker, args.n_samples, args.n_features, args.n_neurons, args.matmul_reps,
+                     args.repeats)
+        print(RESULT_TAG + json.dumps(out), flush=True)
+        return
+
+    sizes = QUICK if args.quick else FULL
+    report = {
+        "sizes": sizes,
+        "strength": STRENGTH,
+        "mask_density": MASK_DENSITY,
+        "seeds": {"mask": MASK_SEED, "cold": SEED_COLD, "warm": SEED_WARM},
+        "goals": GOALS,
+        "machine": machine_info(),
+    }
+    for lib in ("nemos", "distglm"):
+        print(f"running {lib} ...", file=sys.stderr, flush=True)
+        report[lib] = run_worker(lib, sizes, matmul_reps=20 if args.quick else 50, repeats=args.repeats)
+    report["summary"] = summarize(report)
+    text = markdown(report)
+    print(text)
+    if args.quick:
+        print(json.dumps(report, indent=2))
+    else:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "bench_vs_nemos.json").write_text(json.dumps(report, indent=2) + "\n")
+        (RESULTS / "bench_vs_nemos.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
