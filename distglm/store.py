@@ -34,6 +34,7 @@ import numpy as np
 import zarr
 from zarr.errors import BaseZarrError
 
+from distglm import validation as val
 from distglm.errors import InputError, InputTypeError, PlanError, StoreError
 from distglm.plan import Block, _check_int
 
@@ -182,61 +183,6 @@ def _json_like(value, name: str):
 # Inputs
 
 
-def _as_numeric(value, name: str, ndim: int, shape_doc: str) -> np.ndarray:
-    try:
-        array = np.asarray(value)
-    except (TypeError, ValueError) as err:
-        raise InputTypeError(f"{name} must be a numeric array {shape_doc}; {err}") from None
-    if array.dtype.kind not in _NUMERIC_KINDS:
-        raise InputTypeError(
-            f"{name} must be a numeric array {shape_doc}; got dtype {array.dtype}"
-        )
-    if array.ndim != ndim:
-        raise InputError(f"{name} must be {ndim}-D {shape_doc}; got shape {array.shape}")
-    return array
-
-
-def _validate_X(X) -> tuple[np.ndarray, tuple | None]:
-    if isinstance(X, dict):
-        if not X:
-            raise InputError("X is an empty dict; give at least one feature group")
-        for name in X:
-            if not isinstance(name, str):
-                raise InputTypeError(f"feature group names must be str; got {name!r}")
-        parts = {
-            name: _as_numeric(value, f"X[{name!r}]", 2, "of shape (n_samples, n_columns)")
-            for name, value in X.items()
-        }
-        n_rows = {name: part.shape[0] for name, part in parts.items()}
-        if len(set(n_rows.values())) > 1:
-            raise InputError(
-                f"every feature group of X must have the same n_samples; got {n_rows}"
-            )
-        empty = [name for name, part in parts.items() if part.shape[1] == 0]
-        if empty:
-            raise InputError(
-                f"feature groups of X must have at least one column; {empty} have none"
-            )
-        groups = tuple((name, part.shape[1]) for name, part in parts.items())
-        array = np.concatenate(list(parts.values()), axis=1)
-    else:
-        array = _as_numeric(X, "X", 2, "of shape (n_samples, n_features)")
-        groups = None
-    if 0 in array.shape:
-        raise InputError(
-            f"X must have at least one sample and one feature; got shape {array.shape}"
-        )
-    if array.dtype.kind != "f":
-        array = array.astype(np.float64)
-    if np.isinf(array).any():
-        row, col = np.argwhere(np.isinf(array))[0]
-        raise InputError(
-            "X must be finite (NaN may mark a dropped time bin); "
-            f"got inf at row {row}, column {col}"
-        )
-    return array, groups
-
-
 def _validate_y(y, n_samples: int):
     # Objects with a shape and a dtype (numpy memmaps, zarr or h5py arrays) are sliced, never
     # loaded whole; anything else is small enough to be an in-memory array.
@@ -265,56 +211,6 @@ def _validate_y(y, n_samples: int):
     # Bernoulli responses given as bool are stored as 0/1 counts, like every other integer y.
     store_dtype = np.dtype(np.uint8) if dtype.kind == "b" else dtype
     return y, shape[1], store_dtype
-
-
-def _check_zero_one(array: np.ndarray, name: str) -> None:
-    bad = ~((array == 0) | (array == 1))
-    if bad.any():
-        index = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"{name} must hold only 0 and 1; got {array[index]!r} at index {index}")
-
-
-def _validate_mask(mask, groups, n_features: int, n_neurons: int) -> np.ndarray | None:
-    if mask is None:
-        return None
-    if groups is not None and not isinstance(mask, dict):
-        raise InputTypeError(
-            "X is a dict of feature groups, so feature_mask must be a dict "
-            f"{{group name: array of shape (n_neurons,)}}; got {type(mask).__name__}"
-        )
-    if groups is None and isinstance(mask, dict):
-        raise InputTypeError(
-            "feature_mask is a dict of feature groups, so X must be a dict of arrays with the "
-            "same keys; got X as an array"
-        )
-    if groups is None:
-        array = _as_numeric(mask, "feature_mask", 2, "of shape (n_features, n_neurons)")
-        if array.shape != (n_features, n_neurons):
-            raise InputError(
-                f"feature_mask must have shape (n_features, n_neurons) = ({n_features}, "
-                f"{n_neurons}); got shape {array.shape}"
-            )
-        _check_zero_one(array, "feature_mask")
-        return array.astype(np.uint8)
-    names = [name for name, _ in groups]
-    missing = [name for name in names if name not in mask]
-    extra = [name for name in mask if name not in names]
-    if missing or extra:
-        raise InputError(
-            f"feature_mask must have the same keys as X {names}; "
-            f"missing {missing}, unexpected {extra}"
-        )
-    rows = []
-    for name, n_columns in groups:
-        row = _as_numeric(mask[name], f"feature_mask[{name!r}]", 1, "of shape (n_neurons,)")
-        if row.shape != (n_neurons,):
-            raise InputError(
-                f"feature_mask[{name!r}] must have shape (n_neurons,) = ({n_neurons},); "
-                f"got shape {row.shape}"
-            )
-        _check_zero_one(row, f"feature_mask[{name!r}]")
-        rows.append(np.repeat(row.astype(np.uint8)[None, :], n_columns, axis=0))
-    return np.concatenate(rows, axis=0)
 
 
 def _default_neuron_chunk(n_samples: int, n_neurons: int, itemsize: int) -> int:
@@ -393,10 +289,12 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
     path = _as_path(path)
     if not isinstance(overwrite, bool):
         raise InputTypeError(f"overwrite must be a bool; got {type(overwrite).__name__}")
-    X, groups = _validate_X(X)
+    X, groups = val.as_design(X)
+    val.check_finite(X)
     n_samples, n_features = X.shape
     y, n_neurons, y_dtype = _validate_y(y, n_samples)
-    mask = _validate_mask(feature_mask, groups, n_features, n_neurons)
+    mask = (None if feature_mask is None
+            else val.as_feature_mask(feature_mask, groups, n_features, n_neurons).astype(np.uint8))
     if neuron_chunk is None:
         neuron_chunk = _default_neuron_chunk(n_samples, n_neurons, y_dtype.itemsize)
     else:

@@ -20,6 +20,8 @@ __all__ = [
     "drop_nan_rows",
     "check_support",
     "as_feature_mask",
+    "check_binary_mask",
+    "check_finite",
     "as_params",
 ]
 
@@ -59,28 +61,43 @@ def _as_numeric(value, name: str) -> np.ndarray:
     return arr
 
 
-def as_design(X, dtype) -> Design:
-    """Check ``X`` (2-D array, or dict of 2-D arrays with equal rows) and return it as one array."""
+def as_design(X, dtype=None) -> Design:
+    """Check ``X`` (2-D array, or dict of 2-D arrays with equal rows) and return it as one array.
+
+    ``dtype`` None keeps a floating ``X`` as it is and stores any other numbers as float64.
+    """
     if isinstance(X, dict) or (hasattr(X, "keys") and hasattr(X, "values") and not hasattr(X, "shape")):
         if len(X) == 0:
             raise InputError("X is an empty dict; expected at least one feature group")
-        parts, groups = [], []
+        for key in X:
+            if not isinstance(key, str):
+                raise InputTypeError(f"feature group names must be str; got {key!r}")
+        parts = {}
         for key, value in X.items():
             arr = _as_numeric(value, f"X[{key!r}]")
             if arr.ndim != 2:
                 raise InputError(
-                    f"X[{key!r}] must be 2-dimensional of shape (n_samples, n_columns); got shape {arr.shape}"
+                    f"X[{key!r}] must be 2-D of shape (n_samples, n_columns); got shape {arr.shape}"
                 )
-            parts.append(arr)
-            groups.append((str(key), arr.shape[1]))
-        rows = {p.shape[0] for p in parts}
-        if len(rows) > 1:
-            raise InputError(f"every feature group in X must have the same number of samples; got {sorted(rows)}")
-        return Design(np.concatenate(parts, axis=1).astype(dtype), tuple(groups))
-    arr = _as_numeric(X, "X")
-    if arr.ndim != 2:
-        raise InputError(f"X must be 2-dimensional of shape (n_samples, n_features); got shape {arr.shape}")
-    return Design(arr.astype(dtype, copy=False), None)
+            parts[key] = arr
+        rows = {key: part.shape[0] for key, part in parts.items()}
+        if len(set(rows.values())) > 1:
+            raise InputError(f"every feature group of X must have the same n_samples; got {rows}")
+        empty = [key for key, part in parts.items() if part.shape[1] == 0]
+        if empty:
+            raise InputError(f"feature groups of X must have at least one column; {empty} have none")
+        arr = np.concatenate(list(parts.values()), axis=1)
+        groups = tuple((key, part.shape[1]) for key, part in parts.items())
+    else:
+        arr = _as_numeric(X, "X")
+        if arr.ndim != 2:
+            raise InputError(f"X must be 2-D of shape (n_samples, n_features); got shape {arr.shape}")
+        groups = None
+    if 0 in arr.shape:
+        raise InputError(f"X must have at least one sample and one feature; got shape {arr.shape}")
+    if dtype is None:
+        dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
+    return Design(arr.astype(dtype, copy=False), groups)
 
 
 def as_responses(y, dtype, population: bool) -> np.ndarray:
@@ -101,6 +118,19 @@ def check_n_samples(X: np.ndarray, y: np.ndarray) -> None:
         )
 
 
+def check_finite(X: np.ndarray, keep: np.ndarray | None = None) -> None:
+    """``X`` must be finite in the rows kept (``keep``, default: rows without NaN)."""
+    if keep is None:
+        keep = ~np.isnan(X).any(axis=1)
+    bad = np.isinf(X) & keep[:, None]
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InputError(
+            f"X must be finite outside rows holding NaN (those rows are dropped); got {X[row, col]} "
+            f"at row {row}, column {col}"
+        )
+
+
 def drop_nan_rows(X: np.ndarray, y: np.ndarray | None = None):
     """Drop time bins with a NaN in X or in any neuron of y; infinities are an error.
 
@@ -109,12 +139,7 @@ def drop_nan_rows(X: np.ndarray, y: np.ndarray | None = None):
     keep = ~np.isnan(X).any(axis=1)
     if y is not None:
         keep &= ~np.isnan(y.reshape(y.shape[0], -1)).any(axis=1)
-    if np.isinf(X[keep]).any():
-        row, col = np.argwhere(np.isinf(X[keep]))[0]
-        raise InputError(
-            f"X must be finite outside rows holding NaN (those rows are dropped); got {X[keep][row, col]} "
-            f"at row {np.flatnonzero(keep)[row]}, column {col}"
-        )
+    check_finite(X, keep)
     if y is not None and np.isinf(y[keep]).any():
         bad = np.argwhere(np.isinf(y[keep].reshape(int(keep.sum()), -1)))[0]
         raise InputError(f"y must be finite outside NaN rows; got {y[keep].reshape(int(keep.sum()), -1)[tuple(bad)]} "
@@ -152,8 +177,12 @@ def as_feature_mask(mask, groups: tuple | None, n_features: int, n_neurons: int)
                 f"got {_describe(mask)}"
             )
         names = [g[0] for g in groups]
-        if set(map(str, mask)) != set(names):
-            raise InputError(f"feature_mask keys {sorted(map(str, mask))} do not match X's feature groups {names}")
+        given = [str(k) for k in mask]
+        if set(given) != set(names):
+            missing = [n for n in names if n not in given]
+            extra = [k for k in given if k not in names]
+            raise InputError(f"feature_mask keys {sorted(given)} do not match X's feature groups {names}: "
+                             f"missing {missing}, unexpected {extra}")
         rows = []
         by_name = {str(k): v for k, v in mask.items()}
         for name, size in groups:
@@ -162,27 +191,30 @@ def as_feature_mask(mask, groups: tuple | None, n_features: int, n_neurons: int)
                 raise InputError(
                     f"feature_mask[{name!r}] must have shape (n_neurons,) = ({n_neurons},); got shape {arr.shape}"
                 )
+            check_binary_mask(arr, f"feature_mask[{name!r}]")
             rows.append(np.repeat(arr[None, :].astype(float), size, axis=0))
-        full = np.concatenate(rows, axis=0)
-    else:
-        if isinstance(mask, dict):
-            raise InputTypeError("feature_mask is a dict but X is an array; pass an array of shape "
-                                 f"({n_features}, {n_neurons})")
-        full = _as_numeric(mask, "feature_mask").astype(float)
-        if full.shape != (n_features, n_neurons):
-            raise InputError(
-                f"feature_mask must have shape (n_features, n_neurons) = ({n_features}, {n_neurons}); "
-                f"got shape {full.shape}"
-            )
+        return np.concatenate(rows, axis=0)
+    if isinstance(mask, dict):
+        raise InputTypeError(
+            "feature_mask is a dict but X is an array; X must be a dict of arrays with the same keys, "
+            f"or feature_mask an array of shape ({n_features}, {n_neurons})"
+        )
+    full = _as_numeric(mask, "feature_mask").astype(float)
+    if full.shape != (n_features, n_neurons):
+        raise InputError(
+            f"feature_mask must have shape (n_features, n_neurons) = ({n_features}, {n_neurons}); "
+            f"got shape {full.shape}"
+        )
     check_binary_mask(full)
     return full
 
 
-def check_binary_mask(mask: np.ndarray) -> None:
+def check_binary_mask(mask: np.ndarray, name: str = "feature_mask") -> None:
     """A feature mask may hold only 0s and 1s."""
     bad = (mask != 0) & (mask != 1)
     if bad.any():
-        raise InputError(f"feature_mask must hold only 0s and 1s; got {mask[bad][0]} (values {np.unique(mask)[:5]})")
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{name} must hold only 0s and 1s; got {mask[index]} at index {index}")
 
 
 def as_params(init_params: Any, groups: tuple | None, n_features: int, n_neurons: int | None, dtype):

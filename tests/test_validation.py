@@ -31,7 +31,7 @@ def test_errors_are_value_errors():
 @pytest.mark.parametrize("bad_X", [np.zeros(60), np.zeros((60, 3, 1))])
 def test_X_must_be_2d(data, bad_X):
     _, y, _ = data
-    with pytest.raises(InputError, match=r"X must be 2-dimensional .*got shape \(60"):
+    with pytest.raises(InputError, match=r"X must be 2-D .*got shape \(60"):
         PopulationGLM().fit(bad_X, y)
 
 
@@ -65,9 +65,9 @@ def test_X_and_y_must_have_the_same_number_of_samples(data):
 
 def test_dict_X_groups_must_have_equal_rows(data):
     X, y, _ = data
-    with pytest.raises(InputError, match=r"same number of samples; got \[59, 60\]"):
+    with pytest.raises(InputError, match=r"same n_samples; got \{'a': 60, 'b': 59\}"):
         PopulationGLM().fit({"a": X[:, :1], "b": X[:-1, 1:]}, y)
-    with pytest.raises(InputError, match=r"X\['b'\] must be 2-dimensional"):
+    with pytest.raises(InputError, match=r"X\['b'\] must be 2-D"):
         PopulationGLM().fit({"a": X[:, :1], "b": X[:, 1]}, y)
     with pytest.raises(InputError, match="X is an empty dict"):
         PopulationGLM().fit({}, y)
