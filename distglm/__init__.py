@@ -28,6 +28,9 @@ from .errors import (
 )
 from .glm import GLM, PopulationGLM
 from .store import write_inputs
+# Imported now rather than on first call: importing the submodule ``distglm.submit`` later would
+# rebind the package's ``submit`` from the function to the module. It imports Ray only when used.
+from .submit import Job, get_job, submit
 
 __version__ = "0.1.0"
 
@@ -37,6 +40,9 @@ __all__ = [
     "write_inputs",
     "fit",
     "load_model",
+    "submit",
+    "get_job",
+    "Job",
     "DistGLMError",
     "InputError",
     "InputTypeError",

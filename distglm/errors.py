@@ -14,6 +14,7 @@ __all__ = [
     "StoreError",
     "PlanError",
     "JobError",
+    "JobTimeoutError",
 ]
 
 
@@ -47,3 +48,7 @@ class PlanError(DistGLMError):
 
 class JobError(DistGLMError):
     """A submitted job is unknown, unreachable, or ended without a result."""
+
+
+class JobTimeoutError(JobError, TimeoutError):
+    """A submitted job did not end within the time it was waited for."""

@@ -1,0 +1,402 @@
+"""The ``distglm`` command: fit a store, submit fits to a cluster, follow them, inspect results.
+
+Commands::
+
+    distglm demo                      simulate a population, fit it on a local Ray, summarise
+    distglm fit PATH [--model M]      fit the store at PATH on Ray (local, or --address)
+    distglm submit PATH [--model M]   submit the fit to a running cluster; prints the job id
+    distglm status PATH|ID            a submitted job's state and progress
+    distglm cancel PATH|ID            stop a submitted job
+    distglm inspect PATH              the store's inputs, fit results and per-neuron diagnostics
+
+A model ``M`` is a JSON file holding :func:`distglm.glm.model_to_config`'s output, or a JSON
+object given inline. Keys left out take the defaults of :class:`~distglm.glm.PopulationGLM`, so
+``{"regularizer": "Ridge", "regularizer_strength": 0.1}`` is a complete model. The keys:
+``observation_model`` ("Poisson", "Gamma", "Bernoulli", "Gaussian", "NegativeBinomial"),
+``observation_scale`` (NegativeBinomial's fixed scale), ``inverse_link_function`` (a name such
+as "exp"; None for the observation model's default), ``regularizer`` ("UnRegularized", "Ridge",
+"Lasso", "ElasticNet", "GroupLasso"), ``regularizer_strength`` (a number; ElasticNet
+``{"tuple": [strength, ratio]}``), ``group_mask`` (GroupLasso's groups as nested lists),
+``solver_name`` and ``solver_kwargs``. The feature mask is the store's ``inputs/feature_mask``.
+
+Exit codes: 0 on success, 1 on an error (printed as ``error: ...``), 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from .errors import DistGLMError, InputError, InputTypeError
+
+__all__ = ["main", "pseudo_r2"]
+
+# Above this many y values, inspect does not compute pseudo-R2 (it holds y and the rates in memory).
+_MAX_SCORE_VALUES = 50_000_000
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
+    return value
+
+
+def _load_model(spec: str | None):
+    """A PopulationGLM from a JSON file or an inline JSON object; the default model if None."""
+    from .glm import PopulationGLM, model_from_config
+
+    if spec is None:
+        return PopulationGLM()
+    if spec.lstrip().startswith("{"):
+        text, where = spec, "--model"
+    else:
+        try:
+            with open(spec) as handle:
+                text = handle.read()
+        except OSError as err:
+            raise InputError(f"cannot read the model file {spec}: {err.strerror or err}") from None
+        where = spec
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{where} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise InputTypeError(f"{where} must hold a JSON object of model settings; got {type(config).__name__}")
+    model = model_from_config(config)
+    if not isinstance(model, PopulationGLM):
+        raise InputError(f"{where} describes a {type(model).__name__}; distributed fits need a PopulationGLM")
+    return model
+
+
+def _fit_options(args) -> dict:
+    options = {"resume": not args.no_resume}
+    if args.num_actors is not None:
+        options["num_actors"] = args.num_actors
+    if args.block_size is not None:
+        options["block_size"] = args.block_size
+    return options
+
+
+def _quantiles(values: np.ndarray, fmt: str = ".3f") -> str:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return "no finite values"
+    q = [format(v, fmt) for v in np.percentile(values, [0, 25, 50, 75, 100])]
+    return f"min {q[0]}, quartiles {q[1]} / {q[2]} / {q[3]}, max {q[4]}"
+
+
+def pseudo_r2(model, X, y) -> np.ndarray:
+    """McFadden's pseudo-R2 of each neuron of a fitted population model.
+
+    Parameters
+    ----------
+    model : PopulationGLM
+        Fitted.
+    X : array of shape (n_samples, n_features)
+    y : array of shape (n_samples, n_neurons)
+
+    Returns
+    -------
+    ndarray of shape (n_neurons,)
+        NaN for neurons whose fit failed.
+
+    Examples
+    --------
+    >>> from distglm import PopulationGLM
+    >>> from distglm.demo import simulate
+    >>> pop = simulate(n_neurons=10, n_samples=2000)
+    >>> model = PopulationGLM(feature_mask=pop.feature_mask).fit(pop.X, pop.y)
+    >>> pseudo_r2(model, pop.X, pop.y).shape
+    (10,)
+    """
+    import jax.numpy as jnp
+
+    scores = model.score(X, y, score_type="pseudo-r2-McFadden",
+                         aggregate_sample_scores=lambda terms: jnp.mean(terms, axis=0))
+    return np.asarray(scores, dtype=float)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def _cmd_demo(args) -> int:
+    from . import PopulationGLM, fit, load_model, write_inputs
+    from .demo import simulate
+
+    t0 = time.perf_counter()
+    pop = simulate(args.neurons, args.samples, seed=args.seed)
+    t_sim = time.perf_counter() - t0
+    path = args.store or os.path.join(tempfile.mkdtemp(prefix="distglm-demo-"), "demo.zarr")
+    write_inputs(path, pop.X, pop.y, pop.feature_mask, overwrite=args.overwrite)
+    n_samples, n_features = pop.X.shape
+    print(f"distglm demo: {args.neurons} neurons x {n_samples} time bins, {n_features} features "
+          f"(stimulus and spike-history filters), {int(pop.feature_mask.sum())} unmasked weights")
+    print(f"  simulated in {t_sim:.1f} s; store: {path}")
+    if args.address is None:
+        # a local Ray started for the demo, whatever RAY_ADDRESS says
+        os.environ.pop("RAY_ADDRESS", None)
+    report = fit(path, PopulationGLM(), num_actors=args.num_actors, address=args.address,
+                 progress=not args.no_progress, resume=False)
+    model = load_model(path)
+    mask = pop.feature_mask.astype(bool)
+    recovery = np.corrcoef(np.asarray(model.coef_)[mask], pop.coef[mask])[0, 1]
+    r2 = pseudo_r2(model, pop.X, pop.y)
+    print(f"  fit: {report.n_fitted} neurons fitted, {report.n_converged} converged, {report.n_failed} failed "
+          f"or not converged, in {report.seconds:.1f} s ({report.neurons_per_second:.1f} neurons/s, "
+          f"{report.n_blocks} blocks)")
+    print(f"  pseudo-R2 (McFadden) per neuron: {_quantiles(r2)}")
+    print(f"  fitted vs simulated weights: correlation {recovery:.3f}")
+    print(f"  inspect the results with: distglm inspect {path}")
+    return 0 if not report.failed_blocks else 1
+
+
+def _cmd_fit(args) -> int:
+    from . import fit
+
+    model = _load_model(args.model)
+    report = fit(args.path, model, address=args.address, progress=not args.no_progress, **_fit_options(args))
+    print(report)
+    if report.failed_blocks:
+        print(f"error: {len(report.failed_blocks)} blocks failed on every try; rerun to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _job_env(names: list[str]) -> dict | None:
+    """The job's runtime environment from ``--env NAME`` (this shell's value) or ``--env NAME=VALUE``."""
+    env = {}
+    for item in names:
+        name, sep, value = item.partition("=")
+        if not sep:
+            if name not in os.environ:
+                raise InputError(f"--env {name}: {name} is not set in this environment")
+            value = os.environ[name]
+        env[name] = value
+    return {"env_vars": env} if env else None
+
+
+def _cmd_submit(args) -> int:
+    from .submit import submit
+
+    model = _load_model(args.model)
+    job = submit(args.path, model, address=args.address, runtime_env=_job_env(args.env), **_fit_options(args))
+    print(job.id)
+    print(f"submitted to {job.address}; follow it with: distglm status {job.id}", file=sys.stderr)
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from .submit import get_job
+
+    job = get_job(args.target, address=args.address)
+    status = job.wait(timeout=args.wait) if args.wait is not None else job.status()
+    print(status)
+    return 0
+
+
+def _cmd_cancel(args) -> int:
+    from .submit import get_job
+
+    status = get_job(args.target, address=args.address).cancel()
+    print(status)
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from . import store
+    from .core.fit import STATUS_OK, STATUS_REASONS
+    from .plan import plan_blocks
+
+    path = args.path
+    info = store.open_inputs(path)
+    print(f"store {path}")
+    print(f"  inputs: X {info.n_samples} x {info.n_features} ({info.X_dtype}), y {info.n_samples} x "
+          f"{info.n_neurons} ({info.y_dtype}), neuron chunk {info.neuron_chunk}, "
+          f"feature mask: {'yes' if info.has_mask else 'no (all ones)'}")
+    if info.feature_groups:
+        print("  feature groups: " + ", ".join(f"{name} ({size})" for name, size in info.feature_groups))
+    job = store.read_attrs(path, "job")
+    if job.get("id"):
+        print(f"  job: {job['id']} {job.get('state')}, {job.get('neurons_done')}/{job.get('neurons_total')} "
+              f"neurons" + (f", error: {job['error']}" if job.get("error") else ""))
+    fingerprint = store.read_fingerprint(path)
+    if fingerprint is None:
+        print("  results: none (fit the store with distglm fit or distglm submit)")
+        return 0
+    model = fingerprint.get("model", {})
+    strength = model.get("regularizer_strength")
+    print(f"  model: {model.get('observation_model')}, {model.get('regularizer')}"
+          + (f" (strength {strength})" if strength is not None else "")
+          + f", solver {model.get('solver_name') or 'default'}")
+    n_blocks = len(plan_blocks(info.n_neurons, info.neuron_chunk, fingerprint["block_size"]))
+    done = store.done_blocks(path)
+    res = store.read_results(path)
+    status = res["status"]
+    written = status != store.STATUS_UNWRITTEN
+    print(f"  blocks: {len(done)}/{n_blocks} done")
+    print(f"  neurons: {int(written.sum())}/{info.n_neurons} fitted, {int(res['converged'].sum())} converged, "
+          f"{int((written & (status != STATUS_OK)).sum())} failed or not converged")
+    for code in sorted(set(int(s) for s in status[written]) - {STATUS_OK}):
+        neurons = np.flatnonzero(status == code)
+        shown = ", ".join(str(n) for n in neurons[:args.failures])
+        more = f", ... ({neurons.size} in all)" if neurons.size > args.failures else ""
+        print(f"    {STATUS_REASONS.get(code, f'status {code}')}: neurons {shown}{more}")
+    if written.any():
+        print(f"  iterations: {_quantiles(res['n_iter'][written], '.0f')}")
+        print(f"  gradient norm: {_quantiles(res['grad_norm'][written], '.2e')}")
+        print(f"  loss: {_quantiles(res['loss'][written], '.4g')}")
+    print(f"  pseudo-R2 (McFadden) per neuron: {_inspect_pseudo_r2(args, info, path, len(done) == n_blocks)}")
+    return 0
+
+
+def _inspect_pseudo_r2(args, info, path: str, complete: bool) -> str:
+    from . import load_model, store
+
+    if args.no_pseudo_r2:
+        return "not computed (--no-pseudo-r2)"
+    if not complete:
+        return "not computed: the fit is unfinished"
+    if info.n_samples * info.n_neurons > _MAX_SCORE_VALUES:
+        return f"not computed: y holds {info.n_samples * info.n_neurons} values, more than {_MAX_SCORE_VALUES}"
+    model = load_model(path)
+    X = store.read_X(path)
+    y = store.read_y_block(path, 0, info.n_neurons)
+    if info.feature_groups:
+        starts = np.cumsum([0] + [size for _, size in info.feature_groups])
+        X = {name: X[:, s:s + size] for (name, size), s in zip(info.feature_groups, starts)}
+    return _quantiles(pseudo_r2(model, X, y))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distglm",
+        description="Population GLMs of neural activity, fitted in memory or sharded across a Ray cluster.",
+        epilog="See 'distglm COMMAND --help'. A model file holds distglm.glm.model_to_config output, e.g. "
+               '{"regularizer": "Ridge", "regularizer_strength": 0.1}; missing keys take their defaults.',
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser("demo", help="simulate a population, fit it on a local Ray and summarise",
+                               description="Simulate a population of neurons (stimulus and spike-history "
+                                           "features through raised-cosine filters, coupling to hub neurons, "
+                                           "Poisson spikes), write it to a store, fit it with distglm.fit and "
+                                           "print a summary.")
+    demo.add_argument("--neurons", type=_positive_int, default=256, help="neurons to simulate (default 256)")
+    demo.add_argument("--samples", type=_positive_int, default=20_000, help="time bins (default 20000)")
+    demo.add_argument("--store", help="where to write the store (default: a new temporary directory)")
+    demo.add_argument("--overwrite", action="store_true", help="replace the inputs of an existing --store")
+    demo.add_argument("--num-actors", type=_positive_int, help="Ray actors (default: one per CPU)")
+    demo.add_argument("--address", help="fit on this Ray cluster (host:6379) instead of a local Ray")
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the simulation (default 0)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(func=_cmd_demo)
+
+    def add_fit_arguments(sub, address_help):
+        sub.add_argument("path", help="the store (a directory or a URL such as s3://bucket/rec.zarr)")
+        sub.add_argument("--model", help="model JSON file, or an inline JSON object (default: Poisson, "
+                                         "unregularized)")
+        sub.add_argument("--address", help=address_help)
+        sub.add_argument("--num-actors", type=_positive_int, help="Ray actors (default: one per CPU of the cluster)")
+        sub.add_argument("--block-size", type=_positive_int, help="neurons per block, a multiple of the store's "
+                                                                  "neuron chunk")
+        sub.add_argument("--no-resume", action="store_true", help="refit every block, replacing earlier results")
+
+    fit = commands.add_parser("fit", help="fit a store on Ray and wait for the result",
+                              description="Fit the store's inputs on Ray actors in this process's Ray: a local "
+                                          "one, or the cluster at --address / RAY_ADDRESS.")
+    add_fit_arguments(fit, "the Ray cluster (host:6379 or ray://host:10001; default RAY_ADDRESS, else a local Ray)")
+    fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.set_defaults(func=_cmd_fit)
+
+    submit = commands.add_parser("submit", help="submit a fit to a running cluster and print its job id",
+                                 description="Submit the fit as a Ray job; it runs on the cluster after this "
+                                             "command exits, and records its progress in the store.")
+    add_fit_arguments(submit, "the cluster's dashboard, http://HEAD:8265 (default RAY_ADDRESS, else "
+                              "http://127.0.0.1:8265)")
+    submit.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                        help="set an environment variable for the job on the cluster, such as the store's "
+                             "credentials; NAME alone passes this shell's value (repeatable)")
+    submit.set_defaults(func=_cmd_submit)
+
+    for name, help_text in (("status", "a submitted job's state and progress"), ("cancel", "stop a submitted job")):
+        sub = commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        sub.add_argument("target", metavar="PATH|ID", help="the job's store, or its id")
+        sub.add_argument("--address", help="the cluster's dashboard, http://HEAD:8265 (default: the one recorded "
+                                           "in the store, else RAY_ADDRESS)")
+        sub.set_defaults(func=_cmd_status if name == "status" else _cmd_cancel)
+        if name == "status":
+            sub.add_argument("--wait", type=float, metavar="SECONDS",
+                             help="wait up to SECONDS for the job to end before printing")
+
+    inspect = commands.add_parser("inspect", help="a store's inputs, results and per-neuron diagnostics",
+                                  description="Describe a store: its inputs, its job, its fit's results with "
+                                              "failures and their reasons, iteration and gradient statistics, "
+                                              "and McFadden's pseudo-R2 per neuron (reads X and y).")
+    inspect.add_argument("path", help="the store")
+    inspect.add_argument("--failures", type=_positive_int, default=10,
+                         help="neurons listed per failure reason (default 10)")
+    inspect.add_argument("--no-pseudo-r2", action="store_true", help="skip pseudo-R2 (which reads X and y)")
+    inspect.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def _run_job(argv: list[str]) -> int:
+    # The entrypoint of a submitted job (see distglm.submit); not a user command. Its last line
+    # on failure, "error: ...", is what a Job reports when the store could not record the failure.
+    import traceback
+
+    from .submit import run_job
+
+    parser = argparse.ArgumentParser(prog="distglm _run-job")
+    parser.add_argument("path")
+    parser.add_argument("--job-id", required=True)
+    args = parser.parse_args(argv)
+    try:
+        return run_job(args.path, args.job_id)
+    except Exception as err:  # noqa: BLE001 - any failure of the job ends it with its reason
+        traceback.print_exc()
+        reason = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {reason}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``distglm`` command with ``argv`` (default ``sys.argv[1:]``); return its exit code.
+
+    Examples
+    --------
+    >>> main(["inspect", "/nonexistent/store.zarr"])  # prints "error: ..." on stderr
+    1
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["_run-job"]:
+            return _run_job(argv[1:])
+        args = _parser().parse_args(argv)
+        return args.func(args)
+    except DistGLMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

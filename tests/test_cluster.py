@@ -1,0 +1,260 @@
+"""Fits submitted to a real multi-node Ray cluster on this machine (cluster/local.sh).
+
+One cluster for the module: a head node and two worker nodes of one CPU each, every node its own
+``ray start`` process tree. The tests submit through the Jobs API, reattach from another process,
+cancel, use a store on an S3-compatible server, and kill a worker node in the middle of a fit.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import psutil
+import pytest
+
+import distglm
+from distglm import store
+from distglm.errors import JobError
+from distglm.submit import get_job, submit
+
+pytestmark = pytest.mark.ray
+submit_module = sys.modules["distglm.submit"]
+LOCAL_SH = Path(__file__).resolve().parents[1] / "cluster" / "local.sh"
+MODEL = dict(regularizer="Ridge", regularizer_strength=0.1)
+
+
+class LocalCluster(NamedTuple):
+    url: str        # the dashboard: the Jobs API
+    state_dir: str  # local.sh's pid files and logs
+    env: dict
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A short directory: Ray's socket paths under it must stay within 107 bytes.
+    state_dir = tempfile.mkdtemp(prefix="dg-")
+    dashboard_port = free_port()
+    env = {
+        **os.environ,
+        # the nodes run submitted jobs with the `python` first on their PATH: this environment's
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DISTGLM_LOCAL_DIR": state_dir,
+        "DISTGLM_LOCAL_WORKERS": "2",
+        "DISTGLM_LOCAL_CPUS": "1",
+        "DISTGLM_LOCAL_PORT": str(free_port()),
+        "DISTGLM_LOCAL_DASHBOARD_PORT": str(dashboard_port),
+        "JAX_PLATFORMS": "cpu",
+    }
+    env.pop("RAY_ADDRESS", None)
+    try:
+        up = subprocess.run(["bash", str(LOCAL_SH), "up"], env=env, capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        status = subprocess.run(["bash", str(LOCAL_SH), "status"], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert "cluster: 3 live nodes, 3 CPUs" in status.stdout, status.stdout + status.stderr
+        yield LocalCluster(f"http://127.0.0.1:{dashboard_port}", state_dir, env)
+    finally:
+        down = subprocess.run(["bash", str(LOCAL_SH), "down"], env=env, capture_output=True, text=True, timeout=300)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def make_inputs(n_neurons, n_samples=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_samples, 5))
+    mask = (rng.random((5, n_neurons)) < 0.8).astype(np.uint8)
+    coef = rng.normal(0, 0.3, size=(5, n_neurons)) * mask
+    y = rng.poisson(np.exp(X @ coef - 0.3)).astype(np.int32)
+    return X, y, mask
+
+
+def assert_matches_in_memory_fit(fitted, X, y, mask):
+    reference = distglm.PopulationGLM(**MODEL, feature_mask=mask).fit(X, y)
+    np.testing.assert_allclose(fitted.coef_, reference.coef_, atol=2e-3)
+    np.testing.assert_allclose(fitted.intercept_, reference.intercept_, atol=2e-3)
+    assert np.all(fitted.coef_[mask == 0] == 0)
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "distglm.cli", *args], capture_output=True, text=True,
+                          timeout=180, env=env)
+
+
+def fitter_processes(state_dir, workers_only=False):
+    """The BlockFitter actor processes of this cluster, with the raylet of the node each runs on."""
+    found = []
+    names = ["worker-1", "worker-2"] + ([] if workers_only else ["head"])
+    for name in names:
+        try:
+            node = psutil.Process(int(Path(state_dir, f"{name}.pid").read_text()))
+            raylets = [p for p in node.children(recursive=True) if p.name() == "raylet"]
+            for raylet in raylets:
+                found += [(raylet, p) for p in raylet.children()
+                          if "BlockFitter" in " ".join(p.cmdline())]
+        except (OSError, psutil.Error):
+            continue  # a node that is gone hosts nothing
+    return found
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_and_foreign_job_ids(cluster):
+    with pytest.raises(JobError, match="no job 'distglm-doesnotexist' on the Ray cluster at http://127.0.0.1"):
+        get_job("distglm-doesnotexist", address=cluster.url)
+    foreign = submit_module._Cluster(cluster.url).call("submit_job", entrypoint="true")
+    with pytest.raises(JobError, match=f"job '{foreign}' .* was not submitted by distglm"):
+        get_job(foreign, address=cluster.url)
+    result = run_cli("status", "distglm-doesnotexist", "--address", cluster.url)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no job 'distglm-doesnotexist'")
+
+
+def test_a_job_its_cluster_forgot(cluster, tmp_path):
+    # the record of a job submitted to a cluster that was since replaced at the same address
+    X, y, mask = make_inputs(16, n_samples=100)
+    path = store.write_inputs(str(tmp_path / "forgotten.zarr"), X, y, mask)
+    store.write_attrs(path, "job", submit_module._new_record("distglm-forgotten", cluster.url,
+                                                             distglm.PopulationGLM(), {}, 16))
+    status = get_job(path).status()
+    assert (status.state, status.cluster_status) == ("failed", "UNKNOWN")
+    assert "has no job distglm-forgotten: the cluster it ran on is gone, and the store records it pending" in status.error
+    assert get_job(path).wait(timeout=5).state == "failed"
+
+
+def test_submit_status_and_cancel(cluster, tmp_path):
+    X, y, mask = make_inputs(48)
+    path = store.write_inputs(str(tmp_path / "cancel.zarr"), X, y, mask, neuron_chunk=16)
+    job = submit(path, distglm.PopulationGLM(**MODEL), address=cluster.url, num_actors=2)
+    assert store.read_attrs(path, "job")["history"][0][0] == "pending"
+    with pytest.raises(JobError, match=f"already has job {job.id}"):
+        submit(path, distglm.PopulationGLM(), address=cluster.url)
+
+    wait_until(lambda: job.status().state == "running", 120, "the job to run")
+    wait_until(lambda: fitter_processes(cluster.state_dir), 120, "the fit's actors")
+    status = job.cancel()
+    assert (status.state, status.cluster_status) == ("cancelled", "STOPPED")
+    assert [s for s, _ in store.read_attrs(path, "job")["history"]] == ["pending", "running", "cancelled"]
+    with pytest.raises(JobError, match="has no result: it is cancelled"):
+        job.result()
+    # the fit's actors went with it
+    wait_until(lambda: not fitter_processes(cluster.state_dir), 60, "the actors to stop")
+
+    # the command line: submit again (a cancelled job frees the store), follow it by path, cancel by id
+    submitted = run_cli("submit", path, "--address", cluster.url, "--model", '{"regularizer": "Ridge"}',
+                        "--no-resume")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert job_id.startswith("distglm-") and job_id != job.id
+    status = run_cli("status", path)  # the address comes from the store's record
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"job {job_id}: ")
+    cancelled = run_cli("cancel", job_id, "--address", cluster.url)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"job {job_id}: cancelled (cluster: STOPPED)" in cancelled.stdout
+    assert store.read_attrs(path, "job")["state"] == "cancelled"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """An S3-compatible server on loopback, with a bucket, and this process's credentials for it.
+
+    One for the module: fsspec caches its S3 file system, endpoint included, for the process.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+        client.create_bucket(Bucket="distglm-test")
+        yield env, client
+    server.stop()
+
+
+def test_fit_with_the_store_on_s3(cluster, s3):
+    env, client = s3
+    X, y, mask = make_inputs(32)
+    path = store.write_inputs("s3://distglm-test/recording.zarr", X, y, mask, neuron_chunk=16)
+    # The nodes hold no credentials of their own: the job's runtime environment carries them.
+    job = submit(path, distglm.PopulationGLM(**MODEL), address=cluster.url, num_actors=2,
+                 runtime_env={"env_vars": env})
+    status = job.wait(timeout=240)
+    assert status.state == "succeeded", status
+    assert (status.neurons_done, status.neurons_total, status.neurons_failed) == (32, 32, 0)
+    keys = {obj["Key"] for obj in client.list_objects_v2(Bucket="distglm-test")["Contents"]}
+    assert "recording.zarr/results/coef/zarr.json" in keys
+    assert any(key.startswith("recording.zarr/results/coef/c/") for key in keys)
+    assert_matches_in_memory_fit(job.result(), X, y, mask)
+
+
+def test_a_store_the_cluster_cannot_read(cluster, s3):
+    env, _ = s3
+    X, y, mask = make_inputs(16, n_samples=200)
+    path = store.write_inputs("s3://distglm-test/unreachable.zarr", X, y, mask)
+    # readable from here, but the cluster is pointed at an endpoint where nothing listens
+    job = submit(path, distglm.PopulationGLM(), address=cluster.url,
+                 runtime_env={"env_vars": {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}})
+    status = job.wait(timeout=180)
+    assert status.state == "failed" and status.cluster_status == "FAILED"
+    assert status.error.startswith("cannot read the store s3://distglm-test/unreachable.zarr"), status.error
+    with pytest.raises(JobError, match="has no result: it is failed: cannot read the store"):
+        job.result()
+
+
+def test_fit_survives_its_submitter_and_a_lost_worker_node(cluster, tmp_path):
+    X, y, mask = make_inputs(96, n_samples=3000)
+    path = store.write_inputs(str(tmp_path / "survivor.zarr"), X, y, mask, neuron_chunk=16)
+    script = ("import distglm\n"
+              f"job = distglm.submit({path!r}, distglm.PopulationGLM(**{MODEL!r}), address={cluster.url!r}, "
+              "num_actors=2)\n"
+              "print(job.id)\n")
+    submitter = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert submitter.returncode == 0, submitter.stderr
+    job = get_job(submitter.stdout.split()[-1], address=cluster.url)
+    assert job.path == path
+
+    # kill the raylet of a worker node while one of the fit's actors runs there
+    raylet, _ = wait_until(lambda: fitter_processes(cluster.state_dir, workers_only=True)[:1], 120,
+                           "an actor on a worker node")[0]
+    assert job.status().state in ("pending", "running")
+    raylet.kill()
+
+    status = job.wait(timeout=300)
+    assert status.state == "succeeded", status
+    record = store.read_attrs(path, "job")
+    assert record["report"]["n_retries"] >= 1
+    assert [s for s, _ in record["history"]] == ["pending", "running", "succeeded"]
+    assert store.done_blocks(path) == set(range(6))
+    assert np.all(store.read_results(path)["status"] != store.STATUS_UNWRITTEN)
+    assert_matches_in_memory_fit(job.result(), X, y, mask)
+
