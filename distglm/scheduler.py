@@ -10,6 +10,7 @@ a dead actor is replaced. A fit rerun with ``resume=True`` skips the blocks mark
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 from typing import Callable
@@ -141,6 +142,11 @@ def _connect(address: str | None, num_cpus: int | None):
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        raise InputError(
+            f"{address!r} is a Ray dashboard address, which distglm.submit uses; distglm.fit connects to the "
+            "cluster itself: give its GCS address (HOST:6379) or a Ray client address (ray://HOST:10001)"
+        )
     if address:
         try:
             ray.init(address=address, log_to_driver=False)
@@ -286,8 +292,9 @@ def _dispatch(path, todo, X, keep, model_config, strength, pad_to, x64, num_acto
     def new_actor():
         return remote_cls.remote(path, refs[0], refs[1], model_config, refs[2], pad_to, x64)
 
-    actors = [new_actor() for _ in range(num_actors)]
-    idle = list(range(num_actors))
+    actors = {slot: new_actor() for slot in range(num_actors)}
+    idle = list(actors)
+    new_slots = itertools.count(num_actors)
     queue = list(todo)
     tries = {b.id: 0 for b in todo}
     in_flight = {}
@@ -312,14 +319,21 @@ def _dispatch(path, todo, X, keep, model_config, strength, pad_to, x64, num_acto
                 summary = ray.get(ref)
             except (RayActorError, RayTaskError) as err:
                 if isinstance(err, RayActorError) or _actor_is_dead(actors[slot]):
-                    actors[slot] = new_actor()
-                reason = _short_reason(err)
+                    # The block goes to a live actor. A replacement is started only where a
+                    # CPU is free (or no actor is left): on a cluster that lost a node, a
+                    # replacement would wait for a CPU the live actors hold until the end.
+                    del actors[slot]
+                    if not actors or ray.available_resources().get("CPU", 0) >= 1:
+                        slot = next(new_slots)
+                        actors[slot] = new_actor()
+                        idle.append(slot)
+                else:
+                    idle.append(slot)
                 if tries[block.id] <= max_retries:
                     n_retries += 1
                     queue.insert(0, block)
                 else:
-                    failed_blocks[block.id] = reason
-                idle.append(slot)
+                    failed_blocks[block.id] = _short_reason(err)
                 continue
             idle.append(slot)
             summaries.append(summary)
@@ -330,7 +344,7 @@ def _dispatch(path, todo, X, keep, model_config, strength, pad_to, x64, num_acto
     finally:
         if bar is not None:
             bar.close()
-        for actor in actors:
+        for actor in actors.values():
             ray.kill(actor)
     return summaries, failed_blocks, n_retries
 
