@@ -19,9 +19,13 @@ from .plan import Block
 __all__ = ["ACTOR_ENV", "BlockFitter", "fit_one_block"]
 
 # One XLA thread per actor: actors are the unit of parallelism, and several multi-threaded
-# XLA runtimes on one machine only fight over its cores.
+# XLA runtimes on one machine only fight over its cores. XLA's CPU client sizes its thread pool
+# from PJRT_NPROC (the Eigen flag alone leaves one thread per core); with a pool of one thread,
+# asynchronous dispatch keeps a second thread busy waiting, so dispatch is synchronous.
 ACTOR_ENV = {
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
+    "PJRT_NPROC": "1",
+    "JAX_CPU_ENABLE_ASYNC_DISPATCH": "false",
     "JAX_PLATFORMS": "cpu",
     "OMP_NUM_THREADS": "1",
 }
