@@ -16,7 +16,7 @@ import numpy as np
 from . import store
 from .plan import Block
 
-__all__ = ["ACTOR_ENV", "BlockFitter", "fit_one_block"]
+__all__ = ["ACTOR_ENV", "BlockFitter", "fit_one_block", "slice_strength"]
 
 # One XLA thread per actor: actors are the unit of parallelism, and several multi-threaded
 # XLA runtimes on one machine only fight over its cores. XLA's CPU client sizes its thread pool
@@ -34,7 +34,7 @@ ACTOR_ENV = {
 _DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "distglm", "xla")
 
 
-def _slice_strength(strength, start: int, stop: int, pad_to: int):
+def slice_strength(strength, start: int, stop: int, pad_to: int):
     """The block's slice of per-neuron strength arrays (neuron axis last), padded by repetition."""
     if strength is None:
         return None
@@ -65,7 +65,7 @@ def fit_one_block(path: str, block: Block, X: np.ndarray, keep: np.ndarray | Non
     keep : bool array of shape (n_samples,), or None when no row is dropped
     model_config : dict
         The model's configuration (:func:`distglm.glm.model_to_config`).
-    strength : per-neuron strength arrays of the whole population (neuron axis last), or None
+    strength : the block's strength arrays of shape (..., pad_to) (neuron axis last), or None
     pad_to : int
         The common block size; shorter blocks are padded with empty neurons.
     """
@@ -93,7 +93,7 @@ def fit_one_block(path: str, block: Block, X: np.ndarray, keep: np.ndarray | Non
     config = model._fit_config()
     t1 = time.perf_counter()
     result = core_fit.fit_block(X, y, mask.astype(dtype), config,
-                                strength=_slice_strength(strength, block.start, block.stop, pad_to))
+                                strength=strength)
     jax.block_until_ready(result.state)
     t_solve = time.perf_counter() - t1
 
@@ -137,13 +137,12 @@ class BlockFitter:
         NaN-free design matrix; passed as an object reference, so it is read once per actor.
     keep : bool array of shape (n_samples,) or None
     model_config : dict
-    strength : per-neuron strength arrays or None
     pad_to : int
     x64 : bool
         Whether the driver runs JAX in float64.
     """
 
-    def __init__(self, path, X, keep, model_config, strength, pad_to, x64):
+    def __init__(self, path, X, keep, model_config, pad_to, x64):
         import jax
 
         jax.config.update("jax_enable_x64", bool(x64))
@@ -151,14 +150,15 @@ class BlockFitter:
         # and a resumed fit load the compiled block fit instead of compiling it again.
         jax.config.update("jax_compilation_cache_dir", os.environ.get("DISTGLM_COMPILATION_CACHE", _DEFAULT_CACHE))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-        self._args = (path, X, keep, model_config, strength, pad_to)
+        self._args = (path, X, keep, model_config, pad_to)
         self._n_blocks = 0
 
     def pid(self) -> int:
         return os.getpid()
 
-    def fit(self, block: Block) -> dict:
-        path, X, keep, model_config, strength, pad_to = self._args
+    def fit(self, block: Block, strength) -> dict:
+        """Fit ``block`` with its strength arrays (shape (..., pad_to)) and write its results."""
+        path, X, keep, model_config, pad_to = self._args
         t0 = time.perf_counter()
         summary = fit_one_block(path, block, X, keep, model_config, strength, pad_to)
         # the first block of an actor pays for compilation; report it apart

@@ -238,9 +238,8 @@ def fit(
     blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size, num_actors or 2)
     pad_to = _plan.padded_size(blocks)
     fingerprint["block_size"] = blocks[0].size if len(blocks) > 1 else pad_to
-    strength = model._expanded_strength(info.n_features, info.n_neurons)
-    spec = core_fit.state_spec(config, X.shape[0], info.n_features, pad_to, dtype,
-                               _slice_strength_shape(strength, pad_to))
+    block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
+    spec = core_fit.state_spec(config, X.shape[0], info.n_features, pad_to, dtype, block_strength(blocks[0]))
     store.create_results(path, n_features=info.n_features, n_neurons=info.n_neurons,
                          neuron_chunk=info.neuron_chunk,
                          n_blocks=len(blocks), dtype=np.dtype(dtype), state_spec=spec,
@@ -254,7 +253,7 @@ def fit(
         started = _connect(address, None)
         try:
             summaries, failed_blocks, n_retries = _dispatch(
-                path, todo, X, keep, model_config, strength, pad_to, bool(jax.config.jax_enable_x64),
+                path, todo, X, keep, model_config, block_strength, pad_to, bool(jax.config.jax_enable_x64),
                 num_actors, max_retries, progress, info.n_neurons,
                 sum(b.size for b in blocks if b.id in done), on_block,
             )
@@ -267,15 +266,27 @@ def fit(
     return _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared)
 
 
-def _slice_strength_shape(strength, pad_to):
-    if strength is None:
-        return None
-    import jax
+def _strength_by_block(model, n_features: int, n_neurons: int, pad_to: int) -> Callable:
+    """``block -> strength arrays of shape (..., pad_to)`` for that block, validated once here.
 
-    return jax.tree_util.tree_map(lambda a: np.zeros(np.shape(a)[:-1] + (pad_to,)), strength)
+    Only a strength given per neuron is held for the whole population (and sliced); a scalar
+    (or per-group) strength is expanded block by block, so nothing here grows with n_neurons.
+    """
+    from .actor import slice_strength
+
+    raw = model.regularizer_strength
+    leaves = raw if isinstance(raw, tuple) else (raw,)
+    per_neuron = model.regularizer.name not in ("UnRegularized", "GroupLasso") and any(
+        raw is not None and np.ndim(leaf) > 0 for leaf in leaves
+    )
+    if per_neuron:
+        full = model._expanded_strength(n_features, n_neurons)
+        return lambda block: slice_strength(full, block.start, block.stop, pad_to)
+    model._expanded_strength(n_features, 1)
+    return lambda block: model._expanded_strength(n_features, pad_to)
 
 
-def _dispatch(path, todo, X, keep, model_config, strength, pad_to, x64, num_actors, max_retries, progress,
+def _dispatch(path, todo, X, keep, model_config, block_strength, pad_to, x64, num_actors, max_retries, progress,
               n_neurons, n_already, on_block):
     import ray
     from ray.exceptions import RayActorError, RayTaskError
@@ -287,10 +298,10 @@ def _dispatch(path, todo, X, keep, model_config, strength, pad_to, x64, num_acto
     num_actors = min(num_actors, len(todo))
     remote_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0,
                             runtime_env={"env_vars": ACTOR_ENV})(BlockFitter)
-    refs = (ray.put(X), ray.put(keep), ray.put(strength))
+    refs = (ray.put(X), ray.put(keep))
 
     def new_actor():
-        return remote_cls.remote(path, refs[0], refs[1], model_config, refs[2], pad_to, x64)
+        return remote_cls.remote(path, refs[0], refs[1], model_config, pad_to, x64)
 
     actors = {slot: new_actor() for slot in range(num_actors)}
     idle = list(actors)
@@ -311,7 +322,7 @@ def _dispatch(path, todo, X, keep, model_config, strength, pad_to, x64, num_acto
                 slot = idle.pop()
                 block = queue.pop(0)
                 tries[block.id] += 1
-                in_flight[actors[slot].fit.remote(block)] = (slot, block)
+                in_flight[actors[slot].fit.remote(block, block_strength(block))] = (slot, block)
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             ref = ready[0]
             slot, block = in_flight.pop(ref)

@@ -166,25 +166,34 @@ _CHUNK_ELEMENTS = 1 << 20
 
 
 class _Chunks(NamedTuple):
-    """Samples split into row chunks: X (k, r, p), y (k, r, N), weights (k, r) = 1/n or 0 (padding)."""
+    """Samples read in row chunks of ``rows`` (static) from ``X`` (n, p) and ``y`` (n, N)."""
 
     X: Any
     y: Any
-    w: Any
+    rows: int
 
 
-def _chunk(X, y, pad_y) -> _Chunks:
-    n, p = X.shape
-    n_neurons = y.shape[1]
-    rows = max(8, (_CHUNK_ELEMENTS // max(n_neurons, 1)) // 8 * 8)
-    if rows >= n:
-        return _Chunks(X[None], y[None], jnp.full((1, n), 1.0 / n, X.dtype))
-    k = -(-n // rows)
-    pad = k * rows - n
-    Xp = jnp.concatenate([X, jnp.zeros((pad, p), X.dtype)]).reshape(k, rows, p)
-    yp = jnp.concatenate([y, jnp.full((pad, n_neurons), pad_y, y.dtype)]).reshape(k, rows, n_neurons)
-    w = jnp.concatenate([jnp.full((n,), 1.0 / n, X.dtype), jnp.zeros((pad,), X.dtype)]).reshape(k, rows)
-    return _Chunks(Xp, yp, w)
+def _chunk(X, y) -> _Chunks:
+    rows = max(8, (_CHUNK_ELEMENTS // max(y.shape[1], 1)) // 8 * 8)
+    return _Chunks(X, y, min(rows, X.shape[0]))
+
+
+def _reduce(chunks: _Chunks, body: Callable, init):
+    """Fold ``body(carry, x_chunk, y_chunk)`` over the row chunks, slicing in place (no copies)."""
+    X, y, rows = chunks
+    n = X.shape[0]
+    k, rem = divmod(n, rows)
+
+    def step(carry, i):
+        start = i * rows
+        x = jax.lax.dynamic_slice_in_dim(X, start, rows)
+        yy = jax.lax.dynamic_slice_in_dim(y, start, rows)
+        return body(carry, x, yy), None
+
+    carry, _ = jax.lax.scan(step, init, jnp.arange(k))
+    if rem:
+        carry = body(carry, X[k * rows:], y[k * rows:])
+    return carry
 
 
 def _elementwise(obs: Observations, link: Callable, order: int):
@@ -207,35 +216,30 @@ def _elementwise(obs: Observations, link: Callable, order: int):
 def _data_pass(chunks: _Chunks, weights, intercept, fn, with_grad: bool):
     """Per-neuron mean loss (N,), and its gradients (p, N), (N,) w.r.t. weights and intercept.
 
-    One scan over row chunks: each chunk costs one product ``X_c @ weights`` and, for the
+    One pass over row chunks: each chunk costs one product ``X_c @ weights`` and, for the
     gradient, one ``X_c.T @ d``; nothing of size (n_samples, n_neurons) is materialised.
     """
-    n_neurons = weights.shape[1]
-    zeros_n = jnp.zeros((n_neurons,), weights.dtype)
+    scale = 1.0 / chunks.X.shape[0]
+    zeros_n = jnp.zeros((weights.shape[1],), weights.dtype)
 
-    def body(carry, chunk):
-        x, yy, w = chunk
-        eta = x @ weights + intercept
-        value, deriv = fn(yy, eta)
-        loss = carry[0] + w @ value
+    def body(carry, x, yy):
+        value, deriv = fn(yy, x @ weights + intercept)
+        loss = carry[0] + scale * jnp.sum(value, axis=0)
         if not with_grad:
-            return (loss,), None
-        wd = deriv * w[:, None]
-        return (loss, carry[1] + x.T @ wd, carry[2] + jnp.sum(wd, axis=0)), None
+            return (loss,)
+        d = scale * deriv
+        return (loss, carry[1] + x.T @ d, carry[2] + jnp.sum(d, axis=0))
 
     init = (zeros_n, jnp.zeros_like(weights), zeros_n) if with_grad else (zeros_n,)
-    out, _ = jax.lax.scan(body, init, tuple(chunks))
-    return out
+    return _reduce(chunks, body, init)
 
 
 def _curvature(chunks: _Chunks, weights, intercept, fn2):
     """Mean over samples of d^2 nll / d eta^2 at the given parameters, shape (n_neurons,)."""
-    def body(acc, chunk):
-        x, yy, w = chunk
-        return acc + w @ fn2(yy, x @ weights + intercept), None
+    def body(acc, x, yy):
+        return acc + jnp.sum(fn2(yy, x @ weights + intercept), axis=0) / chunks.X.shape[0]
 
-    out, _ = jax.lax.scan(body, jnp.zeros(weights.shape[1], weights.dtype), tuple(chunks))
-    return out
+    return _reduce(chunks, body, jnp.zeros(weights.shape[1], weights.dtype))
 
 
 def _preconditioner(X, mask, h, ridge):
@@ -347,19 +351,17 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
     return _Problem(solver, to_theta, to_solver, data_loss, penalty, error)
 
 
-def _safe_y(config: FitConfig) -> float:
-    """A response inside every family's domain, for neurons and rows that must contribute 0."""
-    return 0.5 if config.observation.name == "Bernoulli" else 1.0
+def _safe_start(config: FitConfig, init: Params, active) -> Params:
+    """Start inactive neurons where their (validated, finite) data give a finite loss.
 
-
-def _safe_inputs(config: FitConfig, y, init: Params, active):
-    """Replace inactive neurons' data and start so they contribute exact zeros, never NaN."""
-    safe_y = _safe_y(config)
-    y = jnp.where(active[None, :], y, safe_y)
-    safe_b = jnp.asarray(initial_intercept(config.inverse_link, np.asarray(safe_y)), y.dtype)
+    Their loss is weighted by 0, so they contribute exact zeros and never NaN; a neuron with
+    no events gets the intercept matching a mean response of 1 (0.5 for Bernoulli).
+    """
+    safe_mean = 0.5 if config.observation.name == "Bernoulli" else 1.0
+    safe_b = jnp.asarray(initial_intercept(config.inverse_link, np.asarray(safe_mean)), init.intercept.dtype)
     coef = jnp.where(active[None, :], init.coef, 0.0)
     intercept = jnp.where(active, init.intercept, safe_b)
-    return y, Params(coef, intercept)
+    return Params(coef, intercept)
 
 
 def _tri(X, chunks: _Chunks, mask, theta0: Params, strength, config: FitConfig):
@@ -388,8 +390,8 @@ def _dof_resid(config: FitConfig, X, coef):
 
 @partial(jax.jit, static_argnames=("config",))
 def _solve(X, y, mask, init: Params, strength, active, config: FitConfig):
-    y, theta0 = _safe_inputs(config, y, init, active)
-    chunks = _chunk(X, y, _safe_y(config))
+    theta0 = _safe_start(config, init, active)
+    chunks = _chunk(X, y)
     tri = _tri(X, chunks, mask, theta0, strength, config)
     prob = _build(chunks, mask, strength, active, tri, config)
     solver = prob.solver
@@ -570,7 +572,7 @@ class UpdateState(NamedTuple):
 def init_update_state(X, y, mask, params: Params, strength, config: FitConfig) -> UpdateState:
     """Set up step-by-step fitting (``update_step``) from ``params`` on the data ``X``, ``y``."""
     active = jnp.ones(y.shape[1], dtype=bool)
-    chunks = _chunk(X, y, _safe_y(config))
+    chunks = _chunk(X, y)
     tri = _tri(X, chunks, mask, params, strength, config)
     prob = _build(chunks, mask, strength, active, tri, config)
     extra = _extra_args(config)
@@ -581,7 +583,7 @@ def init_update_state(X, y, mask, params: Params, strength, config: FitConfig) -
 def update_step(X, y, mask, params: Params, ustate: UpdateState, strength, config: FitConfig):
     """One solver iteration on the data ``X``, ``y``; returns ``(params, UpdateState)``."""
     active = jnp.ones(y.shape[1], dtype=bool)
-    prob = _build(_chunk(X, y, _safe_y(config)), mask, strength, active, ustate.tri, config)
+    prob = _build(_chunk(X, y), mask, strength, active, ustate.tri, config)
     extra = _extra_args(config)
     v, state = prob.solver.update(prob.to_solver(params), ustate.solver_state, *extra)
     theta = prob.to_theta(v)
