@@ -145,15 +145,23 @@ def solver_stats(lib: str, model) -> dict:
         "num_fun_eval": int(state.num_fun_eval),
         "num_grad_eval": int(state.num_grad_eval),
         "num_linesearch_iter": int(state.num_linesearch_iter),
-        # jaxopt's LBFGS builds its zoom line search with has_aux=True, so every line search
+        "linesearch": linesearch(model),
+        # jaxopt's LBFGS builds its zoom line search with has_aux=True, so every zoom search
         # counts one extra evaluation for an auxiliary output that is None; its result is
         # unused and XLA drops it. Each line-search step is one value-and-gradient evaluation.
-        "evaluations": int(state.num_fun_eval) - int(state.iter_num),
+        "evaluations": int(state.num_fun_eval) - (int(state.iter_num) if linesearch(model) == "zoom" else 0),
         "neuron_n_iter_max": int(np.max(model.n_iter_)),
         "neuron_n_iter_median": float(np.median(model.n_iter_)),
         "n_converged": int(np.sum(model.converged_)),
         "solver": type(state).__name__,
     }
+
+
+def linesearch(model) -> str:
+    """The line search distglm's LBFGS used: the model's choice, else distglm's default."""
+    from distglm.core import solvers
+
+    return model.solver_kwargs.get("linesearch", solvers._DEFAULTS["LBFGS"]["linesearch"])
 
 
 def timed_fit(model, X, y, clock):
@@ -365,8 +373,8 @@ def markdown(report: dict) -> str:
         f"Warm fit: NeMoS {n['warm']['num_steps']} LBFGS steps "
         f"({sum(n['warm']['jax_compile_events'].values()):.2f} s of it JAX tracing/compiling again); "
         f"distglm {d['warm']['iter_num']} LBFGS iterations, {d['warm_solve']['evaluations']} value-and-gradient "
-        f"evaluations (jaxopt's num_fun_eval says {d['warm']['num_fun_eval']}: it also counts a discarded "
-        "auxiliary re-evaluation per line search). "
+        f"evaluations ({d['warm']['linesearch']} line search; jaxopt's num_fun_eval says "
+        f"{d['warm']['num_fun_eval']}, which for a zoom search also counts a discarded auxiliary re-evaluation). "
         f"distglm cold fit: {sum(d['cold']['jax_compile_events'].values()):.2f} s JAX tracing/compiling "
         f"(backend compile {d['cold']['jax_compile_events']['backend_compile_s']:.2f} s).",
         "",
