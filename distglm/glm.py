@@ -488,6 +488,8 @@ class GLM:
         """One solver step on ``(X, y)``; returns ``(params, opt_state)`` and stores them as fitted."""
         if getattr(self, "_step_args", None) is None:
             raise NotFittedError("call initialize_state(X, y, init_params) before update")
+        if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int)):
+            raise InputTypeError(f"n_samples must be None or an int; got {n_samples!r}")
         config, mask, strength = self._step_args
         Xa, ya, groups = self._prepare(X, y)
         n_features, n_neurons = Xa.shape[1], ya.shape[1]
@@ -496,8 +498,6 @@ class GLM:
         new, state = _fit.update_step(jnp.asarray(Xa), jnp.asarray(ya), jnp.asarray(mask, Xa.dtype), p, opt_state,
                                       strength, config)
         coef_m, intercept_v = np.asarray(new.coef), np.asarray(new.intercept)
-        if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int)):
-            raise InputTypeError(f"n_samples must be None or an int; got {n_samples!r}")
         self.coef_ = self._user_coef(coef_m)
         self.intercept_ = intercept_v
         dof = np.asarray(_fit.dof_resid(config, Xa, coef_m))
