@@ -9,6 +9,10 @@ memory (RSS, and USS: the memory no other process shares) of the driver and of e
 driver's memory grows with the number of neurons; an actor's is compared with the design
 matrix plus two blocks of ``y`` on top of an actor fitting a tiny population.
 
+Before the benchmark the script waits (at most 5 minutes) for the 1-minute load average to
+fall below 1.5, and before each fit (at most 30 s) for the processes outside the benchmark to
+go quiet; it records the load and the cores those processes used either way.
+
 Usage::
 
     .venv/bin/python benchmarks/bench_large.py            # full size, writes results/
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from bench_scaling import OtherCPU, wait_for_others, wait_for_quiet
 from bench_vs_nemos import RESULT_TAG, machine_info
 
 HERE = Path(__file__).resolve().parent
@@ -218,6 +223,7 @@ def summarize(report: dict) -> dict:
 
 def markdown(report: dict) -> str:
     s, m, sz, baseline = report["summary"], report["machine"], report["sizes"], report["baseline"]
+    quiet = report["quiet"]
     met = {k: "met" if v else "not met" for k, v in s["goals_met"].items()}
     n_small, n_large = sz["n_neurons"]
     small, large = report["fits"][str(n_small)], report["fits"][str(n_large)]
@@ -236,10 +242,22 @@ def markdown(report: dict) -> str:
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB. One run each on a shared machine whose other "
         "users' load varies: times are indicative.",
         "",
+        f"Before the benchmark the 1-minute load average was {quiet['load_at_start']:.2f}; after waiting "
+        f"{quiet['waited_s']:.0f} s (at most {quiet['max_wait_s']:.0f} s) for it to fall below "
+        f"{quiet['threshold']:g} it was {quiet['load_after_wait']:.2f}"
+        f"{'' if quiet['quiet'] else ' (the machine did not become quiet)'}. Before each fit the script waited "
+        f"up to {report['run_wait_s']:.0f} s for the processes outside the benchmark to go quiet; 'other "
+        "processes' cores' is their CPU time over the wall time (a lower bound: processes that start and "
+        "end within the interval are missed).",
+        "",
         f"| | {n_small:,} neurons | {n_large:,} neurons |",
         "|---|---:|---:|",
-        f"| load average (1 min) before the fit | {small['load_average_before']:.2f} | "
-        f"{large['load_average_before']:.2f} |",
+        f"| load average (1 min) before / after the fit | {small['load_average_before']:.2f} / "
+        f"{small['load_average_after']:.2f} | {large['load_average_before']:.2f} / "
+        f"{large['load_average_after']:.2f} |",
+        f"| other processes' cores before / during the fit | {small['others_cores_before']:.2f} / "
+        f"{small['others_cores_during']:.2f} | {large['others_cores_before']:.2f} / "
+        f"{large['others_cores_during']:.2f} |",
         f"| write inputs (s) | {w_small['seconds']:.1f} | {w_large['seconds']:.1f} |",
         f"| writer peak RSS (MB) / y in memory (MB) | {w_small['writer_peak_rss_mb']:.0f} / "
         f"{w_small['y_mb_in_memory']:.0f} | {w_large['writer_peak_rss_mb']:.0f} / {w_large['y_mb_in_memory']:.0f} |",
@@ -302,9 +320,13 @@ def main(argv=None):
     from distglm.plan import plan_blocks
 
     sizes = QUICK if args.quick else FULL
-    report = {"sizes": sizes, "strength": STRENGTH, "mask_density": MASK_DENSITY, "seed": SEED,
-              "num_actors": NUM_ACTORS, "goals": GOALS, "machine": machine_info(),
-              "writes": {}, "fits": {}}
+    # the smoke run does not wait
+    quiet_wait_s, run_wait_s = (0.0, 0.0) if args.quick else (300.0, 30.0)
+    print(f"waiting for a quiet machine (at most {quiet_wait_s:.0f} s) ...", file=sys.stderr, flush=True)
+    quiet = wait_for_quiet(max_wait_s=quiet_wait_s)
+    report = {"quiet": quiet, "run_wait_s": run_wait_s, "sizes": sizes, "strength": STRENGTH,
+              "mask_density": MASK_DENSITY, "seed": SEED, "num_actors": NUM_ACTORS, "goals": GOALS,
+              "machine": machine_info(), "writes": {}, "fits": {}}
     work = args.dir or tempfile.mkdtemp(prefix="bench_large_")
     os.makedirs(work, exist_ok=True)
     paths = []
@@ -320,9 +342,11 @@ def main(argv=None):
             print(f"writing {n_neurons} neurons to {path} ...", file=sys.stderr, flush=True)
             report["writes"][str(n_neurons)] = write_store(path, sizes["n_samples"], sizes["n_features"], n_neurons)
             print(f"fitting {n_neurons} neurons ...", file=sys.stderr, flush=True)
-            load = os.getloadavg()[0]
-            fit = run_fit(path, os.path.join(work, f"xla-cache-{n_neurons}"))
-            report["fits"][str(n_neurons)] = {**fit, "load_average_before": load}
+            wait = wait_for_others(max_wait_s=run_wait_s)
+            with OtherCPU() as other:
+                fit = run_fit(path, os.path.join(work, f"xla-cache-{n_neurons}"))
+            report["fits"][str(n_neurons)] = {**fit, **wait, "others_cores_during": other.cores,
+                                              "load_average_after": os.getloadavg()[0]}
         info = store.open_inputs(paths[-1])
         report["block_size"] = plan_blocks(info.n_neurons, info.neuron_chunk, None, NUM_ACTORS)[0].size
     finally:

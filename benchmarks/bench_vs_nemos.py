@@ -161,7 +161,7 @@ def linesearch(model) -> str:
     """The line search distglm's LBFGS used: the model's choice, else distglm's default."""
     from distglm.core import solvers
 
-    return model.solver_kwargs.get("linesearch", solvers._DEFAULTS["LBFGS"]["linesearch"])
+    return model.solver_kwargs.get("linesearch", solvers._DEFAULTS["LBFGS"].get("linesearch", "zoom"))
 
 
 def timed_fit(model, X, y, clock):
