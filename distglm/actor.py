@@ -75,18 +75,17 @@ def fit_one_block(path: str, block: Block, X: np.ndarray, keep: np.ndarray | Non
     from .glm import model_from_config
 
     t0 = time.perf_counter()
-    y = store.read_y_block(path, block.start, block.stop)
-    mask = store.read_mask_block(path, block.start, block.stop)
-    if keep is not None:
-        y = y[keep]
-    dtype = X.dtype
-    y = y.astype(dtype, copy=False)
     n_real = block.stop - block.start
-    if n_real < pad_to:
-        # padded neurons have no events and no features: they fail at initialisation and
-        # never enter the solve, so the real neurons' results do not depend on padding
-        y = np.pad(y, ((0, 0), (0, pad_to - n_real)))
-        mask = np.pad(mask, ((0, 0), (0, pad_to - n_real)))
+    # Padded neurons have no events and no features: they fail at initialisation and never
+    # enter the solve, so the real neurons' results do not depend on padding. The block is cast
+    # and padded in one buffer, so the stored block is the only other copy held.
+    stored = store.read_y_block(path, block.start, block.stop)
+    y = np.zeros((X.shape[0], pad_to), dtype=X.dtype)
+    y[:, :n_real] = stored if keep is None else stored[keep]
+    del stored
+    mask = np.zeros((X.shape[1], pad_to))
+    mask[:, :n_real] = store.read_mask_block(path, block.start, block.stop)
+    dtype = X.dtype
     t_read = time.perf_counter() - t0
 
     model = model_from_config(model_config)
