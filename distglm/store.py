@@ -145,7 +145,7 @@ def _open_group(path: str, mode: str) -> zarr.Group:
             f"{path} is not a distglm store: no Zarr group at {path} ({err})"
         ) from err
     except Exception as err:  # noqa: BLE001 - remote backends raise their own kinds (botocore, ...)
-        raise StoreError(f"cannot read the store at {path}: {type(err).__name__}: {err}") from err
+        raise StoreError(f"cannot read the store {path}: {type(err).__name__}: {err}") from err
 
 
 def _array(group: zarr.Group, name: str, path: str, hint: str) -> zarr.Array:
