@@ -37,7 +37,7 @@ import numpy as np
 import psutil
 
 from bench_scaling import OtherCPU, wait_for_others, wait_for_quiet
-from bench_vs_nemos import RESULT_TAG, machine_info
+from bench_vs_nemos import RESULT_TAG, machine_info, publish
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -358,14 +358,7 @@ def main(argv=None):
             if not args.dir:
                 shutil.rmtree(work, ignore_errors=True)
     report["summary"] = summarize(report)
-    text = markdown(report)
-    print(text)
-    if args.quick:
-        print(json.dumps(report, indent=2))
-    else:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "bench_large.json").write_text(json.dumps(report, indent=2) + "\n")
-        (RESULTS / "bench_large.md").write_text(text)
+    publish("bench_large", report, markdown(report), args.quick)
 
 
 if __name__ == "__main__":

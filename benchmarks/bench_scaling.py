@@ -50,7 +50,7 @@ import threading
 import numpy as np
 import psutil
 
-from bench_vs_nemos import RESULT_TAG, CompileClock, machine_info
+from bench_vs_nemos import RESULT_TAG, CompileClock, machine_info, publish
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -580,14 +580,8 @@ def main(argv=None):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["total_s"] = time.perf_counter() - t_start
-    text = markdown(report)
-    print(text)
-    if args.quick or args.only:
-        print(json.dumps(report, indent=2))
-    else:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "bench_scaling.json").write_text(json.dumps(report, indent=2) + "\n")
-        (RESULTS / "bench_scaling.md").write_text(text)
+    # a partial run (--quick, --only) prints its results but does not record them
+    publish("bench_scaling", report, markdown(report), bool(args.quick or args.only))
 
 
 if __name__ == "__main__":

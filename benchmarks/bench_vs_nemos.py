@@ -288,6 +288,17 @@ def run_worker(lib: str, sizes: dict, matmul_reps: int, repeats: int) -> dict:
     return json.loads(lines[-1][len(RESULT_TAG):])
 
 
+def publish(name: str, report: dict, text: str, quick: bool) -> None:
+    """Print a benchmark's results; a full run also records them as results/NAME.json and .md."""
+    print(text)
+    if quick:
+        print(json.dumps(report, indent=2))
+        return
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
+
+
 def machine_info() -> dict:
     from importlib.metadata import version
 
@@ -423,14 +434,7 @@ def main(argv=None):
         print(f"running {lib} ...", file=sys.stderr, flush=True)
         report[lib] = run_worker(lib, sizes, matmul_reps=20 if args.quick else 50, repeats=args.repeats)
     report["summary"] = summarize(report)
-    text = markdown(report)
-    print(text)
-    if args.quick:
-        print(json.dumps(report, indent=2))
-    else:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "bench_vs_nemos.json").write_text(json.dumps(report, indent=2) + "\n")
-        (RESULTS / "bench_vs_nemos.md").write_text(text)
+    publish("bench_vs_nemos", report, markdown(report), args.quick)
 
 
 if __name__ == "__main__":
