@@ -344,20 +344,25 @@ class GLM:
             init = _fit.Params(coef0.reshape(n_features, n_neurons), intercept0.reshape(n_neurons))
         result = _fit.fit_block(Xa, ya, mask, config, init=init, strength=strength)
         val.check_solution(result.coef, result.intercept)
-        self._groups = groups
-        self._set_result(result)
+        self._set_fitted(groups, result._asdict(), result.state)
         self._warn_about(result)
         return self
 
-    def _set_result(self, result: _fit.BlockResult):
-        self.coef_ = self._user_coef(np.asarray(result.coef))
-        self.intercept_ = np.asarray(result.intercept)
-        self.scale_ = np.asarray(result.scale)
-        self.dof_resid_ = np.asarray(result.dof_resid)
-        self.n_iter_ = np.asarray(result.n_iter)
-        self.converged_ = np.asarray(result.converged)
-        self.status_ = np.asarray(result.status)
-        self.solver_state_ = result.state
+    def _set_fitted(self, groups, arrays, state=None):
+        """Set the fitted attributes from arrays named as :class:`~distglm.core.BlockResult`'s fields.
+
+        ``arrays["coef"]`` has shape (n_features, n_neurons); the per-neuron diagnostics
+        (``n_iter``, ``converged``, ``status``) may be absent or empty.
+        """
+        self._groups = groups
+        self.coef_ = self._user_coef(np.asarray(arrays["coef"]))
+        self.intercept_ = np.asarray(arrays["intercept"])
+        self.scale_ = np.asarray(arrays["scale"])
+        self.dof_resid_ = np.asarray(arrays["dof_resid"])
+        for name in ("n_iter", "converged", "status"):
+            value = arrays.get(name)
+            setattr(self, name + "_", None if value is None or np.size(value) == 0 else np.asarray(value))
+        self.solver_state_ = state
 
     @property
     def failure_reasons_(self) -> dict[int, str]:
@@ -717,13 +722,6 @@ def load_model(filename: str | Path, mapping_dict: dict | None = None) -> GLM:
         config = json.loads(str(data["config"]))
         model = model_from_config(config, mapping_dict)
         groups = config.get("feature_groups")
-        coef = data["coef"]
-        model._groups = None if groups is None else tuple(tuple(g) for g in groups)
-        model.coef_ = model._user_coef(coef)
-        model.intercept_ = data["intercept"]
-        model.scale_ = data["scale"]
-        model.dof_resid_ = data["dof_resid"]
-        model.n_iter_ = data["n_iter"] if data["n_iter"].size else None
-        model.converged_ = data["converged"] if data["converged"].size else None
-        model.status_ = data["status"] if data["status"].size else None
+        model._set_fitted(None if groups is None else tuple(tuple(g) for g in groups),
+                          {name: data[name] for name in data.files})
     return model

@@ -431,8 +431,6 @@ def load_fitted(path):
             "rerun distglm.fit(path, model) to finish it"
         )
     model = model_from_config(fingerprint["model"])
-    res = store.read_results(path)
-    model._groups = info.feature_groups
     if info.has_mask:
         mask = store.read_mask_block(path, 0, info.n_neurons)
         if info.feature_groups is None:
@@ -440,12 +438,5 @@ def load_fitted(path):
         else:
             starts = np.cumsum([0] + [size for _, size in info.feature_groups])
             model.feature_mask = {name: mask[s] for (name, _), s in zip(info.feature_groups, starts)}
-    model.coef_ = model._user_coef(res["coef"])
-    model.intercept_ = res["intercept"]
-    model.scale_ = res["scale"]
-    model.dof_resid_ = res["dof_resid"]
-    model.n_iter_ = res["n_iter"]
-    model.converged_ = res["converged"]
-    model.status_ = res["status"]
-    model.solver_state_ = store.read_state(path)
+    model._set_fitted(info.feature_groups, store.read_results(path), store.read_state(path))
     return model
