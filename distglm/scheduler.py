@@ -108,14 +108,10 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation) -> tuple[np.nda
         val.check_support(observation, chunk, offset=start)
 
     store.scan_y(path, check)
-    X_kept = X[keep]
-    if np.isinf(X_kept).any():
-        row, col = np.argwhere(np.isinf(X_kept))[0]
-        raise InputError(f"X must be finite outside rows holding NaN; got {X_kept[row, col]} at kept row {row}, "
-                         f"column {col}")
+    val.check_finite(X, keep)
     if not keep.any():
         raise InputError("every sample holds a NaN in X or y; nothing is left to fit")
-    return X_kept, (None if keep.all() else keep)
+    return X[keep], (None if keep.all() else keep)
 
 
 def _check_model(model, info: store.InputsInfo, path: str):
