@@ -50,7 +50,7 @@ def slice_strength(strength, start: int, stop: int, pad_to: int):
     return jax.tree_util.tree_map(cut, strength)
 
 
-def fit_one_block(path: str, block: Block, X: np.ndarray, keep: np.ndarray | None, model_config: dict,
+def fit_one_block(path: str, block: Block, X: np.ndarray, keep: np.ndarray | None, config,
                   strength, pad_to: int) -> dict:
     """Fit one block of neurons and write its results; returns a small summary.
 
@@ -63,8 +63,8 @@ def fit_one_block(path: str, block: Block, X: np.ndarray, keep: np.ndarray | Non
     X : array of shape (n_kept_samples, n_features)
         Design matrix with NaN rows already dropped.
     keep : bool array of shape (n_samples,), or None when no row is dropped
-    model_config : dict
-        The model's configuration (:func:`distglm.glm.model_to_config`).
+    config : FitConfig
+        The fit's static configuration (``PopulationGLM._fit_config()``).
     strength : the block's strength arrays of shape (..., pad_to) (neuron axis last), or None
     pad_to : int
         The common block size; shorter blocks are padded with empty neurons.
@@ -72,7 +72,6 @@ def fit_one_block(path: str, block: Block, X: np.ndarray, keep: np.ndarray | Non
     import jax
 
     from .core import fit as core_fit
-    from .glm import model_from_config
 
     t0 = time.perf_counter()
     n_real = block.stop - block.start
@@ -88,8 +87,6 @@ def fit_one_block(path: str, block: Block, X: np.ndarray, keep: np.ndarray | Non
     dtype = X.dtype
     t_read = time.perf_counter() - t0
 
-    model = model_from_config(model_config)
-    config = model._fit_config()
     t1 = time.perf_counter()
     result = core_fit.fit_block(X, y, mask.astype(dtype), config,
                                 strength=strength)
@@ -149,7 +146,9 @@ class BlockFitter:
         # and a resumed fit load the compiled block fit instead of compiling it again.
         jax.config.update("jax_compilation_cache_dir", os.environ.get("DISTGLM_COMPILATION_CACHE", _DEFAULT_CACHE))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-        self._args = (path, X, keep, model_config, pad_to)
+        from .glm import model_from_config
+
+        self._args = (path, X, keep, model_from_config(model_config)._fit_config(), pad_to)
         self._n_blocks = 0
 
     def pid(self) -> int:
@@ -157,9 +156,9 @@ class BlockFitter:
 
     def fit(self, block: Block, strength) -> dict:
         """Fit ``block`` with its strength arrays (shape (..., pad_to)) and write its results."""
-        path, X, keep, model_config, pad_to = self._args
+        path, X, keep, config, pad_to = self._args
         t0 = time.perf_counter()
-        summary = fit_one_block(path, block, X, keep, model_config, strength, pad_to)
+        summary = fit_one_block(path, block, X, keep, config, strength, pad_to)
         # the first block of an actor pays for compilation; report it apart
         summary["first_block"] = self._n_blocks == 0
         summary["total_s"] = time.perf_counter() - t0
