@@ -1,0 +1,93 @@
+"""The Zarr layout of a distglm store: inputs, results, and records of who works on it.
+
+A store is one Zarr group (a local directory or any URL Zarr accepts) laid out as::
+
+    inputs/                  attrs: generation, complete, feature_groups = [[name, k], ...]
+        X                    (n_samples, n_features) float, one chunk along features
+        y                    (n_samples, n_neurons), chunks (n_samples, neuron_chunk)
+        feature_mask         (n_features, n_neurons) uint8 0/1, chunks (n_features, neuron_chunk);
+                             absent means every feature predicts every neuron
+    results/                 attrs: fingerprint (written last), state_spec
+        coef                 (n_features, n_neurons), chunks (n_features, neuron_chunk)
+        intercept, scale, dof_resid, loss, grad_norm, n_iter, converged, status
+                             (n_neurons,), chunks (neuron_chunk,)
+        done                 (n_blocks,) uint64, one chunk per block: 0, or the block's checksum
+        solver_state/<name>  (*shape, n_neurons) per neuron, or (n_blocks, *shape) per block
+    job/                     attrs: the record of a fit submitted to a cluster
+    lease/                   attrs: the process that holds the store (one writer at a time)
+
+The parts live in three modules, by what they hold: :mod:`~distglm.store.inputs` (what the user
+wrote), :mod:`~distglm.store.results` (what fits write) and :mod:`~distglm.store.records` (job
+records and the lease). Their public functions are gathered here.
+
+How the store stays true to its data:
+
+- ``inputs`` are marked incomplete before anything is deleted or written and complete (with a
+  new ``generation`` id) last, so interrupted inputs are refused rather than fitted.
+- Replacing results first removes their fingerprint (a reader then sees no results at all),
+  then deletes the rest; the new fingerprint is written last.
+- A block's ``done`` marker is a checksum of the block's results and of the fit's fingerprint,
+  written after the block's data and checked against it whenever done blocks are listed: a
+  marker over missing, partial or another fit's data does not count.
+- One process at a time holds the store's lease to write it; the lease expires when its holder
+  dies, and can be broken by hand (``distglm unlock PATH``).
+
+Each function opens the store anew (opening reads only small metadata documents), so any
+process holding a path can call it. This package uses only numpy and zarr.
+"""
+
+from .inputs import (
+    InputsInfo,
+    inputs_generation,
+    nan_rows,
+    open_inputs,
+    read_mask_block,
+    read_X,
+    read_y_block,
+    scan_y,
+    write_inputs,
+)
+from .records import (
+    Lease,
+    acquire_lease,
+    break_lease,
+    read_attrs,
+    read_lease,
+    write_attrs,
+)
+from .results import (
+    RESULT_NAMES,
+    STATUS_UNWRITTEN,
+    create_results,
+    done_blocks,
+    read_fingerprint,
+    read_results,
+    read_state,
+    write_block,
+)
+
+__all__ = [
+    "RESULT_NAMES",
+    "STATUS_UNWRITTEN",
+    "InputsInfo",
+    "Lease",
+    "write_inputs",
+    "open_inputs",
+    "inputs_generation",
+    "read_X",
+    "read_y_block",
+    "read_mask_block",
+    "scan_y",
+    "nan_rows",
+    "create_results",
+    "write_block",
+    "done_blocks",
+    "read_results",
+    "read_state",
+    "read_fingerprint",
+    "write_attrs",
+    "read_attrs",
+    "acquire_lease",
+    "read_lease",
+    "break_lease",
+]

@@ -1,0 +1,203 @@
+"""What every part of the store shares: opening groups and arrays safely, clear read errors.
+
+Every array distglm reads goes through :func:`array`, which refuses codecs that could run code
+(a pickle codec in a crafted store) before a single chunk is decoded, and every chunk read goes
+through :func:`read`, which turns a corrupted chunk into a :class:`StoreError` naming the array.
+Small JSON documents that must be created atomically (the store's lease) are read and written
+as raw keys of the store through :func:`get_key`, :func:`put_key` and :func:`delete_key`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import zarr
+from zarr.errors import BaseZarrError
+
+from distglm.errors import InputError, InputTypeError, StoreError
+from distglm.plan import _check_int
+
+NUMERIC_KINDS = "biuf"
+# Codecs that only reorder, check or (de)compress bytes. Anything else (numcodecs' pickle,
+# msgpack or JSON object codecs, or a codec unknown to this list) is refused before any chunk is
+# decoded: a store is data, and reading it must never run code from it.
+_SAFE_CODECS = frozenset({
+    "bytes", "endian", "transpose", "crc32c", "sharding_indexed", "zstd", "gzip", "blosc",
+    "zlib", "lz4", "bz2", "lzma", "shuffle", "delta", "bitround", "numcodecs.zstd",
+    "numcodecs.gzip", "numcodecs.blosc", "numcodecs.zlib", "numcodecs.lz4", "numcodecs.bz2",
+    "numcodecs.lzma", "numcodecs.shuffle", "numcodecs.delta", "numcodecs.crc32",
+})
+
+
+def as_path(path) -> str:
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str):
+        raise InputTypeError(
+            f"path must be a str (a directory or a URL) or os.PathLike; got {type(path).__name__}"
+        )
+    return path
+
+
+def _describe(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def open_group(path: str, mode: str) -> zarr.Group:
+    try:
+        # Consolidated metadata would go stale as soon as results are added, so never use it.
+        return zarr.open_group(path, mode=mode, use_consolidated=False)
+    except (OSError, KeyError, BaseZarrError) as err:
+        raise StoreError(
+            f"{path} is not a distglm store: no Zarr group at {path} ({err})"
+        ) from err
+    except json.JSONDecodeError as err:
+        raise StoreError(f"{path}: the store's zarr.json is corrupted ({err})") from None
+    except Exception as err:  # noqa: BLE001 - remote backends raise their own kinds (botocore, ...)
+        raise StoreError(f"cannot read the store {path}: {_describe(err)}") from err
+
+
+def node(group: zarr.Group, name: str, path: str):
+    """``group[name]``, or None when absent; a corrupted metadata document is a StoreError."""
+    try:
+        return group[name]
+    except KeyError:
+        return None
+    except Exception as err:  # noqa: BLE001 - JSON, codec and backend errors all mean unreadable
+        raise StoreError(f"{path}: the metadata of {name} cannot be read ({_describe(err)}); the store "
+                         "is damaged: write it again") from None
+
+
+def contains(group: zarr.Group, name: str, path: str) -> bool:
+    return node(group, name, path) is not None
+
+
+def _codec_names(metadata: dict) -> list[str]:
+    """Every codec named in an array's metadata document, sharding's inner codecs included."""
+    names = []
+
+    def walk(codecs):
+        for codec in codecs or ():
+            if not isinstance(codec, dict):
+                names.append(repr(codec))
+                continue
+            names.append(str(codec.get("name", codec.get("id"))))
+            configuration = codec.get("configuration") or {}
+            walk(configuration.get("codecs"))
+            walk(configuration.get("index_codecs"))
+
+    walk(metadata.get("codecs"))  # Zarr v3
+    walk(metadata.get("filters"))  # Zarr v2
+    walk([metadata["compressor"]] if metadata.get("compressor") else [])
+    return names
+
+
+def check_safe(array: zarr.Array, name: str, path: str) -> None:
+    """Refuse an array whose dtype or codecs could run code or hold Python objects."""
+    if np.dtype(array.dtype).kind not in NUMERIC_KINDS + "?":
+        raise StoreError(f"{path}: {name} must be numeric; got dtype {array.dtype}")
+    metadata = array.metadata.to_dict()
+    unsafe = sorted({codec for codec in _codec_names(metadata) if codec.lower() not in _SAFE_CODECS})
+    if unsafe:
+        raise StoreError(
+            f"{path}: {name} uses the codec(s) {unsafe}, which distglm does not read (they can run "
+            f"code or hold Python objects); it reads only {sorted(c for c in _SAFE_CODECS if '.' not in c)}"
+        )
+
+
+def array(group: zarr.Group, name: str, path: str, hint: str) -> zarr.Array:
+    found = node(group, name, path)
+    if found is None:
+        raise StoreError(f"{path} has no {name} array; {hint}")
+    if not isinstance(found, zarr.Array):
+        raise StoreError(f"{path}: {name} is a group; expected an array")
+    check_safe(found, name, path)
+    return found
+
+
+def read(values: zarr.Array, selection, name: str, path: str) -> np.ndarray:
+    """``values[selection]`` as a numpy array; an undecodable chunk is a StoreError naming ``name``."""
+    try:
+        return np.asarray(values[selection])
+    except Exception as err:  # noqa: BLE001 - codecs and backends raise many kinds
+        raise StoreError(f"{path}: {name} cannot be read: a chunk is corrupted or missing "
+                         f"({_describe(err)}); write the store again") from None
+
+
+def check_range(start, stop, n_neurons: int) -> tuple[int, int]:
+    start = _check_int(start, "start")
+    stop = n_neurons if stop is None else _check_int(stop, "stop")
+    if not 0 <= start < stop <= n_neurons:
+        raise InputError(f"neurons [start, stop) must satisfy 0 <= start < stop <= "
+                         f"n_neurons={n_neurons}; got start={start}, stop={stop}")
+    return start, stop
+
+
+def neuron_chunk(values: zarr.Array) -> int:
+    # With sharding the unit a writer rewrites is the shard, not the inner chunk.
+    return int((values.shards or values.chunks)[-1])
+
+
+def native(dtype) -> np.dtype:
+    # Zarr reports little-endian dtypes with an explicit '<'; the native spelling compares equal
+    # and prints as users expect (int32, not <i4).
+    dtype = np.dtype(dtype)
+    return dtype.newbyteorder("=") if dtype.isnative else dtype
+
+
+def json_like(value, name: str):
+    """Return ``value`` as it reads back from JSON, so stored and given values compare equal."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except TypeError as err:
+        raise InputTypeError(f"{name} must be JSON-serialisable (dict, list, str, int, float, "
+                             f"bool, None); {err}") from None
+    except ValueError as err:
+        raise InputError(f"{name} must be JSON-serialisable without NaN or inf; {err}") from None
+
+
+def delete_node(group: zarr.Group, name: str) -> None:
+    """Delete ``group[name]`` and everything under it (absent is fine)."""
+    try:
+        del group[name]
+    except KeyError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw keys: small JSON documents written with the store's own primitives
+
+
+def _key(group: zarr.Group, key: str) -> str:
+    return f"{group.path}/{key}".strip("/")
+
+
+def get_key(group: zarr.Group, key: str) -> bytes | None:
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    found = sync(group.store.get(_key(group, key), prototype=default_buffer_prototype()))
+    return None if found is None else found.to_bytes()
+
+
+def put_key(group: zarr.Group, key: str, value: bytes, *, exclusive: bool = False) -> None:
+    """Write a key; with ``exclusive``, only if it does not exist yet.
+
+    On a local disk the exclusive write is atomic (the file is created with O_EXCL); object
+    stores check and then write, so callers read the key back to learn who won.
+    """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    buffer = default_buffer_prototype().buffer.from_bytes(value)
+    key = _key(group, key)
+    sync(group.store.set_if_not_exists(key, buffer) if exclusive else group.store.set(key, buffer))
+
+
+def delete_key(group: zarr.Group, key: str) -> None:
+    from zarr.core.sync import sync
+
+    sync(group.store.delete(_key(group, key)))

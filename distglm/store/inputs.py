@@ -1,0 +1,512 @@
+"""The inputs of a store: ``inputs/X``, ``inputs/y`` and ``inputs/feature_mask``.
+
+``write_inputs`` marks the ``inputs`` group incomplete before it deletes or writes anything and
+complete, with a new ``generation`` id, once every array is written; results and job records of
+earlier inputs are removed before the new inputs are written. Readers refuse inputs marked
+incomplete, so an interrupted ``write_inputs`` is never fitted. Groups written by hand with Zarr
+(no ``complete`` attribute) are read as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Callable, NamedTuple
+
+import numpy as np
+import zarr
+
+from distglm import validation as val
+from distglm.errors import InputError, InputTypeError, StoreError
+from distglm.plan import _check_int
+
+from . import _zarr
+from ._zarr import NUMERIC_KINDS, as_path, open_group
+from .records import acquire_lease
+from .results import discard_results
+
+__all__ = [
+    "InputsInfo",
+    "write_inputs",
+    "open_inputs",
+    "inputs_generation",
+    "read_X",
+    "read_y_block",
+    "read_mask_block",
+    "scan_y",
+    "nan_rows",
+]
+
+_MiB = 2**20
+# One y chunk is what an actor reads per chunk of its block: big enough for efficient reads
+# from object stores, small enough to keep several in memory.
+_Y_CHUNK_BYTES = 32 * _MiB
+# Blocks are whole chunks, so a default chunk wider than this would force big blocks and leave
+# actors idle on populations of a few thousand neurons.
+_MAX_DEFAULT_NEURON_CHUNK = 64
+_X_CHUNK_BYTES = 64 * _MiB
+# Bound on the memory write_inputs holds at once while copying y from a memmap or array store.
+_WRITE_SLICE_BYTES = 64 * _MiB
+
+
+class InputsInfo(NamedTuple):
+    """What a store's inputs hold, read from metadata only.
+
+    Attributes
+    ----------
+    n_samples, n_features, n_neurons : int
+        Shapes: ``X`` is (n_samples, n_features), ``y`` is (n_samples, n_neurons).
+    neuron_chunk : int
+        Length along neurons of one stored chunk of ``y``; blocks are multiples of it.
+    y_dtype : numpy.dtype
+        Stored dtype of ``y`` (integer counts stay integer).
+    has_mask : bool
+        Whether ``inputs/feature_mask`` exists; without it every feature predicts every neuron.
+    feature_groups : tuple of (str, int) or None
+        ``(name, n_columns)`` of each feature group in column order when X was a dict.
+    X_dtype : numpy.dtype
+        Stored dtype of ``X``.
+    generation : str or None
+        Id of this writing of the inputs, new at every ``write_inputs``; None for inputs
+        written by hand with Zarr.
+    """
+
+    n_samples: int
+    n_features: int
+    n_neurons: int
+    neuron_chunk: int
+    y_dtype: np.dtype
+    has_mask: bool
+    feature_groups: tuple | None
+    X_dtype: np.dtype
+    generation: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _validate_y(y, n_samples: int):
+    # Objects with a shape and a dtype (numpy memmaps, zarr or h5py arrays) are sliced, never
+    # loaded whole; anything else is small enough to be an in-memory array.
+    if not (hasattr(y, "shape") and hasattr(y, "dtype") and hasattr(y, "__getitem__")):
+        try:
+            y = np.asarray(y)
+        except (TypeError, ValueError) as err:
+            raise InputTypeError(
+                f"y must be a numeric array of shape (n_samples, n_neurons); {err}"
+            ) from None
+    dtype = np.dtype(y.dtype)
+    if dtype.kind not in NUMERIC_KINDS:
+        raise InputTypeError(
+            f"y must be a numeric array of shape (n_samples, n_neurons); got dtype {dtype}"
+        )
+    shape = tuple(int(n) for n in y.shape)
+    if len(shape) != 2:
+        raise InputError(f"y must be 2-D of shape (n_samples, n_neurons); got shape {shape}")
+    if shape[0] != n_samples:
+        raise InputError(
+            f"y must have one row per sample of X: X has {n_samples} samples "
+            f"but y has shape {shape}"
+        )
+    if shape[1] == 0:
+        raise InputError(f"y must have at least one neuron; got shape {shape}")
+    # Bernoulli responses given as bool are stored as 0/1 counts, like every other integer y.
+    store_dtype = np.dtype(np.uint8) if dtype.kind == "b" else dtype
+    return y, shape[1], store_dtype
+
+
+def _default_neuron_chunk(n_samples: int, n_neurons: int, itemsize: int) -> int:
+    chunk = max(1, _Y_CHUNK_BYTES // (n_samples * itemsize))
+    chunk = min(chunk, n_neurons, _MAX_DEFAULT_NEURON_CHUNK)
+    return chunk // 8 * 8 if chunk >= 8 else chunk
+
+
+def _refuse_foreign_directory(path: str) -> None:
+    # Only a friendly check for local paths: writing a store into a directory full of other
+    # files is almost always a typo in the path.
+    if "://" in path or not os.path.isdir(path) or not os.listdir(path):
+        return
+    if not any(os.path.exists(os.path.join(path, name)) for name in ("zarr.json", ".zgroup")):
+        raise StoreError(
+            f"{path} is a non-empty directory that is not a Zarr group; choose a new path"
+        )
+
+
+def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=False) -> str:
+    """Write a fit's inputs to a Zarr store, ``y`` and the mask chunked along neurons.
+
+    Every argument is checked before the store is touched, so a refused call leaves the store
+    as it was.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group; created if absent.
+    X : array of shape (n_samples, n_features) or dict of str to arrays of shape (n_samples, k_i)
+        Design matrix shared by all neurons. A dict of feature groups is stored concatenated in
+        dict order, with the groups' names and sizes in the ``inputs`` attributes. Must be
+        finite except for NaN, which marks a time bin dropped from the fit. Stored as float
+        (integer X becomes float64).
+    y : array of shape (n_samples, n_neurons)
+        Responses, any numeric dtype; integer counts stay integer and bool becomes uint8. Any
+        object with ``shape``, ``dtype`` and numpy slicing (a ``numpy.memmap``, a Zarr array)
+        is copied a few chunks at a time, never loaded whole.
+    feature_mask : array of shape (n_features, n_neurons) or dict, optional
+        0/1 entries: feature ``i`` predicts neuron ``j`` iff ``feature_mask[i, j] == 1``. When X
+        is a dict, a dict with the same keys of arrays of shape (n_neurons,), each repeated over
+        its group's columns. Absent means all ones.
+    neuron_chunk : int, optional
+        Chunk length along neurons, at most n_neurons. By default the largest length whose
+        chunk of y holds at most 32 MiB, capped at 64 neurons so that populations of a few
+        thousand neurons still split into many blocks, rounded down to a multiple of 8 when
+        at least 8.
+    overwrite : bool, optional
+        Replace inputs already in the store (and delete its now stale results). By default a
+        store that holds inputs is refused.
+
+    Returns
+    -------
+    str
+        ``path``, as a str.
+
+    Raises
+    ------
+    InputTypeError
+        If an argument is of the wrong kind (non-numeric array, dict mask with array X).
+    InputError
+        If an argument has a wrong shape or value.
+    StoreError
+        If the store already holds inputs and ``overwrite`` is False, or ``path`` is not a
+        place for a Zarr group.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((100, 3)),
+    ...                     np.zeros((100, 40), dtype=np.int32), neuron_chunk=16)
+    >>> info = open_inputs(path)
+    >>> info.n_neurons, info.neuron_chunk, info.y_dtype
+    (40, 16, dtype('int32'))
+    """
+    path = as_path(path)
+    if not isinstance(overwrite, bool):
+        raise InputTypeError(f"overwrite must be a bool; got {type(overwrite).__name__}")
+    X, groups = val.as_design(X)
+    val.check_finite(X)
+    n_samples, n_features = X.shape
+    y, n_neurons, y_dtype = _validate_y(y, n_samples)
+    mask = (None if feature_mask is None
+            else val.as_feature_mask(feature_mask, groups, n_features, n_neurons).astype(np.uint8))
+    if neuron_chunk is None:
+        neuron_chunk = _default_neuron_chunk(n_samples, n_neurons, y_dtype.itemsize)
+    else:
+        neuron_chunk = _check_int(neuron_chunk, "neuron_chunk", minimum=1)
+        if neuron_chunk > n_neurons:
+            raise InputError(
+                f"neuron_chunk must be at most n_neurons={n_neurons}; got {neuron_chunk}"
+            )
+
+    _refuse_foreign_directory(path)
+    root = open_group(path, "a")
+    with acquire_lease(path, "write_inputs"):
+        if _zarr.contains(root, "inputs", path):
+            if not overwrite:
+                raise StoreError(
+                    f"{path} already holds inputs; pass overwrite=True to replace them "
+                    "(this also deletes the results fitted to them)"
+                )
+            # Invalidate before deleting: interrupted from here on, the store holds inputs
+            # marked incomplete (refused until written again), never results or a job record
+            # that would describe the new inputs.
+            root["inputs"].attrs["complete"] = False
+            discard_results(root)
+            _zarr.delete_node(root, "job")
+            _zarr.delete_node(root, "inputs")
+
+        attributes = {"complete": False, "generation": uuid.uuid4().hex}
+        if groups:
+            attributes["feature_groups"] = [list(group) for group in groups]
+        inputs = root.create_group("inputs", attributes=attributes)
+        x_rows = max(1, _X_CHUNK_BYTES // (n_features * X.dtype.itemsize))
+        inputs.create_array(
+            "X", shape=X.shape, dtype=X.dtype, chunks=(min(n_samples, x_rows), n_features)
+        )[...] = X
+        y_store = inputs.create_array(
+            "y", shape=(n_samples, n_neurons), dtype=y_dtype, chunks=(n_samples, neuron_chunk)
+        )
+        # Whole chunks per slice: each chunk is written once, with no read-modify-write.
+        chunk_bytes = n_samples * neuron_chunk * y_dtype.itemsize
+        step = max(1, _WRITE_SLICE_BYTES // chunk_bytes) * neuron_chunk
+        for start in range(0, n_neurons, step):
+            stop = min(start + step, n_neurons)
+            y_store[:, start:stop] = np.asarray(y[:, start:stop]).astype(y_dtype, copy=False)
+        if mask is not None:
+            inputs.create_array(
+                "feature_mask", shape=mask.shape, dtype=np.uint8, chunks=(n_features, neuron_chunk)
+            )[...] = mask
+        inputs.attrs["complete"] = True
+    return path
+
+
+def _open_inputs(path: str):
+    """Check a store's inputs from metadata; return the info and the open arrays."""
+    root = open_group(path, "r")
+    hint = "write inputs with distglm.write_inputs(path, X, y)"
+    inputs = _zarr.node(root, "inputs", path)
+    if inputs is not None and inputs.attrs.get("complete") is False:
+        raise StoreError(
+            f"{path}: the inputs were not completely written (a write_inputs was interrupted); "
+            "write them again with distglm.write_inputs(path, X, y, overwrite=True)"
+        )
+    X = _zarr.array(root, "inputs/X", path, hint)
+    y = _zarr.array(root, "inputs/y", path, hint)
+    if X.ndim != 2:
+        raise StoreError(f"{path}: inputs/X must be 2-D of shape (n_samples, n_features); "
+                         f"got shape {X.shape}")
+    if y.ndim != 2:
+        raise StoreError(f"{path}: inputs/y must be 2-D of shape (n_samples, n_neurons); "
+                         f"got shape {y.shape}")
+    (n_samples, n_features), n_neurons = X.shape, y.shape[1]
+    if y.shape[0] != n_samples:
+        raise StoreError(f"{path}: inputs/X has {n_samples} samples but inputs/y has "
+                         f"{y.shape[0]}; both must have n_samples rows")
+    neuron_chunk = _zarr.neuron_chunk(y)
+    mask = _zarr.node(inputs, "feature_mask", path)
+    if mask is not None:
+        if not isinstance(mask, zarr.Array) or mask.shape != (n_features, n_neurons):
+            shape = mask.shape if isinstance(mask, zarr.Array) else "a group"
+            raise StoreError(f"{path}: inputs/feature_mask must have shape (n_features, "
+                             f"n_neurons) = ({n_features}, {n_neurons}); got {shape}")
+        _zarr.check_safe(mask, "inputs/feature_mask", path)
+        if _zarr.neuron_chunk(mask) != neuron_chunk:
+            raise StoreError(
+                f"{path}: inputs/feature_mask is chunked by {_zarr.neuron_chunk(mask)} neurons but "
+                f"inputs/y by {neuron_chunk}; rechunk the mask along neurons to {neuron_chunk} "
+                "so that blocks of neurons align with both"
+            )
+    groups = inputs.attrs.get("feature_groups")
+    if groups is not None:
+        try:
+            groups = tuple((str(name), int(size)) for name, size in groups)
+        except (TypeError, ValueError):
+            raise StoreError(f"{path}: inputs attribute feature_groups must be a list of "
+                             f"[name, size] pairs; got {groups!r}") from None
+        if sum(size for _, size in groups) != n_features:
+            raise StoreError(f"{path}: inputs attribute feature_groups {list(groups)} does not "
+                             f"add up to the {n_features} columns of inputs/X")
+    info = InputsInfo(
+        n_samples=int(n_samples),
+        n_features=int(n_features),
+        n_neurons=int(n_neurons),
+        neuron_chunk=neuron_chunk,
+        y_dtype=_zarr.native(y.dtype),
+        has_mask=mask is not None,
+        feature_groups=groups,
+        X_dtype=_zarr.native(X.dtype),
+        generation=inputs.attrs.get("generation"),
+    )
+    return info, X, y, mask
+
+
+def open_inputs(path) -> InputsInfo:
+    """Check a store's inputs and describe them, reading metadata only (no data scan).
+
+    Works on stores written by :func:`write_inputs` and on groups written directly with Zarr
+    that have ``inputs/X`` and ``inputs/y`` (``y`` in any chunking: the neuron chunk is the
+    chunk, or shard, length of ``y`` along neurons).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+
+    Returns
+    -------
+    InputsInfo
+
+    Raises
+    ------
+    StoreError
+        If there is no Zarr group at ``path``, ``inputs/X`` or ``inputs/y`` is missing, not
+        2-D or not numeric, their n_samples differ, or ``inputs/feature_mask`` has the wrong
+        shape or a neuron chunk other than that of ``y``.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", {"a": np.ones((10, 2)),
+    ...                     "b": np.ones((10, 1))}, np.ones((10, 4)))
+    >>> open_inputs(path).feature_groups
+    (('a', 2), ('b', 1))
+    """
+    return _open_inputs(as_path(path))[0]
+
+
+def inputs_generation(path) -> str | None:
+    """The id of this writing of the store's inputs (new at every ``write_inputs``).
+
+    Results record the generation they were fitted to, so results of earlier inputs are never
+    taken for results of these. None for inputs written by hand with Zarr.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.eye(3), np.ones((3, 2)))
+    >>> len(inputs_generation(path))
+    32
+    """
+    return open_inputs(path).generation
+
+
+def read_X(path) -> np.ndarray:
+    """Read the whole design matrix.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_features)
+        Float; a non-float ``inputs/X`` written directly with Zarr is returned as float64.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.eye(3), np.ones((3, 2)))
+    >>> read_X(path).shape
+    (3, 3)
+    """
+    path = as_path(path)
+    _, X, _, _ = _open_inputs(path)
+    values = _zarr.read(X, Ellipsis, "inputs/X", path)
+    return values if values.dtype.kind == "f" else values.astype(np.float64)
+
+
+def read_y_block(path, start, stop) -> np.ndarray:
+    """Read the responses of neurons ``[start, stop)``, in their stored dtype.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+    start, stop : int
+        Neurons to read, ``0 <= start < stop <= n_neurons``.
+
+    Returns
+    -------
+    ndarray of shape (n_samples, stop - start)
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> y = np.arange(12).reshape(3, 4)
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((3, 1)), y)
+    >>> read_y_block(path, 1, 3)
+    array([[ 1,  2],
+           [ 5,  6],
+           [ 9, 10]])
+    """
+    path = as_path(path)
+    info, _, y, _ = _open_inputs(path)
+    start, stop = _zarr.check_range(start, stop, info.n_neurons)
+    return _zarr.read(y, (slice(None), slice(start, stop)), "inputs/y", path)
+
+
+def read_mask_block(path, start, stop) -> np.ndarray:
+    """Read the feature mask of neurons ``[start, stop)`` as floats.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+    start, stop : int
+        Neurons to read, ``0 <= start < stop <= n_neurons``.
+
+    Returns
+    -------
+    ndarray of shape (n_features, stop - start)
+        float64 0/1; all ones when the store has no mask.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> read_mask_block(path, 0, 2)
+    array([[1., 1.],
+           [1., 1.]])
+    """
+    path = as_path(path)
+    info, _, _, mask = _open_inputs(path)
+    start, stop = _zarr.check_range(start, stop, info.n_neurons)
+    if mask is None:
+        return np.ones((info.n_features, stop - start))
+    values = _zarr.read(mask, (slice(None), slice(start, stop)), "inputs/feature_mask", path)
+    return values.astype(np.float64)
+
+
+def scan_y(path, chunk_fn: Callable[[int, int, np.ndarray], None]) -> None:
+    """Stream ``y`` one neuron chunk at a time, never holding all of it in memory.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+    chunk_fn : callable
+        Called as ``chunk_fn(start, stop, y_chunk)`` for consecutive chunks of neurons
+        ``[start, stop)`` covering the population, with ``y_chunk`` of shape
+        (n_samples, stop - start) in the stored dtype.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((4, 1)),
+    ...                     np.ones((4, 20)), neuron_chunk=8)
+    >>> scan_y(path, lambda start, stop, chunk: print(start, stop, chunk.shape))
+    0 8 (4, 8)
+    8 16 (4, 8)
+    16 20 (4, 4)
+    """
+    if not callable(chunk_fn):
+        raise InputTypeError(f"chunk_fn must be callable; got {type(chunk_fn).__name__}")
+    path = as_path(path)
+    info, _, y, _ = _open_inputs(path)
+    for start in range(0, info.n_neurons, info.neuron_chunk):
+        stop = min(start + info.neuron_chunk, info.n_neurons)
+        chunk_fn(start, stop, _zarr.read(y, (slice(None), slice(start, stop)), "inputs/y", path))
+
+
+def nan_rows(path) -> np.ndarray:
+    """Find the time bins dropped from every neuron's fit: a NaN in ``X`` or in any ``y``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+
+    Returns
+    -------
+    ndarray of shape (n_samples,)
+        bool, True for rows to drop. Integer ``y`` cannot hold NaN and is not scanned.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> X, y = np.ones((4, 2)), np.ones((4, 3))
+    >>> X[0, 1] = np.nan
+    >>> y[2, 2] = np.nan
+    >>> nan_rows(write_inputs(tempfile.mkdtemp() + "/fit.zarr", X, y))
+    array([ True, False,  True, False])
+    """
+    path = as_path(path)
+    rows = np.isnan(read_X(path)).any(axis=1)
+    if open_inputs(path).y_dtype.kind == "f":
+
+        def mark(start, stop, y_chunk):
+            rows[:] |= np.isnan(y_chunk).any(axis=1)
+
+        scan_y(path, mark)
+    return rows
+

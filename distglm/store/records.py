@@ -1,0 +1,317 @@
+"""Records of who works on a store: job records (group attributes) and the store's lease.
+
+The lease makes a store hold one writer at a time. A process that writes inputs or fits takes
+it first and gives it back at the end; while it works, a thread renews it. Another process that
+finds a lease that is not expired is refused with a message naming the holder. A lease expires
+when its holder stops renewing it for ``ttl`` seconds (the holder died, or its machine is gone),
+or at once when its holder was a process on this machine that no longer runs; it can also be
+broken by hand (:func:`break_lease`, ``distglm unlock PATH``).
+
+The lease is the group ``lease`` whose metadata document, ``lease/zarr.json``, holds the holder
+in its attributes. It is created with the store's create-if-absent primitive: atomic on a local
+disk (O_EXCL); on object stores a check-then-write, after which the document is read back, so
+two processes that race for the lease within the same instant are told apart by who wrote last.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+
+import psutil
+from zarr.errors import BaseZarrError
+
+from distglm.errors import InputError, InputTypeError, StoreError
+
+from . import _zarr
+from ._zarr import as_path, open_group
+
+__all__ = ["write_attrs", "read_attrs", "Lease", "acquire_lease", "read_lease", "break_lease"]
+
+_LEASE_KEY = "lease/zarr.json"
+#: Seconds without renewal after which a lease is expired.
+DEFAULT_LEASE_TTL_S = 120.0
+
+
+def _check_group_name(group_name) -> str:
+    if not isinstance(group_name, str):
+        raise InputTypeError(f"group_name must be a str; got {type(group_name).__name__}")
+    if not group_name.strip("/"):
+        raise InputError(f"group_name must name a group, like 'job'; got {group_name!r}")
+    return group_name.strip("/")
+
+
+def write_attrs(path, group_name, attrs: dict) -> None:
+    """Set attributes (small JSON metadata, such as a job's status) on a group of the store.
+
+    The group is created if absent; keys already there and not in ``attrs`` are kept. One
+    process at a time should write a given group's attributes.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+    group_name : str
+        Group inside the store, for example ``"job"``.
+    attrs : dict
+        JSON-serialisable values to set.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> write_attrs(path, "job", {"state": "running", "blocks_done": 3})
+    >>> read_attrs(path, "job")["blocks_done"]
+    3
+    """
+    path = as_path(path)
+    group_name = _check_group_name(group_name)
+    if not isinstance(attrs, dict):
+        raise InputTypeError(f"attrs must be a dict; got {type(attrs).__name__}")
+    attrs = _zarr.json_like(attrs, "attrs")
+    root = open_group(path, "r+")
+    try:
+        group = root.require_group(group_name)
+    except (TypeError, BaseZarrError) as err:
+        raise StoreError(f"{path}: {group_name} is not a group ({err})") from None
+    group.attrs.update(attrs)
+
+
+def read_attrs(path, group_name) -> dict:
+    """Read the attributes of a group of the store; empty if the group does not exist.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+    group_name : str
+        Group inside the store, for example ``"job"``.
+
+    Returns
+    -------
+    dict
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> read_attrs(path, "job")
+    {}
+    """
+    path = as_path(path)
+    group_name = _check_group_name(group_name)
+    group = _zarr.node(open_group(path, "r"), group_name, path)
+    return {} if group is None else dict(group.attrs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The lease
+
+
+def _this_process() -> dict:
+    process = psutil.Process()
+    return {"host": socket.gethostname(), "pid": process.pid, "pid_started": process.create_time()}
+
+
+def _read_holder(root) -> dict | None:
+    raw = _zarr.get_key(root, _LEASE_KEY)
+    if raw is None:
+        return None
+    try:
+        holder = json.loads(raw)["attributes"]["holder"]
+        float(holder["renewed_at"]), float(holder["ttl_s"]), str(holder["token"])
+    except (ValueError, KeyError, TypeError):
+        # A damaged lease protects nothing: it is as good as expired.
+        return {"token": None, "damaged": True}
+    return holder
+
+
+def _expired(holder: dict, now: float) -> bool:
+    if holder.get("damaged"):
+        return True
+    if now - float(holder["renewed_at"]) > float(holder["ttl_s"]):
+        return True
+    if holder.get("host") == socket.gethostname():
+        try:
+            process = psutil.Process(int(holder["pid"]))
+            return abs(process.create_time() - float(holder["pid_started"])) > 1.0
+        except (psutil.NoSuchProcess, ValueError, KeyError, TypeError):
+            return True
+    return False
+
+
+def _document(holder: dict) -> bytes:
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"holder": holder}}).encode()
+
+
+def _describe_holder(holder: dict, now: float) -> str:
+    return (f"{holder.get('purpose', 'a process')} in process {holder.get('pid')} on {holder.get('host')} "
+            f"since {holder.get('acquired_at')} (last renewed {now - float(holder['renewed_at']):.0f} s ago)")
+
+
+class Lease:
+    """A store's lease, held by this process until :meth:`release` (or the ``with`` block ends).
+
+    Attributes
+    ----------
+    path : str
+    holder : dict
+        What the lease document says of this process: token, host, pid, purpose, times.
+    """
+
+    def __init__(self, path: str, root, holder: dict):
+        self.path, self._root, self.holder = path, root, holder
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="distglm-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        ttl = float(self.holder["ttl_s"])
+        last_renewed = time.time()
+        while not self._stop.wait(ttl / 4):
+            try:
+                current = _read_holder(self._root)
+                if current is None or current.get("token") != self.holder["token"]:
+                    self._lost.set()
+                    return
+                self.holder = {**self.holder, "renewed_at": time.time()}
+                _zarr.put_key(self._root, _LEASE_KEY, _document(self.holder))
+                last_renewed = time.time()
+            except Exception:  # noqa: BLE001 - a store briefly unreachable; the lease may still hold
+                if time.time() - last_renewed > ttl:
+                    self._lost.set()
+                    return
+
+    @property
+    def lost(self) -> bool:
+        """Whether the lease was broken or taken by another process, or could not be renewed."""
+        return self._lost.is_set()
+
+    def check(self) -> None:
+        """Raise StoreError if the lease was lost: this process must stop writing the store."""
+        if self.lost:
+            raise StoreError(f"{self.path}: this process lost the store's lease (it was broken, or could not be "
+                             "renewed in time); stopped writing so that two writers never mix their results")
+
+    def release(self) -> None:
+        """Give the lease back (only if this process still holds it)."""
+        self._stop.set()
+        self._thread.join()
+        try:
+            current = _read_holder(self._root)
+            if current is not None and current.get("token") == self.holder["token"]:
+                _zarr.delete_key(self._root, _LEASE_KEY)
+        except Exception:  # noqa: BLE001 - a lease not given back expires on its own
+            pass
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def acquire_lease(path, purpose: str, *, ttl: float = DEFAULT_LEASE_TTL_S) -> Lease:
+    """Take the store's lease for ``purpose``, or refuse if another live process holds it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of an existing Zarr group.
+    purpose : str
+        What the lease is for, shown to a refused process (``"fit"``, ``"write_inputs"``).
+    ttl : float, optional
+        Seconds without renewal after which the lease expires; renewed every ``ttl / 4``.
+
+    Returns
+    -------
+    Lease
+
+    Raises
+    ------
+    StoreError
+        If another process holds a lease that has not expired; the message names it.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from distglm.store import write_inputs
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> with acquire_lease(path, "fit") as lease:
+    ...     read_lease(path)["purpose"]
+    'fit'
+    >>> read_lease(path) is None
+    True
+    """
+    path = as_path(path)
+    if not isinstance(purpose, str) or not purpose:
+        raise InputTypeError(f"purpose must be a non-empty str; got {purpose!r}")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+        raise InputError(f"ttl must be a positive number of seconds; got {ttl!r}")
+    root = open_group(path, "r+")
+    token = uuid.uuid4().hex
+    now = time.time()
+    current = _read_holder(root)
+    if current is not None:
+        if not _expired(current, now):
+            raise StoreError(
+                f"{path} is in use by {_describe_holder(current, now)}; a store takes one writer at a time. "
+                f"Wait for it to end, or if that process is gone, break its lease with: distglm unlock {path}"
+            )
+        _zarr.delete_key(root, _LEASE_KEY)
+    holder = {
+        "token": token, "purpose": purpose, **_this_process(), "ttl_s": float(ttl), "renewed_at": now,
+        "acquired_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _zarr.put_key(root, _LEASE_KEY, _document(holder), exclusive=True)
+    winner = _read_holder(root)
+    if winner is None or winner.get("token") != token:
+        raise StoreError(f"{path}: another process took the store's lease at the same moment"
+                         + (f" ({_describe_holder(winner, time.time())})" if winner and "pid" in winner else ""))
+    return Lease(path, root, holder)
+
+
+def read_lease(path) -> dict | None:
+    """The holder of the store's lease, with ``expired`` (bool), or None if nobody holds it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+
+    Returns
+    -------
+    dict or None
+        ``purpose``, ``host``, ``pid``, ``acquired_at``, ``renewed_at`` (seconds since the
+        epoch), ``ttl_s`` and ``expired``.
+    """
+    path = as_path(path)
+    holder = _read_holder(open_group(path, "r"))
+    if holder is None:
+        return None
+    return {**holder, "expired": _expired(holder, time.time())}
+
+
+def break_lease(path) -> dict | None:
+    """Remove the store's lease, whoever holds it; return the holder it had, or None.
+
+    For a lease whose holder is gone on another machine and that has not expired yet. A live
+    holder notices at its next renewal and stops writing.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+    """
+    path = as_path(path)
+    root = open_group(path, "r+")
+    holder = _read_holder(root)
+    if holder is not None:
+        _zarr.delete_key(root, _LEASE_KEY)
+    return holder

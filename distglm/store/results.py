@@ -1,0 +1,499 @@
+"""The results of a fit: per-neuron arrays, solver state and verified done markers.
+
+``create_results`` makes every array before any block is written and writes the fingerprint
+(the description of the fit) last; replacing results removes the fingerprint first, so an
+interrupted replacement reads as "no results" rather than as the old fit. A block's done marker,
+``results/done[id] = (checksum, start, stop)``, is written after the block's data, and the
+checksum covers that data and the fingerprint: :func:`done_blocks` recomputes it, so a marker
+over missing chunks, half-written data or data of another fit is not taken for a done block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import zarr
+
+from distglm.errors import InputError, InputTypeError, PlanError, StoreError
+from distglm.plan import Block, _check_int
+
+from . import _zarr
+from ._zarr import as_path, open_group
+
+__all__ = [
+    "RESULT_NAMES",
+    "STATUS_UNWRITTEN",
+    "create_results",
+    "discard_results",
+    "write_block",
+    "done_blocks",
+    "read_results",
+    "read_state",
+    "read_fingerprint",
+]
+
+#: Per-neuron result arrays, in the order :func:`read_results` returns them.
+RESULT_NAMES = (
+    "coef",
+    "intercept",
+    "scale",
+    "dof_resid",
+    "loss",
+    "grad_norm",
+    "n_iter",
+    "converged",
+    "status",
+)
+#: ``results/status`` of a neuron whose block was never written.
+STATUS_UNWRITTEN = -1
+# Result arrays whose dtype does not follow the fit's float dtype, with their fill values.
+_FIXED_RESULTS = {
+    "n_iter": (np.dtype("int32"), 0),
+    "converged": (np.dtype("bool"), False),
+    "status": (np.dtype("int8"), STATUS_UNWRITTEN),
+}
+
+
+def _normalise_state_spec(state_spec) -> dict:
+    if not isinstance(state_spec, dict):
+        raise InputTypeError(
+            "state_spec must be a dict name -> (shape, dtype, per_neuron); "
+            f"got {type(state_spec).__name__}"
+        )
+    spec = {}
+    for name, entry in state_spec.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise InputError(f"state_spec names must be non-empty str without '/'; got {name!r}")
+        try:
+            shape, dtype, per_neuron = entry
+            shape = [_check_int(n, f"state_spec[{name!r}] shape entry", minimum=0) for n in shape]
+            dtype = np.dtype(dtype).name
+        except (TypeError, ValueError) as err:
+            raise InputTypeError(
+                f"state_spec[{name!r}] must be (shape tuple, dtype str, per_neuron bool); "
+                f"got {entry!r} ({err})"
+            ) from None
+        if not isinstance(per_neuron, bool):
+            raise InputTypeError(
+                f"state_spec[{name!r}] per_neuron must be a bool; got {per_neuron!r}"
+            )
+        spec[name] = [shape, dtype, per_neuron]
+    return spec
+
+
+def _results(path: str, mode: str) -> zarr.Group:
+    root = open_group(path, mode)
+    results = _zarr.node(root, "results", path)
+    if results is None:
+        raise StoreError(f"{path} holds no results; a fit creates them with create_results")
+    # create_results writes the fingerprint last: without it some arrays may be missing.
+    if "fingerprint" not in results.attrs:
+        raise StoreError(f"{path} holds results that were not completely created; "
+                         "run the fit again to create them anew")
+    return results
+
+
+def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec):
+    coef, done = results["coef"], results["done"]
+    expected = {
+        "coef shape": (coef.shape, (n_features, n_neurons)),
+        "neuron chunk": (_zarr.neuron_chunk(coef), neuron_chunk),
+        "dtype": (np.dtype(coef.dtype), dtype),
+        "number of blocks": (done.shape, (n_blocks, 3)),
+        "state_spec": (results.attrs.get("state_spec"), spec),
+    }
+    return [
+        f"{key} {got} instead of {want}" for key, (got, want) in expected.items() if got != want
+    ]
+
+
+def create_results(
+    path,
+    *,
+    n_features,
+    n_neurons,
+    neuron_chunk,
+    n_blocks,
+    dtype,
+    state_spec,
+    fingerprint,
+    overwrite=False,
+) -> None:
+    """Create every result array of a fit, before any block is written, or keep them to resume.
+
+    If the store already holds results with the same ``fingerprint`` (and layout), they are
+    kept as they are, so a restarted fit skips the blocks marked done. The fingerprint is
+    written last: results without one were never completely created and are replaced.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+    n_features, n_neurons : int
+        Shape of ``coef``, (n_features, n_neurons).
+    neuron_chunk : int
+        Chunk length along neurons of every per-neuron array; blocks must be aligned with it.
+    n_blocks : int
+        Number of blocks of the plan; ``done`` has one entry per block.
+    dtype : numpy dtype or str
+        Float dtype of ``coef``, ``intercept``, ``scale``, ``dof_resid``, ``loss`` and
+        ``grad_norm`` (NaN until written). ``n_iter`` is int32, ``converged`` bool and
+        ``status`` int8 (:data:`STATUS_UNWRITTEN` until written).
+    state_spec : dict of str to (shape, dtype str, per_neuron bool)
+        Solver state arrays, stored under ``results/solver_state/<name>``: of shape
+        ``(*shape, n_neurons)`` when per neuron, else ``(n_blocks, *shape)``.
+    fingerprint : dict
+        JSON-serialisable description of the fit (model configuration and plan); a store with
+        results of another fingerprint is refused unless ``overwrite``.
+    overwrite : bool, optional
+        Delete existing results and create them anew.
+
+    Raises
+    ------
+    StoreError
+        If the store holds results of a different fit (or layout) and ``overwrite`` is False.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
+    ...                dtype="float64", state_spec={"stepsize": ((), "float64", False)},
+    ...                fingerprint={"model": "poisson"})
+    >>> read_fingerprint(path), done_blocks(path)
+    ({'model': 'poisson'}, set())
+    """
+    path = as_path(path)
+    n_features = _check_int(n_features, "n_features", minimum=1)
+    n_neurons = _check_int(n_neurons, "n_neurons", minimum=1)
+    neuron_chunk = _check_int(neuron_chunk, "neuron_chunk", minimum=1)
+    n_blocks = _check_int(n_blocks, "n_blocks", minimum=1)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as err:
+        raise InputTypeError(f"dtype must be a float dtype; got {dtype!r} ({err})") from None
+    if dtype.kind != "f":
+        raise InputTypeError(f"dtype must be a float dtype; got {dtype}")
+    spec = _normalise_state_spec(state_spec)
+    if not isinstance(fingerprint, dict):
+        raise InputTypeError(f"fingerprint must be a dict; got {type(fingerprint).__name__}")
+    fingerprint = _zarr.json_like(fingerprint, "fingerprint")
+    if not isinstance(overwrite, bool):
+        raise InputTypeError(f"overwrite must be a bool; got {type(overwrite).__name__}")
+
+    root = open_group(path, "r+")
+    results = _zarr.node(root, "results", path)
+    if results is not None:
+        stored = results.attrs.get("fingerprint")
+        if stored is not None and not overwrite:
+            if stored != fingerprint:
+                keys = sorted(
+                    key for key in set(stored) | set(fingerprint)
+                    if stored.get(key) != fingerprint.get(key)
+                )
+                raise StoreError(
+                    f"{path} holds results of a different fit (fingerprint differs in {keys}); "
+                    "pass resume=False to replace them"
+                )
+            differences = _layout_differences(
+                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec
+            )
+            if differences:
+                raise StoreError(
+                    f"{path} holds results of this fit laid out differently "
+                    f"({'; '.join(differences)}); pass resume=False to replace them"
+                )
+            return
+        discard_results(root)
+
+    results = root.create_group("results")
+    per_neuron = {name: (dtype, np.nan) for name in RESULT_NAMES} | _FIXED_RESULTS
+    for name, (array_dtype, fill) in per_neuron.items():
+        shape = (n_features, n_neurons) if name == "coef" else (n_neurons,)
+        results.create_array(
+            name, shape=shape, dtype=array_dtype, fill_value=fill,
+            chunks=shape[:-1] + (neuron_chunk,),
+        )
+    # (checksum, start, stop) per block, each block's row one chunk: written in one put.
+    results.create_array("done", shape=(n_blocks, 3), dtype=np.uint64, chunks=(1, 3), fill_value=0)
+    state = results.create_group("solver_state")
+    for name, (shape, state_dtype, is_per_neuron) in spec.items():
+        # Zarr refuses zero-length chunks, so an empty dimension gets a chunk of one.
+        chunk_shape = tuple(max(1, n) for n in shape)
+        if is_per_neuron:
+            full, chunks = (*shape, n_neurons), (*chunk_shape, neuron_chunk)
+        else:
+            full, chunks = (n_blocks, *shape), (1, *chunk_shape)
+        state.create_array(name, shape=full, dtype=state_dtype, chunks=chunks, fill_value=0)
+    results.attrs["state_spec"] = spec
+    results.attrs["fingerprint"] = fingerprint
+
+
+def write_block(path, block, arrays: dict, state: dict) -> None:
+    """Write one block's results and solver state, then mark the block done.
+
+    Writes only the block's chunks, so processes writing different blocks of one store do not
+    interfere; writing the same block twice gives the same bytes.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group, with results made by :func:`create_results`.
+    block : Block
+        The block; ``start`` and ``stop`` must lie on the results' neuron chunk boundaries
+        (``stop`` may also be n_neurons).
+    arrays : dict of str to array
+        Every name of :data:`RESULT_NAMES`, trimmed to the block's real size: ``coef`` of shape
+        (n_features, block.size), the others of shape (block.size,).
+    state : dict of str to array
+        Every solver state array of the ``state_spec``: of shape (*shape, block.size) when per
+        neuron, else of shape ``shape``.
+
+    Raises
+    ------
+    InputError
+        If a name is missing or unexpected, or an array has the wrong shape.
+    PlanError
+        If the block is out of range or not aligned with the neuron chunk.
+    StoreError
+        If the store holds no results.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
+    ...                dtype="float64", state_spec={}, fingerprint={})
+    >>> arrays = {name: np.zeros((3,)) for name in RESULT_NAMES} | {"coef": np.ones((2, 3))}
+    >>> write_block(path, Block(0, 0, 3), arrays, {})
+    >>> done_blocks(path), read_results(path)["coef"].sum()
+    ({0}, np.float64(6.0))
+    """
+    path = as_path(path)
+    try:
+        block = Block(*block)
+    except TypeError:
+        raise InputTypeError(f"block must be a Block(id, start, stop); got {block!r}") from None
+    block = Block(*(_check_int(value, f"block.{field}")
+                    for field, value in zip(Block._fields, block)))
+    for name, value in (("arrays", arrays), ("state", state)):
+        if not isinstance(value, dict):
+            raise InputTypeError(
+                f"{name} must be a dict of name -> array; got {type(value).__name__}"
+            )
+
+    results = _results(path, "r+")
+    coef, done = results["coef"], results["done"]
+    n_features, n_neurons = coef.shape
+    neuron_chunk, n_blocks = _zarr.neuron_chunk(coef), done.shape[0]
+    if not (0 <= block.id < n_blocks and 0 <= block.start < block.stop <= n_neurons):
+        raise PlanError(f"{block} is out of range: the results hold {n_blocks} blocks "
+                        f"of {n_neurons} neurons")
+    if block.start % neuron_chunk or (block.stop % neuron_chunk and block.stop != n_neurons):
+        raise PlanError(
+            f"{block} is not aligned with the results' neuron chunk {neuron_chunk}: it would "
+            "share a chunk with another block"
+        )
+
+    spec = results.attrs["state_spec"]
+    expected = {name: (n_features, block.size) if name == "coef" else (block.size,)
+                for name in RESULT_NAMES}
+    expected_state = {
+        name: tuple(shape) + (block.size,) if is_per_neuron else tuple(shape)
+        for name, (shape, _, is_per_neuron) in spec.items()
+    }
+    values = {}
+    for what, given, shapes in (("arrays", arrays, expected), ("state", state, expected_state)):
+        missing = [name for name in shapes if name not in given]
+        extra = [name for name in given if name not in shapes]
+        if missing or extra:
+            raise InputError(f"{what} must have the keys {list(shapes)}; missing {missing}, "
+                             f"unexpected {extra}")
+        for name, shape in shapes.items():
+            value = np.asarray(given[name])
+            if value.shape != shape:
+                raise InputError(f"{what}[{name!r}] for {block} must have shape {shape}; "
+                                 f"got shape {value.shape}")
+            stored = results[name if what == "arrays" else f"solver_state/{name}"]
+            # Cast now, so that the checksum covers the bytes the store will hold.
+            values[(what, name)] = value.astype(stored.dtype, copy=False)
+
+    for (what, name), value in values.items():
+        if what == "arrays":
+            results[name][..., block.start:block.stop] = value
+        elif spec[name][2]:
+            results[f"solver_state/{name}"][..., block.start:block.stop] = value
+        else:
+            results[f"solver_state/{name}"][block.id] = value
+    # Last, so that a block marked done is a block completely written; the checksum lets
+    # readers check that claim against the data.
+    checksum = _checksum(results.attrs["fingerprint"], block, values)
+    done[block.id] = np.array([checksum, block.start, block.stop], dtype=np.uint64)
+
+
+def _checksum(fingerprint: dict, block: Block, values: dict) -> int:
+    """A nonzero 63-bit checksum of a block's results and of the fit they belong to."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(json.dumps(fingerprint, sort_keys=True).encode())
+    digest.update(np.asarray(block, dtype=np.int64).tobytes())
+    for (what, name), value in sorted(values.items()):
+        value = np.ascontiguousarray(value)
+        digest.update(f"{what}/{name}:{value.dtype.str}:{value.shape}".encode())
+        digest.update(value.tobytes())
+    return (int.from_bytes(digest.digest(), "little") >> 1) | 1
+
+
+def discard_results(root: zarr.Group) -> None:
+    """Delete a store's results so that an interruption at any point leaves no results behind.
+
+    The fingerprint goes first: results without one are "not completely created", which every
+    reader refuses and every fit recreates, whatever of the arrays was deleted by then.
+    """
+    results = _zarr.node(root, "results", root.store_path)
+    if results is None:
+        return
+    if "fingerprint" in results.attrs:
+        results.attrs.pop("fingerprint")
+    _zarr.delete_node(root, "results")
+
+
+def done_blocks(path) -> set[int]:
+    """Return the ids of the blocks whose results are completely written, checked against them.
+
+    A block counts as done only if its marker's checksum matches the block's results and
+    solver state as the store now holds them, and the fingerprint of the fit; a marker over
+    missing or altered chunks, or left by another fit, does not count.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group, with results.
+
+    Returns
+    -------
+    set of int
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
+    ...                dtype="float32", state_spec={}, fingerprint={})
+    >>> done_blocks(path)
+    set()
+    """
+    path = as_path(path)
+    results = _results(path, "r")
+    markers = _zarr.read(results["done"], Ellipsis, "results/done", path)
+    candidates = [int(i) for i in np.flatnonzero(markers[:, 0])]
+    if not candidates:
+        return set()
+    spec = results.attrs["state_spec"]
+    arrays = {name: _zarr.read(results[name], Ellipsis, f"results/{name}", path) for name in RESULT_NAMES}
+    state = {name: _zarr.read(results[f"solver_state/{name}"], Ellipsis, f"results/solver_state/{name}", path)
+             for name in spec}
+    n_neurons = arrays["intercept"].shape[0]
+    done = set()
+    for block_id in candidates:
+        checksum, start, stop = (int(v) for v in markers[block_id])
+        if not 0 <= start < stop <= n_neurons:
+            continue
+        block = Block(block_id, start, stop)
+        values = {("arrays", name): value[..., start:stop] for name, value in arrays.items()}
+        for name, (_, _, per_neuron) in spec.items():
+            values[("state", name)] = state[name][..., start:stop] if per_neuron else state[name][block_id]
+        if _checksum(results.attrs["fingerprint"], block, values) == checksum:
+            done.add(block_id)
+    return done
+
+
+def read_results(path, start=0, stop=None) -> dict[str, np.ndarray]:
+    """Read the per-neuron results of neurons ``[start, stop)``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group, with results.
+    start : int, optional
+        First neuron, 0 by default.
+    stop : int or None, optional
+        One past the last neuron, n_neurons by default.
+
+    Returns
+    -------
+    dict of str to ndarray
+        Keyed by :data:`RESULT_NAMES`: ``coef`` of shape (n_features, stop - start), the others
+        of shape (stop - start,). Neurons of blocks not yet written read NaN, 0, False and
+        :data:`STATUS_UNWRITTEN`.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
+    ...                dtype="float64", state_spec={}, fingerprint={})
+    >>> read_results(path, 1)["status"]
+    array([-1, -1], dtype=int8)
+    """
+    path = as_path(path)
+    results = _results(path, "r")
+    start, stop = _zarr.check_range(start, stop, results["coef"].shape[1])
+    return {name: _zarr.read(results[name], (Ellipsis, slice(start, stop)), f"results/{name}", path)
+            for name in RESULT_NAMES}
+
+
+def read_state(path) -> dict[str, np.ndarray]:
+    """Read every solver state array.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group, with results.
+
+    Returns
+    -------
+    dict of str to ndarray
+        In ``state_spec`` order: of shape (*shape, n_neurons) for per-neuron state, else of
+        shape (n_blocks, *shape).
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
+    ...                dtype="float64", state_spec={"velocity": ((2,), "float32", True)},
+    ...                fingerprint={})
+    >>> read_state(path)["velocity"].shape
+    (2, 3)
+    """
+    path = as_path(path)
+    results = _results(path, "r")
+    return {name: _zarr.read(results[f"solver_state/{name}"], Ellipsis, f"results/solver_state/{name}", path)
+            for name in results.attrs["state_spec"]}
+
+
+def read_fingerprint(path) -> dict | None:
+    """Return the fingerprint of the fit whose results the store holds, or None if it holds none.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+
+    Returns
+    -------
+    dict or None
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> read_fingerprint(path) is None
+    True
+    """
+    path = as_path(path)
+    results = _zarr.node(open_group(path, "r"), "results", path)
+    return None if results is None else results.attrs.get("fingerprint")
+
