@@ -8,6 +8,7 @@ and writes the block's results into its own chunks before marking it done.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -16,7 +17,7 @@ import numpy as np
 from . import store
 from .plan import Block
 
-__all__ = ["ACTOR_ENV", "BlockFitter", "fit_one_block", "slice_strength"]
+__all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "fit_one_block", "slice_strength"]
 
 # One XLA thread per actor: actors are the unit of parallelism, and several multi-threaded
 # XLA runtimes on one machine only fight over its cores. XLA's CPU client sizes its thread pool
@@ -29,6 +30,29 @@ ACTOR_ENV = {
     "JAX_PLATFORMS": "cpu",
     "OMP_NUM_THREADS": "1",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSpec:
+    """What every actor of one fit needs to know, sent once from the driver to each actor.
+
+    Attributes
+    ----------
+    path : str
+        The store.
+    model : dict
+        The model's configuration (:func:`distglm.glm.model_to_config`, feature mask None: the
+        store's mask is read block by block).
+    pad_to : int
+        The common block size; shorter blocks are padded with empty neurons.
+    x64 : bool
+        Whether the driver runs JAX in float64.
+    """
+
+    path: str
+    model: dict
+    pad_to: int
+    x64: bool
 
 
 _DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "distglm", "xla")
@@ -127,28 +151,23 @@ class BlockFitter:
 
     Parameters
     ----------
-    path : str
-        The store.
+    spec : FitSpec
     X : array of shape (n_kept_samples, n_features)
         NaN-free design matrix; passed as an object reference, so it is read once per actor.
     keep : bool array of shape (n_samples,) or None
-    model_config : dict
-    pad_to : int
-    x64 : bool
-        Whether the driver runs JAX in float64.
     """
 
-    def __init__(self, path, X, keep, model_config, pad_to, x64):
+    def __init__(self, spec: FitSpec, X, keep):
         import jax
 
-        jax.config.update("jax_enable_x64", bool(x64))
+        jax.config.update("jax_enable_x64", bool(spec.x64))
         # A persistent compilation cache lets a replacement actor, the second actor on a node
         # and a resumed fit load the compiled block fit instead of compiling it again.
         jax.config.update("jax_compilation_cache_dir", os.environ.get("DISTGLM_COMPILATION_CACHE", _DEFAULT_CACHE))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         from .glm import model_from_config
 
-        self._args = (path, X, keep, model_from_config(model_config)._fit_config(), pad_to)
+        self._args = (spec.path, X, keep, model_from_config(spec.model)._fit_config(), spec.pad_to)
         self._n_blocks = 0
 
     def pid(self) -> int:

@@ -8,6 +8,7 @@ Commands::
     distglm status PATH|ID            a submitted job's state and progress
     distglm cancel PATH|ID            stop a submitted job
     distglm inspect PATH              the store's inputs, fit results and per-neuron diagnostics
+    distglm unlock PATH               break the lease of a process that died holding the store
 
 A model ``M`` is a JSON file holding :func:`distglm.glm.model_to_config`'s output, or a JSON
 object given inline. Keys left out take the defaults of :class:`~distglm.glm.PopulationGLM`, so
@@ -51,6 +52,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {value}")
+    return value
+
+
 def _load_model(spec: str | None):
     """A PopulationGLM from a JSON file or an inline JSON object; the default model if None."""
     from .glm import PopulationGLM, model_from_config
@@ -80,6 +91,8 @@ def _load_model(spec: str | None):
 
 def _fit_options(args) -> dict:
     options = {"resume": not args.no_resume}
+    if args.block_timeout is not None:
+        options["block_timeout"] = args.block_timeout
     if args.num_actors is not None:
         options["num_actors"] = args.num_actors
     if args.block_size is not None:
@@ -166,7 +179,8 @@ def _cmd_fit(args) -> int:
     from . import fit
 
     model = _load_model(args.model)
-    report = fit(args.path, model, address=args.address, progress=not args.no_progress, **_fit_options(args))
+    report = fit(args.path, model, address=args.address, progress=not args.no_progress,
+                 connect_timeout=args.connect_timeout, **_fit_options(args))
     print(report)
     if report.failed_blocks:
         print(f"error: {len(report.failed_blocks)} blocks failed on every try; rerun to retry them", file=sys.stderr)
@@ -214,10 +228,28 @@ def _cmd_cancel(args) -> int:
     return 0
 
 
+def _cmd_unlock(args) -> int:
+    from . import store
+
+    holder = store.read_lease(args.path)
+    if holder is None:
+        print(f"{args.path} is not locked")
+        return 0
+    if not holder["expired"] and not args.force:
+        raise InputError(f"{args.path} is held by {holder.get('purpose')} in process {holder.get('pid')} on "
+                         f"{holder.get('host')}, which renewed its lease {time.time() - holder['renewed_at']:.0f} s "
+                         "ago and may still run; if you know it is gone, break the lease with --force")
+    store.break_lease(args.path)
+    print(f"unlocked {args.path} (the lease of {holder.get('purpose')} in process {holder.get('pid')} on "
+          f"{holder.get('host')})")
+    return 0
+
+
 def _cmd_inspect(args) -> int:
     from . import store
     from .core.fit import STATUS_OK, STATUS_REASONS
     from .plan import plan_blocks
+    from .scheduler import stored_fingerprint
 
     path = args.path
     info = store.open_inputs(path)
@@ -231,7 +263,11 @@ def _cmd_inspect(args) -> int:
     if job.get("id"):
         print(f"  job: {job['id']} {job.get('state')}, {job.get('neurons_done')}/{job.get('neurons_total')} "
               f"neurons" + (f", error: {job['error']}" if job.get("error") else ""))
-    fingerprint = store.read_fingerprint(path)
+    holder = store.read_lease(path)
+    if holder is not None:
+        print(f"  in use by: {holder.get('purpose')} in process {holder.get('pid')} on {holder.get('host')} since "
+              f"{holder.get('acquired_at')}" + (" (expired)" if holder["expired"] else ""))
+    fingerprint = stored_fingerprint(path)
     if fingerprint is None:
         print("  results: none (fit the store with distglm fit or distglm submit)")
         return 0
@@ -316,12 +352,17 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--block-size", type=_positive_int, help="neurons per block, a multiple of the store's "
                                                                   "neuron chunk")
         sub.add_argument("--no-resume", action="store_true", help="refit every block, replacing earlier results")
+        sub.add_argument("--block-timeout", type=_positive_float, metavar="SECONDS",
+                         help="seconds a block may run at least before its actor is taken for stuck and the block "
+                              "is retried elsewhere (default 900; the limit grows to 10x the slowest block)")
 
     fit = commands.add_parser("fit", help="fit a store on Ray and wait for the result",
                               description="Fit the store's inputs on Ray actors in this process's Ray: a local "
                                           "one, or the cluster at --address / RAY_ADDRESS.")
     add_fit_arguments(fit, "the Ray cluster (host:6379 or ray://host:10001; default RAY_ADDRESS, else a local Ray)")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.add_argument("--connect-timeout", type=_positive_float, metavar="SECONDS",
+                     help="seconds to wait for the cluster at --address (default 30, or DISTGLM_CONNECT_TIMEOUT)")
     fit.set_defaults(func=_cmd_fit)
 
     submit = commands.add_parser("submit", help="submit a fit to a running cluster and print its job id",
@@ -343,6 +384,14 @@ def _parser() -> argparse.ArgumentParser:
         if name == "status":
             sub.add_argument("--wait", type=float, metavar="SECONDS",
                              help="wait up to SECONDS for the job to end before printing")
+
+    unlock = commands.add_parser("unlock", help="break the lease of a process that died holding a store",
+                                 description="A store holds one writer at a time through a lease, which expires "
+                                             "when its holder stops renewing it. Break the lease of a holder you "
+                                             "know is gone; a lease still being renewed needs --force.")
+    unlock.add_argument("path", help="the store")
+    unlock.add_argument("--force", action="store_true", help="break a lease that has not expired")
+    unlock.set_defaults(func=_cmd_unlock)
 
     inspect = commands.add_parser("inspect", help="a store's inputs, results and per-neuron diagnostics",
                                   description="Describe a store: its inputs, its job, its fit's results with "

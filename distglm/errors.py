@@ -13,6 +13,7 @@ __all__ = [
     "FitError",
     "StoreError",
     "PlanError",
+    "ClusterError",
     "JobError",
     "JobTimeoutError",
 ]
@@ -44,6 +45,10 @@ class StoreError(DistGLMError):
 
 class PlanError(DistGLMError):
     """Blocks of neurons cannot be planned as asked (for example not chunk-aligned)."""
+
+
+class ClusterError(DistGLMError):
+    """A Ray cluster cannot be reached, refuses the connection, or cannot run the fit asked of it."""
 
 
 class JobError(DistGLMError):

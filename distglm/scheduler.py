@@ -9,10 +9,14 @@ a dead actor is replaced. A fit rerun with ``resume=True`` skips the blocks mark
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import itertools
+import json
 import os
 import time
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -20,9 +24,19 @@ import numpy as np
 from . import plan as _plan
 from . import store
 from . import validation as val
-from .errors import InputError, InputTypeError, StoreError
+from .actor import FitSpec
+from .connect import connect_ray
+from .errors import ClusterError, InputError, InputTypeError, StoreError
 
-__all__ = ["FitReport", "fit"]
+__all__ = ["DEFAULT_BLOCK_TIMEOUT_S", "FitReport", "fit", "load_fitted", "stored_fingerprint"]
+
+#: Seconds a block may run at least before its actor is taken for stuck (see ``fit``).
+DEFAULT_BLOCK_TIMEOUT_S = 900.0
+# How long blocks wait for an actor to start when no actor runs at all.
+_ACTOR_START_TIMEOUT_S = 300.0
+# The dispatch loop wakes at least this often (to check the lease and deadlines).
+_POLL_S = 5.0
+_X64_HINT = "; fit in float64 (jax.config.update('jax_enable_x64', True)) or rescale the data"
 
 
 @dataclasses.dataclass
@@ -87,70 +101,115 @@ class FitReport:
         return "\n".join(lines)
 
 
-def _scan_inputs(path: str, info: store.InputsInfo, observation) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read X, find NaN rows in X and y, and check every y against the family's support.
+def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple:
+    """Read and check every input value; return ``(X, keep, mask, digest)``.
 
-    Streams y one chunk at a time, so the driver never holds the whole of it.
-    Returns ``(X without NaN rows, keep)``, ``keep`` None when no row is dropped.
+    Reads X and the mask whole (they are small next to y) and streams y one chunk at a time, so
+    the driver never holds all of it. Checks: the mask is 0/1; X and y are finite outside the
+    NaN rows, within the range of the fit's float ``dtype``, and y is in the family's support;
+    a corrupted chunk is named. ``X`` is returned without NaN rows, ``keep`` is None when no row
+    is dropped, ``mask`` is None without a stored mask, and ``digest`` identifies the inputs'
+    content (it changes with any value of X, y or the mask).
     """
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([info.n_samples, info.n_features, info.n_neurons, info.X_dtype.str,
+                              info.y_dtype.str, info.feature_groups, info.has_mask]).encode())
     X = store.read_X(path)
+    digest.update(np.ascontiguousarray(X).tobytes())
+    mask = None
+    if info.has_mask:
+        mask = store.read_mask_block(path, 0, info.n_neurons)
+        bad = ~((mask == 0) | (mask == 1))
+        if bad.any():
+            feature, neuron = np.argwhere(bad)[0]
+            raise InputError(f"{path}: inputs/feature_mask must hold only 0 and 1; got {mask[feature, neuron]} "
+                             f"at feature {feature}, neuron {neuron} ({int(bad.sum())} such entries); write the "
+                             "mask again with distglm.write_inputs(..., feature_mask=...)")
+        digest.update(mask.tobytes())
     keep = ~np.isnan(X).any(axis=1)
     is_float = np.issubdtype(info.y_dtype, np.floating)
+    limit = np.finfo(dtype).max
 
     def check(start, stop, chunk):
         nonlocal keep
+        digest.update(chunk.tobytes())
         if is_float:
             keep &= ~np.isnan(chunk).any(axis=1)
-            if np.isinf(chunk).any():
-                row, col = np.argwhere(np.isinf(chunk))[0]
-                raise InputError(f"y must be finite outside NaN rows; got {chunk[row, col]} at sample {row}, "
-                                 f"neuron {start + col}")
+            beyond = np.isinf(chunk) | (np.abs(np.nan_to_num(chunk)) > limit)
+            if beyond.any():
+                row, col = np.argwhere(beyond)[0]
+                raise InputError(f"{path}: inputs/y must be finite outside NaN rows and within the range of "
+                                 f"{np.dtype(dtype).name}; got {chunk[row, col]} at sample {row}, neuron "
+                                 f"{start + col}" + _X64_HINT * (dtype == np.float32))
         val.check_support(observation, chunk, offset=start)
 
     store.scan_y(path, check)
     val.check_finite(X, keep)
     if not keep.any():
         raise InputError("every sample holds a NaN in X or y; nothing is left to fit")
-    return X[keep], (None if keep.all() else keep)
+    X = X[keep]
+    beyond = np.abs(X) > limit
+    if beyond.any():
+        row, col = np.argwhere(beyond)[0]
+        raise InputError(f"{path}: inputs/X must lie within the range of {np.dtype(dtype).name}; got {X[row, col]} "
+                         f"at kept sample {row}, feature {col}" + _X64_HINT * (dtype == np.float32))
+    return X, (None if keep.all() else keep), mask, digest.hexdigest()
 
 
-def _check_model(model, info: store.InputsInfo, path: str):
+def _check_model(model):
     from .glm import PopulationGLM
 
     if not isinstance(model, PopulationGLM):
         raise InputTypeError(f"model must be a distglm PopulationGLM; got {type(model).__name__}")
-    config = model._fit_config()
-    if model.feature_mask is not None:
-        mask = val.as_feature_mask(model.feature_mask, info.feature_groups, info.n_features, info.n_neurons)
-        stored = store.read_mask_block(path, 0, info.n_neurons)
-        if not np.array_equal(mask, stored):
-            raise InputError(
-                "the model's feature_mask differs from the store's inputs/feature_mask; write the mask "
-                "with write_inputs(..., feature_mask=...) and leave the model's feature_mask None"
-            )
-    return config
+    return model._fit_config()
 
 
-def _connect(address: str | None, num_cpus: int | None):
-    """Connect to Ray; returns True when this call started a local Ray it must stop."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address and address.startswith(("http://", "https://")):
+def _check_mask(model, info: store.InputsInfo, stored) -> None:
+    if model.feature_mask is None:
+        return
+    mask = val.as_feature_mask(model.feature_mask, info.feature_groups, info.n_features, info.n_neurons)
+    if stored is None:
+        stored = np.ones((info.n_features, info.n_neurons))
+    if not np.array_equal(mask, stored):
         raise InputError(
-            f"{address!r} is a Ray dashboard address, which distglm.submit uses; distglm.fit connects to the "
-            "cluster itself: give its GCS address (HOST:6379) or a Ray client address (ray://HOST:10001)"
+            "the model's feature_mask differs from the store's inputs/feature_mask; write the mask "
+            "with write_inputs(..., feature_mask=...) and leave the model's feature_mask None"
         )
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except Exception as err:  # noqa: BLE001 - any failure to reach the cluster is reported as one
-            raise InputError(f"cannot connect to the Ray cluster at {address!r}: {err}") from err
-        return True
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    return True
+
+
+def stored_fingerprint(path: str) -> dict | None:
+    """The fingerprint of the store's results, checked to describe a fit; None without results."""
+    fingerprint = store.read_fingerprint(path)
+    if fingerprint is None:
+        return None
+    expected = {"model": dict, "n_samples": int, "dtype": str, "block_size": int}
+    problems = [f"{key!r} missing" if key not in fingerprint else f"{key!r} is not a {kind.__name__}"
+                for key, kind in expected.items() if not isinstance(fingerprint.get(key), kind)]
+    if problems:
+        raise StoreError(f"{path}: the results' fingerprint does not describe a distglm fit ({'; '.join(problems)}); "
+                         "they were written by another version or edited by hand: refit with resume=False "
+                         "(distglm fit PATH --no-resume)")
+    return fingerprint
+
+
+def check_fit_options(**options) -> dict:
+    """Check the options of :func:`fit` that are given (also for fits submitted as jobs)."""
+    for name in ("resume", "progress"):
+        if name in options and not isinstance(options[name], bool):
+            raise InputTypeError(f"{name} must be True or False; got {options[name]!r}")
+    retries = options.get("max_retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise InputError(f"max_retries must be a non-negative integer; got {retries!r}")
+    for name in ("num_actors", "block_size"):
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{name} must be a positive integer or None; got {value!r}")
+    limit = options.get("block_timeout", DEFAULT_BLOCK_TIMEOUT_S)
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+        raise InputError(f"block_timeout must be a positive number of seconds; got {limit!r}")
+    if options.get("on_block") is not None and not callable(options["on_block"]):
+        raise InputTypeError(f"on_block must be callable; got {type(options['on_block']).__name__}")
+    return options
 
 
 def fit(
@@ -164,8 +223,15 @@ def fit(
     progress: bool = True,
     max_retries: int = 3,
     on_block: Callable[[dict], None] | None = None,
+    connect_timeout: float | None = None,
+    block_timeout: float = DEFAULT_BLOCK_TIMEOUT_S,
 ) -> FitReport:
     """Fit ``model`` to the inputs of the store at ``path`` on Ray actors.
+
+    Everything is checked before the store is touched: the arguments, the model, every input
+    value (the mask, X, a stream of y) and the connection to the cluster. Then the fit takes the
+    store's lease (one writer at a time), creates or keeps the results, and hands the blocks
+    not yet done to actors. An error before that point leaves the store as it was.
 
     Parameters
     ----------
@@ -175,25 +241,44 @@ def fit(
     model : PopulationGLM
         The configuration to fit (its feature mask, if any, must equal the store's).
     num_actors : int, optional
-        Actors to start; default one per CPU of the cluster, at most one per block.
+        Actors to start; default one per CPU of the cluster, at most one per block. More
+        actors than the cluster has CPUs are capped to its CPUs, with a warning.
     block_size : int, optional
         Neurons per block, a multiple of the store's neuron chunk; see :func:`distglm.plan.plan_blocks`.
     address : str, optional
-        A Ray cluster's address (or ``RAY_ADDRESS``); default a local Ray started and stopped here.
-        If Ray is already initialised in this process, that connection is used.
+        A Ray cluster's address, ``HOST:6379`` or ``ray://HOST:10001`` (or ``RAY_ADDRESS``);
+        default a local Ray started and stopped here. If Ray is already initialised in this
+        process, that connection is used.
     resume : bool
-        Keep results of an earlier run of the same fit and skip its finished blocks. With
-        False, existing results are replaced.
+        Keep results of an earlier run of the same fit and skip its finished blocks. Results of
+        another fit, or of inputs that changed since, are refused. With False, existing
+        results are replaced.
     progress : bool
         Show a progress bar (neurons done, neurons/s, ETA).
     max_retries : int
-        Extra tries for a block whose actor died or raised.
+        Extra tries for a block whose actor died or was stuck. A block whose actor raised
+        (a corrupted chunk, say) fails at once: trying it again would fail the same way.
     on_block : callable, optional
         Called in the driver with each finished block's summary (used to record progress).
+    connect_timeout : float, optional
+        Seconds to wait for the cluster at ``address``; default ``DISTGLM_CONNECT_TIMEOUT``
+        or 30.
+    block_timeout : float
+        Seconds a block may run at least before its actor is taken for stuck, killed and the
+        block retried elsewhere; the limit is the larger of this and 10 times the slowest block
+        seen so far in the fit.
 
     Returns
     -------
     FitReport
+
+    Raises
+    ------
+    StoreError
+        If the store is unreadable or damaged, another process holds its lease, or it holds
+        results of another fit or of other inputs while ``resume`` is True.
+    ClusterError
+        If the cluster cannot be reached, or no actor can start on it.
 
     Examples
     --------
@@ -212,54 +297,82 @@ def fit(
     path = os.fspath(path) if isinstance(path, os.PathLike) else path
     if not isinstance(path, str):
         raise InputTypeError(f"path must be a string or path-like; got {type(path).__name__}")
-    for name, value in (("resume", resume), ("progress", progress)):
-        if not isinstance(value, bool):
-            raise InputTypeError(f"{name} must be True or False; got {value!r}")
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise InputError(f"max_retries must be a non-negative integer; got {max_retries!r}")
-    if num_actors is not None and (isinstance(num_actors, bool) or not isinstance(num_actors, int) or num_actors < 1):
-        raise InputError(f"num_actors must be a positive integer; got {num_actors!r}")
+    check_fit_options(resume=resume, progress=progress, max_retries=max_retries, num_actors=num_actors,
+                      block_size=block_size, block_timeout=block_timeout, on_block=on_block)
 
     info = store.open_inputs(path)
-    config = _check_model(model, info, path)
-    X, keep = _scan_inputs(path, info, config.observation)
+    config = _check_model(model)
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
+    X, keep, mask, digest = _scan_inputs(path, info, config.observation, dtype)
+    _check_mask(model, info, mask)
     X = X.astype(dtype)
     model_config = {**model_to_config(model), "feature_mask": None}
+    fingerprint = {"model": model_config, "n_samples": int(X.shape[0]), "dtype": np.dtype(dtype).str,
+                   "inputs": {"generation": info.generation, "digest": digest}}
 
-    fingerprint = {"model": model_config, "n_samples": int(X.shape[0]), "dtype": np.dtype(dtype).str}
-    stored = store.read_fingerprint(path) if resume else None
-    if block_size is None and stored and {k: stored.get(k) for k in fingerprint} == fingerprint:
-        block_size = stored.get("block_size")
-    blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size, num_actors or 2)
-    pad_to = _plan.padded_size(blocks)
-    fingerprint["block_size"] = blocks[0].size if len(blocks) > 1 else pad_to
-    block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
-    spec = core_fit.state_spec(config, X.shape[0], info.n_features, pad_to, dtype, block_strength(blocks[0]))
-    store.create_results(path, n_features=info.n_features, n_neurons=info.n_neurons,
-                         neuron_chunk=info.neuron_chunk,
-                         n_blocks=len(blocks), dtype=np.dtype(dtype), state_spec=spec,
-                         fingerprint=fingerprint, overwrite=not resume)
-    done = store.done_blocks(path) if resume else set()
-    todo = [b for b in blocks if b.id not in done]
-    t_prepared = time.perf_counter() - t_start
+    done = set()
+    stored = stored_fingerprint(path) if resume else None
+    if stored is not None:
+        _check_resumable(path, stored, fingerprint, block_size)
+        block_size = stored["block_size"]
+        done = store.done_blocks(path)
+        blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size)
+        if all(b.id in done for b in blocks):
+            # Nothing to do: no cluster is needed and the store is not written.
+            return _report(path, info, blocks, done, [], {}, 0, t_start, time.perf_counter() - t_start)
 
-    summaries, failed_blocks, n_retries = [], {}, 0
-    if todo:
-        started = _connect(address, None)
-        try:
+    started = connect_ray(address, timeout=connect_timeout)
+    try:
+        import ray
+
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if num_actors is not None and cpus and num_actors > cpus:
+            warnings.warn(f"num_actors={num_actors} but the cluster has {cpus} CPUs, so only {cpus} actors can run; "
+                          f"using {cpus}", UserWarning, stacklevel=2)
+            num_actors = cpus
+        blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size, num_actors or max(cpus, 1))
+        pad_to = _plan.padded_size(blocks)
+        fingerprint["block_size"] = blocks[0].size if len(blocks) > 1 else pad_to
+        block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
+        spec = core_fit.state_spec(config, X.shape[0], info.n_features, pad_to, dtype, block_strength(blocks[0]))
+        with store.acquire_lease(path, "fit") as lease:
+            store.create_results(path, n_features=info.n_features, n_neurons=info.n_neurons,
+                                 neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
+                                 state_spec=spec, fingerprint=fingerprint, overwrite=not resume)
+            done = store.done_blocks(path) if resume else set()
+            todo = [b for b in blocks if b.id not in done]
+            t_prepared = time.perf_counter() - t_start
+            fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64))
             summaries, failed_blocks, n_retries = _dispatch(
-                path, todo, X, keep, model_config, block_strength, pad_to, bool(jax.config.jax_enable_x64),
-                num_actors, max_retries, progress, info.n_neurons,
-                sum(b.size for b in blocks if b.id in done), on_block,
+                fit_spec, todo, X, keep, block_strength, lease,
+                num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0, max_retries=max_retries,
+                block_timeout=float(block_timeout), progress=progress, n_neurons=info.n_neurons,
+                n_already=sum(b.size for b in blocks if b.id in done), on_block=on_block,
             )
-        finally:
-            if started:
-                import ray
+    finally:
+        if started:
+            import ray
 
-                ray.shutdown()
+            ray.shutdown()
 
     return _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared)
+
+
+def _check_resumable(path: str, stored: dict, fingerprint: dict, block_size) -> None:
+    """Refuse to resume results of another fit, or of inputs that changed since they were fitted."""
+    if stored.get("inputs") != fingerprint["inputs"]:
+        raise StoreError(
+            f"{path}: the store's inputs changed since its results were fitted (their content or generation "
+            "differs), so the results are stale; refit them with resume=False (distglm fit PATH --no-resume)"
+        )
+    differing = sorted(key for key in fingerprint if stored.get(key) != fingerprint[key])
+    if differing:
+        raise StoreError(f"{path} holds results of a different fit (fingerprint differs in {differing}); "
+                         "pass resume=False (distglm fit PATH --no-resume) to replace them")
+    if block_size is not None and block_size != stored["block_size"]:
+        raise StoreError(f"{path} holds results of this fit in blocks of {stored['block_size']} neurons, not "
+                         f"{block_size}; resume with block_size={stored['block_size']} (or leave it out), or pass "
+                         "resume=False to refit in blocks of the new size")
 
 
 def _strength_by_block(model, n_features: int, n_neurons: int, pad_to: int) -> Callable:
@@ -282,30 +395,56 @@ def _strength_by_block(model, n_features: int, n_neurons: int, pad_to: int) -> C
     return lambda block: model._expanded_strength(n_features, pad_to)
 
 
-def _dispatch(path, todo, X, keep, model_config, block_strength, pad_to, x64, num_actors, max_retries, progress,
+def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_retries, block_timeout, progress,
               n_neurons, n_already, on_block):
+    """Fit the blocks ``todo`` on ``num_actors`` actors; return summaries, failed blocks and retries.
+
+    Blocks go only to actors that have started (an actor the cluster cannot place is never
+    waited on). A block whose actor dies, or runs past its deadline (then its actor is killed),
+    is retried on a live actor up to ``max_retries`` times; a block whose actor raised fails at
+    once. A dead actor is replaced where a CPU is free.
+    """
+    if not todo:
+        return [], {}, 0
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
     from .actor import ACTOR_ENV, BlockFitter
 
-    if num_actors is None:
-        num_actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    num_actors = min(num_actors, len(todo))
     remote_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0,
                             runtime_env={"env_vars": ACTOR_ENV})(BlockFitter)
     refs = (ray.put(X), ray.put(keep))
+    actors, starting, idle = {}, {}, []
+    slots = itertools.count()
 
-    def new_actor():
-        return remote_cls.remote(path, refs[0], refs[1], model_config, pad_to, x64)
+    def start_actor():
+        slot = next(slots)
+        actors[slot] = remote_cls.remote(spec, *refs)
+        starting[actors[slot].pid.remote()] = slot
 
-    actors = {slot: new_actor() for slot in range(num_actors)}
-    idle = list(actors)
-    new_slots = itertools.count(num_actors)
-    queue = list(todo)
+    def lose_actor(slot):
+        # A replacement only where a CPU is free (or no actor is left): on a cluster that lost
+        # a node, a replacement would wait for a CPU the live actors hold until the end.
+        ray.kill(actors.pop(slot))
+        if not actors or ray.available_resources().get("CPU", 0) >= 1:
+            start_actor()
+
+    for _ in range(num_actors):
+        start_actor()
+    queue = collections.deque(todo)
     tries = {b.id: 0 for b in todo}
     in_flight = {}
     summaries, failed_blocks, n_retries = [], {}, 0
+    slowest = 0.0
+    stalled_since = time.monotonic()
+
+    def retry_or_fail(block, reason):
+        nonlocal n_retries
+        if tries[block.id] <= max_retries:
+            n_retries += 1
+            queue.appendleft(block)
+        else:
+            failed_blocks[block.id] = f"{reason} (tried {tries[block.id]} times)"
 
     bar = None
     if progress:
@@ -314,35 +453,58 @@ def _dispatch(path, todo, X, keep, model_config, block_strength, pad_to, x64, nu
         bar = tqdm(total=n_neurons, initial=n_already, unit="neuron", desc="distglm fit", smoothing=0.1)
     try:
         while queue or in_flight:
+            lease.check()
+            now = time.monotonic()
             while queue and idle:
                 slot = idle.pop()
-                block = queue.pop(0)
+                block = queue.popleft()
                 tries[block.id] += 1
-                in_flight[actors[slot].fit.remote(block, block_strength(block))] = (slot, block)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+                limit = max(block_timeout, 10 * slowest)
+                ref = actors[slot].fit.remote(block, block_strength(block))
+                in_flight[ref] = (slot, block, now + limit, limit)
+            if in_flight or idle:
+                stalled_since = now
+            elif now - stalled_since > _ACTOR_START_TIMEOUT_S:
+                raise ClusterError(
+                    f"no actor could start within {_ACTOR_START_TIMEOUT_S:.0f} s to fit the {len(queue)} remaining "
+                    f"blocks (the cluster has {ray.cluster_resources().get('CPU', 0):.0f} CPUs, "
+                    f"{ray.available_resources().get('CPU', 0):.0f} free); rerun when CPUs are free: finished "
+                    "blocks are kept"
+                )
+            wait_s = min([deadline for _, _, deadline, _ in in_flight.values()] + [now + _POLL_S]) - now
+            ready, _ = ray.wait(list(in_flight) + list(starting), num_returns=1, timeout=max(0.05, wait_s))
+            if not ready:
+                now = time.monotonic()
+                for ref in [ref for ref, entry in in_flight.items() if entry[2] <= now]:
+                    slot, block, _, limit = in_flight.pop(ref)
+                    lose_actor(slot)
+                    retry_or_fail(block, f"its actor did not finish it within {limit:.0f} s and was killed "
+                                         "(raise block_timeout if blocks are this slow)")
+                continue
             ref = ready[0]
-            slot, block = in_flight.pop(ref)
+            if ref in starting:
+                slot = starting.pop(ref)
+                try:
+                    ray.get(ref)
+                    idle.append(slot)
+                except (RayActorError, RayTaskError):
+                    actors.pop(slot, None)
+                    if not actors:
+                        start_actor()
+                continue
+            slot, block, _, _ = in_flight.pop(ref)
             try:
                 summary = ray.get(ref)
-            except (RayActorError, RayTaskError) as err:
-                if isinstance(err, RayActorError) or _actor_is_dead(actors[slot]):
-                    # The block goes to a live actor. A replacement is started only where a
-                    # CPU is free (or no actor is left): on a cluster that lost a node, a
-                    # replacement would wait for a CPU the live actors hold until the end.
-                    del actors[slot]
-                    if not actors or ray.available_resources().get("CPU", 0) >= 1:
-                        slot = next(new_slots)
-                        actors[slot] = new_actor()
-                        idle.append(slot)
-                else:
-                    idle.append(slot)
-                if tries[block.id] <= max_retries:
-                    n_retries += 1
-                    queue.insert(0, block)
-                else:
-                    failed_blocks[block.id] = _short_reason(err)
+            except RayActorError as err:
+                lose_actor(slot)
+                retry_or_fail(block, _short_reason(err))
+                continue
+            except RayTaskError as err:
+                idle.append(slot)
+                failed_blocks[block.id] = _short_reason(err)
                 continue
             idle.append(slot)
+            slowest = max(slowest, summary["total_s"])
             summaries.append(summary)
             if on_block is not None:
                 on_block(summary)
@@ -354,16 +516,6 @@ def _dispatch(path, todo, X, keep, model_config, block_strength, pad_to, x64, nu
         for actor in actors.values():
             ray.kill(actor)
     return summaries, failed_blocks, n_retries
-
-
-def _actor_is_dead(actor) -> bool:
-    import ray
-
-    try:
-        ray.get(actor.pid.remote(), timeout=30)
-        return False
-    except Exception:  # noqa: BLE001 - any failure to answer means the actor is gone
-        return True
 
 
 def _short_reason(err: Exception) -> str:
@@ -416,15 +568,19 @@ def load_fitted(path):
 
     path = os.fspath(path) if isinstance(path, os.PathLike) else path
     info = store.open_inputs(path)
-    fingerprint = store.read_fingerprint(path)
+    fingerprint = stored_fingerprint(path)
     if fingerprint is None:
         raise StoreError(f"{path} holds no fit results; run distglm.fit first")
+    fitted_to = (fingerprint.get("inputs") or {}).get("generation")
+    if fitted_to != info.generation:
+        raise StoreError(f"{path}: the results were fitted to earlier inputs (the inputs were written again since); "
+                         "refit them with distglm.fit(path, model, resume=False)")
     n_blocks = len(_plan.plan_blocks(info.n_neurons, info.neuron_chunk, fingerprint["block_size"]))
     missing = sorted(set(range(n_blocks)) - store.done_blocks(path))
     if missing:
         raise StoreError(
-            f"{path} holds an unfinished fit: blocks {missing[:10]}{'...' if len(missing) > 10 else ''} are not done; "
-            "rerun distglm.fit(path, model) to finish it"
+            f"{path} holds an unfinished fit: blocks {missing[:10]}{'...' if len(missing) > 10 else ''} are not done "
+            "(or their data is missing); rerun distglm.fit(path, model) to finish it"
         )
     model = model_from_config(fingerprint["model"])
     if info.has_mask:

@@ -40,11 +40,11 @@ import datetime
 import os
 import shlex
 import sys
-import threading
 import time
 import uuid
 
 from . import store
+from .connect import auth_token, bounded, dashboard_url, one_line
 from .errors import DistGLMError, InputError, InputTypeError, JobError, JobTimeoutError, StoreError
 
 __all__ = ["JOB_STATES", "Job", "JobStatus", "submit", "get_job", "dashboard_url", "run_job"]
@@ -53,12 +53,8 @@ __all__ = ["JOB_STATES", "Job", "JobStatus", "submit", "get_job", "dashboard_url
 JOB_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 _FINAL = frozenset(JOB_STATES[2:])
 _GROUP = "job"
-_FIT_OPTIONS = ("num_actors", "block_size", "resume", "max_retries")
+_FIT_OPTIONS = ("num_actors", "block_size", "resume", "max_retries", "block_timeout")
 _PATH_METADATA = "distglm_path"
-_DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-_DASHBOARD_PORT = 8265
-# Ports that name a cluster rather than its dashboard: the GCS and the Ray client server.
-_CLUSTER_PORTS = ("6379", "10001")
 # Bound on each request to the cluster, so that an unreachable address fails instead of hanging.
 _REQUEST_TIMEOUT_S = 15.0
 # How long wait() keeps polling a job the cluster no longer answers for.
@@ -134,80 +130,10 @@ class JobStatus:
 # The cluster
 
 
-def dashboard_url(address: str | None = None) -> str:
-    """The URL of the Ray dashboard that serves the Jobs API of the cluster at ``address``.
-
-    Parameters
-    ----------
-    address : str, optional
-        ``http(s)://HOST:PORT`` (the dashboard), ``ray://HOST[:PORT]`` or ``HOST:6379`` (the
-        cluster: its dashboard at HOST:8265), or another ``HOST:PORT`` (a dashboard). Default
-        ``RAY_ADDRESS``, else ``http://127.0.0.1:8265``.
-
-    Returns
-    -------
-    str
-
-    Examples
-    --------
-    >>> dashboard_url("10.0.0.5:6379"), dashboard_url("http://head:8265/")
-    ('http://10.0.0.5:8265', 'http://head:8265')
-    """
-    if address is None:
-        address = os.environ.get("RAY_ADDRESS") or _DEFAULT_ADDRESS
-    if not isinstance(address, str) or not address.strip():
-        raise InputTypeError(f"address must be a non-empty str like 'http://HEAD:8265'; got {address!r}")
-    address = address.strip().rstrip("/")
-    scheme, sep, rest = address.partition("://")
-    if not sep:
-        scheme, rest = "", address
-    if scheme in ("http", "https"):
-        return address
-    if scheme not in ("", "ray"):
-        raise InputError(f"address must be http(s)://HOST:PORT (the Ray dashboard), ray://HOST or HOST:PORT; "
-                         f"got {address!r}")
-    host, colon, port = rest.rpartition(":")
-    if not colon:
-        host, port = rest, ""
-    if not host:
-        raise InputError(f"address {address!r} names no host")
-    if scheme == "ray" or port in ("",) + _CLUSTER_PORTS:
-        port = str(_DASHBOARD_PORT)
-    return f"http://{host}:{port}"
-
-
-def _auth_token() -> str | None:
-    token = os.environ.get("RAY_AUTH_TOKEN")
-    if token:
-        return token.strip()
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
-    try:
-        with open(path) as handle:
-            return handle.read().strip() or None
-    except OSError:
-        return None
-
-
 def _bounded(call, what: str, url: str):
-    """Run ``call()`` and return its value, or raise JobError if it takes longer than the bound."""
-    timeout = _REQUEST_TIMEOUT_S
-    outcome = {}
-
-    def target():
-        try:
-            outcome["value"] = call()
-        except BaseException as err:  # noqa: BLE001 - re-raised in the calling thread
-            outcome["error"] = err
-
-    # A daemon thread: a request stuck on a dead host must not keep the interpreter alive.
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise JobError(f"the Ray cluster's dashboard at {url} did not answer within {timeout:.0f} s ({what})")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    """Run ``call()``; raise JobError if the dashboard at ``url`` does not answer in time."""
+    return bounded(call, _REQUEST_TIMEOUT_S, lambda: JobError(
+        f"the Ray cluster's dashboard at {url} did not answer within {_REQUEST_TIMEOUT_S:.0f} s ({what})"))
 
 
 class _Cluster:
@@ -225,7 +151,7 @@ class _Cluster:
             try:
                 self._client = connect()
             except AuthenticationError as err:
-                token = _auth_token()
+                token = auth_token()
                 if token is None:
                     raise JobError(f"the Ray cluster at {url} requires an authentication token and none was "
                                    "found in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token") from err
@@ -233,7 +159,7 @@ class _Cluster:
         except DistGLMError:
             raise
         except Exception as err:  # noqa: BLE001 - every way of not reaching the cluster is one error
-            raise JobError(f"cannot reach the Ray cluster's dashboard at {url} ({_one_line(err)}); is the "
+            raise JobError(f"cannot reach the Ray cluster's dashboard at {url} ({one_line(err)}); is the "
                            "cluster running, and is this its dashboard address (http://HEAD:8265)?") from None
 
     def call(self, method: str, *args, **kwargs):
@@ -243,7 +169,7 @@ class _Cluster:
             raise
         except Exception as err:  # noqa: BLE001 - as in __init__
             raise JobError(f"the Ray cluster at {self.url} failed to {method.replace('_', ' ')}: "
-                           f"{_one_line(err)}") from None
+                           f"{one_line(err)}") from None
 
     def job_info(self, job_id: str):
         """Ray's details of a job, or None if the cluster has no job of that id."""
@@ -255,12 +181,7 @@ class _Cluster:
             # The Jobs API answers an unknown id with HTTP 404, which the client raises as text.
             if "404" in str(err):
                 return None
-            raise JobError(f"the Ray cluster at {self.url} failed to get job info: {_one_line(err)}") from None
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:500]
+            raise JobError(f"the Ray cluster at {self.url} failed to get job info: {one_line(err)}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +207,7 @@ def _read_record(path: str) -> dict:
 
 
 def _store_error(path: str, err: BaseException) -> StoreError:
-    return StoreError(f"cannot read the store {path}: {_one_line(err)}")
+    return StoreError(f"cannot read the store {path}: {one_line(err)}")
 
 
 def _record_state(path: str, state: str, **values) -> None:
@@ -316,19 +237,12 @@ def _new_record(job_id: str, url: str, model, options: dict, n_neurons: int) -> 
 
 
 def _check_fit_options(options: dict) -> dict:
+    from .scheduler import check_fit_options
+
     unknown = sorted(set(options) - set(_FIT_OPTIONS))
     if unknown:
         raise InputError(f"unknown fit options {unknown}; a submitted fit takes {list(_FIT_OPTIONS)}")
-    for name in ("num_actors", "block_size"):
-        value = options.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InputError(f"{name} must be a positive integer or None; got {value!r}")
-    if "resume" in options and not isinstance(options["resume"], bool):
-        raise InputTypeError(f"resume must be True or False; got {options['resume']!r}")
-    retries = options.get("max_retries", 0)
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise InputError(f"max_retries must be a non-negative integer; got {retries!r}")
-    return dict(options)
+    return dict(check_fit_options(**options))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +292,7 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
     'succeeded'
     """
     from .glm import PopulationGLM
-    from .scheduler import _check_model
+    from .scheduler import _check_mask, _check_model
 
     path = _store_path(path)
     if not isinstance(model, PopulationGLM):
@@ -392,7 +306,13 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
         raise
     except Exception as err:  # noqa: BLE001 - object-store backends raise their own errors
         raise _store_error(path, err) from None
-    _check_model(model, info, path)
+    _check_model(model)
+    if model.feature_mask is not None:
+        _check_mask(model, info, store.read_mask_block(path, 0, info.n_neurons) if info.has_mask else None)
+    holder = store.read_lease(path)
+    if holder is not None and not holder["expired"]:
+        raise JobError(f"{path} is in use by {holder.get('purpose')} in process {holder.get('pid')} on "
+                       f"{holder.get('host')}; submit when it ends (or, if it is gone, run distglm unlock {path})")
     url = dashboard_url(address)
     cluster = _Cluster(url)
 
@@ -711,16 +631,16 @@ def run_job(path: str, job_id: str) -> int:
         try:
             store.write_attrs(path, _GROUP, {**counts, "updated_at": _now()})
         except Exception as err:  # noqa: BLE001 - progress is best effort; it must not stop the fit
-            print(f"warning: could not record progress in {path}: {_one_line(err)}", file=sys.stderr)
+            print(f"warning: could not record progress in {path}: {one_line(err)}", file=sys.stderr)
 
     try:
         model = model_from_config(record["model"])
         report = fit(path, model, progress=False, on_block=on_block, **record.get("fit_options", {}))
     except Exception as err:
         try:
-            _record_state(path, "failed", error=_one_line(err), finished_at=_now())
+            _record_state(path, "failed", error=one_line(err), finished_at=_now())
         except Exception as record_err:  # noqa: BLE001 - the fit's error matters more than this one
-            print(f"warning: could not record the failure in {path}: {_one_line(record_err)}", file=sys.stderr)
+            print(f"warning: could not record the failure in {path}: {one_line(record_err)}", file=sys.stderr)
         raise
     error = None
     if report.failed_blocks:
