@@ -360,15 +360,15 @@ def fit(
 
 def _check_resumable(path: str, stored: dict, fingerprint: dict, block_size) -> None:
     """Refuse to resume results of another fit, or of inputs that changed since they were fitted."""
+    differing = sorted(key for key in fingerprint if key != "inputs" and stored.get(key) != fingerprint[key])
+    if differing:
+        raise StoreError(f"{path} holds results of a different fit (fingerprint differs in {differing}); "
+                         "pass resume=False (distglm fit PATH --no-resume) to replace them")
     if stored.get("inputs") != fingerprint["inputs"]:
         raise StoreError(
             f"{path}: the store's inputs changed since its results were fitted (their content or generation "
             "differs), so the results are stale; refit them with resume=False (distglm fit PATH --no-resume)"
         )
-    differing = sorted(key for key in fingerprint if stored.get(key) != fingerprint[key])
-    if differing:
-        raise StoreError(f"{path} holds results of a different fit (fingerprint differs in {differing}); "
-                         "pass resume=False (distglm fit PATH --no-resume) to replace them")
     if block_size is not None and block_size != stored["block_size"]:
         raise StoreError(f"{path} holds results of this fit in blocks of {stored['block_size']} neurons, not "
                          f"{block_size}; resume with block_size={stored['block_size']} (or leave it out), or pass "

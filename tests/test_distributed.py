@@ -222,9 +222,18 @@ class TestBadInput:
 
     def test_resume_a_store_holding_another_fit(self, small_store):
         path, _ = small_store
+        another = distglm.glm.model_to_config(PopulationGLM(regularizer="Ridge", regularizer_strength=2.0))
+        store.create_results(path, n_features=3, n_neurons=32, neuron_chunk=16, n_blocks=2,
+                             dtype="float32", state_spec={},
+                             fingerprint={"model": another, "n_samples": 200, "dtype": "<f4", "block_size": 16})
+        self.refused(path, PopulationGLM(), StoreError, r"different fit \(fingerprint differs in \['model'\]\)")
+
+    def test_results_whose_fingerprint_describes_no_fit(self, small_store):
+        path, _ = small_store
         store.create_results(path, n_features=3, n_neurons=32, neuron_chunk=16, n_blocks=2,
                              dtype="float32", state_spec={}, fingerprint={"model": "another fit"})
-        self.refused(path, PopulationGLM(), StoreError, "different fit")
+        self.refused(path, PopulationGLM(), StoreError, r"does not describe a distglm fit \('model' is not a dict; "
+                                                        r"'n_samples' missing")
 
 
 # --------------------------------------------------------------------------------------------

@@ -95,12 +95,33 @@ def _codec_names(metadata: dict) -> list[str]:
     return names
 
 
-def check_safe(array: zarr.Array, name: str, path: str) -> None:
-    """Refuse an array whose dtype or codecs could run code or hold Python objects."""
-    if np.dtype(array.dtype).kind not in NUMERIC_KINDS + "?":
-        raise StoreError(f"{path}: {name} must be numeric; got dtype {array.dtype}")
-    metadata = array.metadata.to_dict()
+def _raw_metadata(group: zarr.Group, name: str) -> dict:
+    """An array's metadata document as stored (Zarr v3 ``zarr.json`` or v2 ``.zarray``), unparsed."""
+    for document in ("zarr.json", ".zarray"):
+        try:
+            raw = get_key(group, f"{name}/{document}")
+        except Exception:  # noqa: BLE001 - unreadable here means Zarr will say why when it parses
+            return {}
+        if raw is not None:
+            try:
+                found = json.loads(raw)
+            except ValueError:
+                return {}
+            return found if isinstance(found, dict) else {}
+    return {}
+
+
+def check_safe(group: zarr.Group, name: str, path: str) -> None:
+    """Refuse an array whose dtype or codecs could run code or hold Python objects.
+
+    The codecs are read from the stored metadata document before Zarr parses it, so a codec is
+    refused whether or not some library registered it in this process.
+    """
+    metadata = _raw_metadata(group, name)
     unsafe = sorted({codec for codec in _codec_names(metadata) if codec.lower() not in _SAFE_CODECS})
+    dtype = metadata.get("data_type", metadata.get("dtype"))
+    if isinstance(dtype, (dict, list)) or (isinstance(dtype, str) and "O" in dtype):
+        raise StoreError(f"{path}: {name} must be numeric; got data type {dtype!r}")
     if unsafe:
         raise StoreError(
             f"{path}: {name} uses the codec(s) {unsafe}, which distglm does not read (they can run "
@@ -109,12 +130,14 @@ def check_safe(array: zarr.Array, name: str, path: str) -> None:
 
 
 def array(group: zarr.Group, name: str, path: str, hint: str) -> zarr.Array:
+    check_safe(group, name, path)
     found = node(group, name, path)
     if found is None:
         raise StoreError(f"{path} has no {name} array; {hint}")
     if not isinstance(found, zarr.Array):
         raise StoreError(f"{path}: {name} is a group; expected an array")
-    check_safe(found, name, path)
+    if np.dtype(found.dtype).kind not in NUMERIC_KINDS:
+        raise StoreError(f"{path}: {name} must be numeric; got dtype {found.dtype}")
     return found
 
 

@@ -14,7 +14,6 @@ import uuid
 from typing import Callable, NamedTuple
 
 import numpy as np
-import zarr
 
 from distglm import validation as val
 from distglm.errors import InputError, InputTypeError, StoreError
@@ -220,8 +219,8 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
             # marked incomplete (refused until written again), never results or a job record
             # that would describe the new inputs.
             root["inputs"].attrs["complete"] = False
-            discard_results(root)
             _zarr.delete_node(root, "job")
+            discard_results(root)
             _zarr.delete_node(root, "inputs")
 
         attributes = {"complete": False, "generation": uuid.uuid4().hex}
@@ -272,13 +271,12 @@ def _open_inputs(path: str):
         raise StoreError(f"{path}: inputs/X has {n_samples} samples but inputs/y has "
                          f"{y.shape[0]}; both must have n_samples rows")
     neuron_chunk = _zarr.neuron_chunk(y)
-    mask = _zarr.node(inputs, "feature_mask", path)
-    if mask is not None:
-        if not isinstance(mask, zarr.Array) or mask.shape != (n_features, n_neurons):
-            shape = mask.shape if isinstance(mask, zarr.Array) else "a group"
+    mask = None
+    if _zarr.contains(inputs, "feature_mask", path):
+        mask = _zarr.array(root, "inputs/feature_mask", path, hint)
+        if mask.shape != (n_features, n_neurons):
             raise StoreError(f"{path}: inputs/feature_mask must have shape (n_features, "
-                             f"n_neurons) = ({n_features}, {n_neurons}); got {shape}")
-        _zarr.check_safe(mask, "inputs/feature_mask", path)
+                             f"n_neurons) = ({n_features}, {n_neurons}); got {mask.shape}")
         if _zarr.neuron_chunk(mask) != neuron_chunk:
             raise StoreError(
                 f"{path}: inputs/feature_mask is chunked by {_zarr.neuron_chunk(mask)} neurons but "
