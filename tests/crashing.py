@@ -16,6 +16,7 @@ Nothing else of the process is changed: the store, Zarr and (where used) Ray are
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -56,5 +57,14 @@ def run_crashing(script: str, plan: dict, *args, timeout: float = 240):
     """
     env = dict(os.environ, DISTGLM_TEST_CRASH=json.dumps(plan))
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-c", PRELUDE + script, *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    # Its own session, so that whatever it started (a local Ray) is removed with it afterwards.
+    process = subprocess.Popen([sys.executable, "-c", PRELUDE + script, *map(str, args)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

@@ -162,7 +162,7 @@ def test_inspect_lists_failures_by_reason(tmp_path, capsys):
     # results as a fit leaves them: two blocks of 4 neurons, the second not done yet
     store.create_results(small_store, n_features=3, n_neurons=8, neuron_chunk=4, n_blocks=2, dtype="float64",
                          state_spec={}, fingerprint={"model": distglm.glm.model_to_config(distglm.PopulationGLM()),
-                                                     "block_size": 4})
+                                                     "n_samples": 50, "dtype": "<f8", "block_size": 4})
     status = np.array([0, 2, 1, 2], dtype=np.int8)
     arrays = {name: np.zeros(4) for name in store.RESULT_NAMES}
     arrays.update(coef=np.zeros((3, 4)), status=status, converged=status == 0, n_iter=np.array([5, 0, 100, 0]),
