@@ -17,8 +17,10 @@ Every connection is bounded in time: the address is first probed with a plain TC
 authentication (Ray's default for new clusters) are reached with the token in
 ``RAY_AUTH_TOKEN``, the file named by ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token``.
 
-A local Ray started here advertises itself on the loopback address (``127.0.0.1``) and keeps
-Ray's token authentication (on by default since Ray 2.52).
+A local Ray started here runs without a dashboard and with Ray's token authentication (on by
+default for new local clusters since Ray 2.52, which distglm requires): Ray binds its servers to
+the machine's address, which no setting of Ray restricts to loopback, so the token is what keeps
+other machines out.
 """
 
 from __future__ import annotations
@@ -220,8 +222,7 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None, time
     timeout = _timeout(timeout)
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
         return True
     if address == "auto":
         # Ray finds the cluster this machine belongs to; there is no address to probe.
@@ -229,6 +230,16 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None, time
     else:
         full, host, port = _driver_address(address)
         _probe(full, host, port, timeout)
+    token = auth_token()
+    if token is not None and not os.environ.get("RAY_AUTH_MODE"):
+        # A driver sends its token only in token mode; a cluster without authentication
+        # ignores it, so a token found is always offered.
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ.setdefault("RAY_AUTH_TOKEN", token)
+        # Ray reads its configuration once, when its core is loaded: have it read it again.
+        from ray._raylet import Config
+
+        Config.initialize("")
     from ray.exceptions import AuthenticationError
 
     def on_timeout():
@@ -245,5 +256,7 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None, time
         raise ClusterError(f"the Ray cluster at {full!r} requires an authentication token: it is read from "
                            f"{_TOKEN_PLACES}, and {found} ({one_line(err)})") from None
     except Exception as err:  # noqa: BLE001 - any other failure to join is reported with its cause
-        raise ClusterError(f"cannot connect to the Ray cluster at {full!r}: {one_line(err)}") from None
+        hint = "" if token else (f"; no authentication token was found in {_TOKEN_PLACES}, and a cluster with "
+                                 "token authentication refuses drivers without one")
+        raise ClusterError(f"cannot connect to the Ray cluster at {full!r}: {one_line(err)}{hint}") from None
     return True

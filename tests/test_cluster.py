@@ -258,3 +258,37 @@ def test_fit_survives_its_submitter_and_a_lost_worker_node(cluster, tmp_path):
     assert np.all(store.read_results(path)["status"] != store.STATUS_UNWRITTEN)
     assert_matches_in_memory_fit(job.result(), X, y, mask)
 
+
+
+FIT_SCRIPT = """
+import sys, distglm
+report = distglm.fit(sys.argv[1], distglm.PopulationGLM(regularizer="Ridge", regularizer_strength=0.1),
+                     address=sys.argv[2], progress=False, connect_timeout=60)
+print("FITTED", report.n_fitted)
+"""
+
+
+def test_fit_joins_a_cluster_with_token_authentication(cluster, tmp_path):
+    X, y, mask = make_inputs(32)
+    path = store.write_inputs(str(tmp_path / "joined.zarr"), X, y, mask, neuron_chunk=16)
+    address = f"127.0.0.1:{cluster.env['DISTGLM_LOCAL_PORT']}"
+    # the token where Ray and distglm look for it: ~/.ray/auth_token (local.sh made it)
+    joined = subprocess.run([sys.executable, "-c", FIT_SCRIPT, path, address], env=cluster.env,
+                            capture_output=True, text=True, timeout=300)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert "FITTED 32" in joined.stdout
+    assert_matches_in_memory_fit(distglm.load_model(path), X, y, mask)
+
+    # no token anywhere: refused at once, with the reason and where the token is looked for
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**cluster.env, "HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(home / "no-token")}
+    env.pop("RAY_AUTH_TOKEN", None)
+    other = store.write_inputs(str(tmp_path / "refused.zarr"), X, y, mask, neuron_chunk=16)
+    started = time.monotonic()
+    refused = subprocess.run([sys.executable, "-c", FIT_SCRIPT, other, address], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1
+    assert "no authentication token was found in RAY_AUTH_TOKEN" in refused.stderr, refused.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    assert store.read_fingerprint(other) is None

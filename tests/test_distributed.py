@@ -228,6 +228,41 @@ class TestBadInput:
                              fingerprint={"model": another, "n_samples": 200, "dtype": "<f4", "block_size": 16})
         self.refused(path, PopulationGLM(), StoreError, r"different fit \(fingerprint differs in \['model'\]\)")
 
+    @pytest.mark.parametrize("value", [2, 0.5, np.nan])
+    def test_mask_values_other_than_0_and_1(self, tmp_path, value):
+        X, y, mask = simulate(200, 3, 32)
+        path = distglm.write_inputs(tmp_path / "fit.zarr", X, y, mask.astype(np.float64), neuron_chunk=16)
+        # written by hand after write_inputs, which would refuse it
+        float_mask = zarr.open_group(path, mode="r+").create_array(
+            "inputs/feature_mask", shape=mask.shape, dtype="float64", chunks=(3, 16), overwrite=True)
+        float_mask[...] = mask
+        float_mask[1, 20] = value
+        self.refused(path, PopulationGLM(), InputError,
+                     r"inputs/feature_mask must hold only 0 and 1; got .* at feature 1, neuron 20")
+
+    @pytest.mark.parametrize("where", ["X", "y"])
+    def test_values_beyond_float32(self, tmp_path, where):
+        X, y, _ = simulate(200, 3, 32)
+        y = y.astype(np.float64)
+        (X if where == "X" else y)[7, 2] = 1e39
+        path = distglm.write_inputs(tmp_path / "fit.zarr", X, y, neuron_chunk=16)
+        self.refused(path, PopulationGLM("Gaussian"), InputError,
+                     rf"inputs/{where} must .*within the range of float32; got 1e\+39 .*jax_enable_x64")
+
+    @pytest.mark.parametrize("array, chunk", [("y", ("c", "0", "1")), ("feature_mask", ("c", "0", "1")),
+                                              ("X", ("c", "0", "0"))])
+    def test_corrupted_chunk_is_found_before_any_actor(self, small_store, array, chunk):
+        path, _ = small_store
+        with open(os.path.join(path, "inputs", array, *chunk), "wb") as handle:
+            handle.write(b"\x28\xb5\x2f\xfd not a zstd frame")
+        self.refused(path, PopulationGLM(), StoreError, rf"inputs/{array} cannot be read: a chunk is corrupted")
+
+    def test_corrupted_metadata_document(self, small_store):
+        path, _ = small_store
+        with open(os.path.join(path, "inputs", "y", "zarr.json"), "w") as handle:
+            handle.write("{ not json")
+        self.refused(path, PopulationGLM(), StoreError, "the metadata of inputs/y cannot be read")
+
     def test_results_whose_fingerprint_describes_no_fit(self, small_store):
         path, _ = small_store
         store.create_results(path, n_features=3, n_neurons=32, neuron_chunk=16, n_blocks=2,
