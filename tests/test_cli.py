@@ -270,3 +270,14 @@ def test_demo_then_inspect_and_refit_from_the_command_line(tmp_path):
     assert "neurons: 48/48 fitted" in inspect.stdout
     assert "iterations: min" in inspect.stdout
     assert "pseudo-R2 (McFadden) per neuron: min" in inspect.stdout
+
+
+def test_inspect_refuses_results_that_describe_no_fit(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    path = store.write_inputs(str(tmp_path / "s.zarr"), rng.normal(size=(50, 3)), rng.poisson(1.0, size=(50, 8)))
+    store.create_results(path, n_features=3, n_neurons=8, neuron_chunk=8, n_blocks=1, dtype="float64",
+                         state_spec={}, fingerprint={"model": {}, "n_samples": 50, "dtype": "<f8"})
+    assert main(["inspect", path]) == 1
+    err = capsys.readouterr().err
+    assert "fingerprint does not describe a distglm fit ('block_size' missing)" in err
+    assert "--no-resume" in err and "Traceback" not in err

@@ -292,3 +292,21 @@ def test_fit_joins_a_cluster_with_token_authentication(cluster, tmp_path):
     assert "no authentication token was found in RAY_AUTH_TOKEN" in refused.stderr, refused.stderr[-3000:]
     assert time.monotonic() - started < 60
     assert store.read_fingerprint(other) is None
+
+
+def test_the_lease_on_s3(s3):
+    X, y, mask = make_inputs(16, n_samples=200)
+    path = store.write_inputs("s3://distglm-test/leased.zarr", X, y, mask)
+    with store.acquire_lease(path, "fit") as lease:
+        held = store.read_lease(path)
+        assert (held["pid"], held["expired"]) == (os.getpid(), False)
+        # the holder is alive on this machine: a second writer is refused, naming it
+        with pytest.raises(distglm.StoreError, match=f"in use by fit in process {os.getpid()}"):
+            store.acquire_lease(path, "write_inputs")
+        with pytest.raises(distglm.StoreError, match="in use by fit"):
+            store.write_inputs(path, X, y, mask, overwrite=True)
+        assert not lease.lost
+    assert store.read_lease(path) is None
+    with store.acquire_lease(path, "fit"):
+        assert store.break_lease(path)["purpose"] == "fit"
+    assert store.read_lease(path) is None

@@ -1,5 +1,6 @@
 """Reaching a cluster: address forms, bounded connections, and the local Ray distglm starts."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -78,7 +79,7 @@ ray.shutdown()
 
 @pytest.mark.ray
 def test_a_local_ray_has_token_authentication():
-    env = {key: value for key, value in __import__("os").environ.items()
+    env = {key: value for key, value in os.environ.items()
            if key not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     run = subprocess.run([sys.executable, "-c", LOCAL], capture_output=True, text=True, timeout=180, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
