@@ -74,14 +74,14 @@ def slice_strength(strength, start: int, stop: int, pad_to: int):
     return jax.tree_util.tree_map(cut, strength)
 
 
-def fit_one_block(path: str, block: Block, X: np.ndarray, keep: np.ndarray | None, config,
-                  strength, pad_to: int) -> dict:
+def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block: Block, X: np.ndarray,
+                  keep: np.ndarray | None, config, strength, pad_to: int) -> dict:
     """Fit one block of neurons and write its results; returns a small summary.
 
     Parameters
     ----------
-    path : str
-        The store.
+    reader, writer : InputsReader, ResultsWriter
+        The store's inputs and results, held open across blocks.
     block : Block
         Neurons ``[block.start, block.stop)``.
     X : array of shape (n_kept_samples, n_features)
@@ -102,12 +102,12 @@ def fit_one_block(path: str, block: Block, X: np.ndarray, keep: np.ndarray | Non
     # Padded neurons have no events and no features: they fail at initialisation and never
     # enter the solve, so the real neurons' results do not depend on padding. The block is cast
     # and padded in one buffer, so the stored block is the only other copy held.
-    stored = store.read_y_block(path, block.start, block.stop)
+    stored = reader.y_block(block.start, block.stop)
     y = np.zeros((X.shape[0], pad_to), dtype=X.dtype)
     y[:, :n_real] = stored if keep is None else stored[keep]
     del stored
     mask = np.zeros((X.shape[1], pad_to))
-    mask[:, :n_real] = store.read_mask_block(path, block.start, block.stop)
+    mask[:, :n_real] = reader.mask_block(block.start, block.stop)
     dtype = X.dtype
     t_read = time.perf_counter() - t0
 
@@ -125,7 +125,7 @@ def fit_one_block(path: str, block: Block, X: np.ndarray, keep: np.ndarray | Non
     state = {}
     for name, (leaf, per_neuron) in core_fit.state_leaves(result.state).items():
         state[name] = leaf[..., :n_real] if per_neuron else leaf
-    store.write_block(path, block, arrays, state)
+    writer.write(block, arrays, state)
     t_write = time.perf_counter() - t2
 
     status = arrays["status"]
@@ -167,7 +167,9 @@ class BlockFitter:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         from .glm import model_from_config
 
-        self._args = (spec.path, X, keep, model_from_config(spec.model)._fit_config(), spec.pad_to)
+        self._spec, self._X, self._keep = spec, X, keep
+        self._config = model_from_config(spec.model)._fit_config()
+        self._io = None
         self._n_blocks = 0
 
     def pid(self) -> int:
@@ -175,9 +177,13 @@ class BlockFitter:
 
     def fit(self, block: Block, strength) -> dict:
         """Fit ``block`` with its strength arrays (shape (..., pad_to)) and write its results."""
-        path, X, keep, config, pad_to = self._args
         t0 = time.perf_counter()
-        summary = fit_one_block(path, block, X, keep, config, strength, pad_to)
+        if self._io is None:
+            # Opened at the first block, once the driver has created the results.
+            self._io = (store.InputsReader(self._spec.path), store.ResultsWriter(self._spec.path))
+        reader, writer = self._io
+        summary = fit_one_block(reader, writer, block, self._X, self._keep, self._config, strength,
+                                self._spec.pad_to)
         # the first block of an actor pays for compilation; report it apart
         summary["first_block"] = self._n_blocks == 0
         summary["total_s"] = time.perf_counter() - t0

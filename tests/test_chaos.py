@@ -42,6 +42,7 @@ from test_distributed import (
     simulate,
     stored_fit,
 )
+from test_cluster import free_port
 from test_store import snapshot
 
 pytestmark = pytest.mark.ray
@@ -56,12 +57,6 @@ path, options = sys.argv[1], json.loads(sys.argv[2])
 distglm.fit(path, distglm.PopulationGLM(**options.pop("model")), progress=False, **options)
 print("FITTED")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -260,13 +260,18 @@ def test_a_corrupted_metadata_document_is_named(written, document):
         store.open_inputs(written)
 
 
+class Payload:
+    """Pickles to a call of ``os.system`` that creates ``marker``: proof that unpickling ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_a_crafted_pickle_codec_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "code-ran"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     path = str(tmp_path / "crafted.zarr")
     root = zarr.open_group(path, mode="w")
     root.create_array("inputs/X", shape=(4, 2), dtype="float64")[...] = 1.0
@@ -279,7 +284,7 @@ def test_a_crafted_pickle_codec_is_refused_and_runs_nothing(tmp_path):
                    "codecs": [{"name": "numcodecs.pickle"}, {"name": "bytes", "configuration": {"endian": "little"}}]},
                   handle)
     with open(os.path.join(path, "inputs", "y", "c", "0", "0"), "wb") as handle:
-        handle.write(pickle.dumps(Payload()))
+        handle.write(pickle.dumps(Payload(marker)))
     for read in (store.open_inputs, lambda p: store.read_y_block(p, 0, 2), distglm.load_model):
         with pytest.raises(StoreError, match=r"inputs/y uses the codec\(s\) \['numcodecs.pickle'\], which distglm "
                                              "does not read"):
@@ -289,13 +294,8 @@ def test_a_crafted_pickle_codec_is_refused_and_runs_nothing(tmp_path):
 
 def test_a_pickled_npz_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "code-ran"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     path = str(tmp_path / "model.npz")
-    np.savez(path, config=np.array([Payload()], dtype=object))
+    np.savez(path, config=np.array([Payload(marker)], dtype=object))
     with pytest.raises(ValueError):
         distglm.load_model(path)
     assert not marker.exists()

@@ -38,6 +38,7 @@ process holding a path can call it. This package uses only numpy and zarr.
 
 from .inputs import (
     InputsInfo,
+    InputsReader,
     inputs_generation,
     nan_rows,
     open_inputs,
@@ -58,6 +59,7 @@ from .records import (
 from .results import (
     RESULT_NAMES,
     STATUS_UNWRITTEN,
+    ResultsWriter,
     create_results,
     done_blocks,
     read_fingerprint,
@@ -70,6 +72,8 @@ __all__ = [
     "RESULT_NAMES",
     "STATUS_UNWRITTEN",
     "InputsInfo",
+    "InputsReader",
+    "ResultsWriter",
     "Lease",
     "write_inputs",
     "open_inputs",

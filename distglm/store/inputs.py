@@ -26,6 +26,7 @@ from .results import discard_results
 
 __all__ = [
     "InputsInfo",
+    "InputsReader",
     "write_inputs",
     "open_inputs",
     "inputs_generation",
@@ -383,6 +384,37 @@ def read_X(path) -> np.ndarray:
     return values if values.dtype.kind == "f" else values.astype(np.float64)
 
 
+class InputsReader:
+    """Reads blocks of a store's inputs, holding ``inputs/y`` and the mask open between blocks.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+
+    Attributes
+    ----------
+    info : InputsInfo
+    """
+
+    def __init__(self, path):
+        self.path = as_path(path)
+        self.info, _, self._y, self._mask = _open_inputs(self.path)
+
+    def y_block(self, start, stop) -> np.ndarray:
+        """The responses of neurons ``[start, stop)``, of shape (n_samples, stop - start), stored dtype."""
+        start, stop = _zarr.check_range(start, stop, self.info.n_neurons)
+        return _zarr.read(self._y, (slice(None), slice(start, stop)), "inputs/y", self.path)
+
+    def mask_block(self, start, stop) -> np.ndarray:
+        """The float64 0/1 mask of neurons ``[start, stop)``, of shape (n_features, stop - start)."""
+        start, stop = _zarr.check_range(start, stop, self.info.n_neurons)
+        if self._mask is None:
+            return np.ones((self.info.n_features, stop - start))
+        values = _zarr.read(self._mask, (slice(None), slice(start, stop)), "inputs/feature_mask", self.path)
+        return values.astype(np.float64)
+
+
 def read_y_block(path, start, stop) -> np.ndarray:
     """Read the responses of neurons ``[start, stop)``, in their stored dtype.
 
@@ -407,10 +439,7 @@ def read_y_block(path, start, stop) -> np.ndarray:
            [ 5,  6],
            [ 9, 10]])
     """
-    path = as_path(path)
-    info, _, y, _ = _open_inputs(path)
-    start, stop = _zarr.check_range(start, stop, info.n_neurons)
-    return _zarr.read(y, (slice(None), slice(start, stop)), "inputs/y", path)
+    return InputsReader(path).y_block(start, stop)
 
 
 def read_mask_block(path, start, stop) -> np.ndarray:
@@ -436,13 +465,7 @@ def read_mask_block(path, start, stop) -> np.ndarray:
     array([[1., 1.],
            [1., 1.]])
     """
-    path = as_path(path)
-    info, _, _, mask = _open_inputs(path)
-    start, stop = _zarr.check_range(start, stop, info.n_neurons)
-    if mask is None:
-        return np.ones((info.n_features, stop - start))
-    values = _zarr.read(mask, (slice(None), slice(start, stop)), "inputs/feature_mask", path)
-    return values.astype(np.float64)
+    return InputsReader(path).mask_block(start, stop)
 
 
 def scan_y(path, chunk_fn: Callable[[int, int, np.ndarray], None]) -> None:

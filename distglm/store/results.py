@@ -27,6 +27,7 @@ __all__ = [
     "STATUS_UNWRITTEN",
     "create_results",
     "discard_results",
+    "ResultsWriter",
     "write_block",
     "done_blocks",
     "read_results",
@@ -231,6 +232,86 @@ def create_results(
     results.attrs["fingerprint"] = fingerprint
 
 
+class ResultsWriter:
+    """Writes blocks into a store's results, holding the result arrays open between blocks.
+
+    An actor keeps one for the whole fit, so each block costs only its chunk writes, not the
+    opening of a dozen arrays.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group, with results made by :func:`create_results`.
+
+    Raises
+    ------
+    StoreError
+        If the store holds no (completely created) results.
+    """
+
+    def __init__(self, path):
+        self.path = as_path(path)
+        results = _results(self.path, "r+")
+        self._fingerprint = results.attrs["fingerprint"]
+        self._spec = results.attrs["state_spec"]
+        self._arrays = {("arrays", name): results[name] for name in RESULT_NAMES}
+        self._arrays.update({("state", name): results[f"solver_state/{name}"] for name in self._spec})
+        self._done = results["done"]
+        self._n_features, self._n_neurons = self._arrays[("arrays", "coef")].shape
+        self._neuron_chunk = _zarr.neuron_chunk(self._arrays[("arrays", "coef")])
+
+    def _check(self, block, arrays: dict, state: dict) -> tuple[Block, dict]:
+        try:
+            block = Block(*block)
+        except TypeError:
+            raise InputTypeError(f"block must be a Block(id, start, stop); got {block!r}") from None
+        block = Block(*(_check_int(value, f"block.{field}") for field, value in zip(Block._fields, block)))
+        for name, value in (("arrays", arrays), ("state", state)):
+            if not isinstance(value, dict):
+                raise InputTypeError(f"{name} must be a dict of name -> array; got {type(value).__name__}")
+        n_blocks, chunk = self._done.shape[0], self._neuron_chunk
+        if not (0 <= block.id < n_blocks and 0 <= block.start < block.stop <= self._n_neurons):
+            raise PlanError(f"{block} is out of range: the results hold {n_blocks} blocks "
+                            f"of {self._n_neurons} neurons")
+        if block.start % chunk or (block.stop % chunk and block.stop != self._n_neurons):
+            raise PlanError(f"{block} is not aligned with the results' neuron chunk {chunk}: it would "
+                            "share a chunk with another block")
+        shapes = {("arrays", name): (self._n_features, block.size) if name == "coef" else (block.size,)
+                  for name in RESULT_NAMES}
+        shapes.update({("state", name): tuple(shape) + (block.size,) if per_neuron else tuple(shape)
+                       for name, (shape, _, per_neuron) in self._spec.items()})
+        values = {}
+        for what, given in (("arrays", arrays), ("state", state)):
+            wanted = [name for kind, name in shapes if kind == what]
+            missing = [name for name in wanted if name not in given]
+            extra = [name for name in given if name not in wanted]
+            if missing or extra:
+                raise InputError(f"{what} must have the keys {wanted}; missing {missing}, unexpected {extra}")
+        for (what, name), shape in shapes.items():
+            value = np.asarray((arrays if what == "arrays" else state)[name])
+            if value.shape != shape:
+                raise InputError(f"{what}[{name!r}] for {block} must have shape {shape}; got shape {value.shape}")
+            # Cast now, so that the checksum covers the bytes the store will hold.
+            values[(what, name)] = value.astype(self._arrays[(what, name)].dtype, copy=False)
+        return block, values
+
+    def write(self, block, arrays: dict, state: dict) -> None:
+        """Write one block's results and solver state, then mark the block done.
+
+        See :func:`write_block` for the arguments.
+        """
+        block, values = self._check(block, arrays, state)
+        for (what, name), value in values.items():
+            if what == "state" and not self._spec[name][2]:
+                self._arrays[(what, name)][block.id] = value
+            else:
+                self._arrays[(what, name)][..., block.start:block.stop] = value
+        # Last, so that a block marked done is a block completely written; the checksum lets
+        # readers check that claim against the data.
+        checksum = _checksum(self._fingerprint, block, values)
+        self._done[block.id] = np.array([checksum, block.start, block.stop], dtype=np.uint64)
+
+
 def write_block(path, block, arrays: dict, state: dict) -> None:
     """Write one block's results and solver state, then mark the block done.
 
@@ -271,66 +352,7 @@ def write_block(path, block, arrays: dict, state: dict) -> None:
     >>> done_blocks(path), read_results(path)["coef"].sum()
     ({0}, np.float64(6.0))
     """
-    path = as_path(path)
-    try:
-        block = Block(*block)
-    except TypeError:
-        raise InputTypeError(f"block must be a Block(id, start, stop); got {block!r}") from None
-    block = Block(*(_check_int(value, f"block.{field}")
-                    for field, value in zip(Block._fields, block)))
-    for name, value in (("arrays", arrays), ("state", state)):
-        if not isinstance(value, dict):
-            raise InputTypeError(
-                f"{name} must be a dict of name -> array; got {type(value).__name__}"
-            )
-
-    results = _results(path, "r+")
-    coef, done = results["coef"], results["done"]
-    n_features, n_neurons = coef.shape
-    neuron_chunk, n_blocks = _zarr.neuron_chunk(coef), done.shape[0]
-    if not (0 <= block.id < n_blocks and 0 <= block.start < block.stop <= n_neurons):
-        raise PlanError(f"{block} is out of range: the results hold {n_blocks} blocks "
-                        f"of {n_neurons} neurons")
-    if block.start % neuron_chunk or (block.stop % neuron_chunk and block.stop != n_neurons):
-        raise PlanError(
-            f"{block} is not aligned with the results' neuron chunk {neuron_chunk}: it would "
-            "share a chunk with another block"
-        )
-
-    spec = results.attrs["state_spec"]
-    expected = {name: (n_features, block.size) if name == "coef" else (block.size,)
-                for name in RESULT_NAMES}
-    expected_state = {
-        name: tuple(shape) + (block.size,) if is_per_neuron else tuple(shape)
-        for name, (shape, _, is_per_neuron) in spec.items()
-    }
-    values = {}
-    for what, given, shapes in (("arrays", arrays, expected), ("state", state, expected_state)):
-        missing = [name for name in shapes if name not in given]
-        extra = [name for name in given if name not in shapes]
-        if missing or extra:
-            raise InputError(f"{what} must have the keys {list(shapes)}; missing {missing}, "
-                             f"unexpected {extra}")
-        for name, shape in shapes.items():
-            value = np.asarray(given[name])
-            if value.shape != shape:
-                raise InputError(f"{what}[{name!r}] for {block} must have shape {shape}; "
-                                 f"got shape {value.shape}")
-            stored = results[name if what == "arrays" else f"solver_state/{name}"]
-            # Cast now, so that the checksum covers the bytes the store will hold.
-            values[(what, name)] = value.astype(stored.dtype, copy=False)
-
-    for (what, name), value in values.items():
-        if what == "arrays":
-            results[name][..., block.start:block.stop] = value
-        elif spec[name][2]:
-            results[f"solver_state/{name}"][..., block.start:block.stop] = value
-        else:
-            results[f"solver_state/{name}"][block.id] = value
-    # Last, so that a block marked done is a block completely written; the checksum lets
-    # readers check that claim against the data.
-    checksum = _checksum(results.attrs["fingerprint"], block, values)
-    done[block.id] = np.array([checksum, block.start, block.stop], dtype=np.uint64)
+    ResultsWriter(path).write(block, arrays, state)
 
 
 def _checksum(fingerprint: dict, block: Block, values: dict) -> int:
