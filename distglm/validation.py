@@ -222,8 +222,8 @@ def as_params(init_params: Any, groups: tuple | None, n_features: int, n_neurons
 
     ``n_neurons`` None means a single-neuron GLM: coef (n_features,), intercept (1,).
     """
-    if isinstance(init_params, (str, bytes)) or not hasattr(init_params, "__len__"):
-        raise InputTypeError(f"init_params must be a tuple (coef, intercept); got {_describe(init_params)}")
+    if not isinstance(init_params, (tuple, list)):
+        raise InputTypeError(f"init_params must be a tuple or list (coef, intercept); got {_describe(init_params)}")
     if len(init_params) != 2:
         raise InputError(f"init_params must have length two, (coef, intercept); got length {len(init_params)}")
     coef, intercept = init_params
