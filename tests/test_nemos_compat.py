@@ -287,3 +287,75 @@ def test_exception_classes_are_nemos_classes(small):
             lib(observation_model=object())
         with pytest.raises(TypeError):
             lib().fit(X, y["Poisson"], init_params={1, 2})
+
+
+# ---------------------------------------------------------------------------- names NeMoS accepts
+def test_every_link_name_nemos_accepts_resolves_to_the_same_function():
+    from nemos.inverse_link_function_utils import LINK_NAME_TO_FUNC
+
+    x = jnp.linspace(-2.0, 2.0, 9)
+    for name, nemos_fn in LINK_NAME_TO_FUNC.items():
+        if "log_softmax" in name:  # the Categorical model's link; distglm has no classifier
+            continue
+        ours = PopulationGLM(inverse_link_function=name)
+        np.testing.assert_allclose(ours.inverse_link_function(x), nemos_fn(x), rtol=1e-12, err_msg=name)
+        assert ours.get_params()["inverse_link_function"] == name
+        # NeMoS's own functions are recognised as named links, so they travel to actors
+        check_link_portable(PopulationGLM(inverse_link_function=nemos_fn))
+
+
+def test_an_unknown_dotted_link_name_is_refused_without_importing_anything():
+    import sys
+
+    for name in ("os.system", "antigravity.fly", "not_a_package.link"):
+        before = set(sys.modules)
+        with pytest.raises(ValueError, match=rf"Unknown link function: '{name}'.*'jax.scipy.stats.norm.cdf'"):
+            PopulationGLM(inverse_link_function=name)
+        assert set(sys.modules) == before
+        with pytest.raises(ValueError):
+            _nemos(inverse_link_function=name)
+
+
+def test_observation_models_by_class_name():
+    for name in ("GammaObservations", "nemos.observation_models.GammaObservations", "Gamma"):
+        ours = PopulationGLM(observation_model=name)
+        theirs = _nemos(observation_model=name)
+        assert ours.observation_model.name == "Gamma" and type(theirs.observation_model).__name__ == "GammaObservations"
+        assert ours.get_params()["observation_model"] == name
+        assert ours.inverse_link_function(4.0) == theirs.inverse_link_function(4.0) == 0.25
+    with pytest.raises(ValueError, match="observation_model must be one of"):
+        PopulationGLM(observation_model="nemos.observation_models.BinomialObservations")
+    with pytest.raises(TypeError, match="Categorical"):
+        PopulationGLM(observation_model="CategoricalObservations")
+
+
+def test_observation_scale_attribute_as_nemos():
+    from distglm.core.observations import NegativeBinomialObservations
+
+    assert NegativeBinomialObservations(scale=0.3).scale == nmo.observation_models.NegativeBinomialObservations(
+        scale=0.3).scale == 0.3
+    for family in ("Poisson", "Gamma", "Bernoulli", "Gaussian"):
+        assert PopulationGLM(observation_model=family).observation_model.scale == \
+            _nemos(observation_model=family).observation_model.scale == 1.0
+
+
+def test_solver_names_with_a_backend():
+    for name, algo in (("LBFGS[optax+optimistix]", "LBFGS"), ("GradientDescent[jaxopt]", "GradientDescent"),
+                       ("ProximalGradient[optimistix]", "ProximalGradient")):
+        model = PopulationGLM(regularizer="Lasso" if algo == "ProximalGradient" else "Ridge", solver_name=name)
+        assert model.algo_name == model.solver_name == algo
+        assert model.get_params()["solver_name"] == name
+        assert _nemos(solver_name=name).algo_name == algo
+    with pytest.raises(ValueError, match=r"backend in brackets must be one of"):
+        PopulationGLM(solver_name="LBFGS[scipy]")
+    for name, equivalent in (("SVRG", "LBFGS"), ("ProxSVRG", "ProximalGradient")):
+        with pytest.raises(NotImplementedError, match=rf"'{name}' is not implemented by distglm; '{equivalent}'"):
+            PopulationGLM(solver_name=name)
+
+
+def test_repr_shows_the_constructor_arguments():
+    model = PopulationGLM(observation_model="Gamma", regularizer="ElasticNet", regularizer_strength=0.2,
+                          solver_kwargs={"maxiter": 50})
+    assert repr(model) == ("PopulationGLM(observation_model='Gamma', inverse_link_function=one_over_x, "
+                           "regularizer='ElasticNet', regularizer_strength=(0.2, 0.5), solver_name='ProximalGradient', "
+                           "solver_kwargs={'maxiter': 50})")
