@@ -11,7 +11,6 @@ of a distributed fit runs.
 from __future__ import annotations
 
 import inspect
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -20,10 +19,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import npz as _npz
 from . import validation as val
 from .core import fit as _fit
 from .core import solvers as _solvers
-from .core.observations import LINKS, OBSERVATION_MODELS, Observations, check_inverse_link, resolve_link
+from .core.observations import (
+    LINKS,
+    OBSERVATION_MODELS,
+    NegativeBinomialObservations,
+    Observations,
+    check_inverse_link,
+    link_name,
+    resolve_link,
+)
 from .core.regularizers import REGULARIZERS, GroupLasso, Regularizer
 from .errors import InputError, InputTypeError, InterfaceError, NotFittedError, UnsupportedOptionError
 
@@ -714,20 +722,12 @@ class GLM:
 
     # ----------------------------------------------------------------- persistence
     def save_params(self, filename: str | Path):
-        """Save the configuration, and the parameters if any, to a ``.npz`` file (see :func:`load_model`).
+        """Save the model to a ``.npz`` file in NeMoS 0.2.8's layout (see :func:`load_model`).
 
-        An unfitted model is saved too, as in NeMoS; it loads unfitted.
+        NeMoS's ``nemos.load_model`` reads the file too; a custom inverse link is saved by name
+        and must be given back when loading. An unfitted model is saved as well, as in NeMoS.
         """
-        arrays, groups = {}, self._groups
-        if self.coef_ is not None and self.intercept_ is not None:
-            if isinstance(self.coef_, dict):
-                groups = tuple((name, np.shape(part)[0]) for name, part in self.coef_.items())
-            arrays = {"coef": self._coef_matrix(), "intercept": np.asarray(self.intercept_)}
-            for name in ("scale", "dof_resid", "n_iter", "converged", "status"):
-                value = getattr(self, name + "_")
-                arrays[name] = np.asarray([] if value is None else value)
-        np.savez(filename, config=np.asarray(json.dumps({**model_to_config(self), "feature_groups": groups})),
-                 **arrays)
+        np.savez(filename, **_npz.flatten(_model_tree(self)))
 
 
 class PopulationGLM(GLM):
@@ -869,14 +869,10 @@ def model_to_config(model: GLM) -> dict:
     }
 
 
-def model_from_config(config: dict, mapping_dict: dict | None = None) -> GLM:
-    """Rebuild an unfitted model from :func:`model_to_config`'s output.
-
-    ``mapping_dict`` supplies objects JSON cannot hold, e.g. ``{"inverse_link_function": fn}``.
-    """
+def model_from_config(config: dict) -> GLM:
+    """Rebuild an unfitted model from :func:`model_to_config`'s output."""
     if not isinstance(config, dict):
         raise InputTypeError(f"a model configuration must be a dict; got {type(config).__name__}")
-    mapping_dict = mapping_dict or {}
     known = {"GLM": GLM, "PopulationGLM": PopulationGLM}
     cls = known.get(config.get("class", "PopulationGLM"))
     if cls is None:
@@ -899,11 +895,11 @@ def model_from_config(config: dict, mapping_dict: dict | None = None) -> GLM:
         obs = OBSERVATION_MODELS[obs_name](scale=config["observation_scale"])
     else:
         obs = obs_name
-    link = mapping_dict.get("inverse_link_function", config.get("inverse_link_function"))
+    link = config.get("inverse_link_function")
     if isinstance(link, str) and link.startswith("custom:"):
         raise InputError(
-            f"the model used a custom inverse link function ({link[7:]}); pass it as "
-            "mapping_dict={'inverse_link_function': fn}"
+            f"the model used a custom inverse link function ({link[7:]}), which a configuration cannot hold; "
+            "use a named link"
         )
     reg = config.get("regularizer", "UnRegularized")
     if reg == "GroupLasso":
@@ -926,8 +922,119 @@ def model_from_config(config: dict, mapping_dict: dict | None = None) -> GLM:
     return cls(**kwargs)
 
 
+# The spellings NeMoS 0.2.8 reads back for distglm's named links.
+_NEMOS_LINK_SPELLING = {"exp": "jax.numpy.exp", "logistic": "jax.scipy.special.expit", "softplus": "jax.nn.softplus",
+                        "norm_cdf": "jax.scipy.stats.norm.cdf", "one_over_x": "nemos.utils.one_over_x",
+                        "identity": "identity"}
+_NEMOS_MODEL_CLASS = "nemos.glm.glm.{}"
+_REQUIRED_KEYS = ("model_class", "observation_model", "regularizer", "save_metadata")
+# what NeMoS 0.2.8 writes in save_metadata (it reads none of it back); distglm adds its fit diagnostics
+_METADATA_PACKAGES = ("jax", "jaxlib", "scipy", "scikit-learn")
+_DIAGNOSTICS = ("n_iter", "converged", "status")
+
+
+def _saved_link(model: GLM):
+    """The inverse link as a name NeMoS 0.2.8 reads (None for the observation model's default)."""
+    raw = model._raw["inverse_link_function"]
+    if raw is None or isinstance(raw, str):
+        return raw
+    if isinstance(model._link, str):
+        return _NEMOS_LINK_SPELLING[model._link]
+    return f"{getattr(raw, '__module__', '')}.{getattr(raw, '__name__', type(raw).__name__)}"
+
+
+def _model_tree(model: GLM) -> dict:
+    """The model as the nested dict NeMoS 0.2.8's ``save_params`` flattens into a ``.npz`` file."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    def installed(package):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    obs, reg = model._observation_model, model._regularizer
+    observation = {"class": f"nemos.observation_models.{obs.name}Observations"}
+    if obs.fixed_scale is not None:
+        observation["params"] = {"scale": obs.fixed_scale}
+    regularizer = {"class": f"nemos.regularizer.{reg.name}"}
+    if isinstance(reg, GroupLasso) and reg.mask is not None:
+        regularizer["params"] = {"mask": reg.mask.astype(np.int32)}
+    tree = {}
+    if model._population:
+        tree["feature_mask"] = model._feature_mask_raw
+    fitted = model.coef_ is not None and model.intercept_ is not None
+    tree.update({
+        "inverse_link_function": _saved_link(model),
+        "observation_model": observation,
+        "regularizer": regularizer,
+        "regularizer_strength": model._strength,
+        "solver_kwargs": model.solver_kwargs or None,
+        "solver_name": model._raw["solver_name"],
+        "aux_": None,
+        "coef_": model.coef_ if fitted else None,
+        "dof_resid_": model.dof_resid_,
+        "intercept_": model.intercept_ if fitted else None,
+        "scale_": model.scale_,
+        "save_metadata": {**{package: installed(package) for package in _METADATA_PACKAGES}, "nemos": "0.2.8",
+                          "distglm": {"version": __version__,
+                                      **{name + "_": getattr(model, name + "_") for name in _DIAGNOSTICS}}},
+        "model_class": _NEMOS_MODEL_CLASS.format(type(model).__name__),
+    })
+    return tree
+
+
+def _model_from_tree(tree: dict, mapping_dict: dict, source: str) -> GLM:
+    """Rebuild a model from :func:`_model_tree`'s dict, as written by distglm or by NeMoS 0.2.8."""
+    class_name = str(tree["model_class"]).rsplit(".", 1)[-1]
+    classes = {"GLM": GLM, "PopulationGLM": PopulationGLM}
+    if class_name not in classes:
+        raise InputError(f"{source} holds a {tree['model_class']!r}; distglm loads {list(classes)}")
+    unknown_maps = sorted(set(mapping_dict) - {"inverse_link_function"})
+    if unknown_maps:
+        raise InputError(f"mapping_dict may only map 'inverse_link_function'; got {unknown_maps}")
+
+    def spec(name):
+        value = tree[name]
+        if not isinstance(value, dict) or not isinstance(value.get("class"), str):
+            raise InputError(f"{source}: {name} must be saved as a class name and its parameters; got {value!r}")
+        return value["class"].rsplit(".", 1)[-1], value.get("params") or {}
+
+    obs_name, obs_params = spec("observation_model")
+    observation = (NegativeBinomialObservations(scale=obs_params.get("scale", 1.0))
+                   if obs_name == "NegativeBinomialObservations" else obs_name)
+    reg_name, reg_params = spec("regularizer")
+    regularizer = GroupLasso(mask=reg_params.get("mask")) if reg_name == "GroupLasso" else reg_name
+    link = tree.get("inverse_link_function")
+    if "inverse_link_function" in mapping_dict:
+        link = mapping_dict["inverse_link_function"]
+    elif isinstance(link, str) and link_name(link) is None:
+        raise InputError(f"{source} was saved with the custom inverse link {link!r}, which a file cannot hold; "
+                         "pass it as load_model(..., mapping_dict={'inverse_link_function': fn})")
+    kwargs = dict(observation_model=observation, inverse_link_function=link, regularizer=regularizer,
+                  regularizer_strength=tree.get("regularizer_strength"), solver_name=tree.get("solver_name"),
+                  solver_kwargs=tree.get("solver_kwargs"))
+    if class_name == "PopulationGLM":
+        kwargs["feature_mask"] = tree.get("feature_mask")
+    model = classes[class_name](**kwargs)
+    coef = tree.get("coef_")
+    if coef is not None and tree.get("intercept_") is not None:
+        groups = tuple((name, np.shape(part)[0]) for name, part in coef.items()) if isinstance(coef, dict) else None
+        model.coef_ = coef
+        diagnostics = (tree["save_metadata"].get("distglm") or {}) if isinstance(tree["save_metadata"], dict) else {}
+        model._set_fitted(groups, {"coef": model._coef_matrix(), "intercept": tree["intercept_"],
+                                   "scale": tree.get("scale_"), "dof_resid": tree.get("dof_resid_"),
+                                   **{name: diagnostics.get(name + "_") for name in _DIAGNOSTICS}})
+    return model
+
+
 def load_model(filename: str | Path, mapping_dict: dict | None = None) -> GLM:
-    """Load a model saved by :meth:`GLM.save_params`.
+    """Load a model saved by :meth:`GLM.save_params` or by NeMoS 0.2.8's ``save_params``.
+
+    The file is read without unpickling, and no name in it is imported or evaluated: a custom
+    inverse link is given back through ``mapping_dict={"inverse_link_function": fn}``.
 
     Examples
     --------
@@ -942,11 +1049,18 @@ def load_model(filename: str | Path, mapping_dict: dict | None = None) -> GLM:
     path = Path(filename)
     if not path.is_file():
         raise InputError(f"no saved model at {str(filename)!r}")
-    with np.load(path, allow_pickle=False) as data:
-        config = json.loads(str(data["config"]))
-        model = model_from_config(config, mapping_dict)
-        groups = config.get("feature_groups")
-        if "coef" in data.files:
-            model._set_fitted(None if groups is None else tuple(tuple(g) for g in groups),
-                              {name: data[name] for name in data.files})
-    return model
+    if mapping_dict is not None and not isinstance(mapping_dict, dict):
+        raise InputTypeError(f"mapping_dict must be a dict; got {type(mapping_dict).__name__}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            present = {key.split("::")[1].removeprefix("strkey:") for key in data.files if "::" in key}
+            missing = [key for key in _REQUIRED_KEYS if key not in present]
+            if missing:
+                raise InputError(f"{str(filename)!r} is not a model saved by distglm or NeMoS 0.2.8: missing {missing} "
+                                 f"(it holds {sorted(data.files)})")
+            tree = _npz.unflatten(data)
+    except ValueError as err:  # pickled objects, or not an .npz file at all
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"{str(filename)!r} is not a readable .npz model file: {err}") from err
+    return _model_from_tree(tree, mapping_dict or {}, repr(str(filename)))

@@ -359,3 +359,91 @@ def test_repr_shows_the_constructor_arguments():
     assert repr(model) == ("PopulationGLM(observation_model='Gamma', inverse_link_function=one_over_x, "
                            "regularizer='ElasticNet', regularizer_strength=(0.2, 0.5), solver_name='ProximalGradient', "
                            "solver_kwargs={'maxiter': 50})")
+
+
+# ---------------------------------------------------------------------------- .npz files
+def _quiet_nemos_load(path, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return nmo.load_model(path, **kwargs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_files_load_in_either_library(tmp_path, small, family):
+    X, mask, y = small
+    link = "exp" if family == "Gamma" else None
+    observation = ("NegativeBinomial" if family != "NegativeBinomial"
+                   else nmo.observation_models.NegativeBinomialObservations(scale=0.4))
+    observation = family if family != "NegativeBinomial" else observation
+    ours = PopulationGLM(observation_model=observation, inverse_link_function=link, regularizer="Ridge",
+                         regularizer_strength=0.1, feature_mask=mask, solver_kwargs={"maxiter": 200}).fit(X, y[family])
+    ours.save_params(tmp_path / "ours.npz")
+    in_nemos = _quiet_nemos_load(tmp_path / "ours.npz")
+    back = load_model(tmp_path / "ours.npz")
+    for loaded in (in_nemos, back):
+        np.testing.assert_allclose(loaded.coef_, ours.coef_)
+        np.testing.assert_allclose(loaded.intercept_, ours.intercept_)
+        np.testing.assert_allclose(loaded.scale_, ours.scale_)
+        np.testing.assert_allclose(loaded.predict(X), ours.predict(X), rtol=1e-10)
+        assert loaded.observation_model.scale == ours.observation_model.scale
+        assert loaded.regularizer_strength == 0.1
+    np.testing.assert_array_equal(back.n_iter_, ours.n_iter_)
+    np.testing.assert_array_equal(back.status_, ours.status_)
+
+    theirs = _nemos(observation_model=observation, inverse_link_function=link and "jax.numpy.exp",
+                    regularizer="Lasso", regularizer_strength=0.01, feature_mask=mask,
+                    solver_kwargs={"maxiter": 20}).fit(X, y[family])
+    theirs.save_params(tmp_path / "theirs.npz")
+    loaded = load_model(tmp_path / "theirs.npz")
+    assert loaded.regularizer.name == "Lasso" and loaded.solver_name == "ProximalGradient"
+    assert loaded.observation_model.scale == theirs.observation_model.scale
+    np.testing.assert_allclose(loaded.predict(X), theirs.predict(X), rtol=1e-6)
+    np.testing.assert_allclose(float(loaded.score(X, y[family])), float(theirs.score(X, y[family])), rtol=1e-6)
+
+
+def test_files_of_unfitted_models_group_lasso_and_custom_links(tmp_path):
+    mask = np.array([[1, 1, 0], [0, 0, 1]])
+
+    def cube(x):
+        return x**3
+
+    ours = GLM(inverse_link_function=cube, regularizer=nmo.regularizer.GroupLasso(mask=mask),
+               regularizer_strength=[0.1, 0.2])
+    ours.save_params(tmp_path / "ours.npz")
+    with pytest.raises(ValueError, match="custom inverse link .*cube.*mapping_dict"):
+        load_model(tmp_path / "ours.npz")
+    for loaded in (load_model(tmp_path / "ours.npz", mapping_dict={"inverse_link_function": cube}),
+                   _quiet_nemos_load(tmp_path / "ours.npz", mapping_dict={"inverse_link_function": cube})):
+        assert loaded.coef_ is None and loaded.inverse_link_function is cube
+        np.testing.assert_array_equal(loaded.regularizer.mask, mask)
+        np.testing.assert_allclose(loaded.regularizer_strength, [0.1, 0.2])
+
+
+def test_feature_groups_in_files(tmp_path, small):
+    from nemos.pytrees import FeaturePytree
+
+    X, _, y = small
+    groups = {"a": X[:, :1], "b": X[:, 1:]}
+    feature_mask = {"a": np.array([1, 0]), "b": np.array([1, 1])}
+    theirs = _nemos(feature_mask=feature_mask, solver_kwargs={"maxiter": 20}).fit(FeaturePytree(**groups), y["Poisson"])
+    theirs.save_params(tmp_path / "theirs.npz")
+    loaded = load_model(tmp_path / "theirs.npz")
+    assert set(loaded.coef_) == {"a", "b"}
+    np.testing.assert_allclose(loaded.predict(groups), theirs.predict(FeaturePytree(**groups)), rtol=1e-6)
+
+
+def test_unknown_layouts_are_refused_without_unpickling(tmp_path):
+    np.savez(tmp_path / "other.npz", weights=np.ones(3))
+    with pytest.raises(ValueError, match=r"not a model saved by distglm or NeMoS 0.2.8: missing \['model_class', "
+                                         r"'observation_model', 'regularizer', 'save_metadata'\]"):
+        load_model(tmp_path / "other.npz")
+    layout = {"item::strkey:model_class": "nemos.glm.classifier_glm.ClassifierGLM",
+              "dict::strkey:observation_model::item::strkey:class": "os.system",
+              "dict::strkey:regularizer::item::strkey:class": "Ridge",
+              "dict::strkey:save_metadata::item::strkey:nemos": "0.2.8"}
+    np.savez(tmp_path / "classifier.npz", **layout)
+    with pytest.raises(ValueError, match=r"holds a 'nemos.glm.classifier_glm.ClassifierGLM'; distglm loads"):
+        load_model(tmp_path / "classifier.npz")
+    np.savez(tmp_path / "pickled.npz", **{**layout, "item::strkey:coef_": np.array([object()], dtype=object)})
+    with pytest.raises(ValueError, match="not a readable .npz model file"):
+        load_model(tmp_path / "pickled.npz")

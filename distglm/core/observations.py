@@ -329,6 +329,9 @@ LINK_NAMES: dict[str, str] = {
     "jax._src.scipy.stats.norm.cdf": "norm_cdf",
     "nemos.inverse_link_function_utils.norm_cdf": "norm_cdf",
     "nemos.utils.one_over_x": "one_over_x",
+    # the names NeMoS 0.2.8 writes to .npz files for its identity and probit wrappers
+    "nemos.inverse_link_function_utils.identity": "identity",
+    "jax._src.scipy.stats.norm.norm_cdf": "norm_cdf",
     "nemos.inverse_link_function_utils.one_over_x": "one_over_x",
 }
 
