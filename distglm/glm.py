@@ -372,6 +372,7 @@ class GLM:
         self.converged_ = None
         self.status_ = None
         self._groups = None
+        self._step_args = None
 
     def _mask_for(self, groups, n_features: int, n_neurons: int) -> np.ndarray:
         return np.ones((n_features, n_neurons))
@@ -482,6 +483,14 @@ class GLM:
         FitError
             When every neuron's solution is NaN.
         """
+        result, groups = self._solve(X, y, init_params)
+        val.check_solution(result.coef, result.intercept)
+        self._set_fitted(groups, result._asdict(), result.state)
+        self._warn_about(result)
+        return self
+
+    def _solve(self, X, y, init_params=None):
+        """Validate the data and run the solver; returns the :class:`~distglm.core.BlockResult` and X's groups."""
         config = self._fit_config()
         Xa, ya, groups = self._prepare(X, y)
         val.check_support(self._observation_model, ya if self._population else ya[:, 0])
@@ -493,11 +502,7 @@ class GLM:
             coef0, intercept0 = val.as_params(init_params, groups, n_features,
                                               n_neurons if self._population else None, Xa.dtype)
             init = _fit.Params(coef0.reshape(n_features, n_neurons), intercept0.reshape(n_neurons))
-        result = _fit.fit_block(Xa, ya, mask, config, init=init, strength=strength)
-        val.check_solution(result.coef, result.intercept)
-        self._set_fitted(groups, result._asdict(), result.state)
-        self._warn_about(result)
-        return self
+        return _fit.fit_block(Xa, ya, mask, config, init=init, strength=strength), groups
 
     def _set_fitted(self, groups, arrays, state=None):
         """Set the fitted attributes from arrays named as :class:`~distglm.core.BlockResult`'s fields.
@@ -681,6 +686,52 @@ class GLM:
         return (jnp.where(valid[:, None], Xj, 0.0), jnp.where(valid[:, None], yj, 0.0), valid, weight,
                 _fit.Params(coef, intercept), groups)
 
+    def _step(self, params, opt_state, X, y):
+        """One solver step: ``(params, state, X, y, valid)``, new params masked, data as the step saw it."""
+        if self._step_args is None:
+            raise NotFittedError("call initialize_solver_and_state(X, y, init_params) before a solver step")
+        config, mask, strength = self._step_args
+        Xj, yj, valid, weight, p, groups = self._step_inputs(params, X, y)
+        new, state = _fit.update_step(Xj, yj, jnp.asarray(mask, Xj.dtype), p, opt_state, strength, config,
+                                      weight=weight)
+        self._groups = groups
+        return new, state, Xj, yj, valid
+
+    # NeMoS 0.2.8 exposes its solver's functions; they return ``aux`` (None here) and set no attribute
+    @property
+    def solver_init_state(self) -> Callable | None:
+        """``(init_params, X, y) -> state``, as :meth:`initialize_solver_and_state`; None before it is called."""
+        if self._step_args is None:
+            return None
+        return lambda init_params, X, y: self.initialize_state(X, y, init_params)
+
+    @property
+    def solver_update(self) -> Callable | None:
+        """``(params, state, X, y) -> (params, state, None)``: one step, no attribute set; None before
+        :meth:`initialize_solver_and_state`."""
+        if self._step_args is None:
+            return None
+
+        def solver_update(params, opt_state, X, y):
+            new, state, *_ = self._step(params, opt_state, X, y)
+            return (self._user_coef(new.coef), new.intercept), state, None
+
+        return solver_update
+
+    @property
+    def solver_run(self) -> Callable | None:
+        """``(init_params, X, y) -> (params, state, None)``: a whole solve, no attribute set; None before
+        :meth:`initialize_solver_and_state`."""
+        if self._step_args is None:
+            return None
+
+        def solver_run(init_params, X, y):
+            result, groups = self._solve(X, y, init_params)
+            self._groups = groups
+            return (self._user_coef(result.coef), result.intercept), result.state, None
+
+        return solver_run
+
     def update(self, params, opt_state, X, y, n_samples: int | None = None):
         """One solver step on ``(X, y)``; returns ``(params, opt_state)`` and stores them as fitted.
 
@@ -699,19 +750,14 @@ class GLM:
             The number of samples of the whole data set when ``(X, y)`` is a batch; it sets
             ``dof_resid_`` and so the scale estimate. Default: the rows of this batch without NaN.
         """
-        if getattr(self, "_step_args", None) is None:
-            raise NotFittedError("call initialize_state(X, y, init_params) before update")
         if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int)):
             raise InputTypeError(f"n_samples must be None or an int; got {n_samples!r}")
-        config, mask, strength = self._step_args
-        Xj, yj, valid, weight, p, groups = self._step_inputs(params, X, y)
-        new, state = _fit.update_step(Xj, yj, jnp.asarray(mask, Xj.dtype), p, opt_state, strength, config,
-                                      weight=weight)
-        self._groups = groups
+        new, state, Xj, yj, valid = self._step(params, opt_state, X, y)
         coef = self._user_coef(new.coef)
         if isinstance(new.coef, jax.core.Tracer):
             # under jax.jit the values are traced: storing them would leak tracers into the model
             return (coef, new.intercept), state
+        config = self._step_args[0]
         rows = jnp.sum(valid) if n_samples is None else n_samples
         dof = _fit.dof_resid(config, Xj, new.coef) + (rows - Xj.shape[0])
         rate = _fit.predict_rate(self.inverse_link_function, Xj, new.coef, new.intercept)

@@ -447,3 +447,21 @@ def test_unknown_layouts_are_refused_without_unpickling(tmp_path):
     np.savez(tmp_path / "pickled.npz", **{**layout, "item::strkey:coef_": np.array([object()], dtype=object)})
     with pytest.raises(ValueError, match="not a readable .npz model file"):
         load_model(tmp_path / "pickled.npz")
+
+
+def test_nemos_solver_functions(small):
+    X, mask, y = small
+    for lib in (PopulationGLM, nmo.glm.PopulationGLM):
+        assert lib().solver_update is None and lib().solver_run is None and lib().solver_init_state is None
+    model = PopulationGLM(feature_mask=mask, solver_kwargs=TIGHT)
+    params = model.initialize_params(X, y["Poisson"])
+    state = model.initialize_solver_and_state(X, y["Poisson"], params)
+    (coef, intercept), state, aux = model.solver_update(params, state, X, y["Poisson"])
+    assert aux is None and model.coef_ is None  # no attribute set, as in NeMoS
+    assert np.all(np.asarray(coef)[mask == 0] == 0)
+    state = model.solver_init_state(params, X, y["Poisson"])
+    (coef, intercept), _, aux = model.solver_run(params, X, y["Poisson"])
+    assert model.coef_ is None
+    fitted = PopulationGLM(feature_mask=mask, solver_kwargs=TIGHT).fit(X, y["Poisson"])
+    np.testing.assert_allclose(coef, fitted.coef_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(intercept, fitted.intercept_, rtol=1e-10)

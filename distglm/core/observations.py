@@ -355,8 +355,8 @@ def _nemos_link_name(inverse_link: Callable) -> str | None:
     utils = sys.modules.get("nemos.inverse_link_function_utils")
     if utils is None:
         return None
-    candidates = {**getattr(utils, "LINK_NAME_TO_FUNC", {}), **vars(utils)}
-    for key, fn in candidates.items():
+    # both tables: NeMoS's "identity" entry is a lambda, its module attribute a wrapper
+    for key, fn in (*getattr(utils, "LINK_NAME_TO_FUNC", {}).items(), *vars(utils).items()):
         if fn is inverse_link and key in LINK_NAMES:
             return LINK_NAMES[key]
     return None
