@@ -10,8 +10,8 @@ of a distributed fit runs.
 
 from __future__ import annotations
 
-import inspect
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -148,6 +148,26 @@ def _adapt_strength(regularizer: Regularizer, strength):
         warnings.warn(f"regularizer_strength {strength!r} does not suit the {regularizer.name} regularizer; "
                       f"it is reset to the default {default!r}", UserWarning, stacklevel=4)
         return default
+
+
+def _time_series_of(X):
+    """The pynapple time series ``X`` is, or holds as a feature group; None if there is none."""
+    for x in (X.values() if isinstance(X, Mapping) else (X,)):
+        if all(hasattr(x, attr) for attr in ("times", "data", "time_support")):
+            return x
+    return None
+
+
+def _on_time_axis(array, X):
+    """``array`` as a pynapple ``Tsd``/``TsdFrame`` on X's time axis when X is a time series, else as is."""
+    series = _time_series_of(X)
+    if series is None:
+        return array
+    import pynapple as nap  # installed: X is one of its objects
+
+    array = np.asarray(array)
+    cls = nap.Tsd if array.ndim == 1 else nap.TsdFrame
+    return cls(t=series.times(), d=array, time_support=series.time_support)
 
 
 class GLM:
@@ -398,7 +418,7 @@ class GLM:
     def _coef_matrix(self, names=None) -> np.ndarray:
         """coef_ as one array of shape (n_features, n_neurons); a dict's groups stacked in ``names`` order."""
         coef = self.coef_
-        if isinstance(coef, dict):
+        if isinstance(coef, Mapping):
             parts = [np.asarray(coef[name]) for name in (coef if names is None else names)]
             coef = np.concatenate([part.reshape(part.shape[0], -1) for part in parts], axis=0)
         coef = np.asarray(coef)
@@ -414,7 +434,7 @@ class GLM:
         coef = self.coef_
         n_dims = 2 if self._population else 1
         expected = "(n_features, n_neurons)" if self._population else "(n_features,)"
-        if isinstance(coef, dict) != (groups is not None):
+        if isinstance(coef, Mapping) != (groups is not None):
             raise InputError("X and coef_ must both be dicts of feature groups, or both arrays; got X as "
                              f"{'a dict' if groups is not None else 'an array'} and coef_ as a {type(coef).__name__}")
         if groups is not None:
@@ -546,6 +566,8 @@ class GLM:
     def predict(self, X):
         """Predicted mean response, shape (n_samples,) or (n_samples, n_neurons); NaN rows stay NaN.
 
+        A pynapple ``TsdFrame`` X (or feature groups of them) gives a ``Tsd``/``TsdFrame`` on its time axis.
+
         Examples
         --------
         >>> import numpy as np
@@ -555,6 +577,9 @@ class GLM:
         >>> GLM().fit(X, y).predict(X).shape
         (50,)
         """
+        return _on_time_axis(self._predict_array(X), X)
+
+    def _predict_array(self, X) -> np.ndarray:
         Xa, _, groups = self._prepare(X, drop_nans=False)
         rate = self._rate(Xa, *self._fitted_params(groups, Xa.shape[1]))
         return rate if self._population else rate[:, 0]
@@ -614,10 +639,12 @@ class GLM:
         Returns
         -------
         (samples, rates) : arrays of shape (n_samples,) or (n_samples, n_neurons)
+            pynapple ``Tsd``/``TsdFrame`` objects on the input's time axis when the input is one.
         """
-        rate = jnp.asarray(self.predict(feedforward_input))
+        rate = jnp.asarray(self._predict_array(feedforward_input))
         scale = jnp.asarray(self._scale_vector(np.size(self.intercept_)), rate.dtype)
-        return self._observation_model.sample(random_key, rate, scale), rate
+        samples = self._observation_model.sample(random_key, rate, scale)
+        return _on_time_axis(samples, feedforward_input), _on_time_axis(rate, feedforward_input)
 
     # ----------------------------------------------------------------- step-by-step fitting
     def initialize_params(self, X, y):
@@ -655,7 +682,7 @@ class GLM:
         mask = self._step_args[1]
         traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((params, X, y)))
         if traced:
-            groups = tuple((k, jnp.shape(v)[1]) for k, v in X.items()) if isinstance(X, dict) else None
+            groups = tuple((k, jnp.shape(v)[1]) for k, v in X.items()) if isinstance(X, Mapping) else None
             Xj = jnp.concatenate([jnp.asarray(X[k], dtype) for k, _ in groups], axis=1) if groups else \
                 jnp.asarray(X, dtype)
             yj = jnp.asarray(y, dtype)
@@ -824,7 +851,7 @@ class PopulationGLM(GLM):
             raise AttributeError("feature_mask of a fitted PopulationGLM cannot be changed; fit a new model")
         if mask is None:
             self._feature_mask = None
-        elif isinstance(mask, dict):
+        elif isinstance(mask, Mapping):
             checked = {}
             for key, value in mask.items():
                 arr = np.asarray(value, dtype=float)

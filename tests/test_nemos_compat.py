@@ -465,3 +465,36 @@ def test_nemos_solver_functions(small):
     fitted = PopulationGLM(feature_mask=mask, solver_kwargs=TIGHT).fit(X, y["Poisson"])
     np.testing.assert_allclose(coef, fitted.coef_, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(intercept, fitted.intercept_, rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------- FeaturePytree and pynapple inputs
+def test_feature_pytree_design_and_mask(small):
+    from nemos.pytrees import FeaturePytree
+
+    X, _, y = small
+    X_tree = FeaturePytree(a=X[:, :1], b=X[:, 1:])
+    mask_tree = FeaturePytree(a=np.array([1, 0]), b=np.array([1, 1]))
+    ours = PopulationGLM(feature_mask=mask_tree, solver_kwargs=TIGHT).fit(X_tree, y["Poisson"])
+    theirs = _nemos(feature_mask=mask_tree, solver_name="LBFGS",
+                    solver_kwargs={"tol": 1e-12, "maxiter": 5000}).fit(X_tree, y["Poisson"])
+    for key in ("a", "b"):
+        np.testing.assert_allclose(ours.coef_[key], theirs.coef_[key], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ours.predict(X_tree), theirs.predict(X_tree), rtol=1e-5)
+
+
+def test_pynapple_inputs_give_pynapple_outputs(small):
+    nap = pytest.importorskip("pynapple")
+    X, mask, y = small
+    t = np.arange(X.shape[0]) * 0.01
+    X_nap = nap.TsdFrame(t=t, d=X)
+    ours = _hand_set(PopulationGLM(feature_mask=mask), mask, "Poisson")
+    theirs = _hand_set(_nemos(feature_mask=mask), mask, "Poisson")
+    samples, rates = ours.simulate(jax.random.key(0), X_nap)
+    their_samples, their_rates = theirs.simulate(jax.random.key(0), X_nap)
+    for mine, other in ((samples, their_samples), (rates, their_rates), (ours.predict(X_nap), theirs.predict(X_nap))):
+        assert type(mine) is type(other) is nap.TsdFrame
+        np.testing.assert_array_equal(mine.times(), other.times())
+        np.testing.assert_allclose(mine.values, other.values, rtol=1e-10)
+    single = GLM()
+    single.coef_, single.intercept_ = np.array([0.1, 0.2, 0.3]), np.array([0.5])
+    assert type(single.predict(X_nap)) is nap.Tsd
