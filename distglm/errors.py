@@ -9,6 +9,9 @@ __all__ = [
     "DistGLMError",
     "InputError",
     "InputTypeError",
+    "InterfaceError",
+    "UnknownSolverArgumentError",
+    "UnsupportedOptionError",
     "NotFittedError",
     "FitError",
     "StoreError",
@@ -29,6 +32,21 @@ class InputError(DistGLMError):
 
 class InputTypeError(DistGLMError, TypeError):
     """An argument is of the wrong kind (not array-like, not a dict, ...)."""
+
+
+class InterfaceError(InputTypeError, AttributeError):
+    """An object lacks the interface expected of it (for example, it is not an observation model).
+
+    An ``AttributeError`` too, as NeMoS raises for such objects.
+    """
+
+
+class UnknownSolverArgumentError(InputError, NameError):
+    """A ``solver_kwargs`` key the solver does not take (a ``NameError`` too, as in NeMoS)."""
+
+
+class UnsupportedOptionError(InputError, NotImplementedError):
+    """A named option that distglm does not implement (a score type, a solver)."""
 
 
 class NotFittedError(DistGLMError, AttributeError):

@@ -10,9 +10,8 @@ of a distributed fit runs.
 
 from __future__ import annotations
 
-import inspect
-import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,14 +19,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import npz as _npz
 from . import validation as val
 from .core import fit as _fit
 from .core import solvers as _solvers
-from .core.observations import OBSERVATION_MODELS, LINKS, Observations, link_name, resolve_link
+from .core.observations import (
+    LINKS,
+    OBSERVATION_MODELS,
+    NegativeBinomialObservations,
+    Observations,
+    check_inverse_link,
+    link_name,
+    resolve_link,
+)
 from .core.regularizers import REGULARIZERS, GroupLasso, Regularizer
-from .errors import InputError, InputTypeError, NotFittedError
+from .errors import InputError, InputTypeError, InterfaceError, NotFittedError, UnsupportedOptionError
 
-__all__ = ["GLM", "PopulationGLM", "load_model", "model_to_config", "model_from_config"]
+__all__ = ["GLM", "PopulationGLM", "load_model", "model_to_config", "model_from_config", "check_link_portable",
+           "parse_solver_name"]
 
 SCORE_TYPES = ("log-likelihood", "pseudo-r2-McFadden", "pseudo-r2-Cohen")
 
@@ -37,21 +46,33 @@ def _float_dtype():
 
 
 def _as_observation(value) -> Observations:
+    """An observation model from an instance, a NeMoS object, or a name as NeMoS spells it.
+
+    Names may be ``"Poisson"``, ``"PoissonObservations"`` or dotted like
+    ``"nemos.observation_models.PoissonObservations"`` (only the last part is read).
+    """
     if isinstance(value, Observations):
         return value
     if isinstance(value, str):
-        if value not in OBSERVATION_MODELS:
-            raise InputError(f"observation_model must be one of {list(OBSERVATION_MODELS)}; got {value!r}")
-        return OBSERVATION_MODELS[value]()
+        name = value.rsplit(".", 1)[-1].removesuffix("Observations")
+        if name == "Categorical":
+            raise InputTypeError(
+                "the Categorical observation model is for classification, which distglm does not implement; "
+                f"use one of {list(OBSERVATION_MODELS)}"
+            )
+        if name not in OBSERVATION_MODELS:
+            raise InputError(f"observation_model must be one of {list(OBSERVATION_MODELS)} (optionally as "
+                             f"'<name>Observations'); got {value!r}")
+        return OBSERVATION_MODELS[name]()
     # a NeMoS observation object: map it by class name so `nmo.observation_models.X()` works too
     cls_name = type(value).__name__.replace("Observations", "")
     if cls_name in OBSERVATION_MODELS and type(value).__module__.startswith("nemos"):
         if cls_name == "NegativeBinomial":
             return OBSERVATION_MODELS[cls_name](scale=float(value.scale))
         return OBSERVATION_MODELS[cls_name]()
-    raise InputTypeError(
-        f"observation_model must be a name in {list(OBSERVATION_MODELS)} or an Observations instance; "
-        f"got {value!r}"
+    raise InterfaceError(
+        f"observation_model must be a name in {list(OBSERVATION_MODELS)} or an observation model instance; "
+        f"got {value!r}, which has none of an observation model's methods"
     )
 
 
@@ -72,6 +93,81 @@ def _as_regularizer(value) -> Regularizer:
     raise InputTypeError(
         f"regularizer must be a name in {list(REGULARIZERS)} or a Regularizer instance; got {value!r}"
     )
+
+
+# NeMoS 0.2.8 names a solver's implementation in brackets ("LBFGS[optimistix]"); distglm runs
+# every algorithm on jaxopt, so the backend is accepted and the algorithm kept.
+SOLVER_BACKENDS = ("jaxopt", "optimistix", "optax+optimistix", "optax", "nemos")
+# Stochastic solvers NeMoS has and distglm does not, with the full-batch solver fitting the same model.
+_FULL_BATCH_EQUIVALENTS = {"SVRG": "LBFGS", "ProxSVRG": "ProximalGradient"}
+
+
+def parse_solver_name(value) -> str:
+    """The distglm algorithm for a solver name, bare (``"LBFGS"``) or with a backend (``"LBFGS[jaxopt]"``).
+
+    Raises
+    ------
+    InputTypeError
+        If ``value`` is not a string.
+    UnsupportedOptionError
+        For ``"SVRG"`` and ``"ProxSVRG"``, naming the solver that fits the same model.
+    InputError
+        For an unknown algorithm or backend.
+
+    Examples
+    --------
+    >>> parse_solver_name("GradientDescent[optimistix]")
+    'GradientDescent'
+    """
+    if not isinstance(value, str):
+        raise InputTypeError(f"solver_name must be a string; got {value!r}")
+    algo, bracket, backend = value.partition("[")
+    if bracket and (not backend.endswith("]") or backend[:-1] not in SOLVER_BACKENDS):
+        raise InputError(f"solver_name {value!r}: the backend in brackets must be one of {list(SOLVER_BACKENDS)}")
+    if algo in _FULL_BATCH_EQUIVALENTS:
+        raise UnsupportedOptionError(
+            f"solver {algo!r} is not implemented by distglm; {_FULL_BATCH_EQUIVALENTS[algo]!r} fits the same "
+            "model on the full data"
+        )
+    if algo not in _solvers.SOLVERS:
+        raise InputError(f"solver_name must be one of {list(_solvers.SOLVERS)} (optionally with a backend, "
+                         f"e.g. 'LBFGS[jaxopt]'); got {value!r}")
+    return algo
+
+
+def _adapt_strength(regularizer: Regularizer, strength):
+    """A strength carried over to a new regularizer: converted as NeMoS does, or reset with a warning."""
+    if strength is not None and regularizer.name == "UnRegularized":
+        warnings.warn(f"regularizer_strength {strength!r} is not used by the UnRegularized regularizer; "
+                      "it is set to None", UserWarning, stacklevel=4)
+        return None
+    try:
+        return regularizer.validate_strength(strength)
+    except (InputError, InputTypeError):
+        default = regularizer.validate_strength(None)
+        warnings.warn(f"regularizer_strength {strength!r} does not suit the {regularizer.name} regularizer; "
+                      f"it is reset to the default {default!r}", UserWarning, stacklevel=4)
+        return default
+
+
+def _time_series_of(X):
+    """The pynapple time series ``X`` is, or holds as a feature group; None if there is none."""
+    for x in (X.values() if isinstance(X, Mapping) else (X,)):
+        if all(hasattr(x, attr) for attr in ("times", "data", "time_support")):
+            return x
+    return None
+
+
+def _on_time_axis(array, X):
+    """``array`` as a pynapple ``Tsd``/``TsdFrame`` on X's time axis when X is a time series, else as is."""
+    series = _time_series_of(X)
+    if series is None:
+        return array
+    import pynapple as nap  # installed: X is one of its objects
+
+    array = np.asarray(array)
+    cls = nap.Tsd if array.ndim == 1 else nap.TsdFrame
+    return cls(t=series.times(), d=array, time_support=series.time_support)
 
 
 class GLM:
@@ -114,6 +210,9 @@ class GLM:
     """
 
     _population = False
+    # the constructor arguments that _configure resolves and checks together
+    _CONFIG_NAMES = ("observation_model", "inverse_link_function", "regularizer", "regularizer_strength",
+                     "solver_name", "solver_kwargs")
 
     def __init__(
         self,
@@ -124,36 +223,63 @@ class GLM:
         solver_name: str | None = None,
         solver_kwargs: dict | None = None,
     ):
-        self.observation_model = observation_model
-        self.inverse_link_function = inverse_link_function
-        self.regularizer = regularizer
-        self.regularizer_strength = regularizer_strength
-        self.solver_name = solver_name
-        self.solver_kwargs = solver_kwargs
+        self._raw: dict = {}
+        self._configure(observation_model=observation_model, inverse_link_function=inverse_link_function,
+                        regularizer=regularizer, regularizer_strength=regularizer_strength,
+                        solver_name=solver_name, solver_kwargs=solver_kwargs)
         self._reset_fit()
 
     # ----------------------------------------------------------------- configuration
+    def _configure(self, **changes):
+        """Apply constructor arguments, checked together, and commit them only if all are valid.
+
+        A changed regularizer keeps the current strength where it suits it (an ElasticNet scalar
+        ``s`` becomes ``(s, 0.5)``) and resets it with a warning where it does not; an explicit
+        solver that cannot fit the regularizer is refused here, not at ``fit``.
+        """
+        raw = {**self._raw, **changes}
+        observation = _as_observation(raw["observation_model"])
+        link = raw["inverse_link_function"]
+        link = observation.default_link if link is None else check_inverse_link(link)
+        regularizer = _as_regularizer(raw["regularizer"])
+        if "regularizer_strength" in changes:
+            strength = changes["regularizer_strength"]
+            if strength is not None and regularizer.name == "UnRegularized":
+                strength = _adapt_strength(regularizer, strength)
+            strength = regularizer.validate_strength(strength)
+        else:
+            strength = _adapt_strength(regularizer, self._strength)
+        solver = regularizer.default_solver if raw["solver_name"] is None else parse_solver_name(raw["solver_name"])
+        if solver not in regularizer.allowed_solvers:
+            raise InputError(
+                f"solver {solver!r} cannot fit the {regularizer.name} regularizer; allowed solvers are "
+                f"{list(regularizer.allowed_solvers)}"
+            )
+        kwargs = raw["solver_kwargs"]
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise InputTypeError(f"solver_kwargs must be a dict; got {type(kwargs).__name__}")
+        kwargs = _solvers.validate_solver_kwargs(solver, kwargs or {})
+        self._raw = raw
+        self._observation_model, self._link, self._regularizer = observation, link, regularizer
+        self._strength, self._solver, self._solver_kwargs = strength, solver, kwargs
+
     @property
     def observation_model(self) -> Observations:
+        """The observation model (an instance; ``get_params`` returns what was passed)."""
         return self._observation_model
 
     @observation_model.setter
     def observation_model(self, value):
-        self._observation_model = _as_observation(value)
+        self._configure(observation_model=value)
 
     @property
     def inverse_link_function(self) -> Callable:
-        if self._inverse_link_function is None:
-            return resolve_link(self._observation_model.default_link)
-        return resolve_link(self._inverse_link_function)
+        """The inverse link function; the observation model's default unless one was given."""
+        return resolve_link(self._link)
 
     @inverse_link_function.setter
     def inverse_link_function(self, value):
-        if value is not None and not callable(value) and not (isinstance(value, str) and value in LINKS):
-            raise InputTypeError(
-                f"inverse_link_function must be callable or one of {list(LINKS)}; got {value!r}"
-            )
-        self._inverse_link_function = value
+        self._configure(inverse_link_function=value)
 
     @property
     def regularizer(self) -> Regularizer:
@@ -161,20 +287,30 @@ class GLM:
 
     @regularizer.setter
     def regularizer(self, value):
-        self._regularizer = _as_regularizer(value)
+        self._configure(regularizer=value)
+
+    @property
+    def regularizer_strength(self):
+        """The strength as the regularizer uses it: 1.0 by default, ``(s, r)`` for ElasticNet."""
+        return self._strength
+
+    @regularizer_strength.setter
+    def regularizer_strength(self, value):
+        self._configure(regularizer_strength=value)
 
     @property
     def solver_name(self) -> str:
-        return self._solver_name or self._regularizer.default_solver
+        """The solver: the one given, or the regularizer's default (LBFGS, or ProximalGradient)."""
+        return self._solver
 
     @solver_name.setter
     def solver_name(self, value):
-        if value is not None:
-            if not isinstance(value, str):
-                raise InputTypeError(f"solver_name must be a string; got {value!r}")
-            if value not in _solvers.SOLVERS:
-                raise InputError(f"solver_name must be one of {list(_solvers.SOLVERS)}; got {value!r}")
-        self._solver_name = value
+        self._configure(solver_name=value)
+
+    @property
+    def algo_name(self) -> str:
+        """The optimisation algorithm, without a backend (NeMoS 0.2.8's ``algo_name``)."""
+        return self._solver
 
     @property
     def solver_kwargs(self) -> dict:
@@ -182,55 +318,50 @@ class GLM:
 
     @solver_kwargs.setter
     def solver_kwargs(self, value):
-        if value is not None and not isinstance(value, dict):
-            raise InputTypeError(f"solver_kwargs must be a dict; got {type(value).__name__}")
-        self._solver_kwargs = dict(value or {})
+        self._configure(solver_kwargs=value)
 
     def _fit_config(self) -> _fit.FitConfig:
-        """The static configuration of a fit, checked as a whole (solver vs regularizer)."""
-        reg = self._regularizer
-        name = self.solver_name
-        if name not in reg.allowed_solvers:
-            raise InputError(
-                f"solver {name!r} cannot fit the {reg.name} regularizer; allowed solvers are {list(reg.allowed_solvers)}"
-            )
-        kwargs = _solvers.validate_solver_kwargs(name, self._solver_kwargs)
-        link = self._inverse_link_function or self._observation_model.default_link
-        return _fit.FitConfig(self._observation_model, link, reg, name, tuple(sorted(kwargs.items())))
+        """The static configuration of a fit (checked when the arguments were set)."""
+        return _fit.FitConfig(self._observation_model, self._link, self._regularizer, self._solver,
+                              tuple(sorted(self._solver_kwargs.items())))
 
     def _expanded_strength(self, n_features: int, n_neurons: int):
-        strength = self.regularizer_strength
-        if self._regularizer.name == "UnRegularized":
-            if strength is not None:
-                warnings.warn("regularizer_strength is ignored by the UnRegularized regularizer", UserWarning,
-                              stacklevel=3)
-            return None
-        return self._regularizer.expand_strength(strength, n_features, n_neurons)
+        return self._regularizer.expand_strength(self._strength, n_features, n_neurons)
 
     def get_params(self, deep: bool = True) -> dict:
-        """The constructor's parameters, as scikit-learn expects."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        out = {}
-        for name in names:
-            if name == "inverse_link_function":
-                out[name] = self._inverse_link_function
-            elif name == "solver_name":
-                out[name] = self._solver_name
-            else:
-                out[name] = getattr(self, name)
+        """The constructor's arguments as passed (scikit-learn API).
+
+        ``inverse_link_function`` and ``solver_name`` left as None are returned as the defaults in
+        effect; ``regularizer_strength`` as the regularizer uses it (see :attr:`regularizer_strength`).
+        """
+        out = {name: self._raw[name] for name in self._CONFIG_NAMES}
+        out["inverse_link_function"] = out["inverse_link_function"] or self.inverse_link_function
+        out["solver_name"] = out["solver_name"] or self._solver
+        out["regularizer_strength"] = self._strength
         return out
 
     def set_params(self, **params):
-        """Set constructor parameters (scikit-learn API); returns self."""
+        """Set constructor arguments together (scikit-learn API); returns self.
+
+        As in NeMoS, a new ``regularizer`` without a ``regularizer_strength`` takes its default strength.
+        """
         valid = self.get_params()
-        for key, value in params.items():
-            if key not in valid:
-                raise InputError(f"{key!r} is not a parameter of {type(self).__name__}; valid are {sorted(valid)}")
-            setattr(self, key, value)
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise InputError(f"{unknown} are not parameters of {type(self).__name__}; valid are {sorted(valid)}")
+        config = {key: value for key, value in params.items() if key in self._CONFIG_NAMES}
+        if "regularizer" in config and "regularizer_strength" not in config:
+            config["regularizer_strength"] = None
+        if config:
+            self._configure(**config)
+        for key in set(params) - set(config):
+            setattr(self, key, params[key])
         return self
 
     def __sklearn_clone__(self):
-        return type(self)(**self.get_params(deep=False))
+        # the arguments as passed: defaults (None) stay defaults in the clone
+        params = {**self.get_params(deep=False), **self._raw, "regularizer_strength": self._strength}
+        return type(self)(**params)
 
     def __sklearn_tags__(self):
         from sklearn.utils import RegressorTags, Tags, TargetTags
@@ -242,7 +373,12 @@ class GLM:
         )
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if v is not None)
+        def show(value):
+            return getattr(value, "__name__", None) or repr(value) if callable(value) else repr(value)
+
+        params = self.get_params()
+        args = ", ".join(f"{k}={show(v)}" for k, v in params.items()
+                         if v is not None and not (isinstance(v, dict) and not v))
         return f"{type(self).__name__}({args})"
 
     # ----------------------------------------------------------------- data handling
@@ -256,6 +392,7 @@ class GLM:
         self.converged_ = None
         self.status_ = None
         self._groups = None
+        self._step_args = None
 
     def _mask_for(self, groups, n_features: int, n_neurons: int) -> np.ndarray:
         return np.ones((n_features, n_neurons))
@@ -274,28 +411,63 @@ class GLM:
             Xa, ya, _ = val.drop_nan_rows(Xa, ya)
         return Xa, ya, design.groups
 
-    def _check_fitted_input(self, X_groups, n_features):
-        self._check_is_fit()
-        if X_groups != self._groups:
-            raise InputError(
-                f"X's feature groups {X_groups} do not match those the model was fitted with {self._groups}"
-            )
-        if n_features != self._coef_matrix.shape[0]:
-            raise InputError(
-                f"X has {n_features} features but the model was fitted with {self._coef_matrix.shape[0]}"
-            )
-
     def _check_is_fit(self):
         if self.coef_ is None or self.intercept_ is None:
             raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit(X, y) first")
 
-    @property
-    def _coef_matrix(self) -> np.ndarray:
-        """coef_ as one array of shape (n_features, n_neurons)."""
+    def _coef_matrix(self, names=None) -> np.ndarray:
+        """coef_ as one array of shape (n_features, n_neurons); a dict's groups stacked in ``names`` order."""
         coef = self.coef_
-        if isinstance(coef, dict):
-            coef = np.concatenate([np.asarray(coef[name]).reshape(size, -1) for name, size in self._groups], axis=0)
-        return np.asarray(coef).reshape(np.asarray(coef).shape[0], -1)
+        if isinstance(coef, Mapping):
+            parts = [np.asarray(coef[name]) for name in (coef if names is None else names)]
+            coef = np.concatenate([part.reshape(part.shape[0], -1) for part in parts], axis=0)
+        coef = np.asarray(coef)
+        return coef.reshape(coef.shape[0], -1)
+
+    def _fitted_params(self, groups, n_features: int):
+        """``(coef, intercept, mask)`` of shapes (n_features, n_neurons), (n_neurons,), (n_features, n_neurons).
+
+        Fitted parameters and parameters set by hand (NeMoS's simulation workflow) are checked
+        alike against X (its feature groups ``groups`` and ``n_features``) and the feature mask.
+        """
+        self._check_is_fit()
+        coef = self.coef_
+        n_dims = 2 if self._population else 1
+        expected = "(n_features, n_neurons)" if self._population else "(n_features,)"
+        if isinstance(coef, Mapping) != (groups is not None):
+            raise InputError("X and coef_ must both be dicts of feature groups, or both arrays; got X as "
+                             f"{'a dict' if groups is not None else 'an array'} and coef_ as a {type(coef).__name__}")
+        if groups is not None:
+            names = [name for name, _ in groups]
+            if set(coef) != set(names):
+                raise InputError(f"coef_ has feature groups {sorted(coef)} but X has {names}")
+            for name, size in groups:
+                if np.ndim(coef[name]) != n_dims or np.shape(coef[name])[0] != size:
+                    raise InputError(f"coef_[{name!r}] must have shape {expected} with n_features={size} as in X; "
+                                     f"got shape {np.shape(coef[name])}")
+            matrix = self._coef_matrix(names)
+        else:
+            if np.ndim(coef) != n_dims:
+                raise InputError(f"coef_ must have shape {expected}; got shape {np.shape(coef)}")
+            matrix = self._coef_matrix()
+        if matrix.shape[0] != n_features:
+            raise InputError(f"X has {n_features} features but coef_ has {matrix.shape[0]}")
+        intercept = np.asarray(self.intercept_).reshape(-1)
+        if intercept.shape != (matrix.shape[1],):
+            raise InputError(f"intercept_ must have shape ({matrix.shape[1]},), one per neuron of coef_; "
+                             f"got shape {np.shape(self.intercept_)}")
+        return matrix, intercept, self._mask_for(groups, n_features, matrix.shape[1])
+
+    def _scale_vector(self, n_neurons: int) -> np.ndarray:
+        """``scale_`` of shape (n_neurons,): estimated, set by hand (a scalar or one per neuron), or
+        the observation model's ``scale`` when none was estimated, as NeMoS uses."""
+        scale = np.asarray(self._observation_model.scale if self.scale_ is None else self.scale_, dtype=float)
+        if scale.ndim == 0:
+            return np.full(n_neurons, float(scale))
+        if scale.shape != (n_neurons,):
+            raise InputError(f"scale_ must be a scalar or of shape ({n_neurons},), one per neuron; "
+                             f"got shape {scale.shape}")
+        return scale
 
     def _user_coef(self, coef: np.ndarray):
         """Shape an (n_features, n_neurons) array as the user sees coef_ (dict, 1-D for a GLM)."""
@@ -331,6 +503,14 @@ class GLM:
         FitError
             When every neuron's solution is NaN.
         """
+        result, groups = self._solve(X, y, init_params)
+        val.check_solution(result.coef, result.intercept)
+        self._set_fitted(groups, result._asdict(), result.state)
+        self._warn_about(result)
+        return self
+
+    def _solve(self, X, y, init_params=None):
+        """Validate the data and run the solver; returns the :class:`~distglm.core.BlockResult` and X's groups."""
         config = self._fit_config()
         Xa, ya, groups = self._prepare(X, y)
         val.check_support(self._observation_model, ya if self._population else ya[:, 0])
@@ -342,24 +522,18 @@ class GLM:
             coef0, intercept0 = val.as_params(init_params, groups, n_features,
                                               n_neurons if self._population else None, Xa.dtype)
             init = _fit.Params(coef0.reshape(n_features, n_neurons), intercept0.reshape(n_neurons))
-        result = _fit.fit_block(Xa, ya, mask, config, init=init, strength=strength)
-        val.check_solution(result.coef, result.intercept)
-        self._set_fitted(groups, result._asdict(), result.state)
-        self._warn_about(result)
-        return self
+        return _fit.fit_block(Xa, ya, mask, config, init=init, strength=strength), groups
 
     def _set_fitted(self, groups, arrays, state=None):
         """Set the fitted attributes from arrays named as :class:`~distglm.core.BlockResult`'s fields.
 
-        ``arrays["coef"]`` has shape (n_features, n_neurons); the per-neuron diagnostics
-        (``n_iter``, ``converged``, ``status``) may be absent or empty.
+        ``arrays["coef"]`` has shape (n_features, n_neurons); the other per-neuron arrays
+        (``scale``, ``dof_resid``, ``n_iter``, ``converged``, ``status``) may be absent or empty.
         """
         self._groups = groups
         self.coef_ = self._user_coef(np.asarray(arrays["coef"]))
         self.intercept_ = np.asarray(arrays["intercept"])
-        self.scale_ = np.asarray(arrays["scale"])
-        self.dof_resid_ = np.asarray(arrays["dof_resid"])
-        for name in ("n_iter", "converged", "status"):
+        for name in ("scale", "dof_resid", "n_iter", "converged", "status"):
             value = arrays.get(name)
             setattr(self, name + "_", None if value is None or np.size(value) == 0 else np.asarray(value))
         self.solver_state_ = state
@@ -392,6 +566,8 @@ class GLM:
     def predict(self, X):
         """Predicted mean response, shape (n_samples,) or (n_samples, n_neurons); NaN rows stay NaN.
 
+        A pynapple ``TsdFrame`` X (or feature groups of them) gives a ``Tsd``/``TsdFrame`` on its time axis.
+
         Examples
         --------
         >>> import numpy as np
@@ -401,9 +577,11 @@ class GLM:
         >>> GLM().fit(X, y).predict(X).shape
         (50,)
         """
+        return _on_time_axis(self._predict_array(X), X)
+
+    def _predict_array(self, X) -> np.ndarray:
         Xa, _, groups = self._prepare(X, drop_nans=False)
-        self._check_fitted_input(groups, Xa.shape[1])
-        rate = self._rate(Xa, self._coef_matrix, self.intercept_)
+        rate = self._rate(Xa, *self._fitted_params(groups, Xa.shape[1]))
         return rate if self._population else rate[:, 0]
 
     def compute_loss(self, params, X, y):
@@ -432,16 +610,18 @@ class GLM:
         float
         """
         if score_type not in SCORE_TYPES:
-            raise InputError(f"score_type must be one of {list(SCORE_TYPES)}; got {score_type!r}")
+            raise UnsupportedOptionError(
+                f"score_type {score_type!r} is not implemented; score_type must be one of {list(SCORE_TYPES)}"
+            )
         Xa, ya, groups = self._prepare(X, y)
-        self._check_fitted_input(groups, Xa.shape[1])
-        if ya.shape[1] != self._coef_matrix.shape[1]:
-            raise InputError(f"y has {ya.shape[1]} neurons but the model was fitted with {self._coef_matrix.shape[1]}")
+        coef, intercept, mask = self._fitted_params(groups, Xa.shape[1])
+        if ya.shape[1] != coef.shape[1]:
+            raise InputError(f"y has {ya.shape[1]} neurons but coef_ has {coef.shape[1]}")
         obs = self._observation_model
         y_j = jnp.asarray(ya)
-        rate = jnp.asarray(self._rate(Xa, self._coef_matrix, self.intercept_))
+        rate = jnp.asarray(self._rate(Xa, coef, intercept, mask))
         null = jnp.ones_like(y_j) * jnp.mean(y_j, axis=0)
-        scale = jnp.asarray(self.scale_)
+        scale = jnp.asarray(self._scale_vector(coef.shape[1]), dtype=y_j.dtype)
         if score_type == "log-likelihood":
             return aggregate_sample_scores(obs.log_likelihood_terms(y_j, rate, scale))
         if score_type == "pseudo-r2-McFadden":
@@ -459,10 +639,12 @@ class GLM:
         Returns
         -------
         (samples, rates) : arrays of shape (n_samples,) or (n_samples, n_neurons)
+            pynapple ``Tsd``/``TsdFrame`` objects on the input's time axis when the input is one.
         """
-        rate = jnp.asarray(self.predict(feedforward_input))
-        scale = jnp.asarray(self.scale_) if self._population else jnp.asarray(self.scale_)[0]
-        return self._observation_model.sample(random_key, rate, scale), rate
+        rate = jnp.asarray(self._predict_array(feedforward_input))
+        scale = jnp.asarray(self._scale_vector(np.size(self.intercept_)), rate.dtype)
+        samples = self._observation_model.sample(random_key, rate, scale)
+        return _on_time_axis(samples, feedforward_input), _on_time_axis(rate, feedforward_input)
 
     # ----------------------------------------------------------------- step-by-step fitting
     def initialize_params(self, X, y):
@@ -489,46 +671,136 @@ class GLM:
 
     initialize_solver_and_state = initialize_state
 
+    def _step_inputs(self, params, X, y):
+        """``(X, y, valid, weight, params, groups)`` for one step, the same eagerly and under ``jax.jit``.
+
+        NaN rows are not dropped but zeroed and given weight 0 (``weight`` of shape (n_samples,)
+        sums to 1 over the ``valid`` rows), so a traced call runs the very computation an eager
+        one does. Concrete inputs are validated in full; traced ones by their shapes.
+        """
+        dtype = _float_dtype()
+        mask = self._step_args[1]
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((params, X, y)))
+        if traced:
+            groups = tuple((k, jnp.shape(v)[1]) for k, v in X.items()) if isinstance(X, Mapping) else None
+            Xj = jnp.concatenate([jnp.asarray(X[k], dtype) for k, _ in groups], axis=1) if groups else \
+                jnp.asarray(X, dtype)
+            yj = jnp.asarray(y, dtype)
+            yj = yj.reshape(yj.shape[0], -1)
+            coef, intercept = params
+            if groups:
+                coef = jnp.concatenate([jnp.reshape(coef[k], (size, -1)) for k, size in groups], axis=0)
+            coef, intercept = jnp.asarray(coef, dtype), jnp.asarray(intercept, dtype).reshape(-1)
+            if Xj.shape[0] != yj.shape[0] or Xj.shape[1] != mask.shape[0] or yj.shape[1] != mask.shape[1] \
+                    or coef.size != mask.size or intercept.shape != (mask.shape[1],):
+                raise InputError(f"X {Xj.shape}, y {yj.shape}, coef {coef.shape} and intercept {intercept.shape} "
+                                 f"do not match the shapes of initialize_state's inputs (features, neurons) = "
+                                 f"{mask.shape}")
+            coef = coef.reshape(mask.shape)
+        else:
+            Xa, ya, groups = self._prepare(X, y, drop_nans=False)
+            _, kept, _ = val.drop_nan_rows(Xa, ya)
+            val.check_support(self._observation_model, kept if self._population else kept[:, 0])
+            if Xa.shape[1] != mask.shape[0] or ya.shape[1] != mask.shape[1]:
+                raise InputError(f"X and y give (features, neurons) = {(Xa.shape[1], ya.shape[1])} but "
+                                 f"initialize_state was given {mask.shape}")
+            coef, intercept = val.as_params(params, groups, Xa.shape[1], ya.shape[1] if self._population else None,
+                                            dtype)
+            Xj, yj = jnp.asarray(Xa), jnp.asarray(ya)
+            coef, intercept = jnp.asarray(coef).reshape(mask.shape), jnp.asarray(intercept).reshape(-1)
+        valid = ~(jnp.any(jnp.isnan(Xj), axis=1) | jnp.any(jnp.isnan(yj), axis=1))
+        weight = valid / jnp.sum(valid)
+        return (jnp.where(valid[:, None], Xj, 0.0), jnp.where(valid[:, None], yj, 0.0), valid, weight,
+                _fit.Params(coef, intercept), groups)
+
+    def _step(self, params, opt_state, X, y):
+        """One solver step: ``(params, state, X, y, valid)``, new params masked, data as the step saw it."""
+        if self._step_args is None:
+            raise NotFittedError("call initialize_solver_and_state(X, y, init_params) before a solver step")
+        config, mask, strength = self._step_args
+        Xj, yj, valid, weight, p, groups = self._step_inputs(params, X, y)
+        new, state = _fit.update_step(Xj, yj, jnp.asarray(mask, Xj.dtype), p, opt_state, strength, config,
+                                      weight=weight)
+        self._groups = groups
+        return new, state, Xj, yj, valid
+
+    # NeMoS 0.2.8 exposes its solver's functions; they return ``aux`` (None here) and set no attribute
+    @property
+    def solver_init_state(self) -> Callable | None:
+        """``(init_params, X, y) -> state``, as :meth:`initialize_solver_and_state`; None before it is called."""
+        if self._step_args is None:
+            return None
+        return lambda init_params, X, y: self.initialize_state(X, y, init_params)
+
+    @property
+    def solver_update(self) -> Callable | None:
+        """``(params, state, X, y) -> (params, state, None)``: one step, no attribute set; None before
+        :meth:`initialize_solver_and_state`."""
+        if self._step_args is None:
+            return None
+
+        def solver_update(params, opt_state, X, y):
+            new, state, *_ = self._step(params, opt_state, X, y)
+            return (self._user_coef(new.coef), new.intercept), state, None
+
+        return solver_update
+
+    @property
+    def solver_run(self) -> Callable | None:
+        """``(init_params, X, y) -> (params, state, None)``: a whole solve, no attribute set; None before
+        :meth:`initialize_solver_and_state`."""
+        if self._step_args is None:
+            return None
+
+        def solver_run(init_params, X, y):
+            result, groups = self._solve(X, y, init_params)
+            self._groups = groups
+            return (self._user_coef(result.coef), result.intercept), result.state, None
+
+        return solver_run
+
     def update(self, params, opt_state, X, y, n_samples: int | None = None):
-        """One solver step on ``(X, y)``; returns ``(params, opt_state)`` and stores them as fitted."""
-        if getattr(self, "_step_args", None) is None:
-            raise NotFittedError("call initialize_state(X, y, init_params) before update")
+        """One solver step on ``(X, y)``; returns ``(params, opt_state)`` and stores them as fitted.
+
+        Rows with a NaN are left out. The step is deterministic and gives the same result when the
+        call is wrapped in ``jax.jit``; a traced call only returns its result, and leaves the
+        model's fitted attributes (``coef_``, ``scale_``, ...) as they were.
+
+        Parameters
+        ----------
+        params : tuple (coef, intercept)
+            Coefficients of shape (n_features, n_neurons) ((n_features,) for a GLM) and intercepts.
+        opt_state : the state from :meth:`initialize_state` or the previous ``update``
+        X : array of shape (n_samples, n_features), or dict of arrays
+        y : array of shape (n_samples, n_neurons), or (n_samples,) for a GLM
+        n_samples : int, optional
+            The number of samples of the whole data set when ``(X, y)`` is a batch; it sets
+            ``dof_resid_`` and so the scale estimate. Default: the rows of this batch without NaN.
+        """
         if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int)):
             raise InputTypeError(f"n_samples must be None or an int; got {n_samples!r}")
-        config, mask, strength = self._step_args
-        Xa, ya, groups = self._prepare(X, y)
-        n_features, n_neurons = Xa.shape[1], ya.shape[1]
-        coef, intercept = val.as_params(params, groups, n_features, n_neurons if self._population else None, Xa.dtype)
-        p = _fit.Params(jnp.asarray(coef.reshape(n_features, n_neurons)), jnp.asarray(intercept.reshape(n_neurons)))
-        new, state = _fit.update_step(jnp.asarray(Xa), jnp.asarray(ya), jnp.asarray(mask, Xa.dtype), p, opt_state,
-                                      strength, config)
-        coef_m, intercept_v = np.asarray(new.coef), np.asarray(new.intercept)
-        self.coef_ = self._user_coef(coef_m)
-        self.intercept_ = intercept_v
-        dof = np.asarray(_fit.dof_resid(config, Xa, coef_m))
-        if n_samples is not None:
-            dof = dof + (n_samples - Xa.shape[0])
-        self.dof_resid_ = dof
-        rate = jnp.asarray(self._rate(Xa, coef_m, intercept_v))
-        self.scale_ = np.asarray(self._observation_model.estimate_scale(jnp.asarray(ya), rate, jnp.asarray(dof)))
+        new, state, Xj, yj, valid = self._step(params, opt_state, X, y)
+        coef = self._user_coef(new.coef)
+        if isinstance(new.coef, jax.core.Tracer):
+            # under jax.jit the values are traced: storing them would leak tracers into the model
+            return (coef, new.intercept), state
+        config = self._step_args[0]
+        rows = jnp.sum(valid) if n_samples is None else n_samples
+        dof = _fit.dof_resid(config, Xj, new.coef) + (rows - Xj.shape[0])
+        rate = _fit.predict_rate(self.inverse_link_function, Xj, new.coef, new.intercept)
+        self.coef_, self.intercept_, self.dof_resid_ = coef, new.intercept, dof
+        self.scale_ = self._observation_model.estimate_scale(jnp.where(valid[:, None], yj, rate), rate, dof)
         self.solver_state_ = state
-        return (self.coef_, self.intercept_), state
+        return (coef, new.intercept), state
 
     # ----------------------------------------------------------------- persistence
     def save_params(self, filename: str | Path):
-        """Save the configuration and fitted parameters to a ``.npz`` file (see :func:`load_model`)."""
-        self._check_is_fit()
-        np.savez(
-            filename,
-            config=np.asarray(json.dumps({**model_to_config(self), "feature_groups": self._groups})),
-            coef=self._coef_matrix,
-            intercept=np.asarray(self.intercept_),
-            scale=np.asarray(self.scale_),
-            dof_resid=np.asarray(self.dof_resid_),
-            n_iter=np.asarray(self.n_iter_ if self.n_iter_ is not None else []),
-            converged=np.asarray(self.converged_ if self.converged_ is not None else []),
-            status=np.asarray(self.status_ if self.status_ is not None else []),
-        )
+        """Save the model to a ``.npz`` file in NeMoS 0.2.8's layout (see :func:`load_model`).
+
+        NeMoS's ``nemos.load_model`` reads the file too; a custom inverse link is saved by name
+        and must be given back when loading. An unfitted model is saved as well, as in NeMoS.
+        """
+        np.savez(filename, **_npz.flatten(_model_tree(self)))
 
 
 class PopulationGLM(GLM):
@@ -579,7 +851,7 @@ class PopulationGLM(GLM):
             raise AttributeError("feature_mask of a fitted PopulationGLM cannot be changed; fit a new model")
         if mask is None:
             self._feature_mask = None
-        elif isinstance(mask, dict):
+        elif isinstance(mask, Mapping):
             checked = {}
             for key, value in mask.items():
                 arr = np.asarray(value, dtype=float)
@@ -596,6 +868,10 @@ class PopulationGLM(GLM):
                 )
             val.check_binary_mask(arr)
             self._feature_mask = arr
+        self._feature_mask_raw = mask
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {**super().get_params(deep), "feature_mask": self._feature_mask_raw}
 
     def _mask_for(self, groups, n_features, n_neurons):
         if self._feature_mask is None:
@@ -604,16 +880,39 @@ class PopulationGLM(GLM):
 
 
 # ---------------------------------------------------------------------- configuration I/O
+def check_link_portable(model: GLM) -> None:
+    """Raise unless the model's inverse link can be rebuilt on a Ray actor from its configuration.
+
+    Actors rebuild the model from :func:`model_to_config`, which names links; a custom callable
+    has no name there. Call this before dispatching a distributed fit.
+
+    Raises
+    ------
+    InputError
+        If the inverse link is a custom callable rather than one of the named links.
+
+    Examples
+    --------
+    >>> import jax
+    >>> check_link_portable(PopulationGLM(observation_model="Bernoulli", inverse_link_function="norm.cdf"))
+    """
+    if not isinstance(model._link, str):
+        raise InputError(
+            f"the custom inverse link {getattr(model._link, '__name__', model._link)!r} cannot be sent to Ray actors, "
+            f"which rebuild the model from its configuration; use a named link ({sorted(LINKS)}, or any "
+            "spelling NeMoS accepts, e.g. 'jax.scipy.stats.norm.cdf'), or fit in memory with model.fit(X, y)"
+        )
+
+
 def model_to_config(model: GLM) -> dict:
     """A JSON-able description of a model's configuration (no fitted values)."""
     obs = model.observation_model
-    raw_link = model._inverse_link_function
-    if raw_link is None:
+    if model._raw["inverse_link_function"] is None:
         link = None
+    elif isinstance(model._link, str):
+        link = model._link
     else:
-        link = link_name(raw_link)
-        if link is None:
-            link = "custom:" + getattr(raw_link, "__name__", "function")
+        link = "custom:" + getattr(model._link, "__name__", "function")
     reg = model.regularizer
     strength = model.regularizer_strength
 
@@ -637,20 +936,16 @@ def model_to_config(model: GLM) -> dict:
         "regularizer": reg.name,
         "group_mask": None if not isinstance(reg, GroupLasso) or reg.mask is None else reg.mask.tolist(),
         "regularizer_strength": _jsonable(strength),
-        "solver_name": model._solver_name,
+        "solver_name": None if model._raw["solver_name"] is None else model._solver,
         "solver_kwargs": model.solver_kwargs,
         "feature_mask": mask,
     }
 
 
-def model_from_config(config: dict, mapping_dict: dict | None = None) -> GLM:
-    """Rebuild an unfitted model from :func:`model_to_config`'s output.
-
-    ``mapping_dict`` supplies objects JSON cannot hold, e.g. ``{"inverse_link_function": fn}``.
-    """
+def model_from_config(config: dict) -> GLM:
+    """Rebuild an unfitted model from :func:`model_to_config`'s output."""
     if not isinstance(config, dict):
         raise InputTypeError(f"a model configuration must be a dict; got {type(config).__name__}")
-    mapping_dict = mapping_dict or {}
     known = {"GLM": GLM, "PopulationGLM": PopulationGLM}
     cls = known.get(config.get("class", "PopulationGLM"))
     if cls is None:
@@ -673,11 +968,11 @@ def model_from_config(config: dict, mapping_dict: dict | None = None) -> GLM:
         obs = OBSERVATION_MODELS[obs_name](scale=config["observation_scale"])
     else:
         obs = obs_name
-    link = mapping_dict.get("inverse_link_function", config.get("inverse_link_function"))
+    link = config.get("inverse_link_function")
     if isinstance(link, str) and link.startswith("custom:"):
         raise InputError(
-            f"the model used a custom inverse link function ({link[7:]}); pass it as "
-            "mapping_dict={'inverse_link_function': fn}"
+            f"the model used a custom inverse link function ({link[7:]}), which a configuration cannot hold; "
+            "use a named link"
         )
     reg = config.get("regularizer", "UnRegularized")
     if reg == "GroupLasso":
@@ -697,13 +992,122 @@ def model_from_config(config: dict, mapping_dict: dict | None = None) -> GLM:
         elif mask is not None:
             mask = np.asarray(mask)
         kwargs["feature_mask"] = mask
-    model = cls(**kwargs)
-    model._fit_config()  # fail now, not at fit time, on an inconsistent configuration
+    return cls(**kwargs)
+
+
+# The spellings NeMoS 0.2.8 reads back for distglm's named links.
+_NEMOS_LINK_SPELLING = {"exp": "jax.numpy.exp", "logistic": "jax.scipy.special.expit", "softplus": "jax.nn.softplus",
+                        "norm_cdf": "jax.scipy.stats.norm.cdf", "one_over_x": "nemos.utils.one_over_x",
+                        "identity": "identity"}
+_NEMOS_MODEL_CLASS = "nemos.glm.glm.{}"
+_REQUIRED_KEYS = ("model_class", "observation_model", "regularizer", "save_metadata")
+# what NeMoS 0.2.8 writes in save_metadata (it reads none of it back); distglm adds its fit diagnostics
+_METADATA_PACKAGES = ("jax", "jaxlib", "scipy", "scikit-learn")
+_DIAGNOSTICS = ("n_iter", "converged", "status")
+
+
+def _saved_link(model: GLM):
+    """The inverse link as a name NeMoS 0.2.8 reads (None for the observation model's default)."""
+    raw = model._raw["inverse_link_function"]
+    if raw is None or isinstance(raw, str):
+        return raw
+    if isinstance(model._link, str):
+        return _NEMOS_LINK_SPELLING[model._link]
+    return f"{getattr(raw, '__module__', '')}.{getattr(raw, '__name__', type(raw).__name__)}"
+
+
+def _model_tree(model: GLM) -> dict:
+    """The model as the nested dict NeMoS 0.2.8's ``save_params`` flattens into a ``.npz`` file."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    def installed(package):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    obs, reg = model._observation_model, model._regularizer
+    observation = {"class": f"nemos.observation_models.{obs.name}Observations"}
+    if obs.fixed_scale is not None:
+        observation["params"] = {"scale": obs.fixed_scale}
+    regularizer = {"class": f"nemos.regularizer.{reg.name}"}
+    if isinstance(reg, GroupLasso) and reg.mask is not None:
+        regularizer["params"] = {"mask": reg.mask.astype(np.int32)}
+    tree = {}
+    if model._population:
+        tree["feature_mask"] = model._feature_mask_raw
+    fitted = model.coef_ is not None and model.intercept_ is not None
+    tree.update({
+        "inverse_link_function": _saved_link(model),
+        "observation_model": observation,
+        "regularizer": regularizer,
+        "regularizer_strength": model._strength,
+        "solver_kwargs": model.solver_kwargs or None,
+        "solver_name": model._raw["solver_name"],
+        "aux_": None,
+        "coef_": model.coef_ if fitted else None,
+        "dof_resid_": model.dof_resid_,
+        "intercept_": model.intercept_ if fitted else None,
+        "scale_": model.scale_,
+        "save_metadata": {**{package: installed(package) for package in _METADATA_PACKAGES}, "nemos": "0.2.8",
+                          "distglm": {"version": __version__,
+                                      **{name + "_": getattr(model, name + "_") for name in _DIAGNOSTICS}}},
+        "model_class": _NEMOS_MODEL_CLASS.format(type(model).__name__),
+    })
+    return tree
+
+
+def _model_from_tree(tree: dict, mapping_dict: dict, source: str) -> GLM:
+    """Rebuild a model from :func:`_model_tree`'s dict, as written by distglm or by NeMoS 0.2.8."""
+    class_name = str(tree["model_class"]).rsplit(".", 1)[-1]
+    classes = {"GLM": GLM, "PopulationGLM": PopulationGLM}
+    if class_name not in classes:
+        raise InputError(f"{source} holds a {tree['model_class']!r}; distglm loads {list(classes)}")
+    unknown_maps = sorted(set(mapping_dict) - {"inverse_link_function"})
+    if unknown_maps:
+        raise InputError(f"mapping_dict may only map 'inverse_link_function'; got {unknown_maps}")
+
+    def spec(name):
+        value = tree[name]
+        if not isinstance(value, dict) or not isinstance(value.get("class"), str):
+            raise InputError(f"{source}: {name} must be saved as a class name and its parameters; got {value!r}")
+        return value["class"].rsplit(".", 1)[-1], value.get("params") or {}
+
+    obs_name, obs_params = spec("observation_model")
+    observation = (NegativeBinomialObservations(scale=obs_params.get("scale", 1.0))
+                   if obs_name == "NegativeBinomialObservations" else obs_name)
+    reg_name, reg_params = spec("regularizer")
+    regularizer = GroupLasso(mask=reg_params.get("mask")) if reg_name == "GroupLasso" else reg_name
+    link = tree.get("inverse_link_function")
+    if "inverse_link_function" in mapping_dict:
+        link = mapping_dict["inverse_link_function"]
+    elif isinstance(link, str) and link_name(link) is None:
+        raise InputError(f"{source} was saved with the custom inverse link {link!r}, which a file cannot hold; "
+                         "pass it as load_model(..., mapping_dict={'inverse_link_function': fn})")
+    kwargs = dict(observation_model=observation, inverse_link_function=link, regularizer=regularizer,
+                  regularizer_strength=tree.get("regularizer_strength"), solver_name=tree.get("solver_name"),
+                  solver_kwargs=tree.get("solver_kwargs"))
+    if class_name == "PopulationGLM":
+        kwargs["feature_mask"] = tree.get("feature_mask")
+    model = classes[class_name](**kwargs)
+    coef = tree.get("coef_")
+    if coef is not None and tree.get("intercept_") is not None:
+        groups = tuple((name, np.shape(part)[0]) for name, part in coef.items()) if isinstance(coef, dict) else None
+        model.coef_ = coef
+        diagnostics = (tree["save_metadata"].get("distglm") or {}) if isinstance(tree["save_metadata"], dict) else {}
+        model._set_fitted(groups, {"coef": model._coef_matrix(), "intercept": tree["intercept_"],
+                                   "scale": tree.get("scale_"), "dof_resid": tree.get("dof_resid_"),
+                                   **{name: diagnostics.get(name + "_") for name in _DIAGNOSTICS}})
     return model
 
 
 def load_model(filename: str | Path, mapping_dict: dict | None = None) -> GLM:
-    """Load a model saved by :meth:`GLM.save_params`.
+    """Load a model saved by :meth:`GLM.save_params` or by NeMoS 0.2.8's ``save_params``.
+
+    The file is read without unpickling, and no name in it is imported or evaluated: a custom
+    inverse link is given back through ``mapping_dict={"inverse_link_function": fn}``.
 
     Examples
     --------
@@ -718,10 +1122,18 @@ def load_model(filename: str | Path, mapping_dict: dict | None = None) -> GLM:
     path = Path(filename)
     if not path.is_file():
         raise InputError(f"no saved model at {str(filename)!r}")
-    with np.load(path, allow_pickle=False) as data:
-        config = json.loads(str(data["config"]))
-        model = model_from_config(config, mapping_dict)
-        groups = config.get("feature_groups")
-        model._set_fitted(None if groups is None else tuple(tuple(g) for g in groups),
-                          {name: data[name] for name in data.files})
-    return model
+    if mapping_dict is not None and not isinstance(mapping_dict, dict):
+        raise InputTypeError(f"mapping_dict must be a dict; got {type(mapping_dict).__name__}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            present = {key.split("::")[1].removeprefix("strkey:") for key in data.files if "::" in key}
+            missing = [key for key in _REQUIRED_KEYS if key not in present]
+            if missing:
+                raise InputError(f"{str(filename)!r} is not a model saved by distglm or NeMoS 0.2.8: missing {missing} "
+                                 f"(it holds {sorted(data.files)})")
+            tree = _npz.unflatten(data)
+    except ValueError as err:  # pickled objects, or not an .npz file at all
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"{str(filename)!r} is not a readable .npz model file: {err}") from err
+    return _model_from_tree(tree, mapping_dict or {}, repr(str(filename)))

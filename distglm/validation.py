@@ -6,6 +6,7 @@ ValueError-flavoured ones (:class:`InputError`) for a wrong value.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -66,7 +67,8 @@ def as_design(X, dtype=None) -> Design:
 
     ``dtype`` None keeps a floating ``X`` as it is and stores any other numbers as float64.
     """
-    if isinstance(X, dict) or (hasattr(X, "keys") and hasattr(X, "values") and not hasattr(X, "shape")):
+    # any mapping of names to arrays, NeMoS's FeaturePytree included (it has a .shape too)
+    if isinstance(X, Mapping) or (hasattr(X, "keys") and hasattr(X, "values") and not hasattr(X, "shape")):
         if len(X) == 0:
             raise InputError("X is an empty dict; expected at least one feature group")
         for key in X:
@@ -171,7 +173,7 @@ def as_feature_mask(mask, groups: tuple | None, n_features: int, n_neurons: int)
     (n_neurons,) arrays with X's keys, expanded here over each group's columns.
     """
     if groups is not None:
-        if not isinstance(mask, dict):
+        if not isinstance(mask, Mapping):
             raise InputTypeError(
                 f"with X given as a dict of feature groups, feature_mask must be a dict with the same keys; "
                 f"got {_describe(mask)}"
@@ -194,7 +196,7 @@ def as_feature_mask(mask, groups: tuple | None, n_features: int, n_neurons: int)
             check_binary_mask(arr, f"feature_mask[{name!r}]")
             rows.append(np.repeat(arr[None, :].astype(float), size, axis=0))
         return np.concatenate(rows, axis=0)
-    if isinstance(mask, dict):
+    if isinstance(mask, Mapping):
         raise InputTypeError(
             "feature_mask is a dict but X is an array; X must be a dict of arrays with the same keys, "
             f"or feature_mask an array of shape ({n_features}, {n_neurons})"
@@ -222,13 +224,13 @@ def as_params(init_params: Any, groups: tuple | None, n_features: int, n_neurons
 
     ``n_neurons`` None means a single-neuron GLM: coef (n_features,), intercept (1,).
     """
-    if isinstance(init_params, (str, bytes)) or not hasattr(init_params, "__len__"):
-        raise InputTypeError(f"init_params must be a tuple (coef, intercept); got {_describe(init_params)}")
+    if not isinstance(init_params, (tuple, list)):
+        raise InputTypeError(f"init_params must be a tuple or list (coef, intercept); got {_describe(init_params)}")
     if len(init_params) != 2:
         raise InputError(f"init_params must have length two, (coef, intercept); got length {len(init_params)}")
     coef, intercept = init_params
     if groups is not None:
-        if not isinstance(coef, dict) or set(map(str, coef)) != {g[0] for g in groups}:
+        if not isinstance(coef, Mapping) or set(map(str, coef)) != {g[0] for g in groups}:
             raise InputError(f"init_params[0] must be a dict with X's feature groups {[g[0] for g in groups]}")
         by_name = {str(k): v for k, v in coef.items()}
         parts = []

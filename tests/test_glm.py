@@ -333,12 +333,14 @@ def test_get_params_and_set_params():
     params = model.get_params()
     assert set(params) == {"observation_model", "inverse_link_function", "regularizer", "regularizer_strength",
                            "solver_name", "solver_kwargs", "feature_mask"}
-    assert params["regularizer"].name == "Ridge" and params["regularizer_strength"] == 0.3
+    # what was passed, with the defaults in effect where None was passed
+    assert params["regularizer"] == "Ridge" and params["regularizer_strength"] == 0.3
+    assert params["solver_name"] == "LBFGS" and params["inverse_link_function"] is jnp.exp
     assert params["solver_kwargs"] == {"tol": 1e-7}
     assert model.set_params(regularizer="Lasso", regularizer_strength=0.01) is model
     assert model.regularizer.name == "Lasso" and model.solver_name == "ProximalGradient"
     assert model.get_params()["regularizer_strength"] == 0.01
-    with pytest.raises(InputError, match="'alpha' is not a parameter of PopulationGLM"):
+    with pytest.raises(InputError, match=r"\['alpha'\] are not parameters of PopulationGLM"):
         model.set_params(alpha=1.0)
 
 

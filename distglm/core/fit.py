@@ -166,33 +166,42 @@ _CHUNK_ELEMENTS = 1 << 20
 
 
 class _Chunks(NamedTuple):
-    """Samples read in row chunks of ``rows`` (static) from ``X`` (n, p) and ``y`` (n, N)."""
+    """Samples read in row chunks of ``rows`` (static) from ``X`` (n, p) and ``y`` (n, N).
+
+    ``weight`` (n,), when given, replaces the mean over samples by a weighted sum (rows of
+    weight 0 drop out); None means the plain mean.
+    """
 
     X: Any
     y: Any
     rows: int
+    weight: Any = None
 
 
-def _chunk(X, y) -> _Chunks:
+def _chunk(X, y, weight=None) -> _Chunks:
     rows = max(8, (_CHUNK_ELEMENTS // max(y.shape[1], 1)) // 8 * 8)
-    return _Chunks(X, y, min(rows, X.shape[0]))
+    return _Chunks(X, y, min(rows, X.shape[0]), weight)
 
 
 def _reduce(chunks: _Chunks, body: Callable, init):
-    """Fold ``body(carry, x_chunk, y_chunk)`` over the row chunks, slicing in place (no copies)."""
-    X, y, rows = chunks
+    """Fold ``body(carry, x_chunk, y_chunk, w_chunk)`` over the row chunks, slicing in place (no copies).
+
+    ``w_chunk`` is the chunk's row weights, or None when ``chunks.weight`` is None.
+    """
+    X, y, rows, weight = chunks
     n = X.shape[0]
     k, rem = divmod(n, rows)
 
+    def rows_of(a, start, size):
+        return None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size)
+
     def step(carry, i):
         start = i * rows
-        x = jax.lax.dynamic_slice_in_dim(X, start, rows)
-        yy = jax.lax.dynamic_slice_in_dim(y, start, rows)
-        return body(carry, x, yy), None
+        return body(carry, rows_of(X, start, rows), rows_of(y, start, rows), rows_of(weight, start, rows)), None
 
     carry, _ = jax.lax.scan(step, init, jnp.arange(k))
     if rem:
-        carry = body(carry, X[k * rows:], y[k * rows:])
+        carry = body(carry, X[k * rows:], y[k * rows:], None if weight is None else weight[k * rows:])
     return carry
 
 
@@ -222,12 +231,13 @@ def _data_pass(chunks: _Chunks, weights, intercept, fn, with_grad: bool):
     scale = 1.0 / chunks.X.shape[0]
     zeros_n = jnp.zeros((weights.shape[1],), weights.dtype)
 
-    def body(carry, x, yy):
+    def body(carry, x, yy, w):
         value, deriv = fn(yy, x @ weights + intercept)
-        loss = carry[0] + scale * jnp.sum(value, axis=0)
+        w = scale if w is None else w[:, None]
+        loss = carry[0] + jnp.sum(w * value, axis=0)
         if not with_grad:
             return (loss,)
-        d = scale * deriv
+        d = w * deriv
         return (loss, carry[1] + x.T @ d, carry[2] + jnp.sum(d, axis=0))
 
     init = (zeros_n, jnp.zeros_like(weights), zeros_n) if with_grad else (zeros_n,)
@@ -236,7 +246,7 @@ def _data_pass(chunks: _Chunks, weights, intercept, fn, with_grad: bool):
 
 def _curvature(chunks: _Chunks, weights, intercept, fn2):
     """Mean over samples of d^2 nll / d eta^2 at the given parameters, shape (n_neurons,)."""
-    def body(acc, x, yy):
+    def body(acc, x, yy, w):
         return acc + jnp.sum(fn2(yy, x @ weights + intercept), axis=0) / chunks.X.shape[0]
 
     return _reduce(chunks, body, jnp.zeros(weights.shape[1], weights.dtype))
@@ -580,10 +590,14 @@ def init_update_state(X, y, mask, params: Params, strength, config: FitConfig) -
 
 
 @partial(jax.jit, static_argnames=("config",))
-def update_step(X, y, mask, params: Params, ustate: UpdateState, strength, config: FitConfig):
-    """One solver iteration on the data ``X``, ``y``; returns ``(params, UpdateState)``."""
+def update_step(X, y, mask, params: Params, ustate: UpdateState, strength, config: FitConfig, weight=None):
+    """One solver iteration on the data ``X``, ``y``; returns ``(params, UpdateState)``.
+
+    ``weight`` of shape (n_samples,), optional: per-row weights summing to 1 that replace the mean
+    over samples, so rows to ignore (NaN rows) are dropped with weight 0 under ``jax.jit`` too.
+    """
     active = jnp.ones(y.shape[1], dtype=bool)
-    prob = _build(_chunk(X, y), mask, strength, active, ustate.tri, config)
+    prob = _build(_chunk(X, y, weight), mask, strength, active, ustate.tri, config)
     extra = _extra_args(config)
     v, state = prob.solver.update(prob.to_solver(params), ustate.solver_state, *extra)
     theta = prob.to_theta(v)

@@ -11,11 +11,14 @@ dropped, rates clipped at the dtype's machine epsilon before any logarithm.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ..errors import InputError, InputTypeError
 
 __all__ = [
     "Observations",
@@ -25,6 +28,12 @@ __all__ = [
     "GaussianObservations",
     "NegativeBinomialObservations",
     "OBSERVATION_MODELS",
+    "LINKS",
+    "LINK_NAMES",
+    "link_name",
+    "resolve_link",
+    "check_inverse_link",
+    "initial_intercept",
 ]
 
 
@@ -48,6 +57,11 @@ class Observations:
     name: ClassVar[str] = ""
     default_link: ClassVar[str] = "exp"
     support: ClassVar[str] = "any real value"
+
+    @property
+    def scale(self) -> float:
+        """The scale a model uses when none was estimated (NeMoS's ``observation_model.scale``)."""
+        return 1.0
 
     @property
     def fixed_scale(self) -> float | None:
@@ -210,14 +224,10 @@ class NegativeBinomialObservations(Observations):
 
     def __post_init__(self):
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float, np.floating, np.integer)):
-            from ..errors import InputTypeError
-
             raise InputTypeError(
                 f"NegativeBinomial scale must be a positive number; got {self.scale!r}"
             )
         if not np.isfinite(self.scale) or self.scale <= 0:
-            from ..errors import InputError
-
             raise InputError(f"NegativeBinomial scale must be a positive finite number; got {self.scale!r}")
         object.__setattr__(self, "scale", float(self.scale))
 
@@ -273,15 +283,15 @@ OBSERVATION_MODELS: dict[str, type[Observations]] = {
 }
 
 
-def _logistic(x):
+def logistic(x):
     return jax.lax.logistic(x)
 
 
-def _one_over_x(x):
+def one_over_x(x):
     return 1.0 / x
 
 
-def _identity(x):
+def identity(x):
     return x
 
 
@@ -289,10 +299,40 @@ def _identity(x):
 # and gives each neuron's initial intercept.
 LINKS: dict[str, tuple[Callable, Callable]] = {
     "exp": (jnp.exp, jnp.log),
-    "logistic": (_logistic, jax.scipy.special.logit),
-    "one_over_x": (_one_over_x, _one_over_x),
-    "identity": (_identity, _identity),
+    "logistic": (logistic, jax.scipy.special.logit),
+    "one_over_x": (one_over_x, one_over_x),
+    "identity": (identity, identity),
     "softplus": (jax.nn.softplus, lambda m: jnp.log(jnp.expm1(m))),
+    "norm_cdf": (jax.scipy.stats.norm.cdf, jax.scipy.stats.norm.ppf),
+}
+
+# The spellings of inverse links NeMoS 0.2.8 accepts as strings, and their names above. A string
+# is looked up here and nowhere else: no dotted path is ever imported or evaluated.
+LINK_NAMES: dict[str, str] = {
+    **{name: name for name in LINKS},
+    "jax.numpy.exp": "exp",
+    "jax._src.numpy.ufuncs.exp": "exp",
+    "nemos.inverse_link_function_utils.exp": "exp",
+    "expit": "logistic",
+    "jax.lax.logistic": "logistic",
+    "jax._src.lax.lax.logistic": "logistic",
+    "jax.scipy.special.expit": "logistic",
+    "jax._src.scipy.special.expit": "logistic",
+    "jax._src.scipy.special.logistic": "logistic",
+    "nemos.inverse_link_function_utils.expit": "logistic",
+    "nemos.inverse_link_function_utils.logistic": "logistic",
+    "jax.nn.softplus": "softplus",
+    "jax._src.nn.functions.softplus": "softplus",
+    "nemos.inverse_link_function_utils.softplus": "softplus",
+    "norm.cdf": "norm_cdf",
+    "jax.scipy.stats.norm.cdf": "norm_cdf",
+    "jax._src.scipy.stats.norm.cdf": "norm_cdf",
+    "nemos.inverse_link_function_utils.norm_cdf": "norm_cdf",
+    "nemos.utils.one_over_x": "one_over_x",
+    # the names NeMoS 0.2.8 writes to .npz files for its identity and probit wrappers
+    "nemos.inverse_link_function_utils.identity": "identity",
+    "jax._src.scipy.stats.norm.norm_cdf": "norm_cdf",
+    "nemos.inverse_link_function_utils.one_over_x": "one_over_x",
 }
 
 # Callables users commonly pass from jax, and their names above.
@@ -302,13 +342,37 @@ _KNOWN_CALLABLES = {
     jax.nn.sigmoid: "logistic",
     jax.scipy.special.expit: "logistic",
     jax.nn.softplus: "softplus",
+    jax.scipy.stats.norm.cdf: "norm_cdf",
 }
 
 
+
+def _nemos_link_name(inverse_link: Callable) -> str | None:
+    """The name of one of NeMoS's own link functions, found in its table if NeMoS is loaded.
+
+    Only a module already imported is read (``sys.modules``): distglm never imports NeMoS.
+    """
+    utils = sys.modules.get("nemos.inverse_link_function_utils")
+    if utils is None:
+        return None
+    # both tables: NeMoS's "identity" entry is a lambda, its module attribute a wrapper
+    for key, fn in (*getattr(utils, "LINK_NAME_TO_FUNC", {}).items(), *vars(utils).items()):
+        if fn is inverse_link and key in LINK_NAMES:
+            return LINK_NAMES[key]
+    return None
+
+
 def link_name(inverse_link: Callable | str) -> str | None:
-    """The registered name of an inverse link function, or None for a custom callable."""
+    """The registered name of an inverse link (a callable or a NeMoS spelling), or None if custom.
+
+    Examples
+    --------
+    >>> import jax
+    >>> link_name(jax.scipy.stats.norm.cdf), link_name("jax.numpy.exp"), link_name(lambda x: x**2)
+    ('norm_cdf', 'exp', None)
+    """
     if isinstance(inverse_link, str):
-        return inverse_link if inverse_link in LINKS else None
+        return LINK_NAMES.get(inverse_link)
     for name, (fn, _) in LINKS.items():
         if inverse_link is fn:
             return name
@@ -316,19 +380,77 @@ def link_name(inverse_link: Callable | str) -> str | None:
         name = _KNOWN_CALLABLES.get(inverse_link)
     except TypeError:  # unhashable callable
         name = None
-    if name is None:
-        # NeMoS exposes its own exp/logistic/one_over_x/identity helpers; match them by name.
-        qual = getattr(inverse_link, "__name__", "")
-        name = qual if qual in LINKS and getattr(inverse_link, "__module__", "").startswith("nemos") else None
-    return name
+    return name if name is not None else _nemos_link_name(inverse_link)
 
 
 def resolve_link(inverse_link: Callable | str) -> Callable:
-    """The inverse link function for a name or a callable."""
-    if isinstance(inverse_link, str):
-        return LINKS[inverse_link][0]
+    """The inverse link function for a name (see ``LINK_NAMES``) or a callable."""
     name = link_name(inverse_link)
-    return LINKS[name][0] if name is not None else inverse_link
+    if name is not None:
+        return LINKS[name][0]
+    if isinstance(inverse_link, str):
+        raise InputError(
+            f"Unknown link function: {inverse_link!r}; inverse_link_function must be a callable or one of "
+            f"{sorted(LINK_NAMES)}"
+        )
+    return inverse_link
+
+
+def check_inverse_link(inverse_link: Callable | str) -> Callable | str:
+    """Check an inverse link as NeMoS does; return its registered name, or the callable itself.
+
+    A custom link must be a JAX function acting elementwise: an array in gives an array of the
+    same shape out, a scalar gives a scalar, and it is differentiable with a finite, non-zero
+    derivative somewhere.
+
+    Raises
+    ------
+    InputTypeError
+        If ``inverse_link`` is neither a callable nor a string.
+    InputError
+        If it is an unknown name, or a callable that fails one of the checks above.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> check_inverse_link("jax.scipy.special.expit")
+    'logistic'
+    >>> check_inverse_link(lambda x: jnp.maximum(x, 0.0) + 0.1).__name__
+    '<lambda>'
+    """
+    if not callable(inverse_link) and not isinstance(inverse_link, str):
+        raise InputTypeError(
+            f"inverse_link_function must be a callable or one of {sorted(LINK_NAMES)}; got {inverse_link!r}"
+        )
+    name = link_name(inverse_link)
+    if name is not None:
+        return name
+    fn = resolve_link(inverse_link)
+    probe = jnp.array([-1.0, 0.5, 1.0, 2.0])
+    try:
+        out = fn(probe)
+        scalar_out = fn(1.0)
+        slope = jax.jvp(fn, (probe,), (jnp.ones_like(probe),))[1]
+    except Exception as err:  # noqa: BLE001 - any failure here is the link's
+        raise InputError(
+            f"inverse_link_function must be a differentiable JAX function of an array; calling or "
+            f"differentiating it failed with {type(err).__name__}: {err}"
+        ) from err
+    if not isinstance(out, jax.Array):
+        raise InputError(
+            f"inverse_link_function must return a jax array (write it with jax.numpy); got {type(out).__name__}"
+        )
+    if out.shape != probe.shape or jnp.shape(scalar_out) != ():
+        raise InputError(
+            "inverse_link_function must act elementwise: an array of shape (4,) must give shape (4,) and "
+            f"a scalar a scalar; got shapes {out.shape} and {jnp.shape(scalar_out)}"
+        )
+    if not bool(jnp.any(jnp.isfinite(slope) & (slope != 0))):
+        raise InputError(
+            "inverse_link_function must be differentiable with a non-zero derivative; its derivative at "
+            f"{probe.tolist()} is {slope.tolist()}"
+        )
+    return fn
 
 
 def initial_intercept(inverse_link: Callable | str, mean_y):
@@ -344,13 +466,39 @@ def initial_intercept(inverse_link: Callable | str, mean_y):
     return _invert_numerically(inverse_link, mean_y)
 
 
-def _invert_numerically(fn: Callable, target):
-    """Solve ``fn(x) = target`` elementwise for a custom monotone inverse link (Newton steps)."""
-    target = jnp.asarray(target)
-    grad = jax.vmap(jax.grad(lambda x: fn(x)))
-    x = jnp.zeros_like(target)
-    for _ in range(100):
-        step = (fn(x) - target) / grad(x)
-        x = x - jnp.where(jnp.isfinite(step), step, 0.0)
-    ok = jnp.abs(fn(x) - target) <= 1e-4 * jnp.maximum(1.0, jnp.abs(target))
+def _invert_numerically(fn: Callable, target, max_steps: int = 100, max_halvings: int = 30):
+    """Solve ``fn(x) = target`` elementwise for a custom monotone inverse link (traceable under jit).
+
+    Damped Newton steps from ``x = target`` (NeMoS's starting point): a step is halved until it
+    reduces the residual, so a sigmoid-shaped link does not overshoot. Entries with no root
+    within ``1e-4`` (relative) come back NaN, a target the link only approaches (the 0 of ``exp``)
+    included. ``target`` may have any shape, 0-d included.
+    """
+    target = jnp.asarray(target, dtype=jnp.result_type(float))
+
+    def residual(x):
+        return fn(x) - target
+
+    def slope_at(x):
+        return jax.jvp(fn, (x,), (jnp.ones_like(x),))[1]
+
+    def newton(_, carry):
+        x, r = carry
+        step = r / slope_at(x)
+        step = jnp.where(jnp.isfinite(step), step, 0.0)
+
+        def halve(_, trial):
+            step, x_new, r_new = trial
+            worse = ~(jnp.abs(r_new) < jnp.abs(r))
+            step = jnp.where(worse, 0.5 * step, step)
+            r_try = residual(x - step)
+            return step, jnp.where(worse, x - step, x_new), jnp.where(worse, r_try, r_new)
+
+        _, x_new, r_new = jax.lax.fori_loop(0, max_halvings, halve, (step, x - step, residual(x - step)))
+        better = jnp.abs(r_new) < jnp.abs(r)
+        return jnp.where(better, x_new, x), jnp.where(better, r_new, r)
+
+    x, r = jax.lax.fori_loop(0, max_steps, newton, (target, residual(target)))
+    # a zero slope at the "root" means the link only approached the target (underflow)
+    ok = (jnp.abs(r) <= 1e-4 * jnp.abs(target)) & (slope_at(x) != 0)
     return jnp.where(ok, x, jnp.nan)

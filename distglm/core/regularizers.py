@@ -53,6 +53,20 @@ def _as_float_array(value, what: str) -> np.ndarray:
     return arr
 
 
+def _plain_strength(value, what: str, max_ndim: int):
+    """None -> 1.0; a scalar -> float; an array of at most ``max_ndim`` dims -> float array."""
+    if value is None:
+        return 1.0
+    if isinstance(value, tuple):
+        raise InputTypeError(f"{what} must be a number or an array of numbers, not a tuple; got {value!r}")
+    arr = _as_float_array(value, what)
+    if arr.ndim == 0:
+        return float(arr)
+    if arr.ndim > max_ndim:
+        raise InputError(f"{what} must have at most {max_ndim} dimensions; got shape {arr.shape}")
+    return arr
+
+
 def _broadcast_coef_shaped(value, n_features: int, n_neurons: int, what: str) -> np.ndarray:
     arr = _as_float_array(value, what)
     if arr.ndim == 0:
@@ -73,6 +87,19 @@ class Regularizer:
     allowed_solvers: ClassVar[tuple[str, ...]] = _SMOOTH_SOLVERS
     default_solver: ClassVar[str] = "LBFGS"
     smooth: ClassVar[bool] = True
+
+    def validate_strength(self, strength) -> Any:
+        """Check a user strength without the data's shapes; return it as NeMoS stores it.
+
+        None becomes the default strength (1.0; ``(1.0, 0.5)`` for ElasticNet), a scalar a float,
+        an array a float array. The unpenalised model takes no strength: None.
+
+        Raises
+        ------
+        InputTypeError, InputError
+            If ``strength`` has a kind or a value this regularizer cannot use.
+        """
+        return None
 
     def expand_strength(self, strength, n_features: int, n_neurons: int) -> Any:
         """Validate a user strength and return it as per-neuron arrays (see module doc)."""
@@ -107,6 +134,9 @@ class Ridge(Regularizer):
 
     name: ClassVar[str] = "Ridge"
 
+    def validate_strength(self, strength):
+        return _plain_strength(strength, "Ridge regularizer_strength", 2)
+
     def expand_strength(self, strength, n_features, n_neurons):
         return _broadcast_coef_shaped(1.0 if strength is None else strength, n_features, n_neurons,
                                       "Ridge regularizer_strength")
@@ -129,6 +159,9 @@ class Lasso(Regularizer):
     allowed_solvers: ClassVar[tuple[str, ...]] = ("ProximalGradient",)
     default_solver: ClassVar[str] = "ProximalGradient"
     smooth: ClassVar[bool] = False
+
+    def validate_strength(self, strength):
+        return _plain_strength(strength, "Lasso regularizer_strength", 2)
 
     def expand_strength(self, strength, n_features, n_neurons):
         return _broadcast_coef_shaped(1.0 if strength is None else strength, n_features, n_neurons,
@@ -153,22 +186,30 @@ class ElasticNet(Regularizer):
     default_solver: ClassVar[str] = "ProximalGradient"
     smooth: ClassVar[bool] = False
 
-    def expand_strength(self, strength, n_features, n_neurons):
+    @staticmethod
+    def _split(strength):
         if strength is None:
-            s, r = 1.0, 0.5
-        elif isinstance(strength, tuple):
+            return 1.0, 0.5
+        if isinstance(strength, tuple):
             if len(strength) != 2:
                 raise InputTypeError(
                     f"ElasticNet regularizer_strength must be a tuple (strength, ratio); got {strength!r}"
                 )
-            s, r = strength
-        else:
-            s, r = strength, 0.5
-        s = _broadcast_coef_shaped(s, n_features, n_neurons, "ElasticNet strength")
-        r = _broadcast_coef_shaped(r, n_features, n_neurons, "ElasticNet ratio")
-        if np.any((r <= 0) | (r > 1)):
-            raise InputError(f"ElasticNet ratio must lie in (0, 1]; got {strength[1]!r}")
+            return strength
+        return strength, 0.5
+
+    def validate_strength(self, strength):
+        s, r = self._split(strength)
+        s = _plain_strength(s, "ElasticNet strength", 2)
+        r = _plain_strength(r, "ElasticNet ratio", 2)
+        if np.any((np.asarray(r) <= 0) | (np.asarray(r) > 1)):
+            raise InputError(f"ElasticNet ratio must lie in (0, 1]; got {r!r}")
         return (s, r)
+
+    def expand_strength(self, strength, n_features, n_neurons):
+        s, r = self.validate_strength(strength)
+        return (_broadcast_coef_shaped(s, n_features, n_neurons, "ElasticNet strength"),
+                _broadcast_coef_shaped(r, n_features, n_neurons, "ElasticNet ratio"))
 
     def penalty(self, coef, strength):
         s, r = strength
@@ -229,6 +270,9 @@ class GroupLasso(Regularizer):
                 f"GroupLasso mask has {self.mask.shape[1]} feature columns but X has {n_features} features"
             )
         return self.mask
+
+    def validate_strength(self, strength):
+        return _plain_strength(strength, "GroupLasso regularizer_strength (one per group)", 1)
 
     def expand_strength(self, strength, n_features, n_neurons):
         n_groups = self.group_mask(n_features).shape[0]

@@ -12,7 +12,7 @@ from typing import Callable
 
 import jaxopt
 
-from ..errors import InputError, InputTypeError
+from ..errors import InputError, InputTypeError, UnknownSolverArgumentError
 
 __all__ = ["SOLVERS", "accepted_kwargs", "validate_solver_kwargs", "make_solver", "has_grad_in_state"]
 
@@ -52,12 +52,13 @@ def validate_solver_kwargs(solver_name: str, solver_kwargs) -> dict:
     accepted = accepted_kwargs(solver_name)
     unknown = sorted(set(solver_kwargs) - set(accepted))
     if unknown:
-        raise InputError(
+        raise UnknownSolverArgumentError(
             f"solver_kwargs {unknown} not accepted by {solver_name}; accepted keys are {list(accepted)}"
         )
-    for key in ("tol",):
-        if key in solver_kwargs and not (isinstance(solver_kwargs[key], (int, float)) and solver_kwargs[key] > 0):
-            raise InputError(f"solver_kwargs['{key}'] must be a positive number; got {solver_kwargs[key]!r}")
+    # tol <= 0 is allowed: as in NeMoS, it runs all maxiter iterations
+    if "tol" in solver_kwargs and (isinstance(solver_kwargs["tol"], bool)
+                                   or not isinstance(solver_kwargs["tol"], (int, float))):
+        raise InputTypeError(f"solver_kwargs['tol'] must be a number; got {solver_kwargs['tol']!r}")
     if "maxiter" in solver_kwargs:
         value = solver_kwargs["maxiter"]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
