@@ -82,4 +82,4 @@ def load_model(path, mapping_dict=None):
         return _load_npz(target, mapping_dict)
     from .scheduler import load_fitted
 
-    return load_fitted(target)
+    return load_fitted(target, mapping_dict)

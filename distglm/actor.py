@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -47,12 +48,25 @@ class FitSpec:
         The common block size; shorter blocks are padded with empty neurons.
     x64 : bool
         Whether the driver runs JAX in float64.
+    inverse_link : callable or None
+        The model's inverse link when it is a custom callable (a configuration names only the
+        named links); Ray sends it to the actors by value.
     """
 
     path: str
     model: dict
     pad_to: int
     x64: bool
+    inverse_link: Callable | None = None
+
+    def build_model(self):
+        """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
+        from .glm import model_from_config
+
+        if self.inverse_link is None:
+            return model_from_config(self.model)
+        return model_from_config({**self.model, "inverse_link_function": None}).set_params(
+            inverse_link_function=self.inverse_link)
 
 
 _DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "distglm", "xla")
@@ -165,10 +179,8 @@ class BlockFitter:
         # and a resumed fit load the compiled block fit instead of compiling it again.
         jax.config.update("jax_compilation_cache_dir", os.environ.get("DISTGLM_COMPILATION_CACHE", _DEFAULT_CACHE))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-        from .glm import model_from_config
-
         self._spec, self._X, self._keep = spec, X, keep
-        self._config = model_from_config(spec.model)._fit_config()
+        self._config = spec.build_model()._fit_config()
         self._io = None
         self._n_blocks = 0
 

@@ -881,10 +881,11 @@ class PopulationGLM(GLM):
 
 # ---------------------------------------------------------------------- configuration I/O
 def check_link_portable(model: GLM) -> None:
-    """Raise unless the model's inverse link can be rebuilt on a Ray actor from its configuration.
+    """Raise unless the model's inverse link can be written into a job record (a named link).
 
-    Actors rebuild the model from :func:`model_to_config`, which names links; a custom callable
-    has no name there. Call this before dispatching a distributed fit.
+    A fit submitted as a job is rebuilt on the cluster from :func:`model_to_config`, which names
+    links; a custom callable has no name there. (``distglm.fit`` sends a custom callable to its
+    actors itself.)
 
     Raises
     ------
@@ -893,14 +894,14 @@ def check_link_portable(model: GLM) -> None:
 
     Examples
     --------
-    >>> import jax
     >>> check_link_portable(PopulationGLM(observation_model="Bernoulli", inverse_link_function="norm.cdf"))
     """
     if not isinstance(model._link, str):
         raise InputError(
-            f"the custom inverse link {getattr(model._link, '__name__', model._link)!r} cannot be sent to Ray actors, "
-            f"which rebuild the model from its configuration; use a named link ({sorted(LINKS)}, or any "
-            "spelling NeMoS accepts, e.g. 'jax.scipy.stats.norm.cdf'), or fit in memory with model.fit(X, y)"
+            f"the custom inverse link {getattr(model._link, '__name__', model._link)!r} cannot be written into a "
+            "submitted job's record, from which the cluster rebuilds the model; use a named link "
+            f"({sorted(LINKS)}, or any spelling NeMoS accepts, e.g. 'jax.scipy.stats.norm.cdf'), or fit with "
+            "distglm.fit(path, model), which sends the function to the actors"
         )
 
 

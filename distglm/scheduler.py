@@ -164,6 +164,26 @@ def _check_model(model):
     return model._fit_config()
 
 
+def _custom_link(model):
+    """The model's inverse link if it is a custom callable, checked to travel to Ray actors; else None."""
+    link = model._link
+    if isinstance(link, str):
+        return None
+    from ray import cloudpickle
+
+    try:
+        cloudpickle.loads(cloudpickle.dumps(link))
+    except Exception as err:  # noqa: BLE001 - whatever stops serialisation is the user's to fix
+        name = getattr(link, "__name__", type(link).__name__)
+        raise InputError(
+            f"the custom inverse link {name!r} cannot be sent to Ray actors ({type(err).__name__}: {err}); define it "
+            "as a plain function (at module level of a module the cluster's nodes can import, e.g. shipped with "
+            "runtime_env={'py_modules': [...]}) that holds no locks, files or open connections, or use a named "
+            "link such as 'jax.scipy.stats.norm.cdf'"
+        ) from None
+    return link
+
+
 def _check_mask(model, info: store.InputsInfo, stored) -> None:
     if model.feature_mask is None:
         return
@@ -302,6 +322,7 @@ def fit(
 
     info = store.open_inputs(path)
     config = _check_model(model)
+    inverse_link = _custom_link(model)
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
     X, keep, mask, digest = _scan_inputs(path, info, config.observation, dtype)
     _check_mask(model, info, mask)
@@ -342,7 +363,8 @@ def fit(
             done = store.done_blocks(path) if resume else set()
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
-            fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64))
+            fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
+                               inverse_link=inverse_link)
             summaries, failed_blocks, n_retries = _dispatch(
                 fit_spec, todo, X, keep, block_strength, lease,
                 num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0, max_retries=max_retries,
@@ -559,12 +581,14 @@ def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_sta
     )
 
 
-def load_fitted(path):
+def load_fitted(path, mapping_dict: dict | None = None):
     """A fitted ``PopulationGLM`` from the results in the store at ``path``.
+
+    A fit with a custom inverse link records only its name: give the function again as
+    ``mapping_dict={"inverse_link_function": fn}``, as NeMoS's ``load_model`` takes it.
 
     Raises :class:`StoreError` if the store holds no complete fit.
     """
-    from .glm import model_from_config
 
     path = os.fspath(path) if isinstance(path, os.PathLike) else path
     info = store.open_inputs(path)
@@ -582,7 +606,14 @@ def load_fitted(path):
             f"{path} holds an unfinished fit: blocks {missing[:10]}{'...' if len(missing) > 10 else ''} are not done "
             "(or their data is missing); rerun distglm.fit(path, model) to finish it"
         )
-    model = model_from_config(fingerprint["model"])
+    link = None
+    stored_link = fingerprint["model"].get("inverse_link_function")
+    if isinstance(stored_link, str) and stored_link.startswith("custom:"):
+        link = (mapping_dict or {}).get("inverse_link_function")
+        if not callable(link):
+            raise InputError(f"{path} was fitted with the custom inverse link {stored_link[7:]!r}, which a store "
+                             "cannot hold: load it with mapping_dict={'inverse_link_function': the function}")
+    model = FitSpec(path, fingerprint["model"], 0, False, link).build_model()
     if info.has_mask:
         mask = store.read_mask_block(path, 0, info.n_neurons)
         if info.feature_groups is None:

@@ -291,7 +291,7 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
     >>> job.wait().state  # doctest: +SKIP
     'succeeded'
     """
-    from .glm import PopulationGLM
+    from .glm import PopulationGLM, check_link_portable
     from .scheduler import _check_mask, _check_model
 
     path = _store_path(path)
@@ -307,6 +307,8 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
     except Exception as err:  # noqa: BLE001 - object-store backends raise their own errors
         raise _store_error(path, err) from None
     _check_model(model)
+    # A submitted job rebuilds the model from the JSON record in the store: links must be named.
+    check_link_portable(model)
     if model.feature_mask is not None:
         _check_mask(model, info, store.read_mask_block(path, 0, info.n_neurons) if info.has_mask else None)
     holder = store.read_lease(path)

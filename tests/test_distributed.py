@@ -17,6 +17,8 @@ import sys
 import threading
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import psutil
 import pytest
@@ -263,6 +265,16 @@ class TestBadInput:
             handle.write("{ not json")
         self.refused(path, PopulationGLM(), StoreError, "the metadata of inputs/y cannot be read")
 
+    def test_a_custom_link_that_cannot_travel_to_actors(self, small_store):
+        path, _ = small_store
+        lock = threading.Lock()
+
+        def held_link(x, _lock=lock):  # a default argument holding a lock: not serialisable
+            return jnp.exp(x)
+
+        self.refused(path, PopulationGLM(inverse_link_function=held_link), InputError,
+                     r"custom inverse link 'held_link' cannot be sent to Ray actors \(TypeError: cannot pickle")
+
     def test_results_whose_fingerprint_describes_no_fit(self, small_store):
         path, _ = small_store
         store.create_results(path, n_features=3, n_neurons=32, neuron_chunk=16, n_blocks=2,
@@ -418,6 +430,23 @@ class TestOnRay:
         assert store.done_blocks(path) == {0, 1}
         with pytest.raises(StoreError, match="unfinished"):
             distglm.load_model(path)
+
+    def test_a_custom_inverse_link_fits_on_actors(self, population, tmp_path):
+        X, y, mask, _ = population
+
+        def shifted_softplus(x):
+            return jax.nn.softplus(x) + 1e-3
+
+        options = dict(feature_mask=mask, inverse_link_function=shifted_softplus, solver_kwargs=TIGHT)
+        want = PopulationGLM(**options).fit(X, y)
+        path = distglm.write_inputs(tmp_path / "fit.zarr", X, y, mask, neuron_chunk=16)
+        report = distglm.fit(path, PopulationGLM(**options), num_actors=2, block_size=32, progress=False)
+        assert report.failed_blocks == {} and report.n_fitted == 96
+        with pytest.raises(InputError, match="custom inverse link 'shifted_softplus'.*mapping_dict"):
+            distglm.load_model(path)
+        got = distglm.load_model(path, mapping_dict={"inverse_link_function": shifted_softplus})
+        np.testing.assert_allclose(got.coef_, want.coef_, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got.predict(X), want.predict(X), rtol=1e-3)
 
     def test_killed_actor_is_replaced_and_its_block_redone(self, slow_inputs, slow_reference, tmp_path):
         path = copy_inputs(slow_inputs, tmp_path / "fit.zarr")

@@ -98,7 +98,7 @@ def test_links_are_checked_at_construction(bad, error, nemos_error):
 def test_only_named_links_travel_to_actors():
     check_link_portable(PopulationGLM(observation_model="Bernoulli", inverse_link_function=jax.scipy.stats.norm.cdf))
     check_link_portable(PopulationGLM(inverse_link_function="jax.nn.softplus"))
-    with pytest.raises(ValueError, match="custom inverse link .*<lambda>.* cannot be sent to Ray actors"):
+    with pytest.raises(ValueError, match="custom inverse link .*<lambda>.* cannot be written into a submitted job"):
         check_link_portable(PopulationGLM(inverse_link_function=lambda x: jnp.exp(x)))
     assert check_inverse_link(jax.scipy.stats.norm.cdf) == "norm_cdf"
 
