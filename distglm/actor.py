@@ -8,8 +8,10 @@ and writes the block's results into its own chunks before marking it done.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import threading
 import time
 from typing import Callable
 
@@ -89,8 +91,11 @@ def slice_strength(strength, start: int, stop: int, pad_to: int):
 
 
 def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block: Block, X: np.ndarray,
-                  keep: np.ndarray | None, config, strength, pad_to: int) -> dict:
+                  keep: np.ndarray | None, config, strength, pad_to: int, solve_lock=None) -> dict:
     """Fit one block of neurons and write its results; returns a small summary.
+
+    With ``solve_lock``, only the solve holds it: another thread can read the next block and
+    write the previous one while this block is solved.
 
     Parameters
     ----------
@@ -125,11 +130,12 @@ def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block
     dtype = X.dtype
     t_read = time.perf_counter() - t0
 
-    t1 = time.perf_counter()
-    result = core_fit.fit_block(X, y, mask.astype(dtype), config,
-                                strength=strength)
-    jax.block_until_ready(result.state)
-    t_solve = time.perf_counter() - t1
+    with solve_lock or contextlib.nullcontext():
+        t1 = time.perf_counter()
+        result = core_fit.fit_block(X, y, mask.astype(dtype), config, strength=strength)
+        jax.block_until_ready(result.state)
+        t_solve = time.perf_counter() - t1
+    del y, mask
 
     t2 = time.perf_counter()
     arrays = {
@@ -183,6 +189,10 @@ class BlockFitter:
         self._config = spec.build_model()._fit_config()
         self._io = None
         self._n_blocks = 0
+        # The scheduler gives an actor up to two blocks at once (it runs them in two threads):
+        # one block is solved while the other is read or written; solves take turns.
+        self._solve_lock = threading.Lock()
+        self._lock = threading.Lock()
 
     def pid(self) -> int:
         return os.getpid()
@@ -190,14 +200,15 @@ class BlockFitter:
     def fit(self, block: Block, strength) -> dict:
         """Fit ``block`` with its strength arrays (shape (..., pad_to)) and write its results."""
         t0 = time.perf_counter()
-        if self._io is None:
-            # Opened at the first block, once the driver has created the results.
-            self._io = (store.InputsReader(self._spec.path), store.ResultsWriter(self._spec.path))
+        with self._lock:
+            if self._io is None:
+                # Opened at the first block, once the driver has created the results.
+                self._io = (store.InputsReader(self._spec.path), store.ResultsWriter(self._spec.path))
+            # the first block of an actor pays for compilation; report it apart
+            first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
         reader, writer = self._io
         summary = fit_one_block(reader, writer, block, self._X, self._keep, self._config, strength,
-                                self._spec.pad_to)
-        # the first block of an actor pays for compilation; report it apart
-        summary["first_block"] = self._n_blocks == 0
+                                self._spec.pad_to, self._solve_lock)
+        summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
-        self._n_blocks += 1
         return summary

@@ -36,6 +36,8 @@ DEFAULT_BLOCK_TIMEOUT_S = 900.0
 _ACTOR_START_TIMEOUT_S = 300.0
 # The dispatch loop wakes at least this often (to check the lease and deadlines).
 _POLL_S = 5.0
+# Blocks an actor holds at once: one solved while the other is read or written.
+_PIPELINE = 2
 _X64_HINT = "; fit in float64 (jax.config.update('jax_enable_x64', True)) or rescale the data"
 
 
@@ -433,10 +435,11 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
 
     from .actor import ACTOR_ENV, BlockFitter
 
-    remote_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0,
+    remote_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0, max_concurrency=_PIPELINE,
                             runtime_env={"env_vars": ACTOR_ENV})(BlockFitter)
     refs = (ray.put(X), ray.put(keep))
-    actors, starting, idle = {}, {}, []
+    actors, starting = {}, {}
+    load = collections.Counter()  # blocks in flight, by actor (only actors that have started)
     slots = itertools.count()
 
     def start_actor():
@@ -445,11 +448,20 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
         starting[actors[slot].pid.remote()] = slot
 
     def lose_actor(slot):
-        # A replacement only where a CPU is free (or no actor is left): on a cluster that lost
-        # a node, a replacement would wait for a CPU the live actors hold until the end.
+        # Its other block in flight fails too and is retried when its error arrives. A
+        # replacement only where a CPU is free (or no actor is left): on a cluster that lost a
+        # node, a replacement would wait for a CPU the live actors hold until the end.
+        if slot not in actors:
+            return
         ray.kill(actors.pop(slot))
+        load.pop(slot, None)
         if not actors or ray.available_resources().get("CPU", 0) >= 1:
             start_actor()
+
+    def free_actor():
+        # Every actor gets a block before any gets a second (read ahead while it solves).
+        free = [slot for slot, n in load.items() if n < _PIPELINE]
+        return min(free, key=lambda slot: load[slot]) if free else None
 
     for _ in range(num_actors):
         start_actor()
@@ -477,14 +489,15 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
         while queue or in_flight:
             lease.check()
             now = time.monotonic()
-            while queue and idle:
-                slot = idle.pop()
+            while queue and (slot := free_actor()) is not None:
                 block = queue.popleft()
                 tries[block.id] += 1
-                limit = max(block_timeout, 10 * slowest)
+                load[slot] += 1
+                # a second block waits for the first one's solve: its limit counts both
+                limit = max(block_timeout, 10 * slowest) * load[slot]
                 ref = actors[slot].fit.remote(block, block_strength(block))
                 in_flight[ref] = (slot, block, now + limit, limit)
-            if in_flight or idle:
+            if in_flight:
                 stalled_since = now
             elif now - stalled_since > _ACTOR_START_TIMEOUT_S:
                 raise ClusterError(
@@ -508,7 +521,7 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
                 slot = starting.pop(ref)
                 try:
                     ray.get(ref)
-                    idle.append(slot)
+                    load[slot] = 0
                 except (RayActorError, RayTaskError):
                     actors.pop(slot, None)
                     if not actors:
@@ -522,10 +535,10 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
                 retry_or_fail(block, _short_reason(err))
                 continue
             except RayTaskError as err:
-                idle.append(slot)
+                load[slot] -= 1
                 failed_blocks[block.id] = _short_reason(err)
                 continue
-            idle.append(slot)
+            load[slot] -= 1
             slowest = max(slowest, summary["total_s"])
             summaries.append(summary)
             if on_block is not None:

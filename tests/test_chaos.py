@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -275,14 +276,15 @@ class TestOnRay:
                     kills.append(busy[0].pid)
 
         report = attack_while_fitting(path, kill, max_retries=0)
-        assert kills and len(report.failed_blocks) == 1
-        [(block_id, reason)] = report.failed_blocks.items()
-        assert "tried 1 times" in reason
-        assert block_id not in store.done_blocks(path)
-        with pytest.raises(StoreError, match=rf"unfinished fit: blocks \[{block_id}\] are not done"):
+        # the killed actor held one or two blocks (one solving, one read ahead)
+        failed = sorted(report.failed_blocks)
+        assert kills and 1 <= len(failed) <= 2
+        assert all("tried 1 times" in reason for reason in report.failed_blocks.values())
+        assert not set(failed) & store.done_blocks(path)
+        with pytest.raises(StoreError, match=f"unfinished fit: blocks {re.escape(str(failed))} are not done"):
             distglm.load_model(path)
         rerun = fit(path)
-        assert (rerun.n_blocks_fitted, rerun.n_blocks_skipped) == (1, N_BLOCKS - 1)
+        assert (rerun.n_blocks_fitted, rerun.n_blocks_skipped) == (len(failed), N_BLOCKS - len(failed))
         assert_same_bytes(stored_fit(path), reference)
 
     def test_a_stopped_actor_is_given_up_on_and_its_block_redone(self, slow_inputs, reference, tmp_path):
