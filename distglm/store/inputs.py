@@ -162,8 +162,10 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
         thousand neurons still split into many blocks, rounded down to a multiple of 8 when
         at least 8.
     overwrite : bool, optional
-        Replace inputs already in the store (and delete its now stale results). By default a
-        store that holds inputs is refused.
+        Replace inputs already in the store, deleting first the results and the job record of
+        the old ones. Interrupted at any point, the store is left with inputs marked incomplete
+        (refused by every reader until written again), never with old results over new inputs.
+        By default a store that holds inputs is refused.
 
     Returns
     -------
@@ -177,8 +179,9 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
     InputError
         If an argument has a wrong shape or value.
     StoreError
-        If the store already holds inputs and ``overwrite`` is False, or ``path`` is not a
-        place for a Zarr group.
+        If the store already holds inputs and ``overwrite`` is False, another process holds
+        the store (a fit, or another ``write_inputs``), or ``path`` is not a place for a Zarr
+        group.
 
     Examples
     --------
