@@ -176,25 +176,35 @@ class GLM:
     Parameters
     ----------
     observation_model : str or Observations
-        "Poisson" (default), "Gamma", "Bernoulli", "Gaussian", "NegativeBinomial", or an instance.
+        "Poisson" (default), "Gamma", "Bernoulli", "Gaussian", "NegativeBinomial", or an instance;
+        NeMoS's spellings ("PoissonObservations", "nemos.observation_models.PoissonObservations")
+        and observation objects are accepted too.
     inverse_link_function : callable or str, optional
-        Default: the observation model's (exp, 1/x, logistic, identity, exp).
+        Default: the observation model's (exp, 1/x, logistic, identity, exp). A name NeMoS accepts
+        ("jax.numpy.exp", "jax.scipy.stats.norm.cdf", ...) or a differentiable elementwise JAX
+        function, checked here.
     regularizer : str or Regularizer
         "UnRegularized" (default), "Ridge", "Lasso", "ElasticNet", "GroupLasso", or an instance.
     regularizer_strength : float, array or tuple, optional
-        Ridge/Lasso: scalar or coef-shaped; ElasticNet: ``(strength, ratio)``; GroupLasso: scalar
-        or one per group. None means 1.0 for a penalised model.
+        Ridge/Lasso: scalar or coef-shaped; ElasticNet: ``(strength, ratio)`` (a scalar ``s`` means
+        ``(s, 0.5)``); GroupLasso: scalar or one per group. None means 1.0 for a penalised model.
     solver_name : str, optional
-        "GradientDescent", "BFGS", "LBFGS", "NonlinearCG" or "ProximalGradient". Default LBFGS
-        for smooth problems, ProximalGradient for Lasso, ElasticNet and GroupLasso.
+        "GradientDescent", "BFGS", "LBFGS", "NonlinearCG" or "ProximalGradient", optionally with a
+        NeMoS backend ("LBFGS[optax+optimistix]"). Default LBFGS for smooth problems,
+        ProximalGradient for Lasso, ElasticNet and GroupLasso.
     solver_kwargs : dict, optional
-        Passed to the jaxopt solver (``tol``, ``maxiter``, ``stepsize``, ...).
+        Passed to the jaxopt solver (``tol``, ``maxiter``, ``stepsize``, ...); ``tol <= 0`` runs
+        ``maxiter`` iterations.
+
+    Every argument is checked when set (here, as an attribute, or with ``set_params``), against
+    the others: a solver that cannot fit the regularizer is refused at once.
 
     Attributes
     ----------
     coef_ : array of shape (n_features,), or dict of arrays for a dict X
     intercept_ : array of shape (1,)
-    scale_, dof_resid_ : arrays of shape (1,)
+    scale_, dof_resid_ : arrays of shape (1,); ``scale_`` may be set by hand (a scalar too), and
+        None means the observation model's ``scale``
     n_iter_, converged_ : per-neuron iterations and convergence flags
     solver_state_ : the solver's final state
 

@@ -498,3 +498,16 @@ def test_pynapple_inputs_give_pynapple_outputs(small):
     single = GLM()
     single.coef_, single.intercept_ = np.array([0.1, 0.2, 0.3]), np.array([0.5])
     assert type(single.predict(X_nap)) is nap.Tsd
+
+
+def test_single_neuron_files_load_in_either_library(tmp_path, small):
+    X, _, y = small
+    ours = GLM(observation_model="Gaussian", solver_kwargs={"maxiter": 100}).fit(X, y["Gaussian"][:, 0])
+    ours.save_params(tmp_path / "ours.npz")
+    theirs = nmo.glm.GLM(observation_model="Gaussian", solver_kwargs={"maxiter": 20}).fit(X, y["Gaussian"][:, 0])
+    theirs.save_params(tmp_path / "theirs.npz")
+    for saved, loaded in ((ours, _quiet_nemos_load(tmp_path / "ours.npz")), (theirs, load_model(tmp_path / "theirs.npz"))):
+        assert loaded.coef_.shape == (3,) and loaded.intercept_.shape == (1,)
+        np.testing.assert_allclose(loaded.predict(X), saved.predict(X), rtol=1e-6)
+        np.testing.assert_allclose(float(loaded.score(X, y["Gaussian"][:, 0])), float(saved.score(X, y["Gaussian"][:, 0])),
+                                   rtol=1e-6)
