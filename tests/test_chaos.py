@@ -299,7 +299,7 @@ class TestOnRay:
                     stopped.append(busy[0])
 
         try:
-            report = attack_while_fitting(path, stop, block_timeout=15)
+            report = attack_while_fitting(path, stop, block_timeout=10)
             assert stopped
             # the stuck actor was killed, though it never ran again
             gone, _ = psutil.wait_procs(stopped, timeout=30)
