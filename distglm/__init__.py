@@ -17,14 +17,18 @@ from __future__ import annotations
 import os
 
 from .errors import (
+    ClusterError,
     DistGLMError,
     FitError,
     InputError,
     InputTypeError,
+    InterfaceError,
     JobError,
     NotFittedError,
     PlanError,
     StoreError,
+    UnknownSolverArgumentError,
+    UnsupportedOptionError,
 )
 from .glm import GLM, PopulationGLM
 from .store import write_inputs
@@ -50,7 +54,11 @@ __all__ = [
     "FitError",
     "StoreError",
     "PlanError",
+    "ClusterError",
     "JobError",
+    "InterfaceError",
+    "UnknownSolverArgumentError",
+    "UnsupportedOptionError",
 ]
 
 
