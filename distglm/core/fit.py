@@ -166,34 +166,74 @@ _CHUNK_ELEMENTS = 1 << 20
 
 
 class _Chunks(NamedTuple):
-    """Samples read in row chunks of ``rows`` (static) from ``X`` (n, p) and ``y`` (n, N)."""
+    """Samples read in row chunks of ``rows`` (static) from ``X`` (n, p) and ``y`` (n, N).
+
+    Only the first ``n_valid`` rows (a traced integer) are data; the rest pad ``n`` up to a
+    bucket (see ``bucket_rows``) and count for nothing.
+    """
 
     X: Any
     y: Any
     rows: int
+    n_valid: Any
 
 
-def _chunk(X, y) -> _Chunks:
-    rows = max(8, (_CHUNK_ELEMENTS // max(y.shape[1], 1)) // 8 * 8)
-    return _Chunks(X, y, min(rows, X.shape[0]))
+def _chunk_rows(n_samples: int, n_neurons: int) -> int:
+    rows = max(8, (_CHUNK_ELEMENTS // max(n_neurons, 1)) // 8 * 8)
+    return min(rows, n_samples)
+
+
+def _chunk(X, y, n_valid=None) -> _Chunks:
+    n_valid = X.shape[0] if n_valid is None else n_valid
+    return _Chunks(X, y, _chunk_rows(X.shape[0], y.shape[1]), jnp.asarray(n_valid, jnp.int32))
 
 
 def _reduce(chunks: _Chunks, body: Callable, init):
-    """Fold ``body(carry, x_chunk, y_chunk)`` over the row chunks, slicing in place (no copies)."""
-    X, y, rows = chunks
+    """Fold ``body(carry, x_chunk, y_chunk, valid)`` over the row chunks, slicing in place.
+
+    ``valid`` is a bool array of shape (rows, 1): which of the chunk's rows are data.
+    """
+    X, y, rows, n_valid = chunks
     n = X.shape[0]
     k, rem = divmod(n, rows)
+
+    def valid(start, size):
+        return (start + jnp.arange(size)[:, None]) < n_valid
 
     def step(carry, i):
         start = i * rows
         x = jax.lax.dynamic_slice_in_dim(X, start, rows)
         yy = jax.lax.dynamic_slice_in_dim(y, start, rows)
-        return body(carry, x, yy), None
+        return body(carry, x, yy, valid(start, rows)), None
 
     carry, _ = jax.lax.scan(step, init, jnp.arange(k))
     if rem:
-        carry = body(carry, X[k * rows:], y[k * rows:])
+        carry = body(carry, X[k * rows:], y[k * rows:], valid(k * rows, rem))
     return carry
+
+
+def _bucket(n: int) -> int:
+    """``n`` rounded up to the grid ``m * 2**e`` (``8 <= m < 16``): at most 1/8 more."""
+    if n <= 16:
+        return n
+    e = n.bit_length() - 4
+    return -(-n >> e) << e
+
+
+def bucket_rows(n_samples: int, n_neurons: int) -> int:
+    """Rows a fit of ``n_samples`` is padded to: a bucket that is a whole number of row chunks.
+
+    Data sets of nearby sizes then share one compiled solve, and every row chunk has the same
+    shape (so the chunked pass is traced once).
+    """
+    n = _bucket(n_samples)
+    rows = _chunk_rows(n, n_neurons)
+    return -(-n // rows) * rows
+
+
+def bucket_neurons(n_neurons: int) -> int:
+    """Neurons a block of ``n_neurons`` is padded to (with empty neurons that never enter the solve)."""
+    return _bucket(n_neurons)
 
 
 def _elementwise(obs: Observations, link: Callable, order: int):
@@ -219,15 +259,15 @@ def _data_pass(chunks: _Chunks, weights, intercept, fn, with_grad: bool):
     One pass over row chunks: each chunk costs one product ``X_c @ weights`` and, for the
     gradient, one ``X_c.T @ d``; nothing of size (n_samples, n_neurons) is materialised.
     """
-    scale = 1.0 / chunks.X.shape[0]
+    scale = 1.0 / chunks.n_valid.astype(weights.dtype)
     zeros_n = jnp.zeros((weights.shape[1],), weights.dtype)
 
-    def body(carry, x, yy):
+    def body(carry, x, yy, valid):
         value, deriv = fn(yy, x @ weights + intercept)
-        loss = carry[0] + scale * jnp.sum(value, axis=0)
+        loss = carry[0] + scale * jnp.sum(jnp.where(valid, value, 0.0), axis=0)
         if not with_grad:
             return (loss,)
-        d = scale * deriv
+        d = jnp.where(valid, scale * deriv, 0.0)
         return (loss, carry[1] + x.T @ d, carry[2] + jnp.sum(d, axis=0))
 
     init = (zeros_n, jnp.zeros_like(weights), zeros_n) if with_grad else (zeros_n,)
@@ -236,17 +276,22 @@ def _data_pass(chunks: _Chunks, weights, intercept, fn, with_grad: bool):
 
 def _curvature(chunks: _Chunks, weights, intercept, fn2):
     """Mean over samples of d^2 nll / d eta^2 at the given parameters, shape (n_neurons,)."""
-    def body(acc, x, yy):
-        return acc + jnp.sum(fn2(yy, x @ weights + intercept), axis=0) / chunks.X.shape[0]
+    def body(acc, x, yy, valid):
+        curvature = jnp.where(valid, fn2(yy, x @ weights + intercept), 0.0)
+        return acc + jnp.sum(curvature, axis=0) / chunks.n_valid.astype(weights.dtype)
 
     return _reduce(chunks, body, jnp.zeros(weights.shape[1], weights.dtype))
 
 
-def _preconditioner(X, mask, h, ridge):
-    """Cholesky factor L (n_neurons, p+1, p+1) with L L^T the block Hessian at the start."""
+def _preconditioner(X, n_valid, mask, h, ridge):
+    """Cholesky factor L (n_neurons, p+1, p+1) with L L^T the block Hessian at the start.
+
+    Rows past ``n_valid`` are zero padding: the constant column is zero there too.
+    """
     n, p = X.shape
-    A = jnp.concatenate([X, jnp.ones((n, 1), X.dtype)], axis=1)
-    gram = A.T @ A / n
+    ones = (jnp.arange(n) < n_valid).astype(X.dtype)[:, None]
+    A = jnp.concatenate([X, ones], axis=1)
+    gram = A.T @ A / n_valid.astype(X.dtype)
     m = jnp.concatenate([mask, jnp.ones((1, mask.shape[1]), X.dtype)], axis=0).T  # (N, p+1)
     h = jnp.where(jnp.isfinite(h) & (h > 0), h, 1.0)
     P = h[:, None, None] * gram[None] * m[:, :, None] * m[:, None, :]
@@ -290,9 +335,14 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
         return reg.penalty(theta.coef * mask, strength)
 
     if config.preconditioned:
+        # L^{-1} once, so that each evaluation maps coordinates by a batched product (cheap to
+        # run and to compile, with a product for its transpose) rather than a triangular solve
+        eye = jnp.broadcast_to(jnp.eye(p + 1, dtype=tri.dtype), tri.shape)
+        tri_inv = jax.scipy.linalg.solve_triangular(tri, eye, lower=True)
+
         def to_theta(v: Params) -> Params:
             V = jnp.concatenate([v.coef, v.intercept[None]], axis=0).T  # (N, p+1)
-            T = jax.scipy.linalg.solve_triangular(tri, V[..., None], lower=True, trans="T")[..., 0]
+            T = jnp.einsum("nji,nj->ni", tri_inv, V)
             return Params(T[:, :p].T, T[:, p])
 
         def to_solver(theta: Params) -> Params:
@@ -314,12 +364,12 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
         theta, pullback = jax.vjp(to_theta, v)
         loss, g_w, g_b = _data_pass(chunks, theta.coef * mask, theta.intercept, fn, with_grad=True)
         g_coef = weight * g_w * mask
-        total = jnp.sum(weight * loss)
+        values = weight * loss
         if penalised:
-            pen, pen_grad = jax.value_and_grad(lambda c: jnp.sum(weight * penalty(Params(c, None))))(theta.coef)
-            total = total + pen
-            g_coef = g_coef + pen_grad
-        return total, pullback(Params(g_coef, weight * g_b))[0]
+            pen, pen_vjp = jax.vjp(lambda c: weight * penalty(Params(c, None)), theta.coef)
+            values = values + pen
+            g_coef = g_coef + pen_vjp(jnp.ones_like(pen))[0]
+        return values, pullback(Params(g_coef, weight * g_b))[0]
 
     if penalised:
         def prox(theta, hyperparams, scaling=1.0):
@@ -333,12 +383,12 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
         total = jnp.sum(weight * data_loss(theta))
         return total + jnp.sum(weight * penalty(theta)) if penalised else total
 
-    # Line-search solvers that use gradients at every trial point get value and gradient from
-    # one pass; GradientDescent and ProximalGradient backtrack on values alone, so they get
-    # the cheaper value-only pass and differentiate it when they need a gradient.
+    # Line-search solvers that use gradients at every trial point get each neuron's value and
+    # gradient from one pass; GradientDescent and ProximalGradient backtrack on values alone,
+    # so they get the cheaper value-only pass and differentiate it when they need a gradient.
     with_grad = _solvers.has_grad_in_state(config.solver_name)
     solver = _solvers.make_solver(config.solver_name, objective if with_grad else objective_value, prox,
-                                  dict(config.solver_kwargs), value_and_grad=with_grad)
+                                  dict(config.solver_kwargs))
 
     if with_grad:
         def error(v_old, v_new, state):
@@ -368,7 +418,7 @@ def _tri(X, chunks: _Chunks, mask, theta0: Params, strength, config: FitConfig):
     if not config.preconditioned:
         return jnp.zeros((0,), X.dtype)
     h = _curvature(chunks, theta0.coef * mask, theta0.intercept, _elementwise(config.observation, config.link, 2))
-    return _preconditioner(X, mask, h, config.regularizer.ridge_diagonal(strength))
+    return _preconditioner(X, chunks.n_valid, mask, h, config.regularizer.ridge_diagonal(strength))
 
 
 def _extra_args(config: FitConfig) -> tuple:
@@ -376,8 +426,9 @@ def _extra_args(config: FitConfig) -> tuple:
     return (None,) if config.solver_name == "ProximalGradient" else ()
 
 
-def _dof_resid(config: FitConfig, X, coef):
-    n, p = X.shape
+def _dof_resid(config: FitConfig, X, coef, n_valid=None):
+    p = X.shape[1]
+    n = X.shape[0] if n_valid is None else n_valid
     n_neurons = coef.shape[1]
     name = config.regularizer.name
     if name in ("Lasso", "ElasticNet", "GroupLasso"):
@@ -389,9 +440,9 @@ def _dof_resid(config: FitConfig, X, coef):
 
 
 @partial(jax.jit, static_argnames=("config",))
-def _solve(X, y, mask, init: Params, strength, active, config: FitConfig):
+def _solve(X, y, mask, init: Params, strength, active, n_valid, config: FitConfig):
     theta0 = _safe_start(config, init, active)
-    chunks = _chunk(X, y)
+    chunks = _chunk(X, y, n_valid)
     tri = _tri(X, chunks, mask, theta0, strength, config)
     prob = _build(chunks, mask, strength, active, tri, config)
     solver = prob.solver
@@ -402,8 +453,8 @@ def _solve(X, y, mask, init: Params, strength, active, config: FitConfig):
     maxiter, tol = solver.maxiter, solver.tol
 
     def cond(carry):
-        _, _, it, _, err = carry
-        return (it < maxiter) & jnp.any(active & ~(err <= tol))
+        _, state, it, _, err = carry
+        return (it < maxiter) & jnp.any(active & ~(err <= tol) & ~_solvers.stalled(state))
 
     def body(carry):
         v, state, it, n_iter, err = carry
@@ -420,9 +471,11 @@ def _solve(X, y, mask, init: Params, strength, active, config: FitConfig):
     coef = theta.coef * mask
     intercept = theta.intercept
     loss = prob.data_loss(theta) + prob.penalty(theta)
-    dof = _dof_resid(config, X, coef)
+    dof = _dof_resid(config, X, coef, chunks.n_valid)
     rate = predict_rate(config.link, X, coef, intercept)
-    scale = config.observation.estimate_scale(y, rate, dof)
+    # padding rows observe exactly their predicted mean, so they add nothing to the scale
+    scale = config.observation.estimate_scale(jnp.where(jnp.arange(X.shape[0])[:, None] < n_valid, y, rate),
+                                              rate, dof)
     finite = jnp.all(jnp.isfinite(coef), axis=0) & jnp.isfinite(intercept) & jnp.isfinite(loss)
     return coef, intercept, scale, dof, n_iter, err, loss, finite, state
 
@@ -465,7 +518,7 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     dtype = X.dtype
     y = jnp.asarray(y, dtype=dtype)
     mask = jnp.asarray(mask, dtype=dtype)
-    n_features = X.shape[1]
+    (n_samples, n_features), n_neurons = X.shape, y.shape[1]
     if init is None:
         init = default_init(config, y, n_features, dtype)
     else:
@@ -473,19 +526,34 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     if strength is not None:
         strength = jax.tree_util.tree_map(lambda s: jnp.asarray(s, dtype), strength)
 
+    # Pad to the shape bucket: zero rows past n_samples count for nothing; padding neurons have
+    # a NaN intercept, so they are inactive from the start and never enter the solve.
+    n_rows, n_cols = bucket_rows(n_samples, n_neurons), bucket_neurons(n_neurons)
+    extra_rows, extra_cols = n_rows - n_samples, n_cols - n_neurons
+    X = jnp.pad(X, ((0, extra_rows), (0, 0)))
+    y = jnp.pad(y, ((0, extra_rows), (0, extra_cols)))
+    mask = jnp.pad(mask, ((0, 0), (0, extra_cols)))
+    init = Params(jnp.pad(init.coef, ((0, 0), (0, extra_cols))),
+                  jnp.pad(init.intercept, (0, extra_cols), constant_values=np.nan))
+    strength = jax.tree_util.tree_map(
+        lambda s: jnp.pad(s, [(0, 0)] * (s.ndim - 1) + [(0, extra_cols)], mode="edge"), strength)
+
     status = np.where(np.isfinite(np.asarray(init.intercept)), STATUS_OK, STATUS_NONFINITE_INIT).astype(np.int8)
     for _ in range(_MAX_RETRIES):
         active = jnp.asarray(status == STATUS_OK)
         coef, intercept, scale, dof, n_iter, err, loss, finite, state = _solve(
-            X, y, mask, init, strength, active, config
+            X, y, mask, init, strength, active, n_samples, config
         )
         newly_bad = np.asarray(active) & ~np.asarray(finite)
         if not newly_bad.any():
             break
         # a diverging neuron poisons the joint line search: drop it and refit the others
         status[newly_bad] = STATUS_NONFINITE_SOLUTION
+    status = status[:n_neurons]
+    coef, intercept, scale, dof, n_iter, err, loss = (
+        np.asarray(a)[..., :n_neurons] for a in (coef, intercept, scale, dof, n_iter, err, loss))
+    state = _slice_state(state, n_neurons)
     tol = _solver_tol(config)
-    err = np.asarray(err)
     converged = (status == STATUS_OK) & (err <= tol)
     status = np.where((status == STATUS_OK) & ~converged, STATUS_NOT_CONVERGED, status).astype(np.int8)
     failed = status >= STATUS_NONFINITE_INIT
@@ -512,13 +580,21 @@ def _solver_tol(config: FitConfig) -> float:
 
 
 def _flatten_state(state):
-    """``[(name, leaf, per_neuron)]``; per-neuron leaves sit under a ``Params`` node."""
+    """``[(name, leaf, per_neuron)]``; per-neuron leaves sit under a ``Params`` node or in one of
+    the state's ``per_neuron_fields``."""
     out = []
+    per_neuron_fields = getattr(state, "per_neuron_fields", ())
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         names = [getattr(k, "name", getattr(k, "key", getattr(k, "idx", None))) for k in path]
-        per_neuron = any(n in ("coef", "intercept") for n in names)
+        per_neuron = any(n in ("coef", "intercept") for n in names) or names[0] in per_neuron_fields
         out.append((".".join(str(n) for n in names), leaf, per_neuron))
     return out
+
+
+def _slice_state(state, n_neurons: int):
+    """The state with its per-neuron leaves cut to the first ``n_neurons`` (padding dropped)."""
+    leaves = [leaf[..., :n_neurons] if per_neuron else leaf for _, leaf, per_neuron in _flatten_state(state)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), leaves)
 
 
 def state_leaves(state) -> dict[str, tuple[np.ndarray, bool]]:
@@ -545,6 +621,7 @@ def state_spec(config: FitConfig, n_samples: int, n_features: int, n_neurons: in
         Params(sds((n_features, n_neurons), dtype), sds((n_neurons,), dtype)),
         jax.tree_util.tree_map(lambda a: sds(np.shape(a), dtype), strength),
         sds((n_neurons,), np.dtype(bool)),
+        sds((), np.dtype(np.int32)),
     )
     out = jax.eval_shape(partial(_solve, config=config), *args)
     spec = {}
