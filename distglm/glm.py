@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import validation as val
+from .compile_cache import enable_compilation_cache
 from .core import fit as _fit
 from .core import solvers as _solvers
 from .core.observations import OBSERVATION_MODELS, LINKS, Observations, link_name, resolve_link
@@ -332,6 +333,7 @@ class GLM:
             When every neuron's solution is NaN.
         """
         config = self._fit_config()
+        enable_compilation_cache()
         Xa, ya, groups = self._prepare(X, y)
         val.check_support(self._observation_model, ya if self._population else ya[:, 0])
         n_features, n_neurons = Xa.shape[1], ya.shape[1]
@@ -475,6 +477,7 @@ class GLM:
     def initialize_state(self, X, y, init_params):
         """Set up the solver for :meth:`update` from ``init_params``; returns the solver state."""
         config = self._fit_config()
+        enable_compilation_cache()
         Xa, ya, groups = self._prepare(X, y)
         val.check_support(self._observation_model, ya if self._population else ya[:, 0])
         n_features, n_neurons = Xa.shape[1], ya.shape[1]

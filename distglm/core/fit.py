@@ -151,13 +151,15 @@ def default_init(config: FitConfig, y, n_features: int, dtype) -> Params:
 
     ``y`` has shape (n_samples, n_neurons); the coefficients have shape (n_features, n_neurons).
     """
-    mean_y = np.asarray(jnp.mean(jnp.asarray(y, dtype=dtype), axis=0))
-    intercept = jnp.asarray(initial_intercept(config.inverse_link, mean_y), dtype=dtype)
-    return Params(jnp.zeros((n_features, mean_y.shape[0]), dtype), intercept)
+    mean_y = np.mean(np.asarray(y, dtype=dtype), axis=0)
+    intercept = np.asarray(initial_intercept(config.inverse_link, mean_y), dtype=dtype)
+    return Params(np.zeros((n_features, mean_y.shape[0]), dtype), intercept)
 
 
-def _neuron_norm(tree: Params):
-    return jnp.sqrt(jnp.sum(tree.coef**2, axis=0) + tree.intercept**2)
+def _neuron_norm(tree):
+    """2-norm per neuron of a pytree whose leaves have the neuron axis last, shape (n_neurons,)."""
+    squares = [jnp.sum(leaf**2, axis=tuple(range(leaf.ndim - 1))) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.sqrt(sum(squares))
 
 
 # Row chunks of about this many elements (n_rows * n_neurons): every per-sample intermediate
@@ -470,7 +472,9 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, config: FitConfi
     theta = prob.to_theta(v)
     coef = theta.coef * mask
     intercept = theta.intercept
-    loss = prob.data_loss(theta) + prob.penalty(theta)
+    loss = _solvers.neuron_values(state)
+    if loss is None:
+        loss = prob.data_loss(theta) + prob.penalty(theta)
     dof = _dof_resid(config, X, coef, chunks.n_valid)
     rate = predict_rate(config.link, X, coef, intercept)
     # padding rows observe exactly their predicted mean, so they add nothing to the scale
@@ -514,35 +518,34 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     >>> res.coef.shape, bool(res.converged.all())
     ((3, 2), True)
     """
-    X = jnp.asarray(X)
-    dtype = X.dtype
-    y = jnp.asarray(y, dtype=dtype)
-    mask = jnp.asarray(mask, dtype=dtype)
+    # host-side preparation in numpy: each jnp operation here would be one more compilation
+    dtype = jax.dtypes.canonicalize_dtype(np.result_type(X))
+    X = np.asarray(X, dtype=dtype)
+    y = np.asarray(y, dtype=dtype)
     (n_samples, n_features), n_neurons = X.shape, y.shape[1]
     if init is None:
         init = default_init(config, y, n_features, dtype)
-    else:
-        init = Params(jnp.asarray(init.coef, dtype), jnp.asarray(init.intercept, dtype))
-    if strength is not None:
-        strength = jax.tree_util.tree_map(lambda s: jnp.asarray(s, dtype), strength)
 
     # Pad to the shape bucket: zero rows past n_samples count for nothing; padding neurons have
     # a NaN intercept, so they are inactive from the start and never enter the solve.
     n_rows, n_cols = bucket_rows(n_samples, n_neurons), bucket_neurons(n_neurons)
     extra_rows, extra_cols = n_rows - n_samples, n_cols - n_neurons
-    X = jnp.pad(X, ((0, extra_rows), (0, 0)))
-    y = jnp.pad(y, ((0, extra_rows), (0, extra_cols)))
-    mask = jnp.pad(mask, ((0, 0), (0, extra_cols)))
-    init = Params(jnp.pad(init.coef, ((0, 0), (0, extra_cols))),
-                  jnp.pad(init.intercept, (0, extra_cols), constant_values=np.nan))
-    strength = jax.tree_util.tree_map(
-        lambda s: jnp.pad(s, [(0, 0)] * (s.ndim - 1) + [(0, extra_cols)], mode="edge"), strength)
+
+    def pad_neurons(a, **kwargs):
+        a = np.asarray(a, dtype=dtype)
+        return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, extra_cols)], **kwargs)
+
+    X = np.pad(X, ((0, extra_rows), (0, 0)))
+    y = np.pad(pad_neurons(y), ((0, extra_rows), (0, 0)))
+    mask = pad_neurons(mask)
+    init = Params(pad_neurons(init.coef), pad_neurons(init.intercept, constant_values=np.nan))
+    strength = jax.tree_util.tree_map(lambda s: pad_neurons(s, mode="edge"), strength)
 
     status = np.where(np.isfinite(np.asarray(init.intercept)), STATUS_OK, STATUS_NONFINITE_INIT).astype(np.int8)
     for _ in range(_MAX_RETRIES):
-        active = jnp.asarray(status == STATUS_OK)
+        active = status == STATUS_OK
         coef, intercept, scale, dof, n_iter, err, loss, finite, state = _solve(
-            X, y, mask, init, strength, active, n_samples, config
+            X, y, mask, init, strength, active, np.int32(n_samples), config
         )
         newly_bad = np.asarray(active) & ~np.asarray(finite)
         if not newly_bad.any():
@@ -592,8 +595,9 @@ def _flatten_state(state):
 
 
 def _slice_state(state, n_neurons: int):
-    """The state with its per-neuron leaves cut to the first ``n_neurons`` (padding dropped)."""
-    leaves = [leaf[..., :n_neurons] if per_neuron else leaf for _, leaf, per_neuron in _flatten_state(state)]
+    """The state as numpy arrays, its per-neuron leaves cut to the first ``n_neurons`` (padding dropped)."""
+    leaves = [np.asarray(leaf)[..., :n_neurons] if per_neuron else np.asarray(leaf)
+              for _, leaf, per_neuron in _flatten_state(state)]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), leaves)
 
 

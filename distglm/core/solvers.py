@@ -9,50 +9,61 @@ proximal operator, jit and unrolling) cannot be overridden.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jaxopt
+import numpy as np
 
 from ..errors import InputError, InputTypeError
 
 __all__ = ["SOLVERS", "PopulationLBFGS", "PopulationLBFGSState", "accepted_kwargs", "validate_solver_kwargs",
-           "make_solver", "has_grad_in_state", "stalled"]
+           "make_solver", "has_grad_in_state", "neuron_values", "stalled"]
+
+def _ravel(tree):
+    """A pytree whose leaves have the neuron axis last, as one matrix of shape (size, n_neurons)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.concatenate([leaf.reshape(-1, leaf.shape[-1]) for leaf in leaves], axis=0)
+
+
+def _unraveler(tree) -> Callable:
+    """The inverse of ``_ravel`` for pytrees structured like ``tree``."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    shapes = [leaf.shape for leaf in leaves]
+    splits = np.cumsum([int(np.prod(shape[:-1])) for shape in shapes])[:-1]
+
+    def unravel(matrix):
+        parts = jnp.split(matrix, splits, axis=0)
+        return jax.tree_util.tree_unflatten(treedef, [p.reshape(shape) for p, shape in zip(parts, shapes)])
+
+    return unravel
+
 
 def _dot(a, b):
-    """Per-neuron inner product of two pytrees whose leaves have the neuron axis last, shape (N,)."""
-    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda x, y: jnp.sum(x * y, axis=tuple(range(x.ndim - 1))), a, b))
-    return functools.reduce(jnp.add, leaves)
-
-
-def _axpy(alpha, x, y):
-    """``alpha * x + y`` leaf by leaf, with ``alpha`` of shape (N,) scaling each neuron."""
-    return jax.tree_util.tree_map(lambda u, v: alpha * u + v, x, y)
-
-
-def _scale(alpha, x):
-    return jax.tree_util.tree_map(lambda u: alpha * u, x)
+    """Per-neuron inner products of two (size, n_neurons) matrices, shape (n_neurons,)."""
+    return jnp.sum(a * b, axis=-2)
 
 
 class PopulationLBFGSState(NamedTuple):
     """State of :class:`PopulationLBFGS`; per-neuron arrays have the neuron axis last.
 
+    The parameters of each neuron are held as one column: vectors have shape
+    (size, n_neurons), ``size`` the number of parameters of a neuron.
+
     Attributes
     ----------
     iter_num : int scalar, updates of the block (one evaluation each)
     value : array of shape (n_neurons,), each neuron's objective at its current point
-    grad : pytree like the parameters, each neuron's gradient at its current point
-    direction : pytree like the parameters, each neuron's search direction
+    grad : array of shape (size, n_neurons), each neuron's gradient at its current point
+    direction : array of shape (size, n_neurons), each neuron's search direction
     slope : array of shape (n_neurons,), ``<grad, direction>``
     stepsize : array of shape (n_neurons,), the step each neuron tries next along its direction
         (0 for a neuron that no longer moves)
     backtracks : int array of shape (n_neurons,), trials each neuron has rejected in its current
         line search
-    s_history, y_history : pytrees like the parameters with a leading axis of ``history_size``,
-        each neuron's latest steps and gradient changes, newest last
+    s_history, y_history : arrays of shape (history_size, size, n_neurons), each neuron's
+        latest steps and gradient changes, newest last
     rho : array of shape (history_size, n_neurons), ``1 / <s, y>`` of each pair, 0 where unused
     gamma : array of shape (n_neurons,), scale of the initial inverse Hessian
     n_steps : int array of shape (n_neurons,), steps each neuron has taken
@@ -75,13 +86,9 @@ class PopulationLBFGSState(NamedTuple):
     stalled: Any
     num_fun_eval: Any
 
-    #: fields that carry one value per neuron although no leaf of them is shaped like the parameters
-    per_neuron_fields = ("value", "slope", "stepsize", "backtracks", "rho", "gamma", "n_steps", "stalled")
-
-
-def _where(cond, a, b):
-    """Leaf by leaf ``where(cond, a, b)`` for pytrees, ``cond`` of shape (n_neurons,)."""
-    return jax.tree_util.tree_map(lambda u, w: jnp.where(cond, u, w), a, b)
+    #: the fields that hold one value (or column) per neuron, neuron axis last
+    per_neuron_fields = ("value", "grad", "direction", "slope", "stepsize", "backtracks", "s_history",
+                         "y_history", "rho", "gamma", "n_steps", "stalled")
 
 
 @dataclasses.dataclass(eq=False)
@@ -128,22 +135,20 @@ class PopulationLBFGS:
 
     def init_state(self, params) -> PopulationLBFGSState:
         """A state whose first update evaluates ``params`` itself and accepts it; no evaluation here."""
-        coef_like = jax.tree_util.tree_leaves(params)[-1]
-        n_neurons, dtype = coef_like.shape[-1], coef_like.dtype
+        x = _ravel(params)
+        (size, n_neurons), dtype = x.shape, x.dtype
         m = self.history_size
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        empty = jax.tree_util.tree_map(lambda x: jnp.zeros((m, *x.shape), x.dtype), params)
         vector = jnp.zeros((n_neurons,), dtype)
         return PopulationLBFGSState(
             iter_num=jnp.asarray(0),
             value=jnp.full((n_neurons,), jnp.inf, dtype),
-            grad=zeros,
-            direction=zeros,
+            grad=jnp.zeros_like(x),
+            direction=jnp.zeros_like(x),
             slope=vector,
             stepsize=vector,
             backtracks=jnp.zeros((n_neurons,), jnp.int32),
-            s_history=empty,
-            y_history=empty,
+            s_history=jnp.zeros((m, size, n_neurons), dtype),
+            y_history=jnp.zeros((m, size, n_neurons), dtype),
             rho=jnp.zeros((m, n_neurons), dtype),
             gamma=jnp.ones((n_neurons,), dtype),
             n_steps=jnp.zeros((n_neurons,), jnp.int32),
@@ -157,7 +162,7 @@ class PopulationLBFGS:
         def newest_first(q, pair):
             s, y, r = pair
             alpha = r * _dot(s, q)
-            return _axpy(-alpha, y, q), alpha
+            return q - alpha * y, alpha
 
         pairs = (s_history, y_history, rho)
         q, alphas = jax.lax.scan(newest_first, grad, pairs, reverse=True)
@@ -165,22 +170,25 @@ class PopulationLBFGS:
         def oldest_first(r_vec, pair):
             s, y, r, alpha = pair
             beta = r * _dot(y, r_vec)
-            return _axpy(alpha - beta, s, r_vec), None
+            return r_vec + (alpha - beta) * s, None
 
-        r_vec, _ = jax.lax.scan(oldest_first, _scale(gamma, q), (*pairs, alphas))
-        return _scale(-1.0, r_vec)
+        r_vec, _ = jax.lax.scan(oldest_first, gamma * q, (*pairs, alphas))
+        return -r_vec
 
     def update(self, params, state: PopulationLBFGSState):
         """Evaluate every neuron's trial point, then step or backtrack; returns ``(params, state)``."""
-        dtype = state.value.dtype
+        unravel = _unraveler(params)
+        x = _ravel(params)
+        dtype = x.dtype
         eps = jnp.finfo(dtype).eps
-        t, f0, slope0 = state.stepsize, state.value, state.slope
-        trial = _axpy(t, state.direction, params)
-        value, grad = self.fun(trial)
+        t, f0, slope0, d = state.stepsize, state.value, state.slope, state.direction
+        trial = x + t * d
+        value, grad = self.fun(unravel(trial))
+        grad = _ravel(grad)
 
         # Armijo, or approximate Wolfe (a shrunken slope and no rise beyond rounding); the
         # first update has f0 = inf and t = 0, and so accepts the starting point itself
-        trial_slope = _dot(grad, state.direction)
+        trial_slope = _dot(grad, d)
         armijo = value <= f0 + 1e-4 * t * slope0
         wolfe = ((value <= f0 + 10 * eps * jnp.abs(f0)) & (trial_slope >= 0.9 * slope0)
                  & (trial_slope <= -0.8 * slope0))
@@ -192,26 +200,24 @@ class PopulationLBFGS:
 
         # curvature pairs only where the step carries positive curvature (true of exact Wolfe
         # steps; rounding or an Armijo-only step can break it)
-        s = _scale(t, state.direction)
-        y = jax.tree_util.tree_map(jnp.subtract, grad, state.grad)
+        s, y = t * d, grad - state.grad
         sy, yy = _dot(s, y), _dot(y, y)
         pair = step & jnp.isfinite(f0) & (sy > eps * jnp.sqrt(_dot(s, s) * yy))
-        roll = lambda hist, new: jnp.concatenate([hist[1:], new[None]], axis=0)
-        s_history = _where(pair, jax.tree_util.tree_map(roll, state.s_history, s), state.s_history)
-        y_history = _where(pair, jax.tree_util.tree_map(roll, state.y_history, y), state.y_history)
-        rho = jnp.where(pair, roll(state.rho, 1.0 / jnp.where(pair, sy, 1.0)), state.rho)
+        roll = lambda hist, new: jnp.where(pair, jnp.concatenate([hist[1:], new[None]], axis=0), hist)
+        s_history, y_history = roll(state.s_history, s), roll(state.y_history, y)
+        rho = roll(state.rho, 1.0 / jnp.where(pair, sy, 1.0))
         gamma = jnp.where(pair, sy / jnp.where(pair, yy, 1.0), state.gamma)
 
-        new_params = _where(step, trial, params)
+        x = jnp.where(step, trial, x)
         new_value = jnp.where(step, value, f0)
-        new_grad = _where(step, grad, state.grad)
+        new_grad = jnp.where(step, grad, state.grad)
 
         # after a step, the next direction; one that is not of descent (rounding, a poor
         # history) falls back to minus the gradient
         direction = self._direction(new_grad, s_history, y_history, rho, gamma)
         slope = _dot(new_grad, direction)
         steepest = ~(slope < 0)
-        direction = _where(steepest, _scale(-1.0, new_grad), direction)
+        direction = jnp.where(steepest, -new_grad, direction)
         slope = jnp.where(steepest, -_dot(new_grad, new_grad), slope)
 
         # after a rejected trial, the minimiser of the quadratic through f0, the slope and the
@@ -229,7 +235,7 @@ class PopulationLBFGS:
             iter_num=state.iter_num + 1,
             value=new_value,
             grad=new_grad,
-            direction=_where(step, direction, state.direction),
+            direction=jnp.where(step, direction, d),
             slope=jnp.where(step, slope, slope0),
             stepsize=stepsize,
             backtracks=backtracks,
@@ -241,7 +247,7 @@ class PopulationLBFGS:
             stalled=stalled,
             num_fun_eval=state.num_fun_eval + 1,
         )
-        return new_params, new_state
+        return unravel(x), new_state
 
 
 SOLVERS: dict[str, type] = {
@@ -314,6 +320,12 @@ def make_solver(solver_name: str, fun: Callable, prox: Callable | None, solver_k
 def has_grad_in_state(solver_name: str) -> bool:
     """Whether the solver keeps the gradient at the current iterate in its state."""
     return solver_name in ("BFGS", "LBFGS", "NonlinearCG")
+
+
+def neuron_values(state) -> Any:
+    """Each neuron's objective at the solver's current point, shape (n_neurons,), or None where
+    the solver keeps only the block's."""
+    return state.value if isinstance(state, PopulationLBFGSState) else None
 
 
 def stalled(state) -> Any:
