@@ -93,7 +93,8 @@ class GLM:
         "GradientDescent", "BFGS", "LBFGS", "NonlinearCG" or "ProximalGradient". Default LBFGS
         for smooth problems, ProximalGradient for Lasso, ElasticNet and GroupLasso.
     solver_kwargs : dict, optional
-        Passed to the jaxopt solver (``tol``, ``maxiter``, ``stepsize``, ...).
+        Passed to the solver (``tol``, ``maxiter``, ...; LBFGS stops each neuron at a gradient
+        norm of ``tol`` = 1e-5 in preconditioned coordinates, see :mod:`distglm.core.solvers`).
 
     Attributes
     ----------

@@ -104,7 +104,7 @@ def test_padding_to_the_shape_bucket_changes_nothing(population, monkeypatch):
     config = FitConfig(PoissonObservations(), "exp", Ridge(), "LBFGS", ())
     strength = np.full((X.shape[1], y.shape[1]), STRENGTH)
     mask = np.ones((X.shape[1], y.shape[1]))
-    assert (core_fit.bucket_rows(1000, 37), core_fit.bucket_neurons(37)) == (1024, 40)
+    assert (core_fit.bucket_rows(1000, 40), core_fit.bucket_neurons(37)) == (1024, 40)
     with jax.enable_x64(True):
         padded = fit_block(X, y, mask, config, strength=strength)
         monkeypatch.setattr(core_fit, "bucket_rows", lambda n_samples, n_neurons: n_samples)

@@ -15,6 +15,15 @@ quasi-Newton methods take near-Newton steps from the first iteration. The change
 variables costs ``n_neurons * (n_features + 1)**2`` flops per evaluation, negligible next to
 the matrix products, and leaves the optimum unchanged.
 
+With the default LBFGS (``solvers.PopulationLBFGS``) each neuron stops once the 2-norm of its
+gradient in these coordinates is at most ``tol`` (default 1e-5). That norm is the neuron's
+Newton decrement at the starting curvature: half its square estimates how far the neuron's
+objective is above its optimum (about 5e-11 at the default).
+
+Shapes are padded to buckets (``bucket_rows``, ``bucket_neurons``): padding rows carry zero
+weight and padding neurons never enter the solve, so data sets of nearby sizes share one
+compiled solve and get the results they would get unpadded.
+
 Failures are data: a neuron whose initial intercept is not finite (no events at all) or whose
 solution turns non-finite is reported in ``status`` and left out of the solve; the rest of
 the block still fits.
@@ -52,6 +61,8 @@ __all__ = [
     "init_update_state",
     "update_step",
     "dof_resid",
+    "bucket_rows",
+    "bucket_neurons",
 ]
 
 STATUS_OK = 0
@@ -322,8 +333,8 @@ class _Problem(NamedTuple):
 def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _Problem:
     """The solver and coordinate maps for a block (traced inside jit).
 
-    The objective returns its value and gradient together (``value_and_grad=True``), from one
-    chunked pass over the samples (see ``_data_pass``).
+    The objective returns each neuron's value and the gradient together, from one chunked pass
+    over the samples (see ``_data_pass``).
     """
     obs, reg, link = config.observation, config.regularizer, config.link
     p = mask.shape[0]
@@ -528,7 +539,8 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
 
     # Pad to the shape bucket: zero rows past n_samples count for nothing; padding neurons have
     # a NaN intercept, so they are inactive from the start and never enter the solve.
-    n_rows, n_cols = bucket_rows(n_samples, n_neurons), bucket_neurons(n_neurons)
+    n_cols = bucket_neurons(n_neurons)
+    n_rows = bucket_rows(n_samples, n_cols)
     extra_rows, extra_cols = n_rows - n_samples, n_cols - n_neurons
 
     def pad_neurons(a, **kwargs):
@@ -550,7 +562,8 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         newly_bad = np.asarray(active) & ~np.asarray(finite)
         if not newly_bad.any():
             break
-        # a diverging neuron poisons the joint line search: drop it and refit the others
+        # a diverging neuron poisons a joint line search (jaxopt's solvers): drop it and refit
+        # the others
         status[newly_bad] = STATUS_NONFINITE_SOLUTION
     status = status[:n_neurons]
     coef, intercept, scale, dof, n_iter, err, loss = (

@@ -1,7 +1,8 @@
-"""The solvers: distglm's own population L-BFGS, and jaxopt's solvers for the others.
+"""The solvers: distglm's own population L-BFGS (``"LBFGS"``, the default for smooth problems)
+and jaxopt's GradientDescent, BFGS, NonlinearCG and ProximalGradient.
 
 This is the only module of distglm that imports jaxopt.
-``solver_kwargs`` are passed through to the jaxopt class; keys that class does not take are
+``solver_kwargs`` are passed through to the solver's class; keys that class does not take are
 rejected with the list of those it does. Arguments distglm sets itself (the objective, the
 proximal operator, jit and unrolling) cannot be overridden.
 """
@@ -20,6 +21,7 @@ from ..errors import InputError, InputTypeError
 
 __all__ = ["SOLVERS", "PopulationLBFGS", "PopulationLBFGSState", "accepted_kwargs", "validate_solver_kwargs",
            "make_solver", "has_grad_in_state", "neuron_values", "stalled"]
+
 
 def _ravel(tree):
     """A pytree whose leaves have the neuron axis last, as one matrix of shape (size, n_neurons)."""
