@@ -94,7 +94,7 @@ class GLM:
         for smooth problems, ProximalGradient for Lasso, ElasticNet and GroupLasso.
     solver_kwargs : dict, optional
         Passed to the solver (``tol``, ``maxiter``, ...; LBFGS stops each neuron at a gradient
-        norm of ``tol`` = 1e-5 in preconditioned coordinates, see :mod:`distglm.core.solvers`).
+        norm of ``tol`` = 3e-6 in preconditioned coordinates, see :mod:`distglm.core.solvers`).
 
     Attributes
     ----------

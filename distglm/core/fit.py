@@ -16,9 +16,9 @@ variables costs ``n_neurons * (n_features + 1)**2`` flops per evaluation, neglig
 the matrix products, and leaves the optimum unchanged.
 
 With the default LBFGS (``solvers.PopulationLBFGS``) each neuron stops once the 2-norm of its
-gradient in these coordinates is at most ``tol`` (default 1e-5). That norm is the neuron's
+gradient in these coordinates is at most ``tol`` (default 3e-6). That norm is the neuron's
 Newton decrement at the starting curvature: half its square estimates how far the neuron's
-objective is above its optimum (about 5e-11 at the default).
+objective is above its optimum (about 5e-12 at the default).
 
 Shapes are padded to buckets (``bucket_rows``, ``bucket_neurons``): padding rows carry zero
 weight and padding neurons never enter the solve, so data sets of nearby sizes share one

@@ -69,7 +69,10 @@ class PopulationLBFGSState(NamedTuple):
     rho : array of shape (history_size, n_neurons), ``1 / <s, y>`` of each pair, 0 where unused
     gamma : array of shape (n_neurons,), scale of the initial inverse Hessian
     n_steps : int array of shape (n_neurons,), steps each neuron has taken
-    stalled : bool array of shape (n_neurons,), neurons whose line search failed
+    best_grad_norm : array of shape (n_neurons,), the smallest gradient norm each neuron has had
+    since_best : int array of shape (n_neurons,), steps each neuron has taken since then
+    stalled : bool array of shape (n_neurons,), neurons that stopped without meeting ``tol``: their
+        line search failed, or their gradient norm stopped falling (the rounding floor)
     num_fun_eval : int scalar, evaluations of the objective (each one covers every neuron)
     """
 
@@ -85,12 +88,14 @@ class PopulationLBFGSState(NamedTuple):
     rho: Any
     gamma: Any
     n_steps: Any
+    best_grad_norm: Any
+    since_best: Any
     stalled: Any
     num_fun_eval: Any
 
     #: the fields that hold one value (or column) per neuron, neuron axis last
     per_neuron_fields = ("value", "grad", "direction", "slope", "stepsize", "backtracks", "s_history",
-                         "y_history", "rho", "gamma", "n_steps", "stalled")
+                         "y_history", "rho", "gamma", "n_steps", "best_grad_norm", "since_best", "stalled")
 
 
 @dataclasses.dataclass(eq=False)
@@ -127,13 +132,18 @@ class PopulationLBFGS:
         Curvature pairs kept per neuron.
     max_backtracks : int
         Rejected trials in a row after which a neuron keeps its point and stops, marked stalled.
+    max_steps_without_progress : int
+        Steps in a row that do not lower a neuron's smallest gradient norm so far, after which
+        it stops, marked stalled: the gradient is then rounding noise (in float32 near a
+        tolerance its precision cannot reach), and more steps would only hold the block.
     """
 
     fun: Callable
-    tol: float = 1e-5
+    tol: float = 3e-6
     maxiter: int = 1000
     history_size: int = 10
     max_backtracks: int = 20
+    max_steps_without_progress: int = 10
 
     def init_state(self, params) -> PopulationLBFGSState:
         """A state whose first update evaluates ``params`` itself and accepts it; no evaluation here."""
@@ -154,6 +164,8 @@ class PopulationLBFGS:
             rho=jnp.zeros((m, n_neurons), dtype),
             gamma=jnp.ones((n_neurons,), dtype),
             n_steps=jnp.zeros((n_neurons,), jnp.int32),
+            best_grad_norm=jnp.full((n_neurons,), jnp.inf, dtype),
+            since_best=jnp.zeros((n_neurons,), jnp.int32),
             stalled=jnp.zeros((n_neurons,), bool),
             num_fun_eval=jnp.asarray(0),
         )
@@ -228,9 +240,13 @@ class PopulationLBFGS:
         t_quad = -slope0 * t * t / (2 * curvature)
         t_quad = jnp.where(jnp.isfinite(t_quad) & (curvature > 0), t_quad, 0.5 * t)
         backtracks = jnp.where(rejected, state.backtracks + 1, jnp.where(step, 0, state.backtracks))
-        stalled = state.stalled | (rejected & (backtracks > self.max_backtracks))
+        grad_norm = jnp.sqrt(_dot(new_grad, new_grad))
+        better = grad_norm < state.best_grad_norm
+        since_best = jnp.where(step & ~better, state.since_best + 1, jnp.where(better, 0, state.since_best))
+        stalled = (state.stalled | (rejected & (backtracks > self.max_backtracks))
+                   | (since_best >= self.max_steps_without_progress))
 
-        done = jnp.sqrt(_dot(new_grad, new_grad)) <= self.tol
+        done = grad_norm <= self.tol
         stepsize = jnp.where(step, 1.0, jnp.where(rejected, jnp.clip(t_quad, 0.1 * t, 0.5 * t), t))
         stepsize = jnp.where(done | stalled, 0.0, stepsize).astype(dtype)
         new_state = PopulationLBFGSState(
@@ -246,6 +262,8 @@ class PopulationLBFGS:
             rho=rho,
             gamma=gamma,
             n_steps=state.n_steps + (step & jnp.isfinite(f0)),
+            best_grad_norm=jnp.minimum(grad_norm, state.best_grad_norm),
+            since_best=since_best,
             stalled=stalled,
             num_fun_eval=state.num_fun_eval + 1,
         )
