@@ -354,6 +354,18 @@ def machine_info() -> dict:
     }
 
 
+def best_of(results: list[dict]) -> dict:
+    """One library's results over the rounds: the best cold fit, the best warm fit, and the
+    solve phase (with the matmul rate of the same process) of the round where it did best."""
+    best = dict(min(results, key=lambda r: r["cold"]["seconds"]))
+    best["warm"] = min(results, key=lambda r: r["warm"]["seconds"])["warm"]
+    if "warm_solve" in best:
+        chosen = max(results, key=lambda r: r["warm_solve"]["fraction_of_matmul_rate"])
+        best["warm_solve"], best["matmul"] = chosen["warm_solve"], chosen["matmul"]
+    best["load_averages"] = [r["load_average"] for r in results]
+    return best
+
+
 def summarize(res: dict) -> dict:
     d, n, c = res["distglm"], res["nemos"], res["distglm_cached"]
     cold_ratio = n["cold"]["seconds"] / d["cold"]["seconds"]
@@ -396,7 +408,7 @@ def markdown(report: dict) -> str:
     w = d["warm_solve"]
 
     def load(run):
-        return ", ".join(f"{v:.2f}" for v in run["load_average"])
+        return "; ".join(", ".join(f"{v:.2f}" for v in avg) for avg in run["load_averages"])
 
     lines = [
         "# distglm vs NeMoS 0.2.8: Ridge Poisson PopulationGLM, LBFGS",
@@ -410,9 +422,11 @@ def markdown(report: dict) -> str:
         "the first in the persistent cache (the first fit of a later session). NeMoS runs with JAX's "
         "defaults (no persistent cache).",
         "",
-        f"Load average (`uptime`): {m['uptime']}. At the end of each run: NeMoS {load(n)}; "
-        f"distglm, empty cache {load(d)}; distglm, cached {load(c)}. The machine is shared: ratios "
-        "are within one run, each library timed in its own process one after the other.",
+        f"Load average (`uptime`): {m['uptime']}. At the end of each process: NeMoS {load(n)}; "
+        f"distglm, empty cache {load(d)}; distglm, cached {load(c)}. The machine is shared (2 cores, "
+        f"other work running), so each library ran in {len(report['runs']['nemos'])} rounds of fresh "
+        "processes, interleaved, and each time below is the best of its rounds (cold: the best first "
+        "fit; warm: the best second fit); every ratio is from this one run.",
         "",
         "| | NeMoS | distglm | NeMoS / distglm | goal | |",
         "|---|---:|---:|---:|---|---|",
@@ -433,7 +447,7 @@ def markdown(report: dict) -> str:
         f"{s['neurons_worse_than_nemos']['cold']}, {s['neurons_worse_than_nemos']['warm']} | largest excess "
         f"{s['largest_neuron_excess']['cold']:+.2g}, {s['largest_neuron_excess']['warm']:+.2g} | 0 | "
         f"{'met' if not any(s['neurons_worse_than_nemos'].values()) else 'not met'} |",
-        f"| warm solve phase, share of matmul rate | | {s['matmul_fraction']:.1%} | | "
+        f"| warm solve phase, share of the same process's matmul rate | | {s['matmul_fraction']:.1%} | | "
         f">= {GOALS['matmul_fraction']:.0%} | {met['matmul_fraction']} |",
         "",
         f"Warm fit: NeMoS {n['warm']['num_steps']} LBFGS steps "
@@ -469,6 +483,8 @@ def main(argv=None):
     parser.add_argument("--n-features", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--n-neurons", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--matmul-reps", type=int, default=50, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="processes per library (and cache state); each time is the best of them (default 3)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="further warm fits after the second one, for a best-of warm time (default 2)")
     args = parser.parse_args(argv)
@@ -489,11 +505,17 @@ def main(argv=None):
         "machine": machine_info(),
     }
     reps = 20 if args.quick else 50
-    with tempfile.TemporaryDirectory() as cache:
-        for name, lib, matmul_reps in (("nemos", "nemos", 0), ("distglm", "distglm", reps),
-                                       ("distglm_cached", "distglm", 0)):
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-            report[name] = run_worker(lib, sizes, matmul_reps, args.repeats, cache_dir=cache)
+    runs = {"nemos": [], "distglm": [], "distglm_cached": []}
+    # rounds interleave the libraries, so that the load of a shared machine falls on all of them
+    for round_ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as cache:
+            for name, lib, matmul_reps in (("nemos", "nemos", 0), ("distglm", "distglm", reps),
+                                           ("distglm_cached", "distglm", 0)):
+                print(f"round {round_ + 1}: running {name} ...", file=sys.stderr, flush=True)
+                runs[name].append(run_worker(lib, sizes, matmul_reps, args.repeats, cache_dir=cache))
+    report["runs"] = runs
+    for name, results in runs.items():
+        report[name] = best_of(results)
     report["summary"] = summarize(report)
     publish("bench_vs_nemos", report, markdown(report), args.quick)
 
