@@ -136,6 +136,19 @@ class PopulationLBFGS:
         Steps in a row that do not lower a neuron's smallest gradient norm so far, after which
         it stops, marked stalled: the gradient is then rounding noise (in float32 near a
         tolerance its precision cannot reach), and more steps would only hold the block.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from distglm.core.solvers import PopulationLBFGS
+    >>> target = jnp.array([[1.0, -2.0], [0.5, 3.0]])  # 2 parameters (rows) of 2 neurons (columns)
+    >>> solver = PopulationLBFGS(fun=lambda x: (jnp.sum((x - target) ** 2, axis=0), 2 * (x - target)))
+    >>> x = jnp.zeros((2, 2))
+    >>> state = solver.init_state(x)
+    >>> for _ in range(6):
+    ...     x, state = solver.update(x, state)
+    >>> bool(jnp.allclose(x, target)), state.n_steps.tolist()
+    (True, [1, 1])
     """
 
     fun: Callable
@@ -309,10 +322,10 @@ def validate_solver_kwargs(solver_name: str, solver_kwargs) -> dict:
     for key in ("tol",):
         if key in solver_kwargs and not (isinstance(solver_kwargs[key], (int, float)) and solver_kwargs[key] > 0):
             raise InputError(f"solver_kwargs['{key}'] must be a positive number; got {solver_kwargs[key]!r}")
-    if "maxiter" in solver_kwargs:
-        value = solver_kwargs["maxiter"]
+    for key in ("maxiter", "history_size", "max_backtracks", "max_steps_without_progress"):
+        value = solver_kwargs.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"solver_kwargs['maxiter'] must be a positive integer; got {value!r}")
+            raise InputError(f"solver_kwargs['{key}'] must be a positive integer; got {value!r}")
     return dict(solver_kwargs)
 
 
