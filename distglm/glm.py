@@ -21,6 +21,7 @@ import numpy as np
 
 from . import npz as _npz
 from . import validation as val
+from .compile_cache import enable_compilation_cache
 from .core import fit as _fit
 from .core import solvers as _solvers
 from .core.observations import (
@@ -193,8 +194,9 @@ class GLM:
         NeMoS backend ("LBFGS[optax+optimistix]"). Default LBFGS for smooth problems,
         ProximalGradient for Lasso, ElasticNet and GroupLasso.
     solver_kwargs : dict, optional
-        Passed to the jaxopt solver (``tol``, ``maxiter``, ``stepsize``, ...); ``tol <= 0`` runs
-        ``maxiter`` iterations.
+        Passed to the solver (``tol``, ``maxiter``, ...; LBFGS stops each neuron at a gradient
+        norm of ``tol`` = 3e-6 in preconditioned coordinates, see :mod:`distglm.core.solvers`);
+        ``tol <= 0`` runs ``maxiter`` iterations.
 
     Every argument is checked when set (here, as an attribute, or with ``set_params``), against
     the others: a solver that cannot fit the regularizer is refused at once.
@@ -522,6 +524,7 @@ class GLM:
     def _solve(self, X, y, init_params=None):
         """Validate the data and run the solver; returns the :class:`~distglm.core.BlockResult` and X's groups."""
         config = self._fit_config()
+        enable_compilation_cache()
         Xa, ya, groups = self._prepare(X, y)
         val.check_support(self._observation_model, ya if self._population else ya[:, 0])
         n_features, n_neurons = Xa.shape[1], ya.shape[1]
@@ -667,6 +670,7 @@ class GLM:
     def initialize_state(self, X, y, init_params):
         """Set up the solver for :meth:`update` from ``init_params``; returns the solver state."""
         config = self._fit_config()
+        enable_compilation_cache()
         Xa, ya, groups = self._prepare(X, y)
         val.check_support(self._observation_model, ya if self._population else ya[:, 0])
         n_features, n_neurons = Xa.shape[1], ya.shape[1]

@@ -15,6 +15,15 @@ quasi-Newton methods take near-Newton steps from the first iteration. The change
 variables costs ``n_neurons * (n_features + 1)**2`` flops per evaluation, negligible next to
 the matrix products, and leaves the optimum unchanged.
 
+With the default LBFGS (``solvers.PopulationLBFGS``) each neuron stops once the 2-norm of its
+gradient in these coordinates is at most ``tol`` (default 3e-6). That norm is the neuron's
+Newton decrement at the starting curvature: half its square estimates how far the neuron's
+objective is above its optimum (about 5e-12 at the default).
+
+Shapes are padded to buckets (``bucket_rows``, ``bucket_neurons``): padding rows carry zero
+weight and padding neurons never enter the solve, so data sets of nearby sizes share one
+compiled solve and get the results they would get unpadded.
+
 Failures are data: a neuron whose initial intercept is not finite (no events at all) or whose
 solution turns non-finite is reported in ``status`` and left out of the solve; the rest of
 the block still fits.
@@ -52,6 +61,8 @@ __all__ = [
     "init_update_state",
     "update_step",
     "dof_resid",
+    "bucket_rows",
+    "bucket_neurons",
 ]
 
 STATUS_OK = 0
@@ -151,13 +162,15 @@ def default_init(config: FitConfig, y, n_features: int, dtype) -> Params:
 
     ``y`` has shape (n_samples, n_neurons); the coefficients have shape (n_features, n_neurons).
     """
-    mean_y = np.asarray(jnp.mean(jnp.asarray(y, dtype=dtype), axis=0))
-    intercept = jnp.asarray(initial_intercept(config.inverse_link, mean_y), dtype=dtype)
-    return Params(jnp.zeros((n_features, mean_y.shape[0]), dtype), intercept)
+    mean_y = np.mean(np.asarray(y, dtype=dtype), axis=0)
+    intercept = np.asarray(initial_intercept(config.inverse_link, mean_y), dtype=dtype)
+    return Params(np.zeros((n_features, mean_y.shape[0]), dtype), intercept)
 
 
-def _neuron_norm(tree: Params):
-    return jnp.sqrt(jnp.sum(tree.coef**2, axis=0) + tree.intercept**2)
+def _neuron_norm(tree):
+    """2-norm per neuron of a pytree whose leaves have the neuron axis last, shape (n_neurons,)."""
+    squares = [jnp.sum(leaf**2, axis=tuple(range(leaf.ndim - 1))) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.sqrt(sum(squares))
 
 
 # Row chunks of about this many elements (n_rows * n_neurons): every per-sample intermediate
@@ -168,41 +181,78 @@ _CHUNK_ELEMENTS = 1 << 20
 class _Chunks(NamedTuple):
     """Samples read in row chunks of ``rows`` (static) from ``X`` (n, p) and ``y`` (n, N).
 
-    ``weight`` (n,), when given, replaces the mean over samples by a weighted sum (rows of
-    weight 0 drop out); None means the plain mean.
+    Only the first ``n_valid`` rows (a traced integer) are data; the rest pad ``n`` up to a
+    bucket (see ``bucket_rows``) and count for nothing. ``weight`` (n,), when given, replaces
+    the mean over the valid rows by a weighted sum (rows of weight 0 drop out).
     """
 
     X: Any
     y: Any
     rows: int
+    n_valid: Any
     weight: Any = None
 
 
-def _chunk(X, y, weight=None) -> _Chunks:
-    rows = max(8, (_CHUNK_ELEMENTS // max(y.shape[1], 1)) // 8 * 8)
-    return _Chunks(X, y, min(rows, X.shape[0]), weight)
+def _chunk_rows(n_samples: int, n_neurons: int) -> int:
+    rows = max(8, (_CHUNK_ELEMENTS // max(n_neurons, 1)) // 8 * 8)
+    return min(rows, n_samples)
+
+
+def _chunk(X, y, n_valid=None, weight=None) -> _Chunks:
+    n_valid = X.shape[0] if n_valid is None else n_valid
+    return _Chunks(X, y, _chunk_rows(X.shape[0], y.shape[1]), jnp.asarray(n_valid, jnp.int32), weight)
 
 
 def _reduce(chunks: _Chunks, body: Callable, init):
-    """Fold ``body(carry, x_chunk, y_chunk, w_chunk)`` over the row chunks, slicing in place (no copies).
+    """Fold ``body(carry, x_chunk, y_chunk, valid, w_chunk)`` over the row chunks, slicing in place.
 
+    ``valid`` is a bool array of shape (rows, 1): which of the chunk's rows are data;
     ``w_chunk`` is the chunk's row weights, or None when ``chunks.weight`` is None.
     """
-    X, y, rows, weight = chunks
+    X, y, rows, n_valid, weight = chunks
     n = X.shape[0]
     k, rem = divmod(n, rows)
+
+    def valid(start, size):
+        return (start + jnp.arange(size)[:, None]) < n_valid
 
     def rows_of(a, start, size):
         return None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size)
 
     def step(carry, i):
         start = i * rows
-        return body(carry, rows_of(X, start, rows), rows_of(y, start, rows), rows_of(weight, start, rows)), None
+        return body(carry, rows_of(X, start, rows), rows_of(y, start, rows), valid(start, rows),
+                    rows_of(weight, start, rows)), None
 
     carry, _ = jax.lax.scan(step, init, jnp.arange(k))
     if rem:
-        carry = body(carry, X[k * rows:], y[k * rows:], None if weight is None else weight[k * rows:])
+        carry = body(carry, X[k * rows:], y[k * rows:], valid(k * rows, rem),
+                     None if weight is None else weight[k * rows:])
     return carry
+
+
+def _bucket(n: int) -> int:
+    """``n`` rounded up to the grid ``m * 2**e`` (``8 <= m < 16``): at most 1/8 more."""
+    if n <= 16:
+        return n
+    e = n.bit_length() - 4
+    return -(-n >> e) << e
+
+
+def bucket_rows(n_samples: int, n_neurons: int) -> int:
+    """Rows a fit of ``n_samples`` is padded to: a bucket that is a whole number of row chunks.
+
+    Data sets of nearby sizes then share one compiled solve, and every row chunk has the same
+    shape (so the chunked pass is traced once).
+    """
+    n = _bucket(n_samples)
+    rows = _chunk_rows(n, n_neurons)
+    return -(-n // rows) * rows
+
+
+def bucket_neurons(n_neurons: int) -> int:
+    """Neurons a block of ``n_neurons`` is padded to (with empty neurons that never enter the solve)."""
+    return _bucket(n_neurons)
 
 
 def _elementwise(obs: Observations, link: Callable, order: int):
@@ -228,16 +278,16 @@ def _data_pass(chunks: _Chunks, weights, intercept, fn, with_grad: bool):
     One pass over row chunks: each chunk costs one product ``X_c @ weights`` and, for the
     gradient, one ``X_c.T @ d``; nothing of size (n_samples, n_neurons) is materialised.
     """
-    scale = 1.0 / chunks.X.shape[0]
+    scale = 1.0 / chunks.n_valid.astype(weights.dtype)
     zeros_n = jnp.zeros((weights.shape[1],), weights.dtype)
 
-    def body(carry, x, yy, w):
+    def body(carry, x, yy, valid, w):
         value, deriv = fn(yy, x @ weights + intercept)
         w = scale if w is None else w[:, None]
-        loss = carry[0] + jnp.sum(w * value, axis=0)
+        loss = carry[0] + jnp.sum(jnp.where(valid, w * value, 0.0), axis=0)
         if not with_grad:
             return (loss,)
-        d = w * deriv
+        d = jnp.where(valid, w * deriv, 0.0)
         return (loss, carry[1] + x.T @ d, carry[2] + jnp.sum(d, axis=0))
 
     init = (zeros_n, jnp.zeros_like(weights), zeros_n) if with_grad else (zeros_n,)
@@ -246,17 +296,22 @@ def _data_pass(chunks: _Chunks, weights, intercept, fn, with_grad: bool):
 
 def _curvature(chunks: _Chunks, weights, intercept, fn2):
     """Mean over samples of d^2 nll / d eta^2 at the given parameters, shape (n_neurons,)."""
-    def body(acc, x, yy, w):
-        return acc + jnp.sum(fn2(yy, x @ weights + intercept), axis=0) / chunks.X.shape[0]
+    def body(acc, x, yy, valid, w):
+        curvature = jnp.where(valid, fn2(yy, x @ weights + intercept), 0.0)
+        return acc + jnp.sum(curvature, axis=0) / chunks.n_valid.astype(weights.dtype)
 
     return _reduce(chunks, body, jnp.zeros(weights.shape[1], weights.dtype))
 
 
-def _preconditioner(X, mask, h, ridge):
-    """Cholesky factor L (n_neurons, p+1, p+1) with L L^T the block Hessian at the start."""
+def _preconditioner(X, n_valid, mask, h, ridge):
+    """Cholesky factor L (n_neurons, p+1, p+1) with L L^T the block Hessian at the start.
+
+    Rows past ``n_valid`` are zero padding: the constant column is zero there too.
+    """
     n, p = X.shape
-    A = jnp.concatenate([X, jnp.ones((n, 1), X.dtype)], axis=1)
-    gram = A.T @ A / n
+    ones = (jnp.arange(n) < n_valid).astype(X.dtype)[:, None]
+    A = jnp.concatenate([X, ones], axis=1)
+    gram = A.T @ A / n_valid.astype(X.dtype)
     m = jnp.concatenate([mask, jnp.ones((1, mask.shape[1]), X.dtype)], axis=0).T  # (N, p+1)
     h = jnp.where(jnp.isfinite(h) & (h > 0), h, 1.0)
     P = h[:, None, None] * gram[None] * m[:, :, None] * m[:, None, :]
@@ -285,8 +340,8 @@ class _Problem(NamedTuple):
 def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _Problem:
     """The solver and coordinate maps for a block (traced inside jit).
 
-    The objective returns its value and gradient together (``value_and_grad=True``), from one
-    chunked pass over the samples (see ``_data_pass``).
+    The objective returns each neuron's value and the gradient together, from one chunked pass
+    over the samples (see ``_data_pass``).
     """
     obs, reg, link = config.observation, config.regularizer, config.link
     p = mask.shape[0]
@@ -300,9 +355,14 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
         return reg.penalty(theta.coef * mask, strength)
 
     if config.preconditioned:
+        # L^{-1} once, so that each evaluation maps coordinates by a batched product (cheap to
+        # run and to compile, with a product for its transpose) rather than a triangular solve
+        eye = jnp.broadcast_to(jnp.eye(p + 1, dtype=tri.dtype), tri.shape)
+        tri_inv = jax.scipy.linalg.solve_triangular(tri, eye, lower=True)
+
         def to_theta(v: Params) -> Params:
             V = jnp.concatenate([v.coef, v.intercept[None]], axis=0).T  # (N, p+1)
-            T = jax.scipy.linalg.solve_triangular(tri, V[..., None], lower=True, trans="T")[..., 0]
+            T = jnp.einsum("nji,nj->ni", tri_inv, V)
             return Params(T[:, :p].T, T[:, p])
 
         def to_solver(theta: Params) -> Params:
@@ -324,12 +384,12 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
         theta, pullback = jax.vjp(to_theta, v)
         loss, g_w, g_b = _data_pass(chunks, theta.coef * mask, theta.intercept, fn, with_grad=True)
         g_coef = weight * g_w * mask
-        total = jnp.sum(weight * loss)
+        values = weight * loss
         if penalised:
-            pen, pen_grad = jax.value_and_grad(lambda c: jnp.sum(weight * penalty(Params(c, None))))(theta.coef)
-            total = total + pen
-            g_coef = g_coef + pen_grad
-        return total, pullback(Params(g_coef, weight * g_b))[0]
+            pen, pen_vjp = jax.vjp(lambda c: weight * penalty(Params(c, None)), theta.coef)
+            values = values + pen
+            g_coef = g_coef + pen_vjp(jnp.ones_like(pen))[0]
+        return values, pullback(Params(g_coef, weight * g_b))[0]
 
     if penalised:
         def prox(theta, hyperparams, scaling=1.0):
@@ -343,12 +403,12 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
         total = jnp.sum(weight * data_loss(theta))
         return total + jnp.sum(weight * penalty(theta)) if penalised else total
 
-    # Line-search solvers that use gradients at every trial point get value and gradient from
-    # one pass; GradientDescent and ProximalGradient backtrack on values alone, so they get
-    # the cheaper value-only pass and differentiate it when they need a gradient.
+    # Line-search solvers that use gradients at every trial point get each neuron's value and
+    # gradient from one pass; GradientDescent and ProximalGradient backtrack on values alone,
+    # so they get the cheaper value-only pass and differentiate it when they need a gradient.
     with_grad = _solvers.has_grad_in_state(config.solver_name)
     solver = _solvers.make_solver(config.solver_name, objective if with_grad else objective_value, prox,
-                                  dict(config.solver_kwargs), value_and_grad=with_grad)
+                                  dict(config.solver_kwargs))
 
     if with_grad:
         def error(v_old, v_new, state):
@@ -378,7 +438,7 @@ def _tri(X, chunks: _Chunks, mask, theta0: Params, strength, config: FitConfig):
     if not config.preconditioned:
         return jnp.zeros((0,), X.dtype)
     h = _curvature(chunks, theta0.coef * mask, theta0.intercept, _elementwise(config.observation, config.link, 2))
-    return _preconditioner(X, mask, h, config.regularizer.ridge_diagonal(strength))
+    return _preconditioner(X, chunks.n_valid, mask, h, config.regularizer.ridge_diagonal(strength))
 
 
 def _extra_args(config: FitConfig) -> tuple:
@@ -386,8 +446,9 @@ def _extra_args(config: FitConfig) -> tuple:
     return (None,) if config.solver_name == "ProximalGradient" else ()
 
 
-def _dof_resid(config: FitConfig, X, coef):
-    n, p = X.shape
+def _dof_resid(config: FitConfig, X, coef, n_valid=None):
+    p = X.shape[1]
+    n = X.shape[0] if n_valid is None else n_valid
     n_neurons = coef.shape[1]
     name = config.regularizer.name
     if name in ("Lasso", "ElasticNet", "GroupLasso"):
@@ -399,9 +460,9 @@ def _dof_resid(config: FitConfig, X, coef):
 
 
 @partial(jax.jit, static_argnames=("config",))
-def _solve(X, y, mask, init: Params, strength, active, config: FitConfig):
+def _solve(X, y, mask, init: Params, strength, active, n_valid, config: FitConfig):
     theta0 = _safe_start(config, init, active)
-    chunks = _chunk(X, y)
+    chunks = _chunk(X, y, n_valid)
     tri = _tri(X, chunks, mask, theta0, strength, config)
     prob = _build(chunks, mask, strength, active, tri, config)
     solver = prob.solver
@@ -412,8 +473,8 @@ def _solve(X, y, mask, init: Params, strength, active, config: FitConfig):
     maxiter, tol = solver.maxiter, solver.tol
 
     def cond(carry):
-        _, _, it, _, err = carry
-        return (it < maxiter) & jnp.any(active & ~(err <= tol))
+        _, state, it, _, err = carry
+        return (it < maxiter) & jnp.any(active & ~(err <= tol) & ~_solvers.stalled(state))
 
     def body(carry):
         v, state, it, n_iter, err = carry
@@ -429,10 +490,14 @@ def _solve(X, y, mask, init: Params, strength, active, config: FitConfig):
     theta = prob.to_theta(v)
     coef = theta.coef * mask
     intercept = theta.intercept
-    loss = prob.data_loss(theta) + prob.penalty(theta)
-    dof = _dof_resid(config, X, coef)
+    loss = _solvers.neuron_values(state)
+    if loss is None:
+        loss = prob.data_loss(theta) + prob.penalty(theta)
+    dof = _dof_resid(config, X, coef, chunks.n_valid)
     rate = predict_rate(config.link, X, coef, intercept)
-    scale = config.observation.estimate_scale(y, rate, dof)
+    # padding rows observe exactly their predicted mean, so they add nothing to the scale
+    scale = config.observation.estimate_scale(jnp.where(jnp.arange(X.shape[0])[:, None] < n_valid, y, rate),
+                                              rate, dof)
     finite = jnp.all(jnp.isfinite(coef), axis=0) & jnp.isfinite(intercept) & jnp.isfinite(loss)
     return coef, intercept, scale, dof, n_iter, err, loss, finite, state
 
@@ -471,31 +536,47 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     >>> res.coef.shape, bool(res.converged.all())
     ((3, 2), True)
     """
-    X = jnp.asarray(X)
-    dtype = X.dtype
-    y = jnp.asarray(y, dtype=dtype)
-    mask = jnp.asarray(mask, dtype=dtype)
-    n_features = X.shape[1]
+    # host-side preparation in numpy: each jnp operation here would be one more compilation
+    dtype = jax.dtypes.canonicalize_dtype(np.result_type(X))
+    X = np.asarray(X, dtype=dtype)
+    y = np.asarray(y, dtype=dtype)
+    (n_samples, n_features), n_neurons = X.shape, y.shape[1]
     if init is None:
         init = default_init(config, y, n_features, dtype)
-    else:
-        init = Params(jnp.asarray(init.coef, dtype), jnp.asarray(init.intercept, dtype))
-    if strength is not None:
-        strength = jax.tree_util.tree_map(lambda s: jnp.asarray(s, dtype), strength)
+
+    # Pad to the shape bucket: zero rows past n_samples count for nothing; padding neurons have
+    # a NaN intercept, so they are inactive from the start and never enter the solve.
+    n_cols = bucket_neurons(n_neurons)
+    n_rows = bucket_rows(n_samples, n_cols)
+    extra_rows, extra_cols = n_rows - n_samples, n_cols - n_neurons
+
+    def pad_neurons(a, **kwargs):
+        a = np.asarray(a, dtype=dtype)
+        return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, extra_cols)], **kwargs)
+
+    X = np.pad(X, ((0, extra_rows), (0, 0)))
+    y = np.pad(pad_neurons(y), ((0, extra_rows), (0, 0)))
+    mask = pad_neurons(mask)
+    init = Params(pad_neurons(init.coef), pad_neurons(init.intercept, constant_values=np.nan))
+    strength = jax.tree_util.tree_map(lambda s: pad_neurons(s, mode="edge"), strength)
 
     status = np.where(np.isfinite(np.asarray(init.intercept)), STATUS_OK, STATUS_NONFINITE_INIT).astype(np.int8)
     for _ in range(_MAX_RETRIES):
-        active = jnp.asarray(status == STATUS_OK)
+        active = status == STATUS_OK
         coef, intercept, scale, dof, n_iter, err, loss, finite, state = _solve(
-            X, y, mask, init, strength, active, config
+            X, y, mask, init, strength, active, np.int32(n_samples), config
         )
         newly_bad = np.asarray(active) & ~np.asarray(finite)
         if not newly_bad.any():
             break
-        # a diverging neuron poisons the joint line search: drop it and refit the others
+        # a diverging neuron poisons a joint line search (jaxopt's solvers): drop it and refit
+        # the others
         status[newly_bad] = STATUS_NONFINITE_SOLUTION
+    status = status[:n_neurons]
+    coef, intercept, scale, dof, n_iter, err, loss = (
+        np.asarray(a)[..., :n_neurons] for a in (coef, intercept, scale, dof, n_iter, err, loss))
+    state = _slice_state(state, n_neurons)
     tol = _solver_tol(config)
-    err = np.asarray(err)
     converged = (status == STATUS_OK) & (err <= tol)
     status = np.where((status == STATUS_OK) & ~converged, STATUS_NOT_CONVERGED, status).astype(np.int8)
     failed = status >= STATUS_NONFINITE_INIT
@@ -522,13 +603,22 @@ def _solver_tol(config: FitConfig) -> float:
 
 
 def _flatten_state(state):
-    """``[(name, leaf, per_neuron)]``; per-neuron leaves sit under a ``Params`` node."""
+    """``[(name, leaf, per_neuron)]``; per-neuron leaves sit under a ``Params`` node or in one of
+    the state's ``per_neuron_fields``."""
     out = []
+    per_neuron_fields = getattr(state, "per_neuron_fields", ())
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         names = [getattr(k, "name", getattr(k, "key", getattr(k, "idx", None))) for k in path]
-        per_neuron = any(n in ("coef", "intercept") for n in names)
+        per_neuron = any(n in ("coef", "intercept") for n in names) or names[0] in per_neuron_fields
         out.append((".".join(str(n) for n in names), leaf, per_neuron))
     return out
+
+
+def _slice_state(state, n_neurons: int):
+    """The state as numpy arrays, its per-neuron leaves cut to the first ``n_neurons`` (padding dropped)."""
+    leaves = [np.asarray(leaf)[..., :n_neurons] if per_neuron else np.asarray(leaf)
+              for _, leaf, per_neuron in _flatten_state(state)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), leaves)
 
 
 def state_leaves(state) -> dict[str, tuple[np.ndarray, bool]]:
@@ -555,6 +645,7 @@ def state_spec(config: FitConfig, n_samples: int, n_features: int, n_neurons: in
         Params(sds((n_features, n_neurons), dtype), sds((n_neurons,), dtype)),
         jax.tree_util.tree_map(lambda a: sds(np.shape(a), dtype), strength),
         sds((n_neurons,), np.dtype(bool)),
+        sds((), np.dtype(np.int32)),
     )
     out = jax.eval_shape(partial(_solve, config=config), *args)
     spec = {}
@@ -597,7 +688,7 @@ def update_step(X, y, mask, params: Params, ustate: UpdateState, strength, confi
     over samples, so rows to ignore (NaN rows) are dropped with weight 0 under ``jax.jit`` too.
     """
     active = jnp.ones(y.shape[1], dtype=bool)
-    prob = _build(_chunk(X, y, weight), mask, strength, active, ustate.tri, config)
+    prob = _build(_chunk(X, y, weight=weight), mask, strength, active, ustate.tri, config)
     extra = _extra_args(config)
     v, state = prob.solver.update(prob.to_solver(params), ustate.solver_state, *extra)
     theta = prob.to_theta(v)
