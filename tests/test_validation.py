@@ -340,8 +340,11 @@ def test_bad_solver_kwargs_values(data):
         PopulationGLM(solver_kwargs=[("tol", 1e-6)])
     with pytest.raises(InputTypeError, match=r"solver_kwargs\['tol'\] must be a number; got 'small'"):
         PopulationGLM(solver_kwargs={"tol": "small"})
-    with pytest.raises(InputError, match=r"solver_kwargs\['maxiter'\] must be a positive integer; got 2.5"):
+    with pytest.raises(InputError, match=r"solver_kwargs\['maxiter'\] must be a positive integer .*; got 2.5"):
         PopulationGLM(solver_kwargs={"maxiter": 2.5}).fit(X, y)
+    with pytest.raises(InputError, match=r"solver_kwargs\['maxiter'\] must be a positive integer of at most "
+                                         r"2147483647 .*; got 1000000000000"):
+        PopulationGLM(solver_kwargs={"maxiter": 10**12})
 
 
 @pytest.mark.parametrize("regularizer", ["Lasso", "ElasticNet", "GroupLasso"])
