@@ -239,7 +239,8 @@ def _cmd_unlock(args) -> int:
         raise InputError(f"{args.path} is held by {holder.get('purpose')} in process {holder.get('pid')} on "
                          f"{holder.get('host')}, which renewed its lease {time.time() - holder['renewed_at']:.0f} s "
                          "ago and may still run; if you know it is gone, break the lease with --force")
-    store.break_lease(args.path)
+    if store.break_lease(args.path, token=holder.get("token")) is None:
+        raise InputError(f"the lease of {args.path} changed hands while it was being broken; run unlock again")
     print(f"unlocked {args.path} (the lease of {holder.get('purpose')} in process {holder.get('pid')} on "
           f"{holder.get('host')})")
     return 0

@@ -38,6 +38,8 @@ _ACTOR_START_TIMEOUT_S = 300.0
 _POLL_S = 5.0
 # Blocks an actor holds at once: one solved while the other is read or written.
 _PIPELINE = 2
+# How long the end of a fit waits for the actors it killed to be gone.
+_KILL_WAIT_S = 60.0
 _X64_HINT = "; fit in float64 (jax.config.update('jax_enable_x64', True)) or rescale the data"
 
 
@@ -356,10 +358,15 @@ def fit(
             num_actors = cpus
         blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size, num_actors or max(cpus, 1))
         pad_to = _plan.padded_size(blocks)
-        fingerprint["block_size"] = blocks[0].size if len(blocks) > 1 else pad_to
+        # a block size the planner accepts again: a single block's size rounded up to whole chunks
+        fingerprint["block_size"] = (blocks[0].size if len(blocks) > 1
+                                     else -(-pad_to // info.neuron_chunk) * info.neuron_chunk)
         block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
         spec = core_fit.state_spec(config, X.shape[0], info.n_features, pad_to, dtype, block_strength(blocks[0]))
         with store.acquire_lease(path, "fit") as lease:
+            if store.inputs_generation(path) != info.generation:
+                raise StoreError(f"{path}: the inputs were written again while this fit checked them; run the "
+                                 "fit again")
             store.create_results(path, n_features=info.n_features, n_neurons=info.n_neurons,
                                  neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
                                  state_spec=spec, fingerprint=fingerprint, overwrite=not resume)
@@ -432,7 +439,7 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
     if not todo:
         return [], {}, 0
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
+    from ray.exceptions import RayActorError, RayError, RayTaskError
 
     from .actor import ACTOR_ENV, BlockFitter
 
@@ -448,13 +455,17 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
         actors[slot] = remote_cls.remote(spec, *refs)
         starting[actors[slot].pid.remote()] = slot
 
+    dying = []  # a killed actor's pid call: it fails once the actor is really gone
+
     def lose_actor(slot):
         # Its other block in flight fails too and is retried when its error arrives. A
         # replacement only where a CPU is free (or no actor is left): on a cluster that lost a
         # node, a replacement would wait for a CPU the live actors hold until the end.
         if slot not in actors:
             return
-        ray.kill(actors.pop(slot))
+        actor = actors.pop(slot)
+        ray.kill(actor)
+        dying.append(actor.pid.remote())
         load.pop(slot, None)
         if not actors or ray.available_resources().get("CPU", 0) >= 1:
             start_actor()
@@ -507,15 +518,15 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
                     f"{ray.available_resources().get('CPU', 0):.0f} free); rerun when CPUs are free: finished "
                     "blocks are kept"
                 )
+            # every pass, not only when nothing arrives: a busy fit must not shelter a stuck actor
+            for ref in [ref for ref, entry in in_flight.items() if entry[2] <= now]:
+                slot, block, _, limit = in_flight.pop(ref)
+                lose_actor(slot)
+                retry_or_fail(block, f"its actor did not finish it within {limit:.0f} s and was killed "
+                                     "(raise block_timeout if blocks are this slow)")
             wait_s = min([deadline for _, _, deadline, _ in in_flight.values()] + [now + _POLL_S]) - now
             ready, _ = ray.wait(list(in_flight) + list(starting), num_returns=1, timeout=max(0.05, wait_s))
             if not ready:
-                now = time.monotonic()
-                for ref in [ref for ref, entry in in_flight.items() if entry[2] <= now]:
-                    slot, block, _, limit = in_flight.pop(ref)
-                    lose_actor(slot)
-                    retry_or_fail(block, f"its actor did not finish it within {limit:.0f} s and was killed "
-                                         "(raise block_timeout if blocks are this slow)")
                 continue
             ref = ready[0]
             if ref in starting:
@@ -523,7 +534,14 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
                 try:
                     ray.get(ref)
                     load[slot] = 0
-                except (RayActorError, RayTaskError):
+                except RayActorError as err:
+                    if getattr(err, "actor_init_failed", False):
+                        # the same on every node (distglm missing, a bad runtime environment)
+                        raise ClusterError(f"the fit's actors fail to start: {_short_reason(err)}") from None
+                    actors.pop(slot, None)
+                    if not actors:
+                        start_actor()
+                except RayError:
                     actors.pop(slot, None)
                     if not actors:
                         start_actor()
@@ -531,15 +549,17 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
             slot, block, _, _ = in_flight.pop(ref)
             try:
                 summary = ray.get(ref)
-            except RayActorError as err:
+            except RayTaskError as err:
+                if slot in load:
+                    load[slot] -= 1
+                failed_blocks[block.id] = _short_reason(err)
+                continue
+            except RayError as err:  # the actor died, or its node, worker or objects were lost
                 lose_actor(slot)
                 retry_or_fail(block, _short_reason(err))
                 continue
-            except RayTaskError as err:
+            if slot in load:
                 load[slot] -= 1
-                failed_blocks[block.id] = _short_reason(err)
-                continue
-            load[slot] -= 1
             if not summary["first_block"]:
                 # an actor's first block compiles: the floor covers it, not the measured limit
                 slowest = max(slowest, summary["total_s"])
@@ -553,6 +573,10 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
             bar.close()
         for actor in actors.values():
             ray.kill(actor)
+        # Killed actors may still be writing a block: the lease is given back only when they are
+        # gone, so that the next writer of the store never races them.
+        if dying:
+            ray.wait(dying, num_returns=len(dying), timeout=_KILL_WAIT_S)
     return summaries, failed_blocks, n_retries
 
 
@@ -605,7 +629,6 @@ def load_fitted(path, mapping_dict: dict | None = None):
 
     Raises :class:`StoreError` if the store holds no complete fit.
     """
-
     path = os.fspath(path) if isinstance(path, os.PathLike) else path
     info = store.open_inputs(path)
     fingerprint = stored_fingerprint(path)
@@ -637,5 +660,10 @@ def load_fitted(path, mapping_dict: dict | None = None):
         else:
             starts = np.cumsum([0] + [size for _, size in info.feature_groups])
             model.feature_mask = {name: mask[s] for (name, _), s in zip(info.feature_groups, starts)}
-    model._set_fitted(info.feature_groups, store.read_results(path), store.read_state(path))
+    results, state = store.read_results(path), store.read_state(path)
+    # a fit that replaced the results meanwhile would have changed the fingerprint or the markers
+    if stored_fingerprint(path) != fingerprint or missing != sorted(set(range(n_blocks)) - store.done_blocks(path)):
+        raise StoreError(f"{path}: the results changed while they were read (another fit is writing them); "
+                         "load them again when it ends")
+    model._set_fitted(info.feature_groups, results, state)
     return model

@@ -95,20 +95,24 @@ def _codec_names(metadata: dict) -> list[str]:
     return names
 
 
-def _raw_metadata(group: zarr.Group, name: str) -> dict:
-    """An array's metadata document as stored (Zarr v3 ``zarr.json`` or v2 ``.zarray``), unparsed."""
+def _raw_metadata(group: zarr.Group, name: str) -> list[dict]:
+    """Every metadata document stored for an array (Zarr v3 ``zarr.json``, v2 ``.zarray``), unparsed.
+
+    Both are returned when both exist: which one Zarr reads depends on the hierarchy, so both
+    are checked. A document that cannot be read or parsed is an error: nothing unchecked is
+    handed to Zarr.
+    """
+    documents = []
     for document in ("zarr.json", ".zarray"):
         try:
             raw = get_key(group, f"{name}/{document}")
-        except Exception:  # noqa: BLE001 - unreadable here means Zarr will say why when it parses
-            return {}
-        if raw is not None:
-            try:
-                found = json.loads(raw)
-            except ValueError:
-                return {}
-            return found if isinstance(found, dict) else {}
-    return {}
+            found = None if raw is None else json.loads(raw)
+        except Exception as err:  # noqa: BLE001 - unreadable or not JSON: refused either way
+            raise StoreError(f"the metadata of {name} cannot be read ({_describe(err)}); the store is damaged: "
+                             "write it again") from None
+        if found is not None:
+            documents.append(found if isinstance(found, dict) else {"codecs": [repr(found)]})
+    return documents
 
 
 def check_safe(group: zarr.Group, name: str, path: str) -> None:
@@ -117,11 +121,16 @@ def check_safe(group: zarr.Group, name: str, path: str) -> None:
     The codecs are read from the stored metadata document before Zarr parses it, so a codec is
     refused whether or not some library registered it in this process.
     """
-    metadata = _raw_metadata(group, name)
-    unsafe = sorted({codec for codec in _codec_names(metadata) if codec.lower() not in _SAFE_CODECS})
-    dtype = metadata.get("data_type", metadata.get("dtype"))
-    if isinstance(dtype, (dict, list)) or (isinstance(dtype, str) and "O" in dtype):
-        raise StoreError(f"{path}: {name} must be numeric; got data type {dtype!r}")
+    try:
+        documents = _raw_metadata(group, name)
+    except StoreError as err:
+        raise StoreError(f"{path}: {err}") from None
+    unsafe = sorted({codec for metadata in documents for codec in _codec_names(metadata)
+                     if codec.lower() not in _SAFE_CODECS})
+    for metadata in documents:
+        dtype = metadata.get("data_type", metadata.get("dtype"))
+        if isinstance(dtype, (dict, list)) or (isinstance(dtype, str) and "O" in dtype):
+            raise StoreError(f"{path}: {name} must be numeric; got data type {dtype!r}")
     if unsafe:
         raise StoreError(
             f"{path}: {name} uses the codec(s) {unsafe}, which distglm does not read (they can run "
@@ -183,11 +192,14 @@ def json_like(value, name: str):
 
 
 def delete_node(group: zarr.Group, name: str) -> None:
-    """Delete ``group[name]`` and everything under it (absent is fine)."""
-    try:
-        del group[name]
-    except KeyError:
-        pass
+    """Delete everything stored under ``group``'s key ``name`` (absent is fine).
+
+    The whole prefix goes, whether or not its metadata document is still there: an earlier
+    interrupted delete may have removed that document first and left arrays behind.
+    """
+    from zarr.core.sync import sync
+
+    sync(group.store.delete_dir(_key(group, name)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
 
     _refuse_foreign_directory(path)
     root = open_group(path, "a")
-    with acquire_lease(path, "write_inputs"):
+    with acquire_lease(path, "write_inputs") as lease:
         if _zarr.contains(root, "inputs", path):
             if not overwrite:
                 raise StoreError(
@@ -223,9 +223,11 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
             # marked incomplete (refused until written again), never results or a job record
             # that would describe the new inputs.
             root["inputs"].attrs["complete"] = False
-            _zarr.delete_node(root, "job")
-            discard_results(root)
-            _zarr.delete_node(root, "inputs")
+        # Deleted whether or not their groups are there: an interrupted delete may have left
+        # arrays behind their group's metadata document.
+        _zarr.delete_node(root, "job")
+        discard_results(root)
+        _zarr.delete_node(root, "inputs")
 
         attributes = {"complete": False, "generation": uuid.uuid4().hex}
         if groups:
@@ -248,6 +250,7 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
             inputs.create_array(
                 "feature_mask", shape=mask.shape, dtype=np.uint8, chunks=(n_features, neuron_chunk)
             )[...] = mask
+        lease.check()
         inputs.attrs["complete"] = True
     return path
 

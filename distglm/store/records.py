@@ -9,8 +9,10 @@ broken by hand (:func:`break_lease`, ``distglm unlock PATH``).
 
 The lease is the group ``lease`` whose metadata document, ``lease/zarr.json``, holds the holder
 in its attributes. It is created with the store's create-if-absent primitive: atomic on a local
-disk (O_EXCL); on object stores a check-then-write, after which the document is read back, so
-two processes that race for the lease within the same instant are told apart by who wrote last.
+disk (O_EXCL); on object stores a check-then-write, after which the document is read back after
+a short pause, so only two processes that race within the store's write latency could both
+believe they hold it. The holder renews the lease every ``ttl / 8`` and stops writing when it
+has not renewed it for ``ttl / 2``, well before others may take it for expired.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ __all__ = ["write_attrs", "read_attrs", "Lease", "acquire_lease", "read_lease", 
 _LEASE_KEY = "lease/zarr.json"
 #: Seconds without renewal after which a lease is expired.
 DEFAULT_LEASE_TTL_S = 120.0
+# Pause between writing a lease and reading it back to learn who holds it.
+_SETTLE_S = 0.2
 
 
 def _check_group_name(group_name) -> str:
@@ -172,25 +176,27 @@ class Lease:
 
     def _renew(self) -> None:
         ttl = float(self.holder["ttl_s"])
-        last_renewed = time.time()
-        while not self._stop.wait(ttl / 4):
+        while not self._stop.wait(ttl / 8):
             try:
                 current = _read_holder(self._root)
                 if current is None or current.get("token") != self.holder["token"]:
                     self._lost.set()
                     return
-                self.holder = {**self.holder, "renewed_at": time.time()}
-                _zarr.put_key(self._root, _LEASE_KEY, _document(self.holder))
-                last_renewed = time.time()
+                renewed = {**self.holder, "renewed_at": time.time()}
+                _zarr.put_key(self._root, _LEASE_KEY, _document(renewed))
+                self.holder = renewed
             except Exception:  # noqa: BLE001 - a store briefly unreachable; the lease may still hold
-                if time.time() - last_renewed > ttl:
-                    self._lost.set()
-                    return
+                continue
 
     @property
     def lost(self) -> bool:
-        """Whether the lease was broken or taken by another process, or could not be renewed."""
-        return self._lost.is_set()
+        """Whether the lease was broken or taken by another process, or was not renewed in time.
+
+        The holder gives up at half the lease's ``ttl`` without a renewal, well before any other
+        process may take the lease for expired.
+        """
+        stale = time.time() - float(self.holder["renewed_at"]) > float(self.holder["ttl_s"]) / 2
+        return self._lost.is_set() or stale
 
     def check(self) -> None:
         """Raise StoreError if the lease was lost: this process must stop writing the store."""
@@ -201,7 +207,8 @@ class Lease:
     def release(self) -> None:
         """Give the lease back (only if this process still holds it)."""
         self._stop.set()
-        self._thread.join()
+        # bounded: a renewal stuck on an unreachable store must not hold the process
+        self._thread.join(timeout=float(self.holder["ttl_s"]) / 4)
         try:
             current = _read_holder(self._root)
             if current is not None and current.get("token") == self.holder["token"]:
@@ -218,6 +225,10 @@ class Lease:
 
 def acquire_lease(path, purpose: str, *, ttl: float = DEFAULT_LEASE_TTL_S) -> Lease:
     """Take the store's lease for ``purpose``, or refuse if another live process holds it.
+
+    On a local disk the lease is created atomically. On object stores two processes that try
+    within the same fraction of a second could both succeed; the document is read back after a
+    short pause, which narrows that window to the object store's own latency.
 
     Parameters
     ----------
@@ -263,12 +274,17 @@ def acquire_lease(path, purpose: str, *, ttl: float = DEFAULT_LEASE_TTL_S) -> Le
                 f"{path} is in use by {_describe_holder(current, now)}; a store takes one writer at a time. "
                 f"Wait for it to end, or if that process is gone, break its lease with: distglm unlock {path}"
             )
-        _zarr.delete_key(root, _LEASE_KEY)
+        # Remove the expired lease only if it is still the one found: another process may have
+        # taken over since.
+        if (_read_holder(root) or {}).get("token") == current.get("token"):
+            _zarr.delete_key(root, _LEASE_KEY)
     holder = {
         "token": token, "purpose": purpose, **_this_process(), "ttl_s": float(ttl), "renewed_at": now,
         "acquired_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     _zarr.put_key(root, _LEASE_KEY, _document(holder), exclusive=True)
+    # Let a racing writer's document land (object stores check, then write), then see who won.
+    time.sleep(_SETTLE_S)
     winner = _read_holder(root)
     if winner is None or winner.get("token") != token:
         raise StoreError(f"{path}: another process took the store's lease at the same moment"
@@ -297,8 +313,8 @@ def read_lease(path) -> dict | None:
     return {**holder, "expired": _expired(holder, time.time())}
 
 
-def break_lease(path) -> dict | None:
-    """Remove the store's lease, whoever holds it; return the holder it had, or None.
+def break_lease(path, token: str | None = None) -> dict | None:
+    """Remove the store's lease; return the holder it had, or None if there was none.
 
     For a lease whose holder is gone on another machine and that has not expired yet. A live
     holder notices at its next renewal and stops writing.
@@ -307,10 +323,14 @@ def break_lease(path) -> dict | None:
     ----------
     path : str or os.PathLike
         Local directory or URL of the Zarr group.
+    token : str, optional
+        Break the lease only if it is still this one (as :func:`read_lease` returned it), so
+        that a lease taken by another process in between is left alone.
     """
     path = as_path(path)
     root = open_group(path, "r+")
     holder = _read_holder(root)
-    if holder is not None:
+    if holder is not None and (token is None or holder.get("token") == token):
         _zarr.delete_key(root, _LEASE_KEY)
-    return holder
+        return holder
+    return None

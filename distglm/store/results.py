@@ -96,8 +96,13 @@ def _results(path: str, mode: str) -> zarr.Group:
     return results
 
 
-def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec):
-    coef, done = results["coef"], results["done"]
+def _result_array(results: zarr.Group, name: str, path: str) -> zarr.Array:
+    return _zarr.array(results, name, path, "the results are incomplete: refit with resume=False "
+                                            "(distglm fit PATH --no-resume)")
+
+
+def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, path):
+    coef, done = _result_array(results, "coef", path), _result_array(results, "done", path)
     expected = {
         "coef shape": (coef.shape, (n_features, n_neurons)),
         "neuron chunk": (_zarr.neuron_chunk(coef), neuron_chunk),
@@ -199,7 +204,7 @@ def create_results(
                     "pass resume=False to replace them"
                 )
             differences = _layout_differences(
-                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec
+                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, path
             )
             if differences:
                 raise StoreError(
@@ -207,7 +212,8 @@ def create_results(
                     f"({'; '.join(differences)}); pass resume=False to replace them"
                 )
             return
-        discard_results(root)
+    # also when no results group is there: an interrupted delete may have left arrays without it
+    discard_results(root)
 
     results = root.create_group("results")
     per_neuron = {name: (dtype, np.nan) for name in RESULT_NAMES} | _FIXED_RESULTS
@@ -254,9 +260,10 @@ class ResultsWriter:
         results = _results(self.path, "r+")
         self._fingerprint = results.attrs["fingerprint"]
         self._spec = results.attrs["state_spec"]
-        self._arrays = {("arrays", name): results[name] for name in RESULT_NAMES}
-        self._arrays.update({("state", name): results[f"solver_state/{name}"] for name in self._spec})
-        self._done = results["done"]
+        self._arrays = {("arrays", name): _result_array(results, name, self.path) for name in RESULT_NAMES}
+        self._arrays.update({("state", name): _result_array(results, f"solver_state/{name}", self.path)
+                             for name in self._spec})
+        self._done = _result_array(results, "done", self.path)
         self._n_features, self._n_neurons = self._arrays[("arrays", "coef")].shape
         self._neuron_chunk = _zarr.neuron_chunk(self._arrays[("arrays", "coef")])
 
@@ -373,10 +380,11 @@ def discard_results(root: zarr.Group) -> None:
     The fingerprint goes first: results without one are "not completely created", which every
     reader refuses and every fit recreates, whatever of the arrays was deleted by then.
     """
-    results = _zarr.node(root, "results", root.store_path)
-    if results is None:
-        return
-    if "fingerprint" in results.attrs:
+    try:
+        results = root["results"]
+    except Exception:  # noqa: BLE001 - absent or damaged: there is no fingerprint to remove first
+        results = None
+    if isinstance(results, zarr.Group) and "fingerprint" in results.attrs:
         results.attrs.pop("fingerprint")
     _zarr.delete_node(root, "results")
 
@@ -408,14 +416,18 @@ def done_blocks(path) -> set[int]:
     """
     path = as_path(path)
     results = _results(path, "r")
-    markers = _zarr.read(results["done"], Ellipsis, "results/done", path)
+    markers = _zarr.read(_result_array(results, "done", path), Ellipsis, "results/done", path)
+    if markers.ndim != 2:
+        raise StoreError(f"{path}: the results were written by an older distglm, whose done markers cannot be "
+                         "checked against the data; refit with resume=False (distglm fit PATH --no-resume)")
     candidates = [int(i) for i in np.flatnonzero(markers[:, 0])]
     if not candidates:
         return set()
     spec = results.attrs["state_spec"]
-    arrays = {name: _zarr.read(results[name], Ellipsis, f"results/{name}", path) for name in RESULT_NAMES}
-    state = {name: _zarr.read(results[f"solver_state/{name}"], Ellipsis, f"results/solver_state/{name}", path)
-             for name in spec}
+    arrays = {name: _zarr.read(_result_array(results, name, path), Ellipsis, f"results/{name}", path)
+              for name in RESULT_NAMES}
+    state = {name: _zarr.read(_result_array(results, f"solver_state/{name}", path), Ellipsis,
+                              f"results/solver_state/{name}", path) for name in spec}
     n_neurons = arrays["intercept"].shape[0]
     done = set()
     for block_id in candidates:
@@ -461,9 +473,9 @@ def read_results(path, start=0, stop=None) -> dict[str, np.ndarray]:
     """
     path = as_path(path)
     results = _results(path, "r")
-    start, stop = _zarr.check_range(start, stop, results["coef"].shape[1])
-    return {name: _zarr.read(results[name], (Ellipsis, slice(start, stop)), f"results/{name}", path)
-            for name in RESULT_NAMES}
+    start, stop = _zarr.check_range(start, stop, _result_array(results, "coef", path).shape[1])
+    return {name: _zarr.read(_result_array(results, name, path), (Ellipsis, slice(start, stop)),
+                             f"results/{name}", path) for name in RESULT_NAMES}
 
 
 def read_state(path) -> dict[str, np.ndarray]:
@@ -492,8 +504,8 @@ def read_state(path) -> dict[str, np.ndarray]:
     """
     path = as_path(path)
     results = _results(path, "r")
-    return {name: _zarr.read(results[f"solver_state/{name}"], Ellipsis, f"results/solver_state/{name}", path)
-            for name in results.attrs["state_spec"]}
+    return {name: _zarr.read(_result_array(results, f"solver_state/{name}", path), Ellipsis,
+                             f"results/solver_state/{name}", path) for name in results.attrs["state_spec"]}
 
 
 def read_fingerprint(path) -> dict | None:
