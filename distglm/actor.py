@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from . import store
+from .compile_cache import enable_compilation_cache
 from .plan import Block
 
 __all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "fit_one_block", "slice_strength"]
@@ -71,7 +72,6 @@ class FitSpec:
             inverse_link_function=self.inverse_link)
 
 
-_DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "distglm", "xla")
 
 
 def slice_strength(strength, start: int, stop: int, pad_to: int):
@@ -183,8 +183,7 @@ class BlockFitter:
         jax.config.update("jax_enable_x64", bool(spec.x64))
         # A persistent compilation cache lets a replacement actor, the second actor on a node
         # and a resumed fit load the compiled block fit instead of compiling it again.
-        jax.config.update("jax_compilation_cache_dir", os.environ.get("DISTGLM_COMPILATION_CACHE", _DEFAULT_CACHE))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        enable_compilation_cache()
         self._spec, self._X, self._keep = spec, X, keep
         self._config = spec.build_model()._fit_config()
         self._io = None
