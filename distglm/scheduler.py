@@ -40,6 +40,8 @@ _POLL_S = 5.0
 _PIPELINE = 2
 # How long the end of a fit waits for the actors it killed to be gone.
 _KILL_WAIT_S = 60.0
+_OLDER = ("the results were written by an older distglm, which recorded neither the identity of their inputs nor "
+          "checkable done markers; refit with resume=False (distglm fit PATH --no-resume)")
 _X64_HINT = "; fit in float64 (jax.config.update('jax_enable_x64', True)) or rescale the data"
 
 
@@ -396,6 +398,8 @@ def _check_resumable(path: str, stored: dict, fingerprint: dict, block_size) -> 
     if differing:
         raise StoreError(f"{path} holds results of a different fit (fingerprint differs in {differing}); "
                          "pass resume=False (distglm fit PATH --no-resume) to replace them")
+    if "inputs" not in stored:
+        raise StoreError(_OLDER)
     if stored.get("inputs") != fingerprint["inputs"]:
         raise StoreError(
             f"{path}: the store's inputs changed since its results were fitted (their content or generation "
@@ -634,7 +638,9 @@ def load_fitted(path, mapping_dict: dict | None = None):
     fingerprint = stored_fingerprint(path)
     if fingerprint is None:
         raise StoreError(f"{path} holds no fit results; run distglm.fit first")
-    fitted_to = (fingerprint.get("inputs") or {}).get("generation")
+    if "inputs" not in fingerprint:
+        raise StoreError(_OLDER)
+    fitted_to = fingerprint["inputs"].get("generation")
     if fitted_to != info.generation:
         raise StoreError(f"{path}: the results were fitted to earlier inputs (the inputs were written again since); "
                          "refit them with distglm.fit(path, model, resume=False)")

@@ -416,7 +416,8 @@ class TestOnRay:
 
         report = distglm.fit(path, PopulationGLM(**CONFIGS["Poisson"]), num_actors=1, block_size=32,
                              max_retries=1, progress=False, on_block=break_last_block)
-        assert broken == {"after": 0}
+        # the actor holds two blocks at once (blocks 0 and 1): either may end first; block 2 starts after
+        assert broken["after"] in (0, 1)
         assert report.failures == {5: STATUS_REASONS[STATUS_NONFINITE_INIT]}
         assert list(report.failed_blocks) == [2]
         # the actor raised: a deterministic failure, named and not retried (the actor stays in use)

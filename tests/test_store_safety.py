@@ -309,3 +309,32 @@ def test_a_model_naming_os_system_as_link_is_refused(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "distglm.cli", "fit", str(tmp_path / "x.zarr"), "--model",
                           '{"inverse_link_function": "os.system"}'], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 1 and "inverse_link_function" in cli.stderr
+
+
+def test_results_of_an_older_distglm_are_refused_clearly(written):
+    # the earlier layout: one bool per block, nothing to check the data against
+    results = zarr.open_group(os.path.join(written, "results"), mode="r+")
+    results.create_array("done", shape=(3,), dtype=bool, chunks=(1,), overwrite=True)[...] = True
+    for read in (store.done_blocks, distglm.load_model):
+        with pytest.raises(StoreError, match="written by an older distglm.*--no-resume"):
+            read(written)
+
+
+def test_a_v2_document_beside_a_harmless_v3_one_is_checked_too(written):
+    with open(os.path.join(written, "inputs", "X", ".zarray"), "w") as handle:
+        json.dump({"zarr_format": 2, "shape": [30, 4], "chunks": [30, 4], "dtype": "<f8", "order": "C",
+                   "fill_value": 0.0, "compressor": None, "filters": [{"id": "pickle"}]}, handle)
+    with pytest.raises(StoreError, match=r"inputs/X uses the codec\(s\) \['pickle'\]"):
+        store.read_X(written)
+
+
+def test_arrays_left_behind_their_group_are_cleared(written):
+    # an interrupted delete that took the groups' documents first
+    os.remove(os.path.join(written, "results", "zarr.json"))
+    os.remove(os.path.join(written, "inputs", "zarr.json"))
+    store.create_results(written, fingerprint=FINGERPRINT, **RESULTS)
+    assert store.done_blocks(written) == set()
+    X, y, mask = make_inputs(seed=6)
+    store.write_inputs(written, X, y, mask, neuron_chunk=10)
+    np.testing.assert_array_equal(store.read_y_block(written, 0, 50), y)
+    assert store.read_fingerprint(written) is None
