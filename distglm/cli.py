@@ -236,13 +236,11 @@ def _cmd_unlock(args) -> int:
         print(f"{args.path} is not locked")
         return 0
     if not holder["expired"] and not args.force:
-        raise InputError(f"{args.path} is held by {holder.get('purpose')} in process {holder.get('pid')} on "
-                         f"{holder.get('host')}, which renewed its lease {time.time() - holder['renewed_at']:.0f} s "
-                         "ago and may still run; if you know it is gone, break the lease with --force")
+        raise InputError(f"{args.path} is held by {store.describe_holder(holder)}, which may still run; if you "
+                         "know it is gone, break the lease with --force")
     if store.break_lease(args.path, token=holder.get("token")) is None:
         raise InputError(f"the lease of {args.path} changed hands while it was being broken; run unlock again")
-    print(f"unlocked {args.path} (the lease of {holder.get('purpose')} in process {holder.get('pid')} on "
-          f"{holder.get('host')})")
+    print(f"unlocked {args.path} (the lease of {store.describe_holder(holder)})")
     return 0
 
 
@@ -266,8 +264,7 @@ def _cmd_inspect(args) -> int:
               f"neurons" + (f", error: {job['error']}" if job.get("error") else ""))
     holder = store.read_lease(path)
     if holder is not None:
-        print(f"  in use by: {holder.get('purpose')} in process {holder.get('pid')} on {holder.get('host')} since "
-              f"{holder.get('acquired_at')}" + (" (expired)" if holder["expired"] else ""))
+        print(f"  in use by: {store.describe_holder(holder)}" + (" (expired)" if holder["expired"] else ""))
     fingerprint = stored_fingerprint(path)
     if fingerprint is None:
         print("  results: none (fit the store with distglm fit or distglm submit)")

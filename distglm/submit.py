@@ -313,8 +313,8 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
         _check_mask(model, info, store.read_mask_block(path, 0, info.n_neurons) if info.has_mask else None)
     holder = store.read_lease(path)
     if holder is not None and not holder["expired"]:
-        raise JobError(f"{path} is in use by {holder.get('purpose')} in process {holder.get('pid')} on "
-                       f"{holder.get('host')}; submit when it ends (or, if it is gone, run distglm unlock {path})")
+        raise JobError(f"{path} is in use by {store.describe_holder(holder)}; submit when it ends (or, if it is "
+                       f"gone, run distglm unlock {path})")
     url = dashboard_url(address)
     cluster = _Cluster(url)
 

@@ -52,6 +52,7 @@ from .records import (
     Lease,
     acquire_lease,
     break_lease,
+    describe_holder,
     read_attrs,
     read_lease,
     write_attrs,
@@ -94,4 +95,5 @@ __all__ = [
     "acquire_lease",
     "read_lease",
     "break_lease",
+    "describe_holder",
 ]

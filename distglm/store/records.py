@@ -32,7 +32,7 @@ from distglm.errors import InputError, InputTypeError, StoreError
 from . import _zarr
 from ._zarr import as_path, open_group
 
-__all__ = ["write_attrs", "read_attrs", "Lease", "acquire_lease", "read_lease", "break_lease"]
+__all__ = ["write_attrs", "read_attrs", "Lease", "acquire_lease", "read_lease", "break_lease", "describe_holder"]
 
 _LEASE_KEY = "lease/zarr.json"
 #: Seconds without renewal after which a lease is expired.
@@ -152,7 +152,17 @@ def _document(holder: dict) -> bytes:
     return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"holder": holder}}).encode()
 
 
-def _describe_holder(holder: dict, now: float) -> str:
+def describe_holder(holder: dict, now: float | None = None) -> str:
+    """Who holds a lease, for messages: purpose, process, host, since when, last renewal.
+
+    Parameters
+    ----------
+    holder : dict
+        As :func:`read_lease` returns it.
+    now : float, optional
+        Seconds since the epoch; default the current time.
+    """
+    now = time.time() if now is None else now
     return (f"{holder.get('purpose', 'a process')} in process {holder.get('pid')} on {holder.get('host')} "
             f"since {holder.get('acquired_at')} (last renewed {now - float(holder['renewed_at']):.0f} s ago)")
 
@@ -271,7 +281,7 @@ def acquire_lease(path, purpose: str, *, ttl: float = DEFAULT_LEASE_TTL_S) -> Le
     if current is not None:
         if not _expired(current, now):
             raise StoreError(
-                f"{path} is in use by {_describe_holder(current, now)}; a store takes one writer at a time. "
+                f"{path} is in use by {describe_holder(current, now)}; a store takes one writer at a time. "
                 f"Wait for it to end, or if that process is gone, break its lease with: distglm unlock {path}"
             )
         # Remove the expired lease only if it is still the one found: another process may have
@@ -288,7 +298,7 @@ def acquire_lease(path, purpose: str, *, ttl: float = DEFAULT_LEASE_TTL_S) -> Le
     winner = _read_holder(root)
     if winner is None or winner.get("token") != token:
         raise StoreError(f"{path}: another process took the store's lease at the same moment"
-                         + (f" ({_describe_holder(winner, time.time())})" if winner and "pid" in winner else ""))
+                         + (f" ({describe_holder(winner, time.time())})" if winner and "pid" in winner else ""))
     return Lease(path, root, holder)
 
 
