@@ -159,16 +159,27 @@ def _time_series_of(X):
     return None
 
 
-def _on_time_axis(array, X):
-    """``array`` as a pynapple ``Tsd``/``TsdFrame`` on X's time axis when X is a time series, else as is."""
+def _column_labels(y):
+    """The column labels of a pynapple ``TsdFrame`` y (its neurons' unit ids); None for other inputs."""
+    columns = getattr(y, "columns", None) if _time_series_of(y) is not None else None
+    return None if columns is None else np.asarray(columns)
+
+
+def _on_time_axis(array, X, columns=None):
+    """``array`` as a pynapple ``Tsd``/``TsdFrame`` on X's time axis when X is a time series, else as is.
+
+    A ``TsdFrame``'s columns are labelled by ``columns`` (the neurons' ids) when given.
+    """
     series = _time_series_of(X)
     if series is None:
         return array
     import pynapple as nap  # installed: X is one of its objects
 
     array = np.asarray(array)
-    cls = nap.Tsd if array.ndim == 1 else nap.TsdFrame
-    return cls(t=series.times(), d=array, time_support=series.time_support)
+    if array.ndim == 1:
+        return nap.Tsd(t=series.times(), d=array, time_support=series.time_support)
+    labels = columns if columns is not None and len(columns) == array.shape[1] else None
+    return nap.TsdFrame(t=series.times(), d=array, time_support=series.time_support, columns=labels)
 
 
 class GLM:
@@ -405,6 +416,7 @@ class GLM:
         self.status_ = None
         self._groups = None
         self._step_args = None
+        self._neuron_ids = None
 
     def _mask_for(self, groups, n_features: int, n_neurons: int) -> np.ndarray:
         return np.ones((n_features, n_neurons))
@@ -517,7 +529,7 @@ class GLM:
         """
         result, groups = self._solve(X, y, init_params)
         val.check_solution(result.coef, result.intercept)
-        self._set_fitted(groups, result._asdict(), result.state)
+        self._set_fitted(groups, result._asdict(), result.state, neuron_ids=_column_labels(y))
         self._warn_about(result)
         return self
 
@@ -537,13 +549,16 @@ class GLM:
             init = _fit.Params(coef0.reshape(n_features, n_neurons), intercept0.reshape(n_neurons))
         return _fit.fit_block(Xa, ya, mask, config, init=init, strength=strength), groups
 
-    def _set_fitted(self, groups, arrays, state=None):
+    def _set_fitted(self, groups, arrays, state=None, neuron_ids=None):
         """Set the fitted attributes from arrays named as :class:`~distglm.core.BlockResult`'s fields.
 
         ``arrays["coef"]`` has shape (n_features, n_neurons); the other per-neuron arrays
         (``scale``, ``dof_resid``, ``n_iter``, ``converged``, ``status``) may be absent or empty.
+        ``neuron_ids`` of shape (n_neurons,) name the neurons in ``failure_reasons_`` and label
+        the columns of predictions on a time axis (positions when None).
         """
         self._groups = groups
+        self._neuron_ids = neuron_ids
         self.coef_ = self._user_coef(np.asarray(arrays["coef"]))
         self.intercept_ = np.asarray(arrays["intercept"])
         for name in ("scale", "dof_resid", "n_iter", "converged", "status"):
@@ -555,7 +570,8 @@ class GLM:
     def failure_reasons_(self) -> dict[int, str]:
         """Neurons that failed or did not converge, with the reason."""
         self._check_is_fit()
-        return {int(i): _fit.STATUS_REASONS[int(s)] for i, s in enumerate(self.status_) if s != _fit.STATUS_OK}
+        ids = np.arange(np.size(self.status_)) if self._neuron_ids is None else self._neuron_ids
+        return {ids[i].item(): _fit.STATUS_REASONS[int(s)] for i, s in enumerate(self.status_) if s != _fit.STATUS_OK}
 
     def _warn_about(self, result):
         status = np.asarray(result.status)
@@ -590,7 +606,7 @@ class GLM:
         >>> GLM().fit(X, y).predict(X).shape
         (50,)
         """
-        return _on_time_axis(self._predict_array(X), X)
+        return _on_time_axis(self._predict_array(X), X, self._neuron_ids)
 
     def _predict_array(self, X) -> np.ndarray:
         Xa, _, groups = self._prepare(X, drop_nans=False)
@@ -657,7 +673,8 @@ class GLM:
         rate = jnp.asarray(self._predict_array(feedforward_input))
         scale = jnp.asarray(self._scale_vector(np.size(self.intercept_)), rate.dtype)
         samples = self._observation_model.sample(random_key, rate, scale)
-        return _on_time_axis(samples, feedforward_input), _on_time_axis(rate, feedforward_input)
+        return (_on_time_axis(samples, feedforward_input, self._neuron_ids),
+                _on_time_axis(rate, feedforward_input, self._neuron_ids))
 
     # ----------------------------------------------------------------- step-by-step fitting
     def initialize_params(self, X, y):

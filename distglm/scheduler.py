@@ -60,7 +60,9 @@ class FitReport:
         Of those, neurons that met the solver's tolerance (counted over this run's blocks
         and the stored results of skipped blocks).
     failures : dict
-        Neuron index -> reason, for neurons that failed or did not converge.
+        Neuron id -> reason, for neurons that failed or did not converge; the ids are those the
+        store records (``write_inputs(neuron_ids=...)`` or a pynapple y's column labels), by
+        default the neurons' positions.
     failed_blocks : dict
         Block id -> reason, for blocks that failed on every try (their neurons have no result).
     n_blocks, n_blocks_skipped, n_blocks_fitted : int
@@ -371,7 +373,9 @@ def fit(
                                  "fit again")
             store.create_results(path, n_features=info.n_features, n_neurons=info.n_neurons,
                                  neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
-                                 state_spec=spec, fingerprint=fingerprint, overwrite=not resume)
+                                 state_spec=spec, fingerprint=fingerprint, overwrite=not resume,
+                                 attributes=_results_attributes(model_config),
+                                 status_meanings=core_fit.STATUS_NAMES)
             done = store.done_blocks(path) if resume else set()
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
@@ -390,6 +394,12 @@ def fit(
             ray.shutdown()
 
     return _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared)
+
+
+def _results_attributes(model_config: dict) -> dict:
+    """What the results group tells its readers: the model fitted and the software that fitted it."""
+    return {"title": "results of a population GLM fit (distglm)", "model": model_config,
+            "software": store.software_versions()}
 
 
 def _check_resumable(path: str, stored: dict, fingerprint: dict, block_size) -> None:
@@ -617,9 +627,10 @@ def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_sta
         "first_solve": sum(s["solve_s"] for s in summaries if s["first_block"]),
         "write": sum(s["write_s"] for s in summaries),
     }
+    ids = store.read_coordinates(path)["neuron"]
     return FitReport(
         path=path, n_neurons=info.n_neurons, n_fitted=n_fitted, n_converged=n_converged,
-        failures=dict(sorted(failures.items())), failed_blocks=failed_blocks, n_blocks=len(blocks),
+        failures={ids[i].item(): reason for i, reason in sorted(failures.items())}, failed_blocks=failed_blocks, n_blocks=len(blocks),
         n_blocks_skipped=len(skipped), n_blocks_fitted=len(summaries), n_retries=n_retries,
         seconds=seconds, neurons_per_second=n_now / seconds if seconds > 0 else 0.0, timings=timings,
     )
@@ -671,5 +682,5 @@ def load_fitted(path, mapping_dict: dict | None = None):
     if stored_fingerprint(path) != fingerprint or missing != sorted(set(range(n_blocks)) - store.done_blocks(path)):
         raise StoreError(f"{path}: the results changed while they were read (another fit is writing them); "
                          "load them again when it ends")
-    model._set_fitted(info.feature_groups, results, state)
+    model._set_fitted(info.feature_groups, results, state, neuron_ids=store.read_coordinates(path)["neuron"])
     return model

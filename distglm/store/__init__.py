@@ -42,12 +42,14 @@ from .inputs import (
     inputs_generation,
     nan_rows,
     open_inputs,
+    read_coordinates,
     read_mask_block,
     read_X,
     read_y_block,
     scan_y,
     write_inputs,
 )
+from ._zarr import software_versions
 from .records import (
     Lease,
     acquire_lease,
@@ -79,6 +81,7 @@ __all__ = [
     "write_inputs",
     "open_inputs",
     "inputs_generation",
+    "read_coordinates",
     "read_X",
     "read_y_block",
     "read_mask_block",
@@ -96,4 +99,5 @@ __all__ = [
     "read_lease",
     "break_lease",
     "describe_holder",
+    "software_versions",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import metadata
 
 import numpy as np
 import zarr
@@ -28,7 +29,11 @@ _SAFE_CODECS = frozenset({
     "zlib", "lz4", "bz2", "lzma", "shuffle", "delta", "bitround", "numcodecs.zstd",
     "numcodecs.gzip", "numcodecs.blosc", "numcodecs.zlib", "numcodecs.lz4", "numcodecs.bz2",
     "numcodecs.lzma", "numcodecs.shuffle", "numcodecs.delta", "numcodecs.crc32",
+    # UTF-8 strings of coordinate arrays (neuron ids, feature names): decoded as text, never as objects
+    "vlen-utf8",
 })
+# Data types of coordinate arrays besides numbers: Zarr v3's variable-length UTF-8 string.
+_LABEL_DTYPES = frozenset({"string"})
 
 
 def as_path(path) -> str:
@@ -148,6 +153,51 @@ def array(group: zarr.Group, name: str, path: str, hint: str) -> zarr.Array:
     if np.dtype(found.dtype).kind not in NUMERIC_KINDS:
         raise StoreError(f"{path}: {name} must be numeric; got dtype {found.dtype}")
     return found
+
+
+def labels(group: zarr.Group, name: str, path: str, length: int) -> np.ndarray | None:
+    """A coordinate array (numbers or strings) of ``length`` entries, or None when the store has none.
+
+    Stores written before coordinates were recorded have none; callers fall back to positions.
+    """
+    if node(group, name, path) is None:
+        return None
+    check_safe(group, name, path)
+    found = node(group, name, path)
+    kind = np.dtype(found.dtype).kind if isinstance(found, zarr.Array) else None
+    data_types = {str(document.get("data_type")) for document in _raw_metadata(group, name)}
+    if kind is None or not (kind in NUMERIC_KINDS or data_types <= _LABEL_DTYPES):
+        raise StoreError(f"{path}: {name} must be a 1-D array of numbers or strings; got {found!r}")
+    if found.shape != (length,):
+        raise StoreError(f"{path}: {name} must have shape ({length},), one entry per index; got {found.shape}")
+    values = read(found, Ellipsis, name, path)
+    return np.array(values.tolist(), dtype=str) if kind not in NUMERIC_KINDS else values
+
+
+def write_coordinate(group: zarr.Group, name: str, values, attributes: dict, dimension: str | None = None) -> None:
+    """Write a 1-D coordinate array ``name`` along ``dimension`` (by default the dimension ``name``).
+
+    xarray takes an array named as its only dimension for that dimension's index. Strings are
+    stored as Zarr v3 variable-length UTF-8 strings, numbers as they are.
+    """
+    values = np.asarray(values)
+    dtype = str if values.dtype.kind in "OUST" else values.dtype
+    coordinate = group.create_array(name, shape=values.shape, dtype=dtype, chunks=values.shape,
+                                     dimension_names=(dimension or name,), attributes=attributes)
+    coordinate[...] = values.astype(str) if dtype is str else values
+
+
+def software_versions() -> dict:
+    """The versions of distglm and of the libraries whose behaviour a store depends on."""
+    import distglm
+
+    versions = {"distglm": distglm.__version__, "zarr": zarr.__version__, "numpy": np.__version__}
+    # read from the package metadata: the store never imports JAX
+    try:
+        versions["jax"] = metadata.version("jax")
+    except metadata.PackageNotFoundError:
+        versions["jax"] = None
+    return versions
 
 
 def read(values: zarr.Array, selection, name: str, path: str) -> np.ndarray:
