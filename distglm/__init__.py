@@ -71,8 +71,10 @@ def fit(path, model, **options):
 
 
 
-def load_model(path, mapping_dict=None):
+def load_model(path, mapping_dict=None, *, storage_options=None):
     """A fitted model from a store (a fit's results) or from a ``.npz`` file (``save_params``).
+
+    ``storage_options`` are fsspec options (credentials, endpoint) for a store at a URL.
 
     Examples
     --------
@@ -90,4 +92,4 @@ def load_model(path, mapping_dict=None):
         return _load_npz(target, mapping_dict)
     from .scheduler import load_fitted
 
-    return load_fitted(target, mapping_dict)
+    return load_fitted(target, mapping_dict, storage_options=storage_options)

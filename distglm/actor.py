@@ -54,6 +54,9 @@ class FitSpec:
     inverse_link : callable or None
         The model's inverse link when it is a custom callable (a configuration names only the
         named links); Ray sends it to the actors by value.
+    storage_options : dict or None
+        fsspec options (credentials) for a store at a URL; held in memory only, left out of
+        the spec's repr so that no log shows them.
     """
 
     path: str
@@ -61,6 +64,7 @@ class FitSpec:
     pad_to: int
     x64: bool
     inverse_link: Callable | None = None
+    storage_options: dict | None = dataclasses.field(default=None, repr=False)
 
     def build_model(self):
         """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
@@ -202,7 +206,8 @@ class BlockFitter:
         with self._lock:
             if self._io is None:
                 # Opened at the first block, once the driver has created the results.
-                self._io = (store.InputsReader(self._spec.path), store.ResultsWriter(self._spec.path))
+                with store.using_storage_options(self._spec.path, self._spec.storage_options):
+                    self._io = (store.InputsReader(self._spec.path), store.ResultsWriter(self._spec.path))
             # the first block of an actor pays for compilation; report it apart
             first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
         reader, writer = self._io

@@ -240,6 +240,7 @@ def check_fit_options(**options) -> dict:
     return options
 
 
+@store.with_storage_options
 def fit(
     path,
     model,
@@ -253,6 +254,7 @@ def fit(
     on_block: Callable[[dict], None] | None = None,
     connect_timeout: float | None = None,
     block_timeout: float = DEFAULT_BLOCK_TIMEOUT_S,
+    storage_options: dict | None = None,
 ) -> FitReport:
     """Fit ``model`` to the inputs of the store at ``path`` on Ray actors.
 
@@ -296,6 +298,10 @@ def fit(
         block retried elsewhere; the limit is the larger of this and 10 times the slowest block
         seen so far in the fit (an actor's first block, which compiles, is not counted). A
         block queued behind another on its actor gets twice the limit.
+    storage_options : dict, optional
+        fsspec options for a store at a URL (``{"key": ..., "secret": ..., "client_kwargs":
+        {"endpoint_url": ...}}`` for S3), used by this process and sent to the actors in
+        memory; never written into the store.
 
     Returns
     -------
@@ -380,7 +386,7 @@ def fit(
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
-                               inverse_link=inverse_link)
+                               inverse_link=inverse_link, storage_options=storage_options)
             summaries, failed_blocks, n_retries = _dispatch(
                 fit_spec, todo, X, keep, block_strength, lease,
                 num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0, max_retries=max_retries,
@@ -636,11 +642,13 @@ def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_sta
     )
 
 
-def load_fitted(path, mapping_dict: dict | None = None):
+@store.with_storage_options
+def load_fitted(path, mapping_dict: dict | None = None, *, storage_options: dict | None = None):
     """A fitted ``PopulationGLM`` from the results in the store at ``path``.
 
     A fit with a custom inverse link records only its name: give the function again as
     ``mapping_dict={"inverse_link_function": fn}``, as NeMoS's ``load_model`` takes it.
+    ``storage_options`` are fsspec options for a store at a URL.
 
     Raises :class:`StoreError` if the store holds no complete fit.
     """

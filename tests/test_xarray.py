@@ -6,6 +6,7 @@ the status codes' meanings and the software that wrote it.
 """
 
 import json
+import socket
 
 import numpy as np
 import pynapple as nap
@@ -34,16 +35,21 @@ def recording():
     return X, counts
 
 
+MODEL = {"regularizer": "Ridge", "regularizer_strength": 0.1}
+
+
 @pytest.fixture(scope="module")
-def fitted_store(recording, tmp_path_factory):
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fitted_store(recording, tmp_path_factory, local_ray):
     X, counts = recording
     path = distglm.write_inputs(tmp_path_factory.mktemp("xr") / "rec.zarr", X, counts, neuron_chunk=2)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        report = distglm.fit(path, distglm.PopulationGLM(regularizer="Ridge", regularizer_strength=0.1),
-                             num_actors=1, block_size=4)
-    finally:
-        ray.shutdown()
+    report = distglm.fit(path, distglm.PopulationGLM(**MODEL), num_actors=1, block_size=4, progress=False)
     return path, report
 
 
@@ -144,3 +150,54 @@ def test_object_coordinates_are_refused(tmp_path):
     document.write_text(json.dumps(metadata))
     with pytest.raises(StoreError, match="pickle"):
         store.read_coordinates(path)
+
+
+@pytest.fixture(scope="module")
+def s3_options():
+    """An S3 server on loopback with a bucket, reachable only through explicit storage_options."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    secret = "s3cr3t-not-for-the-store"
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIDDISTGLM", aws_secret_access_key=secret,
+                 region_name="us-east-1").create_bucket(Bucket="xr-test")
+    yield {"key": "AKIDDISTGLM", "secret": secret, "client_kwargs": {"endpoint_url": endpoint,
+                                                                     "region_name": "us-east-1"}}
+    server.stop()
+
+
+def test_storage_options_reach_the_store_and_the_actors_and_are_not_stored(s3_options, recording, local_ray,
+                                                                          monkeypatch):
+    # no credentials in the environment: the actors can reach the store only through the options
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    X, counts = recording
+    path = "s3://xr-test/rec.zarr"
+    distglm.write_inputs(path, X, counts, neuron_chunk=2, storage_options=s3_options)
+    report = distglm.fit(path, distglm.PopulationGLM(**MODEL), num_actors=1, block_size=4, progress=False,
+                         storage_options=s3_options)
+    assert report.n_fitted == 6 and list(report.failures) == [23]
+    model = distglm.load_model(path, storage_options=s3_options)
+    reference = distglm.PopulationGLM(**MODEL).fit(X, counts)
+    np.testing.assert_allclose(model.coef_, reference.coef_, rtol=1e-3, atol=1e-4)
+    ds = xr.open_zarr(path, group="results", consolidated=False, storage_options=s3_options)
+    np.testing.assert_array_equal(ds["neuron"], UNITS)
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    for key in fs.find("xr-test/rec.zarr"):
+        assert s3_options["secret"].encode() not in fs.cat_file(key), key
+        assert b"AKIDDISTGLM" not in fs.cat_file(key), key
+
+
+def test_storage_options_are_checked(tmp_path):
+    with pytest.raises(TypeError, match="storage_options must be a dict"):
+        distglm.write_inputs("s3://xr-test/x.zarr", np.ones((3, 1)), np.ones((3, 1)), storage_options="key=1")
+    with pytest.raises(InputError, match="local path"):
+        distglm.write_inputs(tmp_path / "x.zarr", np.ones((3, 1)), np.ones((3, 1)), storage_options={"anon": True})

@@ -49,7 +49,7 @@ from .inputs import (
     scan_y,
     write_inputs,
 )
-from ._zarr import software_versions
+from ._zarr import software_versions, using_storage_options, with_storage_options
 from .records import (
     Lease,
     acquire_lease,
@@ -100,4 +100,6 @@ __all__ = [
     "break_lease",
     "describe_holder",
     "software_versions",
+    "using_storage_options",
+    "with_storage_options",
 ]

@@ -9,8 +9,11 @@ as raw keys of the store through :func:`get_key`, :func:`put_key` and :func:`del
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import threading
 from importlib import metadata
 
 import numpy as np
@@ -51,10 +54,65 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
 
 
+# fsspec options (credentials, endpoints) for store URLs, held by this process only: never written
+# into a store, a job record or a log.
+_STORAGE_OPTIONS: dict[str, dict] = {}
+_STORAGE_OPTIONS_LOCK = threading.Lock()
+
+
+def check_storage_options(storage_options) -> dict | None:
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise InputTypeError("storage_options must be a dict of fsspec options (as for fsspec.filesystem) or "
+                             f"None; got {type(storage_options).__name__}")
+    return storage_options or None
+
+
+@contextlib.contextmanager
+def using_storage_options(path, options):
+    """Open the store at URL ``path`` with the fsspec ``options`` in this process while inside.
+
+    Every store function opens the store anew by its path; this is how the options reach them
+    without being stored anywhere. Local paths take no options.
+    """
+    options = check_storage_options(options)
+    path = as_path(path)
+    if options is not None and "://" not in path:
+        raise InputError(f"storage_options are for URLs of fsspec stores (s3://, gs://, ...); got the local path {path}")
+    if options is None:
+        yield
+        return
+    with _STORAGE_OPTIONS_LOCK:
+        previous = _STORAGE_OPTIONS.get(path)
+        _STORAGE_OPTIONS[path] = options
+    try:
+        yield
+    finally:
+        with _STORAGE_OPTIONS_LOCK:
+            if previous is None:
+                _STORAGE_OPTIONS.pop(path, None)
+            else:
+                _STORAGE_OPTIONS[path] = previous
+
+
+def with_storage_options(function):
+    """Decorate ``function(path, ..., storage_options=None)`` to run with the store opened with them."""
+
+    @functools.wraps(function)
+    def opened(path, *args, storage_options=None, **kwargs):
+        path = os.fspath(path) if isinstance(path, os.PathLike) else path
+        with using_storage_options(path, storage_options):
+            return function(path, *args, storage_options=storage_options, **kwargs)
+
+    return opened
+
+
 def open_group(path: str, mode: str) -> zarr.Group:
+    with _STORAGE_OPTIONS_LOCK:
+        options = _STORAGE_OPTIONS.get(path)
     try:
         # Consolidated metadata would go stale as soon as results are added, so never use it.
-        return zarr.open_group(path, mode=mode, use_consolidated=False)
+        return zarr.open_group(path, mode=mode, use_consolidated=False,
+                               **({} if options is None else {"storage_options": options}))
     except (OSError, KeyError, BaseZarrError) as err:
         raise StoreError(
             f"{path} is not a distglm store: no Zarr group at {path} ({err})"

@@ -204,8 +204,9 @@ def _refuse_foreign_directory(path: str) -> None:
         )
 
 
+@_zarr.with_storage_options
 def write_inputs(path, X, y, feature_mask=None, *, time=None, neuron_ids=None, feature_names=None,
-                 neuron_chunk=None, overwrite=False) -> str:
+                 neuron_chunk=None, overwrite=False, storage_options=None) -> str:
     """Write a fit's inputs to a Zarr store, ``y`` and the mask chunked along neurons.
 
     Every argument is checked before the store is touched, so a refused call leaves the store
@@ -255,6 +256,9 @@ def write_inputs(path, X, y, feature_mask=None, *, time=None, neuron_ids=None, f
         the old ones. Interrupted at any point, the store is left with inputs marked incomplete
         (refused by every reader until written again), never with old results over new inputs.
         By default a store that holds inputs is refused.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint) for a store at a URL, as ``fsspec.filesystem``
+        takes them; used by this call only, never written into the store.
 
     Returns
     -------
