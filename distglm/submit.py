@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
+import json
 import os
 import shlex
 import sys
@@ -60,6 +62,8 @@ _REQUEST_TIMEOUT_S = 15.0
 # How long wait() keeps polling a job the cluster no longer answers for.
 _UNREACHABLE_GRACE_S = 60.0
 _STOP_TIMEOUT_S = 60.0
+# How a job's storage_options reach it: its runtime environment, not the store or the job record.
+_STORAGE_OPTIONS_ENV = "DISTGLM_STORAGE_OPTIONS"
 
 
 def _now() -> str:
@@ -249,7 +253,9 @@ def _check_fit_options(options: dict) -> dict:
 # Public API
 
 
-def submit(path, model, *, address: str | None = None, runtime_env: dict | None = None, **fit_options) -> "Job":
+@store.with_storage_options
+def submit(path, model, *, address: str | None = None, runtime_env: dict | None = None,
+           storage_options: dict | None = None, **fit_options) -> "Job":
     """Start a distributed fit on a running Ray cluster and return at once.
 
     The fit runs as a Ray job: it goes on after this process exits, and :func:`get_job` finds
@@ -268,6 +274,12 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
     runtime_env : dict, optional
         Ray runtime environment of the job, for example
         ``{"env_vars": {"AWS_ENDPOINT_URL": ...}}`` to give the cluster the store's endpoint.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint) for a store at a URL. This process uses them, the
+        returned :class:`Job` keeps them in memory, and the job gets them through its runtime
+        environment (the variable ``DISTGLM_STORAGE_OPTIONS``, which Ray shows to those who can
+        see the job's runtime environment); they are never written into the store or its job
+        record. Without them the cluster uses its own credentials.
     **fit_options
         ``num_actors``, ``block_size``, ``resume``, ``max_retries`` of :func:`distglm.fit`.
 
@@ -300,6 +312,9 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
     options = _check_fit_options(fit_options)
     if runtime_env is not None and not isinstance(runtime_env, dict):
         raise InputTypeError(f"runtime_env must be a dict or None; got {type(runtime_env).__name__}")
+    if storage_options:
+        env_vars = {**(runtime_env or {}).get("env_vars", {}), _STORAGE_OPTIONS_ENV: json.dumps(storage_options)}
+        runtime_env = {**(runtime_env or {}), "env_vars": env_vars}
     try:
         info = store.open_inputs(path)
     except DistGLMError:
@@ -334,10 +349,10 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
     except JobError as err:
         _record_state(path, "failed", error=str(err), finished_at=_now())
         raise
-    return Job(job_id, path, url, cluster)
+    return Job(job_id, path, url, cluster, _storage_options=storage_options)
 
 
-def get_job(id_or_path, address: str | None = None) -> "Job":
+def get_job(id_or_path, address: str | None = None, *, storage_options: dict | None = None) -> "Job":
     """The handle of a submitted job, by its id or by its store.
 
     Parameters
@@ -348,6 +363,8 @@ def get_job(id_or_path, address: str | None = None) -> "Job":
     address : str, optional
         The cluster's dashboard; by default, for a store the address recorded at submission,
         for an id as in :func:`dashboard_url`.
+    storage_options : dict, optional
+        fsspec options for a store at a URL, kept in memory by the returned :class:`Job`.
 
     Returns
     -------
@@ -371,10 +388,12 @@ def get_job(id_or_path, address: str | None = None) -> "Job":
         raise InputTypeError(f"id_or_path must be a job id or a store path; got {id_or_path!r}")
     if "/" in id_or_path or os.sep in id_or_path or os.path.exists(id_or_path):
         path = _store_path(id_or_path)
-        record = _read_record(path)
+        with store.using_storage_options(path, storage_options):
+            record = _read_record(path)
         if not record.get("id"):
             raise JobError(f"{path} holds no job record: no fit was submitted for this store")
-        return Job(record["id"], path, dashboard_url(address or record.get("address")))
+        return Job(record["id"], path, dashboard_url(address or record.get("address")),
+                   _storage_options=storage_options)
     url = dashboard_url(address)
     cluster = _Cluster(url)
     info = cluster.job_info(id_or_path)
@@ -383,7 +402,18 @@ def get_job(id_or_path, address: str | None = None) -> "Job":
     path = (info.metadata or {}).get(_PATH_METADATA)
     if not path:
         raise JobError(f"job {id_or_path!r} on the Ray cluster at {url} was not submitted by distglm")
-    return Job(id_or_path, path, url, cluster)
+    return Job(id_or_path, path, url, cluster, _storage_options=storage_options)
+
+
+def _with_store(method):
+    """Run a :class:`Job` method with the job's store opened with its storage options."""
+
+    @functools.wraps(method)
+    def opened(self, *args, **kwargs):
+        with store.using_storage_options(self.path, self._storage_options):
+            return method(self, *args, **kwargs)
+
+    return opened
 
 
 class Job:
@@ -404,9 +434,11 @@ class Job:
     Job(id='distglm-3f2a9c41d07e', path='s3://bucket/rec.zarr', address='http://head:8265')
     """
 
-    def __init__(self, id: str, path: str, address: str, _cluster: _Cluster | None = None):  # noqa: A002
+    def __init__(self, id: str, path: str, address: str, _cluster: _Cluster | None = None,  # noqa: A002
+                 _storage_options: dict | None = None):
         self.id, self.path, self.address = id, path, address
         self._cluster = _cluster
+        self._storage_options = _storage_options
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, path={self.path!r}, address={self.address!r})"
@@ -437,6 +469,7 @@ class Job:
             return "UNKNOWN", None
         return str(getattr(info.status, "value", info.status)), info.message
 
+    @_with_store
     def status(self) -> JobStatus:
         """The job's state and progress, from its store record and the cluster.
 
@@ -546,6 +579,7 @@ class Job:
                                       f"({status.neurons_done}/{status.neurons_total} neurons fitted)")
             time.sleep(poll_interval if deadline is None else max(0.0, min(poll_interval, deadline - now)))
 
+    @_with_store
     def result(self):
         """The fitted :class:`~distglm.glm.PopulationGLM`, read from the store.
 
@@ -562,6 +596,7 @@ class Job:
             raise JobError(f"job {self.id} has no result: it is {status.state}{detail}")
         return load_model(self.path)
 
+    @_with_store
     def cancel(self) -> JobStatus:
         """Stop the job on the cluster and record it cancelled; a finished job is left as it is.
 
@@ -607,13 +642,20 @@ def run_job(path: str, job_id: str) -> int:
     """Run the fit of the job recorded in the store (the job's entrypoint on the cluster).
 
     Records the job running, its progress after every block, and its end. Returns 0 if every
-    block was fitted, else 1; an error that stops the fit is recorded, then raised.
+    block was fitted, else 1; an error that stops the fit is recorded, then raised. The store
+    is opened with the storage options :func:`submit` put in the job's environment, if any.
 
     Examples
     --------
     >>> run_job("s3://bucket/rec.zarr", "distglm-3f2a9c41d07e")  # doctest: +SKIP
     0
     """
+    storage_options = json.loads(os.environ.get(_STORAGE_OPTIONS_ENV) or "null")
+    with store.using_storage_options(path, storage_options):
+        return _run_job(path, job_id, storage_options)
+
+
+def _run_job(path: str, job_id: str, storage_options: dict | None) -> int:
     import jax
 
     from .glm import model_from_config
@@ -637,7 +679,8 @@ def run_job(path: str, job_id: str) -> int:
 
     try:
         model = model_from_config(record["model"])
-        report = fit(path, model, progress=False, on_block=on_block, **record.get("fit_options", {}))
+        report = fit(path, model, progress=False, on_block=on_block, storage_options=storage_options,
+                     **record.get("fit_options", {}))
     except Exception as err:
         try:
             _record_state(path, "failed", error=one_line(err), finished_at=_now())

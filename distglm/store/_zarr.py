@@ -14,7 +14,7 @@ import functools
 import json
 import os
 import threading
-from importlib import metadata
+from importlib import metadata as package_metadata
 
 import numpy as np
 import zarr
@@ -252,8 +252,8 @@ def software_versions() -> dict:
     versions = {"distglm": distglm.__version__, "zarr": zarr.__version__, "numpy": np.__version__}
     # read from the package metadata: the store never imports JAX
     try:
-        versions["jax"] = metadata.version("jax")
-    except metadata.PackageNotFoundError:
+        versions["jax"] = package_metadata.version("jax")
+    except package_metadata.PackageNotFoundError:
         versions["jax"] = None
     return versions
 
