@@ -282,9 +282,10 @@ def _cmd_inspect(args) -> int:
     print(f"  blocks: {len(done)}/{n_blocks} done")
     print(f"  neurons: {int(written.sum())}/{info.n_neurons} fitted, {int(res['converged'].sum())} converged, "
           f"{int((written & (status != STATUS_OK)).sum())} failed or not converged")
+    ids = store.read_coordinates(path)["neuron"]
     for code in sorted(set(int(s) for s in status[written]) - {STATUS_OK}):
         neurons = np.flatnonzero(status == code)
-        shown = ", ".join(str(n) for n in neurons[:args.failures])
+        shown = ", ".join(str(ids[n]) for n in neurons[:args.failures])
         more = f", ... ({neurons.size} in all)" if neurons.size > args.failures else ""
         print(f"    {STATUS_REASONS.get(code, f'status {code}')}: neurons {shown}{more}")
     if written.any():

@@ -152,13 +152,15 @@ def test_inspect_of_store_without_results(small_store, capsys):
     assert "results: none" in out
 
 
-def test_inspect_lists_failures_by_reason(tmp_path, capsys):
+@pytest.mark.parametrize("ids, named", [(None, ["1", "2"]), ([f"unit{i}" for i in range(8)], ["unit1", "unit2"])],
+                         ids=["positions", "neuron-ids"])
+def test_inspect_lists_failures_by_reason(tmp_path, capsys, ids, named):
     from distglm.core.fit import STATUS_REASONS
     from distglm.plan import Block
 
     rng = np.random.default_rng(0)
     small_store = store.write_inputs(str(tmp_path / "s.zarr"), rng.normal(size=(50, 3)),
-                                     rng.poisson(1.0, size=(50, 8)), neuron_chunk=4)
+                                     rng.poisson(1.0, size=(50, 8)), neuron_chunk=4, neuron_ids=ids)
     # results as a fit leaves them: two blocks of 4 neurons, the second not done yet
     store.create_results(small_store, n_features=3, n_neurons=8, neuron_chunk=4, n_blocks=2, dtype="float64",
                          state_spec={}, fingerprint={"model": distglm.glm.model_to_config(distglm.PopulationGLM()),
@@ -172,8 +174,8 @@ def test_inspect_lists_failures_by_reason(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "blocks: 1/2 done" in out
     assert "neurons: 4/8 fitted, 1 converged, 3 failed or not converged" in out
-    assert f"    {STATUS_REASONS[1]}: neurons 2\n" in out
-    assert f"    {STATUS_REASONS[2]}: neurons 1, ... (2 in all)\n" in out
+    assert f"    {STATUS_REASONS[1]}: neurons {named[1]}\n" in out
+    assert f"    {STATUS_REASONS[2]}: neurons {named[0]}, ... (2 in all)\n" in out
     assert "iterations: min 0, quartiles 0 / 2 / 29, max 100" in out
     assert "pseudo-R2 (McFadden) per neuron: not computed: the fit is unfinished" in out
 
