@@ -386,6 +386,10 @@ class GLM:
         params = {**self.get_params(deep=False), **self._raw, "regularizer_strength": self._strength}
         return type(self)(**params)
 
+    def __sklearn_is_fitted__(self) -> bool:
+        # coef_ exists (as None) before fit, as in NeMoS 0.2.8; scikit-learn's check_is_fitted asks this
+        return getattr(self, "coef_", None) is not None
+
     def __sklearn_tags__(self):
         from sklearn.utils import RegressorTags, Tags, TargetTags
 
@@ -417,6 +421,8 @@ class GLM:
         self._groups = None
         self._step_args = None
         self._neuron_ids = None
+        # scikit-learn's fitted attribute: present only once the model is fitted
+        self.__dict__.pop("n_features_in_", None)
 
     def _mask_for(self, groups, n_features: int, n_neurons: int) -> np.ndarray:
         return np.ones((n_features, n_neurons))
@@ -475,7 +481,8 @@ class GLM:
                 raise InputError(f"coef_ must have shape {expected}; got shape {np.shape(coef)}")
             matrix = self._coef_matrix()
         if matrix.shape[0] != n_features:
-            raise InputError(f"X has {n_features} features but coef_ has {matrix.shape[0]}")
+            raise InputError(f"X has {n_features} features, but {type(self).__name__} is expecting "
+                             f"{matrix.shape[0]} features as input (the rows of coef_)")
         intercept = np.asarray(self.intercept_).reshape(-1)
         if intercept.shape != (matrix.shape[1],):
             raise InputError(f"intercept_ must have shape ({matrix.shape[1]},), one per neuron of coef_; "
@@ -527,6 +534,8 @@ class GLM:
         FitError
             When every neuron's solution is NaN.
         """
+        if y is None:
+            raise InputTypeError(f"{type(self).__name__} requires y to be passed, but the target y is None")
         result, groups = self._solve(X, y, init_params)
         val.check_solution(result.coef, result.intercept)
         self._set_fitted(groups, result._asdict(), result.state, neuron_ids=_column_labels(y))
@@ -559,6 +568,7 @@ class GLM:
         """
         self._groups = groups
         self._neuron_ids = neuron_ids
+        self.n_features_in_ = int(np.shape(arrays["coef"])[0])
         self.coef_ = self._user_coef(np.asarray(arrays["coef"]))
         self.intercept_ = np.asarray(arrays["intercept"])
         for name in ("scale", "dof_resid", "n_iter", "converged", "status"):
@@ -908,6 +918,51 @@ class PopulationGLM(GLM):
         if self._feature_mask is None:
             return np.ones((n_features, n_neurons))
         return val.as_feature_mask(self._feature_mask, groups, n_features, n_neurons)
+
+
+# ---------------------------------------------------------------------- NeMoS models
+def from_nemos(model) -> PopulationGLM:
+    """A distglm ``PopulationGLM`` configured as a NeMoS 0.2.8 ``GLM`` or ``PopulationGLM`` is.
+
+    The observation model, inverse link, regularizer (GroupLasso's mask included), strength,
+    solver and solver settings carry over, and a PopulationGLM's feature mask; fitted
+    parameters do not (the model is to be fitted). A distglm ``PopulationGLM`` is returned as it
+    is and a distglm ``GLM`` is configured as a population model.
+
+    Parameters
+    ----------
+    model : nemos.glm.GLM, nemos.glm.PopulationGLM, or a distglm GLM
+
+    Returns
+    -------
+    PopulationGLM
+
+    Raises
+    ------
+    InputTypeError
+        If ``model`` is none of those.
+    UnsupportedOptionError
+        If NeMoS's solver is one distglm lacks (``"SVRG"``, ``"ProxSVRG"``); the message names
+        the solver fitting the same model.
+    UnknownSolverArgumentError
+        If a NeMoS solver setting has no distglm counterpart.
+
+    Examples
+    --------
+    >>> import nemos as nmo
+    >>> model = from_nemos(nmo.glm.PopulationGLM(regularizer="Ridge", regularizer_strength=0.1))
+    >>> type(model).__name__, model.regularizer.name, model.regularizer_strength
+    ('PopulationGLM', 'Ridge', 0.1)
+    """
+    if isinstance(model, PopulationGLM):
+        return model
+    is_nemos = type(model).__module__.startswith("nemos") and type(model).__name__ in ("GLM", "PopulationGLM")
+    if not (is_nemos or isinstance(model, GLM)):
+        raise InputTypeError("model must be a distglm PopulationGLM, or a NeMoS 0.2.8 GLM or PopulationGLM; got "
+                             f"{type(model).__module__}.{type(model).__name__}")
+    params = model.get_params(deep=False)
+    return PopulationGLM(**{name: params[name] for name in GLM._CONFIG_NAMES},
+                         feature_mask=params.get("feature_mask"))
 
 
 # ---------------------------------------------------------------------- configuration I/O

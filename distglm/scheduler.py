@@ -168,7 +168,8 @@ def _check_model(model):
     from .glm import PopulationGLM
 
     if not isinstance(model, PopulationGLM):
-        raise InputTypeError(f"model must be a distglm PopulationGLM; got {type(model).__name__}")
+        raise InputTypeError(f"model must be a distglm PopulationGLM (from_nemos converts a NeMoS model); got "
+                             f"{type(model).__name__}")
     return model._fit_config()
 
 
@@ -268,8 +269,9 @@ def fit(
     path : str or path-like
         A store written by :func:`distglm.write_inputs` (or a group with ``inputs/X`` and
         ``inputs/y`` written by hand).
-    model : PopulationGLM
-        The configuration to fit (its feature mask, if any, must equal the store's).
+    model : PopulationGLM, or a NeMoS 0.2.8 GLM or PopulationGLM
+        The configuration to fit (its feature mask, if any, must equal the store's); a NeMoS
+        model is converted with :func:`distglm.glm.from_nemos`.
     num_actors : int, optional
         Actors to start; default one per CPU of the cluster, at most one per block. More
         actors than the cluster has CPUs are capped to its CPUs, with a warning.
@@ -326,7 +328,7 @@ def fit(
     import jax
 
     from .core import fit as core_fit
-    from .glm import model_to_config
+    from .glm import from_nemos, model_to_config
 
     t_start = time.perf_counter()
     path = os.fspath(path) if isinstance(path, os.PathLike) else path
@@ -336,6 +338,7 @@ def fit(
                       block_size=block_size, block_timeout=block_timeout, on_block=on_block)
 
     info = store.open_inputs(path)
+    model = from_nemos(model)
     config = _check_model(model)
     inverse_link = _custom_link(model)
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32

@@ -267,8 +267,9 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
         A store written by :func:`distglm.write_inputs`, at a place both this process and the
         cluster can read (a shared directory, or an object store URL such as ``s3://bucket/x.zarr``).
         A relative local path is made absolute.
-    model : PopulationGLM
-        The configuration to fit (its feature mask, if any, must equal the store's).
+    model : PopulationGLM, or a NeMoS 0.2.8 GLM or PopulationGLM
+        The configuration to fit (its feature mask, if any, must equal the store's); a NeMoS
+        model is converted with :func:`distglm.glm.from_nemos`.
     address : str, optional
         The cluster's dashboard, ``http://HEAD:8265``; see :func:`dashboard_url`.
     runtime_env : dict, optional
@@ -303,12 +304,11 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
     >>> job.wait().state  # doctest: +SKIP
     'succeeded'
     """
-    from .glm import PopulationGLM, check_link_portable
+    from .glm import check_link_portable, from_nemos
     from .scheduler import _check_mask, _check_model
 
     path = _store_path(path)
-    if not isinstance(model, PopulationGLM):
-        raise InputTypeError(f"model must be a distglm PopulationGLM; got {type(model).__name__}")
+    model = from_nemos(model)
     options = _check_fit_options(fit_options)
     if runtime_env is not None and not isinstance(runtime_env, dict):
         raise InputTypeError(f"runtime_env must be a dict or None; got {type(runtime_env).__name__}")
