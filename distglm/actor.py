@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -19,9 +20,12 @@ import numpy as np
 
 from . import store
 from .compile_cache import enable_compilation_cache
+from .logs import log_to_stderr
 from .plan import Block
 
 __all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "fit_one_block", "slice_strength"]
+
+_log = logging.getLogger(__name__)
 
 # One XLA thread per actor: actors are the unit of parallelism, and several multi-threaded
 # XLA runtimes on one machine only fight over its cores. XLA's CPU client sizes its thread pool
@@ -57,6 +61,9 @@ class FitSpec:
     storage_options : dict or None
         fsspec options (credentials) for a store at a URL; held in memory only, left out of
         the spec's repr so that no log shows them.
+    log_level : int or None
+        The level at which the actors log a line per block to stderr (Ray forwards it to the
+        driver and the job's log); None: they do not log.
     """
 
     path: str
@@ -65,6 +72,7 @@ class FitSpec:
     x64: bool
     inverse_link: Callable | None = None
     storage_options: dict | None = dataclasses.field(default=None, repr=False)
+    log_level: int | None = None
 
     def build_model(self):
         """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
@@ -188,6 +196,8 @@ class BlockFitter:
         # A persistent compilation cache lets a replacement actor, the second actor on a node
         # and a resumed fit load the compiled block fit instead of compiling it again.
         enable_compilation_cache()
+        if spec.log_level is not None:
+            log_to_stderr(spec.log_level)
         self._spec, self._X, self._keep = spec, X, keep
         self._config = spec.build_model()._fit_config()
         self._io = None
@@ -215,4 +225,8 @@ class BlockFitter:
                                 self._spec.pad_to, self._solve_lock)
         summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
+        _log.info("block %d: neurons %d-%d, %d converged, %d failed or not converged, %.2f s (read %.2f, "
+                  "solve %.2f%s, write %.2f)", block.id, block.start, block.stop - 1, summary["n_converged"],
+                  len(summary["failures"]), summary["total_s"], summary["read_s"], summary["solve_s"],
+                  " with compilation" if first else "", summary["write_s"])
         return summary

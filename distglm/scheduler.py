@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import os
 import time
 import warnings
@@ -26,9 +27,12 @@ from . import store
 from . import validation as val
 from .actor import FitSpec
 from .connect import connect_ray
+from .logs import enabled_level
 from .errors import ClusterError, InputError, InputTypeError, StoreError
 
 __all__ = ["DEFAULT_BLOCK_TIMEOUT_S", "FitReport", "fit", "load_fitted", "stored_fingerprint"]
+
+_log = logging.getLogger(__name__)
 
 #: Seconds a block may run at least before its actor is taken for stuck (see ``fit``).
 DEFAULT_BLOCK_TIMEOUT_S = 900.0
@@ -389,7 +393,8 @@ def fit(
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
-                               inverse_link=inverse_link, storage_options=storage_options)
+                               inverse_link=inverse_link, storage_options=storage_options,
+                               log_level=enabled_level())
             summaries, failed_blocks, n_retries = _dispatch(
                 fit_spec, todo, X, keep, block_strength, lease,
                 num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0, max_retries=max_retries,
@@ -515,6 +520,7 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
         else:
             failed_blocks[block.id] = f"{reason} (tried {tries[block.id]} times)"
 
+    progress_log = _ProgressLog(n_neurons, n_already)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -587,6 +593,7 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
                 # an actor's first block compiles: the floor covers it, not the measured limit
                 slowest = max(slowest, summary["total_s"])
             summaries.append(summary)
+            progress_log.block_done(block, summary)
             if on_block is not None:
                 on_block(summary)
             if bar is not None:
@@ -601,6 +608,26 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
         if dying:
             ray.wait(dying, num_returns=len(dying), timeout=_KILL_WAIT_S)
     return summaries, failed_blocks, n_retries
+
+
+class _ProgressLog:
+    """Logs the fit's progress after each block: neurons done, the rate of this run and the ETA."""
+
+    def __init__(self, n_neurons: int, n_already: int):
+        self.n_neurons, self.n_done, self.n_now = n_neurons, n_already, 0
+        self.t0 = time.monotonic()
+
+    def block_done(self, block, summary: dict) -> None:
+        self.n_done += summary["n_neurons"]
+        self.n_now += summary["n_neurons"]
+        elapsed = time.monotonic() - self.t0
+        rate = self.n_now / elapsed if elapsed > 0 else 0.0
+        left = self.n_neurons - self.n_done
+        eta = f"{left / rate:.0f} s" if rate > 0 else "unknown"
+        _log.info("fit: block %d done (%d converged of %d, %.2f s); %d/%d neurons (%.0f%%), %.1f neurons/s, "
+                  "elapsed %.0f s, ETA %s", block.id, summary["n_converged"], summary["n_neurons"],
+                  summary["total_s"], self.n_done, self.n_neurons, 100 * self.n_done / self.n_neurons, rate,
+                  elapsed, eta)
 
 
 def _short_reason(err: Exception) -> str:

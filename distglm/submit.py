@@ -70,6 +70,13 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def _parse_time(text: str | None) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromisoformat(text) if text else None
+    except (TypeError, ValueError):
+        return None  # a record edited by hand: no derived times rather than an error
+
+
 @dataclasses.dataclass(frozen=True)
 class JobStatus:
     """Where a submitted fit stands.
@@ -92,6 +99,8 @@ class JobStatus:
         cluster has no job of this id, or None when it could not be reached.
     submitted_at, updated_at : str or None
         ISO 8601 times (UTC) of the submission and of the record's last change.
+    started_at, finished_at : str or None
+        ISO 8601 times (UTC) at which the fit started on the cluster and ended.
 
     Examples
     --------
@@ -111,11 +120,45 @@ class JobStatus:
     cluster_status: str | None
     submitted_at: str | None
     updated_at: str | None
+    started_at: str | None = None
+    finished_at: str | None = None
 
     @property
     def finished(self) -> bool:
         """Whether the job is in a final state (succeeded, failed or cancelled)."""
         return self.state in _FINAL
+
+    @property
+    def elapsed_s(self) -> float | None:
+        """Seconds since the fit started on the cluster (until it ended, once it has); None before."""
+        start = _parse_time(self.started_at)
+        if start is None:
+            return None
+        end = _parse_time(self.finished_at) if self.finished else None
+        return max(0.0, ((end or datetime.datetime.now(datetime.timezone.utc)) - start).total_seconds())
+
+    @property
+    def neurons_per_second(self) -> float | None:
+        """Neurons fitted per second, from the start to the record's last progress; None before any."""
+        start, last = _parse_time(self.started_at), _parse_time(self.finished_at or self.updated_at)
+        if start is None or last is None or not self.neurons_done or last <= start:
+            return None
+        return self.neurons_done / (last - start).total_seconds()
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds until the neurons left are fitted at the rate so far; 0 once finished, None if unknown."""
+        if self.finished:
+            return 0.0
+        rate = self.neurons_per_second
+        if rate is None or self.neurons_total is None:
+            return None
+        return max(0, self.neurons_total - self.neurons_done) / rate
+
+    def as_dict(self) -> dict:
+        """Every field and the derived progress (elapsed_s, neurons_per_second, eta_s), for JSON."""
+        return {**dataclasses.asdict(self), "finished": self.finished, "elapsed_s": self.elapsed_s,
+                "neurons_per_second": self.neurons_per_second, "eta_s": self.eta_s}
 
     def __str__(self) -> str:
         cluster = self.cluster_status or "cluster not reachable"
@@ -125,6 +168,10 @@ class JobStatus:
                          f"converged, {self.neurons_failed} failed or not converged")
         if self.submitted_at:
             lines.append(f"  submitted {self.submitted_at}, updated {self.updated_at}")
+        if self.elapsed_s is not None:
+            rate, eta = self.neurons_per_second, self.eta_s
+            lines.append(f"  elapsed {self.elapsed_s:.0f} s, " + (f"{rate:.1f} neurons/s" if rate else "rate unknown")
+                         + ("" if self.finished else f", ETA {eta:.0f} s" if eta is not None else ", ETA unknown"))
         if self.error:
             lines.append(f"  error: {self.error}")
         return "\n".join(lines)
@@ -520,7 +567,25 @@ class Job:
             neurons_converged=record.get("neurons_converged"), neurons_failed=record.get("neurons_failed"),
             error=error, cluster_status=cluster_status,
             submitted_at=record.get("submitted_at"), updated_at=record.get("updated_at"),
+            started_at=record.get("started_at"), finished_at=record.get("finished_at"),
         )
+
+    def logs(self) -> str:
+        """The job's log as the cluster keeps it (the driver's output and its actors' lines).
+
+        Raises
+        ------
+        JobError
+            If the cluster cannot be reached or no longer has the job.
+        """
+        cluster = self._cluster_or_none()
+        if cluster is None:
+            raise JobError(f"cannot read the log of job {self.id}: the Ray cluster at {self.address} cannot be "
+                           "reached")
+        if cluster.job_info(self.id) is None:
+            raise JobError(f"the Ray cluster at {self.address} has no job {self.id} (it keeps the logs of its own "
+                           "jobs only)")
+        return cluster.call("get_job_logs", self.id)
 
     def _failure_reason(self, message: str | None) -> str:
         """Why the job failed, when the store could not record it: the job's last ``error:`` line.
