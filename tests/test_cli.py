@@ -36,7 +36,8 @@ def small_store(tmp_path):
 # Arguments and messages
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["fit"], ["submit"], ["status"], ["cancel"], ["inspect"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["fit"], ["submit"], ["status"], ["cancel"], ["inspect"],
+                                     ["logs"], ["unlock"]])
 def test_help_of_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -44,6 +45,62 @@ def test_help_of_every_command(command, capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: distglm")
     assert "_run-job" not in out
+    # every command prints JSON on request
+    assert ("--json" in out) == bool(command)
+
+
+def test_version_names_distglm_and_its_libraries(capsys):
+    import jax
+    import zarr
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"distglm {distglm.__version__} (")
+    assert f"jax {jax.__version__}" in out and f"zarr {zarr.__version__}" in out
+
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["fitt", "x.zarr"], "did you mean 'fit'?"),
+    (["stats", "x.zarr"], "did you mean 'status'?"),
+    (["fit", "x.zarr", "--no-resme"], "did you mean '--no-resume'?"),
+    (["inspect", "x.zarr", "--faliures", "3"], "did you mean '--failures'?"),
+])
+def test_mistyped_commands_and_options_suggest_the_nearest(argv, suggestion, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert suggestion in capsys.readouterr().err
+
+
+def test_hints_name_the_command_line_flags(tmp_path, capsys):
+    from distglm.cli import cli_hint
+
+    assert cli_hint("refit with resume=False (distglm fit PATH --no-resume)") == "refit with --no-resume"
+    assert cli_hint("resume with block_size=64 (or leave it out)") == "resume with --block-size 64 (or leave it out)"
+    rng = np.random.default_rng(0)
+    path = store.write_inputs(str(tmp_path / "s.zarr"), rng.normal(size=(50, 3)), rng.poisson(1.0, size=(50, 8)))
+    store.create_results(path, n_features=3, n_neurons=8, neuron_chunk=8, n_blocks=1, dtype="float64",
+                         state_spec={}, fingerprint={"other": 1})
+    # a fit refused because of another fit's results: the hint is the flag
+    assert main(["fit", path, "--json"]) == 1
+    captured = capsys.readouterr()
+    assert "resume=False" not in captured.err and "--no-resume" in captured.err
+    assert json.loads(captured.out)["error"] == captured.err.removeprefix("error: ").strip()
+
+
+def test_json_of_inspect_and_unlock(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    path = store.write_inputs(str(tmp_path / "s.zarr"), rng.normal(size=(50, 3)), rng.poisson(1.0, size=(50, 8)),
+                              neuron_ids=[f"u{i}" for i in range(8)])
+    assert main(["inspect", path, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["inputs"]["n_neurons"] == 8 and summary["job"] is None and "model" not in summary
+    assert main(["unlock", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"path": path, "unlocked": False, "holder": None}
+    assert main(["logs", "distglm-0123456789ab", "--address", "http://127.0.0.1:9", "--json"]) == 1
+    assert "cannot reach the Ray cluster" in json.loads(capsys.readouterr().out)["error"]
 
 
 @pytest.mark.parametrize("argv", [
@@ -265,6 +322,12 @@ def test_demo_then_inspect_and_refit_from_the_command_line(tmp_path):
     assert refit.returncode == 0, refit.stderr
     assert "neurons: 48 (48 fitted" in refit.stdout
     assert distglm.load_model(path).regularizer.name == "Ridge"
+    # without a progress bar, the driver logs the progress of every block, with the rate and the ETA
+    progress = [line for line in refit.stderr.splitlines() if "distglm.scheduler: fit: block" in line]
+    summary = json.loads(run_cli("inspect", path, "--json", "--no-pseudo-r2").stdout)
+    assert len(progress) == summary["n_blocks"]
+    assert (summary["neurons"]["fitted"], summary["neurons"]["total"]) == (48, 48)
+    assert "48/48 neurons (100%)" in progress[-1] and "neurons/s" in progress[-1] and "ETA 0 s" in progress[-1]
 
     inspect = run_cli("inspect", path)
     assert inspect.returncode == 0, inspect.stderr
