@@ -344,10 +344,14 @@ def _cmd_unlock(args) -> int:
 def _cmd_inspect(args) -> int:
     summary = inspect_store(args.path, failures_shown=args.failures, pseudo_r2_wanted=not args.no_pseudo_r2)
     _emit(args, _inspect_text(summary, args.failures), summary)
-    if getattr(args, "plot", None):
+    if args.plot:
         from .plot import summary_figure
 
-        summary_figure(args.path).savefig(args.plot, dpi=100)
+        try:
+            figure = summary_figure(args.path)
+        except ImportError as err:
+            raise InputError(f"--plot: {err}") from None
+        figure.savefig(args.plot, dpi=100)
         if not args.json:
             print(f"  summary plot: {args.plot}")
     return 0
