@@ -240,7 +240,8 @@ def write_coordinate(group: zarr.Group, name: str, values, attributes: dict, dim
     """
     values = np.asarray(values)
     dtype = str if values.dtype.kind in "OUST" else values.dtype
-    coordinate = group.create_array(name, shape=values.shape, dtype=dtype, chunks=values.shape,
+    # chunks of at most a million entries: a long recording's time index is read in pieces
+    coordinate = group.create_array(name, shape=values.shape, dtype=dtype, chunks=(min(values.size, 2**20),),
                                      dimension_names=(dimension or name,), attributes=attributes)
     coordinate[...] = values.astype(str) if dtype is str else values
 

@@ -10,6 +10,7 @@ incomplete, so an interrupted ``write_inputs`` is never fitted. Groups written b
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from typing import Callable, NamedTuple
 
@@ -110,8 +111,8 @@ def _unwrap_series(value, what: str) -> tuple:
     table = getattr(value, "metadata", None)
     meta = {}
     if table is not None and len(getattr(table, "columns", ())):
-        # a "/" would nest the array in a subgroup
-        meta = {str(name).replace("/", "_"): _plain(np.asarray(table[name])) for name in table.columns}
+        # a "/" would nest the array in a subgroup, and CF lists coordinates separated by spaces
+        meta = {re.sub(r"[/\s]", "_", str(name)): _plain(np.asarray(table[name])) for name in table.columns}
     return array, np.asarray(value.times(), dtype=np.float64), columns, meta
 
 
