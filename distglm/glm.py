@@ -927,11 +927,11 @@ def from_nemos(model) -> PopulationGLM:
     The observation model, inverse link, regularizer (GroupLasso's mask included), strength,
     solver and solver settings carry over, and a PopulationGLM's feature mask; fitted
     parameters do not (the model is to be fitted). A distglm ``PopulationGLM`` is returned as it
-    is and a distglm ``GLM`` is configured as a population model.
+    is.
 
     Parameters
     ----------
-    model : nemos.glm.GLM, nemos.glm.PopulationGLM, or a distglm GLM
+    model : nemos.glm.GLM, nemos.glm.PopulationGLM, or a distglm PopulationGLM
 
     Returns
     -------
@@ -940,7 +940,8 @@ def from_nemos(model) -> PopulationGLM:
     Raises
     ------
     InputTypeError
-        If ``model`` is none of those.
+        If ``model`` is none of those (a distglm ``GLM`` included: it is the in-memory model of
+        one neuron; ``PopulationGLM(**glm.get_params())`` is its population version).
     UnsupportedOptionError
         If NeMoS's solver is one distglm lacks (``"SVRG"``, ``"ProxSVRG"``); the message names
         the solver fitting the same model.
@@ -956,8 +957,10 @@ def from_nemos(model) -> PopulationGLM:
     """
     if isinstance(model, PopulationGLM):
         return model
-    is_nemos = type(model).__module__.startswith("nemos") and type(model).__name__ in ("GLM", "PopulationGLM")
-    if not (is_nemos or isinstance(model, GLM)):
+    if isinstance(model, GLM):
+        raise InputTypeError("model must be a distglm PopulationGLM: a GLM is one neuron's in-memory model "
+                             "(PopulationGLM(**model.get_params()) is its population version)")
+    if not (type(model).__module__.startswith("nemos") and type(model).__name__ in ("GLM", "PopulationGLM")):
         raise InputTypeError("model must be a distglm PopulationGLM, or a NeMoS 0.2.8 GLM or PopulationGLM; got "
                              f"{type(model).__module__}.{type(model).__name__}")
     params = model.get_params(deep=False)
