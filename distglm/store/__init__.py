@@ -2,23 +2,31 @@
 
 A store is one Zarr group (a local directory or any URL Zarr accepts) laid out as::
 
-    inputs/                  attrs: generation, complete, feature_groups = [[name, k], ...]
-        X                    (n_samples, n_features) float, one chunk along features
-        y                    (n_samples, n_neurons), chunks (n_samples, neuron_chunk)
-        feature_mask         (n_features, n_neurons) uint8 0/1, chunks (n_features, neuron_chunk);
+    inputs/                  attrs: generation, complete, feature_groups = [[name, k], ...], software
+        X                    (time, feature) float, one chunk along features
+        y                    (time, neuron), chunks (n_samples, neuron_chunk)
+        feature_mask         (feature, neuron) uint8 0/1, chunks (n_features, neuron_chunk);
                              absent means every feature predicts every neuron
-    results/                 attrs: fingerprint (written last), state_spec
-        coef                 (n_features, n_neurons), chunks (n_features, neuron_chunk)
+        time, feature, neuron  coordinates: seconds (or the sample index), feature names, neuron ids
+        neuron_<name>        per-neuron metadata of a pynapple y (auxiliary coordinates)
+    results/                 attrs: fingerprint (written last), state_spec, model, software
+        coef                 (feature, neuron), chunks (n_features, neuron_chunk)
         intercept, scale, dof_resid, loss, grad_norm, n_iter, converged, status
-                             (n_neurons,), chunks (neuron_chunk,)
-        done                 (n_blocks,) uint64, one chunk per block: 0, or the block's checksum
-        solver_state/<name>  (*shape, n_neurons) per neuron, or (n_blocks, *shape) per block
+                             (neuron,), chunks (neuron_chunk,); status with CF flag_values/flag_meanings
+        feature, neuron      coordinates, copied from the inputs
+        done                 (block, marker) uint64, one chunk per block: 0, or the block's checksum
+        solver_state/<name>  (*shape, neuron) per neuron, or (block, *shape) per block
     job/                     attrs: the record of a fit submitted to a cluster
     lease/                   attrs: the process that holds the store (one writer at a time)
 
 The parts live in three modules, by what they hold: :mod:`~distglm.store.inputs` (what the user
 wrote), :mod:`~distglm.store.results` (what fits write) and :mod:`~distglm.store.records` (job
 records and the lease). Their public functions are gathered here.
+
+Every array names its dimensions (Zarr v3 ``dimension_names``) and says what it holds
+(``long_name``, ``description``, ``units`` where there are units), so
+``xarray.open_zarr(path, group="inputs")`` and ``group="results"`` open labelled Datasets.
+Stores written before the coordinates existed read as before, with positions for ids.
 
 How the store stays true to its data:
 
