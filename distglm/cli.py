@@ -473,6 +473,13 @@ def _inspect_pseudo_r2(wanted: bool, info, path: str, complete: bool) -> dict | 
 # Parser
 
 
+class _VersionAction(argparse.Action):
+    # the versions are looked up only when asked for: every other command starts without it
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit()
+
+
 def _version() -> str:
     from . import store
 
@@ -488,7 +495,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="See 'distglm COMMAND --help'. A model file holds distglm.glm.model_to_config output, e.g. "
                '{"regularizer": "Ridge", "regularizer_strength": 0.1}; missing keys take their defaults.',
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the versions and exit")
     # every command prints one JSON object with --json
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
