@@ -30,6 +30,8 @@ def log_to_stderr(level: int | str = logging.INFO) -> logging.Logger:
         handler.setFormatter(logging.Formatter(_FORMAT))
         handler._distglm = True
         logger.addHandler(handler)
+    # printed once, here: not again by handlers the host process (a Ray worker) put on the root
+    logger.propagate = False
     logger.setLevel(level)
     return logger
 
