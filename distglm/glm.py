@@ -97,39 +97,36 @@ def _as_regularizer(value) -> Regularizer:
 
 
 # NeMoS 0.2.8 names a solver's implementation in brackets ("LBFGS[optimistix]"); distglm runs
-# every algorithm on jaxopt, so the backend is accepted and the algorithm kept.
+# every algorithm on its own core, so the backend is accepted and the algorithm kept.
 SOLVER_BACKENDS = ("jaxopt", "optimistix", "optax+optimistix", "optax", "nemos")
-# Stochastic solvers NeMoS has and distglm does not, with the full-batch solver fitting the same model.
-_FULL_BATCH_EQUIVALENTS = {"SVRG": "LBFGS", "ProxSVRG": "ProximalGradient"}
+# NeMoS 0.2.8 implements SVRG and ProxSVRG itself only: they take no other backend.
+_NEMOS_ONLY = ("SVRG", "ProxSVRG")
 
 
 def parse_solver_name(value) -> str:
     """The distglm algorithm for a solver name, bare (``"LBFGS"``) or with a backend (``"LBFGS[jaxopt]"``).
 
+    ``"SVRG"`` and ``"ProxSVRG"`` take only the ``nemos`` backend, as in NeMoS 0.2.8.
+
     Raises
     ------
     InputTypeError
         If ``value`` is not a string.
-    UnsupportedOptionError
-        For ``"SVRG"`` and ``"ProxSVRG"``, naming the solver that fits the same model.
     InputError
         For an unknown algorithm or backend.
 
     Examples
     --------
-    >>> parse_solver_name("GradientDescent[optimistix]")
-    'GradientDescent'
+    >>> parse_solver_name("GradientDescent[optimistix]"), parse_solver_name("ProxSVRG[nemos]")
+    ('GradientDescent', 'ProxSVRG')
     """
     if not isinstance(value, str):
         raise InputTypeError(f"solver_name must be a string; got {value!r}")
     algo, bracket, backend = value.partition("[")
     if bracket and (not backend.endswith("]") or backend[:-1] not in SOLVER_BACKENDS):
         raise InputError(f"solver_name {value!r}: the backend in brackets must be one of {list(SOLVER_BACKENDS)}")
-    if algo in _FULL_BATCH_EQUIVALENTS:
-        raise UnsupportedOptionError(
-            f"solver {algo!r} is not implemented by distglm; {_FULL_BATCH_EQUIVALENTS[algo]!r} fits the same "
-            "model on the full data"
-        )
+    if bracket and algo in _NEMOS_ONLY and backend[:-1] != "nemos":
+        raise InputError(f"solver_name {value!r}: {algo} has only the 'nemos' backend (e.g. '{algo}[nemos]')")
     if algo not in _solvers.SOLVERS:
         raise InputError(f"solver_name must be one of {list(_solvers.SOLVERS)} (optionally with a backend, "
                          f"e.g. 'LBFGS[jaxopt]'); got {value!r}")
