@@ -665,8 +665,18 @@ class GLM:
         return self._user_coef(np.asarray(init.coef)), np.asarray(init.intercept)
 
     def initialize_state(self, X, y, init_params):
-        """Set up the solver for :meth:`update` from ``init_params``; returns the solver state."""
+        """Set up the solver for :meth:`update` from ``init_params``; returns the solver state.
+
+        Not available for SVRG and ProxSVRG, whose steps need the full gradient at an anchor
+        point that only a whole epoch over the data provides (NeMoS 0.2.8's ``update`` refuses
+        them too); they fit with :meth:`fit`.
+        """
         config = self._fit_config()
+        if _solvers.is_stochastic(config.solver_name):
+            raise UnsupportedOptionError(
+                f"solver {config.solver_name!r} runs whole epochs over the data and has no step-by-step update; "
+                "fit the model with fit(X, y), or choose a full-batch solver (e.g. 'LBFGS', 'ProximalGradient') "
+                "for initialize_solver_and_state/update")
         enable_compilation_cache()
         Xa, ya, groups = self._prepare(X, y)
         val.check_support(self._observation_model, ya if self._population else ya[:, 0])

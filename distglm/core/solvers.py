@@ -365,7 +365,8 @@ def _as_key(key) -> tuple:
         key = jax.random.PRNGKey(int(key))
     elif hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
-    elif isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, (int, np.integer)) for k in key):
+    elif isinstance(key, (tuple, list)) and len(key) == 2 and all(
+            isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 0 <= k < 2**32 for k in key):
         key = np.asarray(key, np.uint32)
     raw = np.asarray(key) if hasattr(key, "shape") else None
     if raw is None or raw.shape != (2,) or raw.dtype != np.uint32:
