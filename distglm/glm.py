@@ -1098,10 +1098,11 @@ def _model_from_tree(tree: dict, mapping_dict: dict, source: str) -> GLM:
         return value["class"].rsplit(".", 1)[-1], value.get("params") or {}
 
     obs_name, obs_params = spec("observation_model")
+    # instances, as NeMoS's load_model gives them back (get_params shows them)
     observation = (NegativeBinomialObservations(scale=obs_params.get("scale", 1.0))
-                   if obs_name == "NegativeBinomialObservations" else obs_name)
+                   if obs_name == "NegativeBinomialObservations" else _as_observation(obs_name))
     reg_name, reg_params = spec("regularizer")
-    regularizer = GroupLasso(mask=reg_params.get("mask")) if reg_name == "GroupLasso" else reg_name
+    regularizer = GroupLasso(mask=reg_params.get("mask")) if reg_name == "GroupLasso" else _as_regularizer(reg_name)
     link = tree.get("inverse_link_function")
     if "inverse_link_function" in mapping_dict:
         link = mapping_dict["inverse_link_function"]
