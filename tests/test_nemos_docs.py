@@ -79,7 +79,7 @@ def test_glm_method_docstring_examples():
 
 def test_population_glm_docstring_examples():
     np.random.seed(123)
-    num_samples, num_features, num_neurons = 100, 3, 2
+    num_samples, num_features = 100, 3
     X = np.random.normal(size=(num_samples, num_features))
     weights = np.array([[0.5, 0.0], [-0.5, -0.5], [0.0, 1.0]])
     y = np.random.poisson(np.exp(X.dot(weights)))

@@ -189,6 +189,7 @@ class PopulationSVRG:
 
     Examples
     --------
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from distglm.core.svrg import PopulationSVRG, SampledObjective
     >>> A = jnp.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [2.0, 1.0]])  # 4 samples, 2 parameters
@@ -197,13 +198,14 @@ class PopulationSVRG:
     ...     r = A[rows] @ x - b[rows]
     ...     return 0.5 * jnp.mean(r**2, axis=0), A[rows].T @ r / rows.shape[0]
     >>> sampled = SampledObjective(batch_fun, 4, 4, lambda x: (jnp.full(2, 3.0), jnp.full(2, 5.0)))
-    >>> solver = PopulationSVRG(lambda x: batch_fun(x, jnp.arange(4)), sampled, tol=1e-8, batch_size=2)
+    >>> solver = PopulationSVRG(lambda x: batch_fun(x, jnp.arange(4)), sampled, tol=1e-5, batch_size=2)
     >>> x = jnp.zeros((2, 2))
     >>> state = solver.init_state(x)
-    >>> for _ in range(200):
-    ...     x, state = solver.update(x, state)
+    >>> update = jax.jit(solver.update)
+    >>> for _ in range(100):
+    ...     x, state = update(x, state)
     >>> expected = jnp.linalg.lstsq(A, b)[0]
-    >>> bool(jnp.allclose(x, expected, atol=1e-5)), bool(jnp.all(_norm(state.grad) <= 1e-8))
+    >>> bool(jnp.allclose(x, expected, atol=1e-4)), bool(jnp.all(_norm(state.grad) <= 1e-5))
     (True, True)
     """
 
