@@ -9,9 +9,9 @@ the reference optimum.
 
 NeMoS's SVRG has no default step size or batch size for the exponential link (its defaults
 are computed for the softplus link only), so it runs with its class defaults (one sample per
-step, step size 1e-3, tol 1e-3): an epoch is ``n_samples`` sequential steps. At full size that
-takes too long, so it runs on the first ``--nemos-neurons`` neurons (and is stopped after
-``--nemos-timeout`` seconds), and the table says so.
+step, step size 1e-3, tol 1e-3): an epoch is ``n_samples`` sequential steps. It runs on the
+first ``--nemos-neurons`` neurons (default all of them) and is stopped after
+``--nemos-timeout`` seconds; the table says which.
 
 Usage::
 
@@ -44,15 +44,19 @@ SEED = 0
 GOAL_GAP = 1e-5
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 spec = json.loads(sys.argv[1])
 import jax
 jax.config.update("jax_enable_x64", spec["x64"])
 X = np.load(spec["data"] + "/X.npy")
 y = np.ascontiguousarray(np.load(spec["data"] + "/y.npy")[:, :spec["n_neurons"]])
-page = resource.getpagesize() / 2**20
-rss_data_mb = int(open("/proc/self/statm").read().split()[1]) * page
+def status_mb(field):
+    # VmHWM is this process's own peak (getrusage's ru_maxrss keeps the forking parent's)
+    line = next(line for line in open("/proc/self/status") if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+peak_rss_mb = lambda: status_mb("VmHWM")
+rss_data_mb = status_mb("VmRSS")
 if spec["library"] == "nemos":
     import nemos as nmo
     make = lambda: nmo.glm.PopulationGLM(regularizer="Ridge", regularizer_strength=spec["strength"],
@@ -74,7 +78,7 @@ print("BENCH_RESULT_JSON:" + json.dumps({
     "coef": np.asarray(model.coef_, dtype=float).tolist(),
     "intercept": np.asarray(model.intercept_, dtype=float).tolist(),
     "epochs": int(np.asarray(state.iter_num)),
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_rss_mb": peak_rss_mb(),
     "rss_data_mb": rss_data_mb,
 }))
 """
@@ -117,7 +121,7 @@ def run(spec, timeout):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run; prints only")
-    parser.add_argument("--nemos-neurons", type=int, default=32, help="neurons NeMoS SVRG fits")
+    parser.add_argument("--nemos-neurons", type=int, default=256, help="neurons NeMoS SVRG fits")
     parser.add_argument("--nemos-timeout", type=float, default=900.0, help="seconds before NeMoS SVRG is stopped")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -216,9 +220,8 @@ def markdown(record) -> str:
         f"cold {record['svrg_over_lbfgs_cold']:.2f}x.",
         "",
         "NeMoS SVRG has no default step or batch size for the exponential link: it runs its class defaults "
-        "(batch 1, step 1e-3, tol 1e-3 on its own error), so an epoch is n_samples sequential steps; it is run on "
-        "fewer neurons because at full size it does not finish in a reasonable time. Its gap says how far its "
-        "default stopping rule leaves it from the optimum.",
+        "(batch 1, step 1e-3, tol 1e-3 on its own error), so an epoch is n_samples sequential steps, and it runs "
+        "once (no warm fit). Its gap says how far its default stopping rule leaves it from the optimum.",
         "",
     ]
     return "\n".join(lines)
