@@ -6,6 +6,8 @@ log-likelihood plus the penalty), independently of distglm's core.
 
 from __future__ import annotations
 
+import json
+
 import jax
 import nemos as nmo
 import numpy as np
@@ -15,7 +17,7 @@ import ray
 import distglm
 from distglm.core.solvers import accepted_kwargs
 from distglm.errors import UnknownSolverArgumentError
-from distglm.glm import GLM, PopulationGLM
+from distglm.glm import GLM, PopulationGLM, model_from_config, model_to_config
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -131,6 +133,9 @@ def test_solver_kwargs_are_nemos_svrg_kwargs():
     model = PopulationGLM(solver_name="SVRG", solver_kwargs={"stepsize": 0.1, "batch_size": 64, "maxiter": 5,
                                                              "tol": 1e-4, "key": 3})
     assert model.solver_kwargs["key"] == (0, 3) and model.get_params()["solver_kwargs"]["key"] == 3
+    # the configuration actors and job records carry goes through JSON and back
+    again = model_from_config(json.loads(json.dumps(model_to_config(model))))
+    assert again.solver_kwargs == model.solver_kwargs and again.solver_name == "SVRG"
     # NeMoS refuses an unknown key with a NameError, as distglm does
     for lib in (nmo.glm.PopulationGLM, PopulationGLM):
         with pytest.raises(NameError):
