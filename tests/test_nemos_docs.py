@@ -120,11 +120,15 @@ def test_quickstart_basis_features_and_fits():
     X = basis.compute_features(input_1, input_2, input_3)
     coef = np.random.normal(scale=0.1, size=(X.shape[1],))
     spike_counts = np.random.poisson(np.exp(np.matmul(X, coef)))
-    model = GLM().fit(X, spike_counts)
-    assert X.shape == (100, 37) and model.coef_.shape == (37,) and np.shape(model.intercept_) == (1,)
-    # the spline products sum to a constant, so coefficients and intercept trade off and the
-    # example's printed intercept is one of many optima; the fit is checked by its convergence
-    assert np.all(model.converged_)
+    with warnings.catch_warnings():
+        # the spline products sum to a constant, so coefficients and intercept trade off (the
+        # optimum is not unique, and neither library's solver meets its test); the example's
+        # printed intercept is one of many optima, so the fits are compared by their likelihood
+        warnings.simplefilter("ignore")
+        model, reference = GLM().fit(X, spike_counts), nmo.glm.GLM().fit(X, spike_counts)
+    assert X.shape == (100, 37) and model.coef_.shape == reference.coef_.shape == (37,)
+    assert np.shape(model.intercept_) == np.shape(reference.intercept_) == (1,)
+    assert model.score(X, spike_counts) >= reference.score(X, spike_counts) - 1e-9
 
     # the population example: convolution features start with NaN rows, which both libraries drop
     spike_counts = np.random.poisson(size=(1000, 3))
