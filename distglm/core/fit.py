@@ -420,7 +420,7 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
             return objective_on(_Chunks(chunks.X[rows], chunks.y[rows], size, jnp.asarray(size, jnp.int32)))(v)
 
         sampled = _solvers.SampledObjective(
-            batch_fun, chunks.n_valid, chunks.X.shape[0],
+            batch_fun, chunks.n_valid, chunks.X.shape[0], chunks.rows,
             lambda v: _svrg_smoothness(chunks, mask, to_theta(v), config),
             None if penalised else lambda v: weight * penalty(to_theta(v)))
     solver = _solvers.make_solver(config.solver_name, objective if with_grad else objective_value, prox,

@@ -49,22 +49,25 @@ def svrg_stepsize(batch_size, n_samples, l_smooth_max, l_smooth):
     return numerator / denominator
 
 
-def default_batch_size(n_samples: int) -> int:
-    """Rows per minibatch when none is given: about ``sqrt(n_samples)``, a multiple of 8.
+def default_batch_size(n_samples: int, chunk_rows: int) -> int:
+    """Rows per minibatch when none is given: a row chunk, while an epoch keeps at least 32
+    steps, and never fewer than about ``sqrt(n_samples)``; a multiple of 8, at most ``n_samples``.
 
     NeMoS's theoretical optimum counts gradient evaluations of single samples and comes out at
     1 for long recordings; here a minibatch is one matrix product for a whole block, which
-    costs little more for hundreds of rows than for one, so an epoch of ``sqrt(n)`` steps of
-    ``sqrt(n)`` rows does the same work as a full pass with far fewer sequential steps.
+    costs little more for thousands of rows than for one, while each step also pays a fixed
+    cost per neuron (the change of coordinates). ``chunk_rows`` is the block's row chunk
+    (about 1M elements of ``y``, see ``fit._chunk_rows``), the size its full passes use.
 
     Examples
     --------
-    >>> default_batch_size(20_000), default_batch_size(50)
-    (144, 8)
+    >>> default_batch_size(200_000, 4096), default_batch_size(20_000, 32_768), default_batch_size(50, 50)
+    (4096, 632, 8)
     """
     root = math.isqrt(n_samples)
     root += root * root < n_samples
-    return max(1, min(n_samples, -(-root // 8) * 8))
+    size = max(root, min(chunk_rows, n_samples // 32))
+    return max(1, min(n_samples, -(-size // 8) * 8))
 
 
 class SampledObjective(NamedTuple):
@@ -79,6 +82,8 @@ class SampledObjective(NamedTuple):
         Rows to sample from: ``rows`` are drawn in ``[0, n_valid)``.
     n_rows : int
         Rows of the (padded) data, static: the default batch size follows it.
+    chunk_rows : int
+        Rows of the chunks the full passes read, static: the default batch size follows it.
     smoothness : callable
         ``smoothness(params) -> (l_smooth, l_smooth_max)``, each of shape (n_neurons,): bounds
         of the mean loss's and of one sample's smoothness near ``params``.
@@ -90,6 +95,7 @@ class SampledObjective(NamedTuple):
     batch_fun: Callable
     n_valid: Any
     n_rows: int
+    chunk_rows: int
     smoothness: Callable
     penalty: Callable | None = None
 
@@ -178,7 +184,7 @@ class PopulationSVRG:
     stepsize : float, optional
         One step size for every neuron; default NeMoS's, per neuron (``svrg_stepsize``).
     batch_size : int, optional
-        Rows per minibatch; default ``default_batch_size(n_rows)``.
+        Rows per minibatch; default ``default_batch_size(n_rows, chunk_rows)``.
     key : tuple of 2 ints, optional
         The raw random key (``jax.random.PRNGKey(seed)`` as a tuple); default NeMoS's seed 123.
     max_rejections : int
@@ -197,7 +203,7 @@ class PopulationSVRG:
     >>> def batch_fun(x, rows):
     ...     r = A[rows] @ x - b[rows]
     ...     return 0.5 * jnp.mean(r**2, axis=0), A[rows].T @ r / rows.shape[0]
-    >>> sampled = SampledObjective(batch_fun, 4, 4, lambda x: (jnp.full(2, 3.0), jnp.full(2, 5.0)))
+    >>> sampled = SampledObjective(batch_fun, 4, 4, 4, lambda x: (jnp.full(2, 3.0), jnp.full(2, 5.0)))
     >>> solver = PopulationSVRG(lambda x: batch_fun(x, jnp.arange(4)), sampled, tol=1e-5, batch_size=2)
     >>> x = jnp.zeros((2, 2))
     >>> state = solver.init_state(x)
@@ -221,7 +227,9 @@ class PopulationSVRG:
     max_epochs_without_progress: int = 10
 
     def _batch_size(self) -> int:
-        return self.batch_size if self.batch_size is not None else default_batch_size(self.sampled.n_rows)
+        if self.batch_size is not None:
+            return self.batch_size
+        return default_batch_size(self.sampled.n_rows, self.sampled.chunk_rows)
 
     def _prox(self, params, scaling):
         return params if self.prox is None else self.prox(params, None, scaling)
