@@ -83,11 +83,22 @@ def test_svrg_fits_a_single_neuron_glm(data):
     assert abs(relative_gap(svrg, lbfgs, X, y[:, 3], "UnRegularized")[0]) <= GAP
 
 
-def test_proxsvrg_lasso_reaches_the_proximal_gradient_objective(data):
+LASSO_MODEL = dict(regularizer="Lasso", regularizer_strength=LASSO, solver_name="ProxSVRG")
+
+
+@pytest.fixture(scope="module")
+def lasso_fits(data):
+    """In-memory Lasso fits with the mask: ProxSVRG (defaults) and ProximalGradient (tight)."""
     X, y, mask = data
-    common = dict(regularizer="Lasso", regularizer_strength=LASSO, feature_mask=mask)
-    prox_svrg = PopulationGLM(solver_name="ProxSVRG", **common).fit(X, y)
-    reference = PopulationGLM(solver_kwargs={"tol": 1e-8, "maxiter": 5000}, **common).fit(X, y)
+    prox_svrg = PopulationGLM(feature_mask=mask, **LASSO_MODEL).fit(X, y)
+    reference = PopulationGLM(regularizer="Lasso", regularizer_strength=LASSO, feature_mask=mask,
+                              solver_kwargs={"tol": 1e-8, "maxiter": 5000}).fit(X, y)
+    return prox_svrg, reference
+
+
+def test_proxsvrg_lasso_reaches_the_proximal_gradient_objective(data, lasso_fits):
+    X, y, mask = data
+    prox_svrg, reference = lasso_fits
     gap = relative_gap(prox_svrg, reference, X, y, "Lasso")
     assert np.max(np.abs(gap)) <= GAP, gap
     # the proximal step sets coefficients exactly to zero, as ProximalGradient's does
@@ -195,20 +206,27 @@ def test_step_by_step_fitting_is_refused_clearly(data):
         ours.initialize_solver_and_state(X, y, ours.initialize_params(X, y))
 
 
-def test_distributed_svrg_equals_in_memory(data, ridge_fits, tmp_path):
+def test_distributed_fits_equal_in_memory(data, ridge_fits, lasso_fits, tmp_path):
     X, y, mask = data
     svrg, lbfgs = ridge_fits
-    path = distglm.write_inputs(tmp_path / "fit.zarr", X, y, mask, neuron_chunk=16)
-    model = PopulationGLM(solver_name="SVRG", regularizer="Ridge", regularizer_strength=RIDGE, feature_mask=mask)
+    prox_svrg, proximal_gradient = lasso_fits
+    paths = [distglm.write_inputs(tmp_path / f"{name}.zarr", X, y, mask, neuron_chunk=16) for name in ("svrg", "prox")]
+    models = [PopulationGLM(solver_name="SVRG", regularizer="Ridge", regularizer_strength=RIDGE, feature_mask=mask),
+              PopulationGLM(feature_mask=mask, **LASSO_MODEL)]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        report = distglm.fit(path, model, num_actors=2, block_size=16, progress=False)
+        # two actors for one fit, one actor through both blocks for the other
+        reports = [distglm.fit(path, model, num_actors=num_actors, block_size=16, progress=False)
+                   for path, model, num_actors in zip(paths, models, (2, 1))]
     finally:
         ray.shutdown()
-    assert report.failed_blocks == {} and report.n_fitted == 32 and report.n_blocks == 2
-    fitted = distglm.load_model(path)
-    assert fitted.solver_name == "SVRG"
-    # a neuron's path depends on its own data and the shared key only, not on its block
-    np.testing.assert_allclose(fitted.coef_, svrg.coef_, rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(fitted.intercept_, svrg.intercept_, rtol=1e-7)
-    assert np.max(np.abs(relative_gap(fitted, lbfgs, X, y, "Ridge"))) <= GAP
+    for report in reports:
+        assert report.failed_blocks == {} and report.n_fitted == 32 and report.n_blocks == 2
+    for path, in_memory, reference, penalty in ((paths[0], svrg, lbfgs, "Ridge"),
+                                                (paths[1], prox_svrg, proximal_gradient, "Lasso")):
+        fitted = distglm.load_model(path)
+        assert fitted.solver_name == in_memory.solver_name
+        # a neuron's path depends on its own data and the shared key only, not on its block
+        np.testing.assert_allclose(fitted.coef_, in_memory.coef_, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(fitted.intercept_, in_memory.intercept_, rtol=1e-7)
+        assert np.max(np.abs(relative_gap(fitted, reference, X, y, penalty))) <= GAP
