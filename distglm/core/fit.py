@@ -764,7 +764,9 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
         shapes = (np.shape(x), np.shape(yy), np.shape(keep))
         if shapes != expected:
             raise ValueError(f"chunk {i} of the source must have shapes {expected}; got {shapes}")
-        yy = np.pad(np.asarray(yy, dtype), ((0, 0), (0, n_cols - source.n_neurons)))
+        yy = np.asarray(yy, dtype)
+        if n_cols > source.n_neurons:
+            yy = np.pad(yy, ((0, 0), (0, n_cols - source.n_neurons)))
         return np.asarray(x, dtype), yy, np.asarray(keep, bool)
 
     if init is None:
@@ -794,11 +796,11 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
     the solve.
     """
     n_neurons = np.shape(init.intercept)[0]
-    extra_cols = bucket_neurons(n_neurons) - n_neurons
+    n_cols = bucket_neurons(n_neurons)
 
     def pad_neurons(a, **kwargs):
         a = np.asarray(a, dtype=dtype)
-        return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, extra_cols)], **kwargs)
+        return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, n_cols - a.shape[-1])], **kwargs)
 
     mask = pad_neurons(mask)
     init = Params(pad_neurons(init.coef), pad_neurons(init.intercept, constant_values=np.nan))
