@@ -49,10 +49,11 @@ def chunked(X, y, keep, rows):
 
 
 CORE_CASES = {
-    "Poisson, unregularized": (PoissonObservations(), UnRegularized(), "LBFGS", {"tol": 1e-10}, 0.0),
-    "Gamma, ridge": (GammaObservations(), Ridge(), "LBFGS", {"tol": 1e-10}, 0.5),
-    "Poisson, gradient descent": (PoissonObservations(), Ridge(), "GradientDescent",
-                                  {"tol": 1e-9, "maxiter": 5000}, 0.0),
+    # the rank of X (residual degrees of freedom), gradients from the chunked pass
+    "Poisson, unregularized, LBFGS": (PoissonObservations(), UnRegularized(), "LBFGS", {"tol": 1e-10}, 0.0),
+    # the scale estimate; gradients by differentiating the pass through the chunk callback
+    "Gamma, ridge, gradient descent": (GammaObservations(), Ridge(), "GradientDescent",
+                                       {"tol": 1e-9, "maxiter": 5000}, 0.5),
 }
 
 
@@ -163,23 +164,20 @@ def test_streamed_fit_equals_held_fit_equals_in_memory(long_store, tmp_path):
 
 def test_streamed_checks_name_the_stored_sample(tmp_path):
     rng = np.random.default_rng(0)
-    X, y = rng.normal(size=(2_000, 2)), rng.poisson(1.0, size=(2_000, 3)).astype(float)
-    X[1_234, 1] = np.inf  # excused: y is NaN in that sample, so it is dropped
-    y[1_234, 0] = np.nan
+    y = rng.poisson(1.0, size=(2_000, 3)).astype(float)
     y[1_801, 2] = -1.0
     mp = pytest.MonkeyPatch()
     mp.setattr(store.inputs, "_ROW_CHUNK", 500)
     try:
-        path = distglm.write_inputs(tmp_path / "fit.zarr", X, y)
+        path = distglm.write_inputs(tmp_path / "fit.zarr", rng.normal(size=(2_000, 2)), y)
     finally:
         mp.undo()
     # refused before any cluster starts (no Ray is running here)
     with pytest.raises(InputError, match=r"got -1.0 at sample 1801, neuron 2"):
         distglm.fit(path, PopulationGLM(), progress=False)
-    X[1_600, 0] = np.inf
-    y[1_801, 2] = 1.0
-    distglm.write_inputs(path, X, y, overwrite=True)
-    with pytest.raises(InputError, match=r"X must be finite outside rows holding NaN.*got inf at row 1600, column 0"):
+    y[1_801, 2], y[1_999, 1] = 1.0, np.inf
+    distglm.write_inputs(path, rng.normal(size=(2_000, 2)), y, overwrite=True)
+    with pytest.raises(InputError, match=r"inputs/y must be finite outside NaN rows.*got inf at sample 1999, neuron 1"):
         distglm.fit(path, PopulationGLM(), progress=False)
 
 
@@ -223,9 +221,9 @@ def peak_of_streamed_fit(n_chunks: int) -> dict:
 
 
 def test_streamed_fit_memory_does_not_grow_with_samples():
-    short, long = peak_of_streamed_fit(4), peak_of_streamed_fit(128)
+    short, long = peak_of_streamed_fit(4), peak_of_streamed_fit(64)
     assert short["converged"] and long["converged"]
-    # 124 more chunks of X and y: 149 MB (float32) the long fit never holds at once
-    data_mb = 124 * 8192 * (20 + 16) * 4 / 1e6
+    # 60 more chunks of X and y: 71 MB (float32) the long fit never holds at once
+    data_mb = 60 * 8192 * (20 + 16) * 4 / 1e6
     growth_mb = (long["kb"] - short["kb"]) / 1e3
     assert growth_mb < 0.2 * data_mb, (growth_mb, data_mb)
