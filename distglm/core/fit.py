@@ -24,6 +24,13 @@ Shapes are padded to buckets (``bucket_rows``, ``bucket_neurons``): padding rows
 weight and padding neurons never enter the solve, so data sets of nearby sizes share one
 compiled solve and get the results they would get unpadded.
 
+Every pass over the samples (loss and gradient, curvature, the Gram matrix of the
+preconditioner, the rank of X, the scale estimate) is a fold over row chunks. The chunks come
+from in-memory arrays (``fit_block``) or from the host (``fit_streamed``): a callback inside the
+fold returns one chunk of X and y at a time from a ``ChunkSource``, so a fit of a recording too
+long to hold runs the same solve loop with one chunk in memory at a time; it re-reads the
+samples at every pass, which costs time where the in-memory path costs memory.
+
 Failures are data: a neuron whose initial intercept is not finite (no events at all) or whose
 solution turns non-finite is reported in ``status`` and left out of the solve; the rest of
 the block still fits.
