@@ -145,6 +145,11 @@ class SampleReader:
         for row in range(0, self.n_stored, self.rows):
             yield row, min(row + self.rows, self.n_stored)
 
+    def _fitted_rows(self, values: np.ndarray, row: int) -> np.ndarray:
+        """``values`` (the stored samples from ``row`` on) without the dropped ones; no copy when none is."""
+        keep = self._kept(row, row + len(values))
+        return values if keep.all() else values[keep]
+
     def design(self, n_cols: int):
         """X without its NaN rows, padded with zero rows to the fit's bucket: a JAX array, read once.
 
@@ -159,7 +164,7 @@ class SampleReader:
                 X = np.zeros((bucket_rows(self.n_samples, n_cols), self.n_features), self.dtype)
                 at = 0
                 for row, stop in self._row_ranges():
-                    values = self.reader.X_rows(slice(row, stop))[self._kept(row, stop)]
+                    values = self._fitted_rows(self.reader.X_rows(slice(row, stop)), row)
                     X[at:at + len(values)] = values
                     at += len(values)
                 self._design = jax.device_put(X)
@@ -170,7 +175,7 @@ class SampleReader:
         y = np.zeros((n_rows, n_cols), self.dtype)
         at = 0
         for row, end in self._row_ranges():
-            values = self.reader.y_block(start, stop, slice(row, end))[self._kept(row, end)]
+            values = self._fitted_rows(self.reader.y_block(start, stop, slice(row, end)), row)
             y[at:at + len(values), :stop - start] = values
             at += len(values)
         return y
