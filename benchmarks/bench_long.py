@@ -124,8 +124,9 @@ def markdown(report: dict) -> str:
         "",
         "Where a streamed actor's memory goes: it keeps the chunks of samples (2**16 samples of X and "
         "of its block's y, float32) that fit in its 512 MiB cache and reads the others again at every "
-        "pass. Its peak grows with the recording until the cache is full and not after: baseline actor "
-        "+ 512 MiB + the chunks in flight. Recordings shorter than 2**16 samples are stored in shorter "
+        "pass. Its peak grows with the recording until the cache is full (baseline actor + 512 MiB + the "
+        "chunks in flight, compilation and the allocator's slack) and should stay there for longer ones: "
+        "this run does not show it, its longest recording being the first to fill the cache. Recordings shorter than 2**16 samples are stored in shorter "
         "chunks, so the peaks of the driver and of the actors also grow up to that length. The driver "
         "holds one flag per sample (1 MB at 1,000,000 samples) and one stored chunk at a time.",
         "",
