@@ -173,11 +173,14 @@ class SampleReader:
     def responses(self, start: int, stop: int, n_rows: int, n_cols: int) -> np.ndarray:
         """The y of neurons ``[start, stop)`` without NaN rows, in a zero buffer of shape (n_rows, n_cols)."""
         y = np.zeros((n_rows, n_cols), self.dtype)
-        at = 0
-        for row, end in self._row_ranges():
-            values = self._fitted_rows(self.reader.y_block(start, stop, slice(row, end)), row)
-            y[at:at + len(values), :stop - start] = values
-            at += len(values)
+        # one stored chunk at a time: the stored dtype is never held for the whole block
+        width = self.reader.info.neuron_chunk
+        for first in range(start, stop, width):
+            last, at = min(first + width, stop), 0
+            for row, end in self._row_ranges():
+                values = self._fitted_rows(self.reader.y_block(first, last, slice(row, end)), row)
+                y[at:at + len(values), first - start:last - start] = values
+                at += len(values)
         return y
 
     def _chunk(self, key, make):
