@@ -72,7 +72,8 @@ class FitSpec:
     pad_to: int
     x64: bool
     inverse_link: Callable | None = None
-    dropped_rows: np.ndarray | None = None
+    # left out of comparisons: an array's == is elementwise
+    dropped_rows: np.ndarray | None = dataclasses.field(default=None, compare=False)
     n_samples: int | None = None
     stream: bool = False
     cache_bytes: int = 512 * 2**20
