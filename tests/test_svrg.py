@@ -7,6 +7,7 @@ log-likelihood plus the penalty), independently of distglm's core.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import nemos as nmo
@@ -15,6 +16,8 @@ import pytest
 import ray
 
 import distglm
+from distglm.core import FitConfig, PoissonObservations, UnRegularized
+from distglm.core.fit import ChunkSource, fit_streamed
 from distglm.core.solvers import accepted_kwargs
 from distglm.errors import UnknownSolverArgumentError
 from distglm.glm import GLM, PopulationGLM, model_from_config, model_to_config
@@ -204,6 +207,22 @@ def test_step_by_step_fitting_is_refused_clearly(data):
     ours = PopulationGLM(solver_name="SVRG")
     with pytest.raises(ValueError, match=r"'SVRG' runs whole epochs over the data and has no step-by-step update"):
         ours.initialize_solver_and_state(X, y, ours.initialize_params(X, y))
+
+
+def test_svrg_refuses_streamed_samples(data, tmp_path):
+    X, y, _ = data
+    X, y = X[:400], y[:400, :2]
+    path = distglm.write_inputs(tmp_path / "fit.zarr", X, y, neuron_chunk=2)
+    files = sorted(p.relative_to(path) for p in Path(path).rglob("*"))
+    # refused before the store or Ray is touched
+    with pytest.raises(ValueError, match=r"'SVRG' samples rows at random .* cannot fit streamed samples"):
+        distglm.fit(path, PopulationGLM(solver_name="SVRG"), stream=True, progress=False)
+    assert sorted(p.relative_to(path) for p in Path(path).rglob("*")) == files
+    source = ChunkSource(lambda i: (X[200 * i:200 * i + 200], y[200 * i:200 * i + 200], np.ones(200, bool)),
+                         n_chunks=2, rows=200, n_features=X.shape[1], n_neurons=2, n_valid=400)
+    config = FitConfig(PoissonObservations(), "exp", UnRegularized(), "ProxSVRG")
+    with pytest.raises(ValueError, match=r"'ProxSVRG' samples rows at random"):
+        fit_streamed(source, np.ones((X.shape[1], 2)), config)
 
 
 def test_distributed_fits_equal_in_memory(data, ridge_fits, lasso_fits, tmp_path):
