@@ -349,9 +349,6 @@ def test_solver_names_with_a_backend():
         assert _nemos(solver_name=name).algo_name == algo
     with pytest.raises(ValueError, match=r"backend in brackets must be one of"):
         PopulationGLM(solver_name="LBFGS[scipy]")
-    for name, equivalent in (("SVRG", "LBFGS"), ("ProxSVRG", "ProximalGradient")):
-        with pytest.raises(NotImplementedError, match=rf"'{name}' is not implemented by distglm; '{equivalent}'"):
-            PopulationGLM(solver_name=name)
 
 
 def test_repr_shows_the_constructor_arguments():
@@ -547,11 +544,19 @@ def test_a_nemos_group_lasso_keeps_its_groups_and_a_glm_becomes_a_population():
     assert type(distglm.glm.from_nemos(nmo.glm.GLM(observation_model="Bernoulli"))) is distglm.PopulationGLM
 
 
-def test_nemos_solvers_distglm_lacks_are_named_with_the_alternative():
-    with pytest.raises(distglm.UnsupportedOptionError, match="'LBFGS' fits the same model"):
-        distglm.glm.from_nemos(nmo.glm.PopulationGLM(solver_name="SVRG"))
+@pytest.mark.parametrize("name", nmo.solvers.list_available_algorithms())
+def test_every_nemos_solver_converts(name):
+    regularizer = "Lasso" if name in ("ProximalGradient", "ProxSVRG") else "Ridge"
+    ours = distglm.glm.from_nemos(nmo.glm.PopulationGLM(regularizer=regularizer, regularizer_strength=0.1,
+                                                        solver_name=name))
+    assert ours.solver_name == name
+
+
+def test_models_that_are_not_nemos_glms_are_refused():
     with pytest.raises(distglm.InputTypeError, match="NeMoS 0.2.8 GLM or PopulationGLM"):
         distglm.glm.from_nemos(object())
+    with pytest.raises(distglm.InputTypeError, match="one neuron's in-memory model"):
+        distglm.glm.from_nemos(distglm.GLM())
 
 
 def test_sklearn_fitted_attributes_and_check_is_fitted(poisson_population):

@@ -3,8 +3,10 @@
 A store is one Zarr group (a local directory or any URL Zarr accepts) laid out as::
 
     inputs/                  attrs: generation, complete, feature_groups = [[name, k], ...], software
-        X                    (time, feature) float, one chunk along features
-        y                    (time, neuron), chunks (n_samples, neuron_chunk)
+        X                    (time, feature) float, one chunk along features, chunks of at most
+                             2**16 samples
+        y                    (time, neuron), chunks (row_chunk, neuron_chunk) with
+                             row_chunk = min(n_samples, 2**16)
         feature_mask         (feature, neuron) uint8 0/1, chunks (n_features, neuron_chunk);
                              absent means every feature predicts every neuron
         time, feature, neuron  coordinates: seconds (or the sample index), feature names, neuron ids
@@ -54,6 +56,7 @@ from .inputs import (
     read_mask_block,
     read_X,
     read_y_block,
+    scan_X,
     scan_y,
     write_inputs,
 )
@@ -93,6 +96,7 @@ __all__ = [
     "read_X",
     "read_y_block",
     "read_mask_block",
+    "scan_X",
     "scan_y",
     "nan_rows",
     "create_results",
