@@ -352,7 +352,7 @@ def test_bad_solver_kwargs_values(data):
 def test_solver_not_allowed_for_the_regularizer(data, regularizer, solver):
     X, y, _ = data
     with pytest.raises(InputError, match=rf"solver '{solver}' cannot fit the {regularizer} regularizer; "
-                                         r"allowed solvers are \['ProximalGradient'\]"):
+                                         r"allowed solvers are \['ProximalGradient', 'ProxSVRG'\]"):
         PopulationGLM(regularizer=regularizer, solver_name=solver)
 
 
