@@ -30,7 +30,7 @@ from .errors import (
     UnknownSolverArgumentError,
     UnsupportedOptionError,
 )
-from .glm import GLM, PopulationGLM
+from .glm import GLM, PopulationGLM, PopulationGLMCV
 from .store import write_inputs
 # Imported now rather than on first call: importing the submodule ``distglm.submit`` later would
 # rebind the package's ``submit`` from the function to the module. It imports Ray only when used.
@@ -41,6 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GLM",
     "PopulationGLM",
+    "PopulationGLMCV",
     "write_inputs",
     "fit",
     "load_model",

@@ -34,12 +34,11 @@ from .core.observations import (
     resolve_link,
 )
 from .core.regularizers import REGULARIZERS, GroupLasso, Regularizer
+from .core.scoring import SCORE_TYPES, finish_score, score_terms
 from .errors import InputError, InputTypeError, InterfaceError, NotFittedError, UnsupportedOptionError
 
-__all__ = ["GLM", "PopulationGLM", "load_model", "model_to_config", "model_from_config", "check_link_portable",
+__all__ = ["GLM", "PopulationGLM", "PopulationGLMCV", "load_model", "model_to_config", "model_from_config", "check_link_portable",
            "parse_solver_name"]
-
-SCORE_TYPES = ("log-likelihood", "pseudo-r2-McFadden", "pseudo-r2-Cohen")
 
 
 def _float_dtype():
@@ -630,21 +629,9 @@ class GLM:
         coef, intercept, mask = self._fitted_params(groups, Xa.shape[1])
         if ya.shape[1] != coef.shape[1]:
             raise InputError(f"y has {ya.shape[1]} neurons but coef_ has {coef.shape[1]}")
-        obs = self._observation_model
-        y_j = jnp.asarray(ya)
-        rate = jnp.asarray(self._rate(Xa, coef, intercept, mask))
-        null = jnp.ones_like(y_j) * jnp.mean(y_j, axis=0)
-        scale = jnp.asarray(self._scale_vector(coef.shape[1]), dtype=y_j.dtype)
-        if score_type == "log-likelihood":
-            return aggregate_sample_scores(obs.log_likelihood_terms(y_j, rate, scale))
-        if score_type == "pseudo-r2-McFadden":
-            ll_model = aggregate_sample_scores(obs.log_likelihood_terms(y_j, rate, scale))
-            ll_null = aggregate_sample_scores(obs.log_likelihood_terms(y_j, null, scale))
-            return 1 - ll_model / ll_null
-        dev_scale = jnp.asarray(obs.fixed_scale or 1.0)
-        dev_model = aggregate_sample_scores(obs.deviance_terms(y_j, rate, dev_scale))
-        dev_null = aggregate_sample_scores(obs.deviance_terms(y_j, null, dev_scale))
-        return (dev_null - dev_model) / dev_null
+        rate = self._rate(Xa, coef, intercept, mask)
+        terms = score_terms(self._observation_model, ya, rate, self._scale_vector(coef.shape[1]), score_type)
+        return finish_score(*(None if t is None else aggregate_sample_scores(t) for t in terms), score_type)
 
     def simulate(self, random_key, feedforward_input):
         """Draw responses from the fitted model.
@@ -1152,3 +1139,7 @@ def load_model(filename: str | Path, mapping_dict: dict | None = None) -> GLM:
             raise
         raise InputError(f"{str(filename)!r} is not a readable .npz model file: {err}") from err
     return _model_from_tree(tree, mapping_dict or {}, repr(str(filename)))
+
+
+# Defined in its own module, which builds on PopulationGLM: imported last, once PopulationGLM exists.
+from .cv import PopulationGLMCV  # noqa: E402
