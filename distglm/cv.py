@@ -52,7 +52,7 @@ def _check_strengths(value):
 
 
 def _check_cv(value):
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str, bytes, dict)) or value is None:
         raise InputTypeError(f"cv must be a number of folds, a splitter or fold labels; got {value!r}")
     if isinstance(value, numbers.Integral):
         if value < 2:
@@ -60,8 +60,6 @@ def _check_cv(value):
         return int(value)
     if hasattr(value, "split"):
         return value
-    if isinstance(value, (str, bytes, dict)) or value is None:
-        raise InputTypeError(f"cv must be a number of folds, a splitter or fold labels; got {value!r}")
     labels = val._as_numeric(value, "cv fold labels")
     if labels.ndim != 1 or np.any(labels != np.round(labels)):
         raise InputError(f"cv fold labels must be a 1-D array of integers, one per sample; got {labels!r}")
