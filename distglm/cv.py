@@ -264,15 +264,14 @@ class PopulationGLMCV(PopulationGLM):
 
     def _grid(self, config, X, y, mask) -> np.ndarray:
         given = self.regularizer_strengths
-        if given is not None and not isinstance(given, int):
+        if given is not None and not isinstance(given, numbers.Integral):
             return np.sort(np.asarray(given, dtype=float))[::-1]
-        reg = self.regularizer
-        ratio = float(self.regularizer_strength[1]) if reg.name == "ElasticNet" else (
-            1.0 if reg.name == "Lasso" else None)
-        group_mask = reg.group_mask(X.shape[1]) if reg.name == "GroupLasso" else None
-        top = _cv.max_strength(config, X, y, mask, ratio=ratio, group_mask=group_mask)
-        top = float(np.nanmax(top)) if np.any(np.isfinite(top) & (top > 0)) else 1.0
-        return _cv.strength_grid(top, DEFAULT_N_STRENGTHS if given is None else given)
+        ratio = float(self.regularizer_strength[1]) if self.regularizer.name == "ElasticNet" else 0.5
+        top = _cv.max_strength(config, X, y, mask, ratio=ratio)
+        # neurons without events have no gradient to bound; 1.0 when no neuron has one
+        top = top[np.isfinite(top) & (top > 0)]
+        return _cv.strength_grid(float(top.max()) if top.size else 1.0,
+                                 DEFAULT_N_STRENGTHS if given is None else int(given))
 
     def fit(self, X, y, init_params=None):
         """Cross-validate the candidate strengths, select, and refit on all samples.

@@ -23,6 +23,7 @@ from . import npz as _npz
 from . import validation as val
 from .compile_cache import enable_compilation_cache
 from .core import fit as _fit
+from .core import inference as _inference
 from .core import solvers as _solvers
 from .core.observations import (
     LINKS,
@@ -208,6 +209,8 @@ class GLM:
         None means the observation model's ``scale``
     n_iter_, converged_ : per-neuron iterations and convergence flags
     solver_state_ : the solver's final state
+    coef_se_, intercept_se_ : standard errors, shaped as ``coef_`` and ``intercept_``; None until
+        :meth:`compute_standard_errors` is called
 
     Examples
     --------
@@ -402,6 +405,8 @@ class GLM:
         self.n_iter_ = None
         self.converged_ = None
         self.status_ = None
+        self.coef_se_ = None
+        self.intercept_se_ = None
         self._groups = None
         self._step_args = None
 
@@ -543,6 +548,7 @@ class GLM:
         (``scale``, ``dof_resid``, ``n_iter``, ``converged``, ``status``) may be absent or empty.
         """
         self._groups = groups
+        self.coef_se_ = self.intercept_se_ = None
         self.coef_ = self._user_coef(np.asarray(arrays["coef"]))
         self.intercept_ = np.asarray(arrays["intercept"])
         for name in ("scale", "dof_resid", "n_iter", "converged", "status"):
@@ -569,6 +575,46 @@ class GLM:
                 "loosen 'tol', or enable float64 with jax.config.update('jax_enable_x64', True)",
                 RuntimeWarning, stacklevel=3,
             )
+
+    def compute_standard_errors(self, X, y):
+        """Standard errors of the fitted coefficients and intercepts; sets ``coef_se_``, ``intercept_se_``.
+
+        From the Fisher information of the samples at the fitted parameters, with the model's
+        scale (estimated for Gamma and Gaussian): the errors statsmodels' ``GLM(...).fit().bse``
+        reports for an unpenalised model. For a penalised fit they are conditional on the
+        strength: the information is taken at the penalised optimum, without the penalty's
+        curvature, and says nothing of the uncertainty in choosing the strength.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features), or dict; the samples the model was fitted to
+        y : array of shape (n_samples,) or (n_samples, n_neurons); its NaN rows are dropped as in ``fit``
+
+        Returns
+        -------
+        self
+            ``coef_se_`` is shaped as ``coef_`` (NaN for masked features), ``intercept_se_`` has
+            shape (n_neurons,) (shape (1,) for a GLM).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from distglm.glm import PopulationGLM
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(500, 2)); y = rng.poisson(np.exp(0.3 * X), size=(500, 2))
+        >>> model = PopulationGLM().fit(X, y).compute_standard_errors(X, y)
+        >>> model.coef_se_.shape, model.intercept_se_.shape
+        ((2, 2), (2,))
+        """
+        Xa, ya, groups = self._prepare(X, y)
+        coef, intercept, mask = self._fitted_params(groups, Xa.shape[1])
+        if ya.shape[1] != coef.shape[1]:
+            raise InputError(f"y has {ya.shape[1]} neurons but coef_ has {coef.shape[1]}")
+        coef_se, intercept_se = _inference.standard_errors(self._fit_config(), Xa, mask, coef, intercept,
+                                                           self._scale_vector(coef.shape[1]))
+        self.coef_se_ = self._user_coef(coef_se)
+        self.intercept_se_ = intercept_se
+        return self
 
     # ----------------------------------------------------------------- evaluation
     def _rate(self, X, coef, intercept, mask=None):

@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import statsmodels.api as sm
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold
 
@@ -174,3 +175,43 @@ def test_settings_are_checked_when_set_and_clone_keeps_them():
     params = clone(model).get_params()
     assert (params["cv"], params["scoring"], params["per_neuron"], params["selection"]) == (
         4, "pseudo-r2-Cohen", False, "1se")
+
+
+@pytest.mark.parametrize("family", ["Poisson", "Gamma", "Gaussian"])
+def test_standard_errors_match_statsmodels(family):
+    rng = np.random.default_rng(8)
+    X = 0.5 * rng.normal(size=(400, 3))
+    eta = X @ np.array([0.3, -0.2, 0.1])
+    y = {"Poisson": lambda: rng.poisson(np.exp(eta + 0.5)),
+         "Gamma": lambda: rng.gamma(4.0, 1.0 / (4.0 * (1.0 + 0.3 * eta))),
+         "Gaussian": lambda: eta + 1.0 + rng.normal(size=eta.shape)}[family]().astype(float)
+    ours = PopulationGLM(observation_model=family, solver_kwargs=TIGHT).fit(X, y[:, None])
+    ours.compute_standard_errors(X, y[:, None])
+    family_sm = {"Poisson": sm.families.Poisson(), "Gamma": sm.families.Gamma(),
+                 "Gaussian": sm.families.Gaussian()}[family]
+    theirs = sm.GLM(y, sm.add_constant(X), family=family_sm).fit(tol=1e-12)
+    np.testing.assert_allclose(ours.coef_[:, 0], theirs.params[1:], rtol=1e-5)
+    np.testing.assert_allclose(ours.coef_se_[:, 0], theirs.bse[1:], rtol=1e-4)
+    np.testing.assert_allclose(ours.intercept_se_, theirs.bse[:1], rtol=1e-4)
+
+
+def test_standard_errors_of_masked_features_are_nan_and_the_rest_equal_a_fit_without_them():
+    X, y, mask = _population(9, 300, 4, 3)
+    model = PopulationGLM(feature_mask=mask, solver_kwargs=TIGHT).fit(X, y).compute_standard_errors(X, y)
+    assert np.all(np.isnan(model.coef_se_[mask == 0])) and np.all(np.isfinite(model.coef_se_[mask == 1]))
+    kept = mask[:, 1] == 1
+    alone = PopulationGLM(solver_kwargs=TIGHT).fit(X[:, kept], y[:, 1:2]).compute_standard_errors(X[:, kept], y[:, 1:2])
+    np.testing.assert_allclose(model.coef_se_[kept, 1], alone.coef_se_[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(model.intercept_se_[1], alone.intercept_se_[0], rtol=1e-6)
+    refit = model.fit(X, y)
+    assert refit.coef_se_ is None
+
+
+def test_examples_in_the_docstrings_run():
+    import doctest
+
+    from distglm import cv
+    from distglm.core import inference, scoring
+
+    for module in (cv, core_cv, inference, scoring):
+        assert doctest.testmod(module).failed == 0, module.__name__

@@ -42,13 +42,13 @@ class PathScores(NamedTuple):
     status: Any
 
 
-def max_strength(config: FitConfig, X, y, mask, ratio: float | None = None, group_mask=None) -> np.ndarray:
+def max_strength(config: FitConfig, X, y, mask, ratio: float = 0.5) -> np.ndarray:
     """Per neuron, the smallest strength that keeps every coefficient at 0 (shape (n_neurons,)).
 
     At coefficients 0 and intercepts matching the mean responses, the gradient ``g`` of the
     mean loss bounds the L1 strength that holds the coefficients at 0: ``max |g|`` for Lasso,
-    ``max |g| / r`` for ElasticNet of ratio ``r``, ``max_g ||g_g|| / sqrt(|g|)`` for GroupLasso
-    (``group_mask`` of shape (n_groups, n_features)). Ridge takes ``max |g| / 1e-3``.
+    ``max |g| / r`` for ElasticNet of ratio ``r`` (``ratio``), ``max_g ||g_g|| / sqrt(|g|)`` for
+    GroupLasso. Ridge, which never sets a coefficient to 0, takes ``max |g| / 1e-3``.
 
     Parameters
     ----------
@@ -56,6 +56,7 @@ def max_strength(config: FitConfig, X, y, mask, ratio: float | None = None, grou
     X : array of shape (n_samples, n_features)
     y : array of shape (n_samples, n_neurons)
     mask : array of shape (n_features, n_neurons)
+    ratio : float, the ElasticNet ratio
 
     Examples
     --------
@@ -71,12 +72,12 @@ def max_strength(config: FitConfig, X, y, mask, ratio: float | None = None, grou
     init = default_init(config, y, X.shape[1], np.float64)
     _, deriv = _elementwise(config.observation, config.link, 1)(y, np.broadcast_to(init.intercept, y.shape))
     grad = np.abs(X.T @ np.asarray(deriv) / X.shape[0]) * np.asarray(mask)
-    if group_mask is not None:
-        gmask = np.asarray(group_mask, dtype=float)
-        norms = np.sqrt(gmask @ grad**2) / np.sqrt(gmask.sum(axis=1))[:, None]
-        return norms.max(axis=0)
-    top = grad.max(axis=0)
-    return top / (_RIDGE_RATIO if ratio is None else ratio)
+    reg = config.regularizer
+    if reg.name == "GroupLasso":
+        gmask = reg.group_mask(X.shape[1])
+        return (np.sqrt(gmask @ grad**2) / np.sqrt(gmask.sum(axis=1))[:, None]).max(axis=0)
+    l1_ratio = {"Lasso": 1.0, "ElasticNet": ratio}.get(reg.name, _RIDGE_RATIO)
+    return grad.max(axis=0) / l1_ratio
 
 
 def strength_grid(top: float, n_strengths: int, decades: float = 4.0) -> np.ndarray:
