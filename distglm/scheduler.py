@@ -26,7 +26,7 @@ from . import store
 from . import validation as val
 from .actor import FitSpec
 from .connect import connect_ray
-from .errors import ClusterError, InputError, InputTypeError, StoreError
+from .errors import ClusterError, InputError, InputTypeError, StoreError, UnsupportedOptionError
 
 __all__ = ["DEFAULT_BLOCK_TIMEOUT_S", "FitReport", "fit", "load_fitted", "stored_fingerprint"]
 
@@ -163,10 +163,14 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
 
 
 def _check_model(model):
-    from .glm import PopulationGLM
+    from .glm import PopulationGLM, PopulationGLMCV
 
     if not isinstance(model, PopulationGLM):
         raise InputTypeError(f"model must be a distglm PopulationGLM; got {type(model).__name__}")
+    if isinstance(model, PopulationGLMCV):
+        raise UnsupportedOptionError("a store is fitted with one strength per model: cross-validate in memory with "
+                                     "PopulationGLMCV.fit(X, y), then fit the store with a PopulationGLM of its "
+                                     "selected strengths")
     return model._fit_config()
 
 
