@@ -54,6 +54,8 @@ class FitSpec:
     inverse_link : callable or None
         The model's inverse link when it is a custom callable (a configuration names only the
         named links); Ray sends it to the actors by value.
+    fit_name : str or None
+        The fit's name (its results in ``results/<name>/``); None for the store's unnamed fit.
     """
 
     path: str
@@ -61,6 +63,7 @@ class FitSpec:
     pad_to: int
     x64: bool
     inverse_link: Callable | None = None
+    fit_name: str | None = None
 
     def build_model(self):
         """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
@@ -202,7 +205,7 @@ class BlockFitter:
         with self._lock:
             if self._io is None:
                 # Opened at the first block, once the driver has created the results.
-                self._io = (store.InputsReader(self._spec.path), store.ResultsWriter(self._spec.path))
+                self._io = (store.InputsReader(self._spec.path), store.ResultsWriter(self._spec.path, self._spec.fit_name))
             # the first block of an actor pays for compilation; report it apart
             first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
         reader, writer = self._io

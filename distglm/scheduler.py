@@ -207,9 +207,10 @@ def _check_mask(model, info: store.InputsInfo, stored) -> None:
         )
 
 
-def stored_fingerprint(path: str) -> dict | None:
-    """The fingerprint of the store's results, checked to describe a fit; None without results."""
-    fingerprint = store.read_fingerprint(path)
+def stored_fingerprint(path: str, name: str | None = None) -> dict | None:
+    """The fingerprint of a fit's results (the unnamed fit, or the fit ``name``), checked to describe a
+    fit; None without results."""
+    fingerprint = store.read_fingerprint(path, name)
     if fingerprint is None:
         return None
     expected = {"model": dict, "n_samples": int, "dtype": str, "block_size": int}
@@ -255,6 +256,7 @@ def fit(
     on_block: Callable[[dict], None] | None = None,
     connect_timeout: float | None = None,
     block_timeout: float = DEFAULT_BLOCK_TIMEOUT_S,
+    name: str | None = None,
 ) -> FitReport:
     """Fit ``model`` to the inputs of the store at ``path`` on Ray actors.
 
@@ -298,6 +300,10 @@ def fit(
         block retried elsewhere; the limit is the larger of this and 10 times the slowest block
         seen so far in the fit (an actor's first block, which compiles, is not counted). A
         block queued behind another on its actor gets twice the limit.
+    name : str, optional
+        The fit's name: its results go to ``results/<name>/``, beside the store's other fits of
+        the same inputs, which neither ``resume`` nor ``resume=False`` touches (load it with
+        ``load_model(path, name=name)``). None: the store's unnamed fit, in ``results/``.
 
     Returns
     -------
@@ -330,6 +336,7 @@ def fit(
         raise InputTypeError(f"path must be a string or path-like; got {type(path).__name__}")
     check_fit_options(resume=resume, progress=progress, max_retries=max_retries, num_actors=num_actors,
                       block_size=block_size, block_timeout=block_timeout, on_block=on_block)
+    store.results_group(name)
 
     info = store.open_inputs(path)
     config = _check_model(model)
@@ -343,15 +350,15 @@ def fit(
                    "inputs": {"generation": info.generation, "digest": digest}}
 
     done = set()
-    stored = stored_fingerprint(path) if resume else None
+    stored = stored_fingerprint(path, name) if resume else None
     if stored is not None:
         _check_resumable(path, stored, fingerprint, block_size)
         block_size = stored["block_size"]
-        done = store.done_blocks(path)
+        done = store.done_blocks(path, name)
         blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size)
         if all(b.id in done for b in blocks):
             # Nothing to do: no cluster is needed and the store is not written.
-            return _report(path, info, blocks, done, [], {}, 0, t_start, time.perf_counter() - t_start)
+            return _report(path, info, blocks, done, [], {}, 0, t_start, time.perf_counter() - t_start, name)
 
     started = connect_ray(address, timeout=connect_timeout)
     try:
@@ -375,12 +382,12 @@ def fit(
                                  "fit again")
             store.create_results(path, n_features=info.n_features, n_neurons=info.n_neurons,
                                  neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
-                                 state_spec=spec, fingerprint=fingerprint, overwrite=not resume)
-            done = store.done_blocks(path) if resume else set()
+                                 state_spec=spec, fingerprint=fingerprint, overwrite=not resume, name=name)
+            done = store.done_blocks(path, name) if resume else set()
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
-                               inverse_link=inverse_link)
+                               inverse_link=inverse_link, fit_name=name)
             summaries, failed_blocks, n_retries = _dispatch(
                 fit_spec, todo, X, keep, block_strength, lease,
                 num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0, max_retries=max_retries,
@@ -393,7 +400,7 @@ def fit(
 
             ray.shutdown()
 
-    return _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared)
+    return _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared, name)
 
 
 def _check_resumable(path: str, stored: dict, fingerprint: dict, block_size) -> None:
@@ -594,7 +601,8 @@ def _short_reason(err: Exception) -> str:
     return f"{type(err).__name__}: {tail[0][:300]}"
 
 
-def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared) -> FitReport:
+def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared,
+            name=None) -> FitReport:
     results = None
     fitted_ids = {s["block"] for s in summaries} | set(done)
     n_fitted = sum(b.size for b in blocks if b.id in fitted_ids)
@@ -607,7 +615,7 @@ def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_sta
         from .core.fit import STATUS_OK, STATUS_REASONS
 
         for b in skipped:
-            results = store.read_results(path, b.start, b.stop)
+            results = store.read_results(path, b.start, b.stop, name)
             n_converged += int(np.sum(results["converged"]))
             for i, s in enumerate(results["status"]):
                 if s != STATUS_OK:
@@ -629,8 +637,8 @@ def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_sta
     )
 
 
-def load_fitted(path, mapping_dict: dict | None = None):
-    """A fitted ``PopulationGLM`` from the results in the store at ``path``.
+def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None):
+    """A fitted ``PopulationGLM`` from the results in the store at ``path`` (of the fit ``name``, if given).
 
     A fit with a custom inverse link records only its name: give the function again as
     ``mapping_dict={"inverse_link_function": fn}``, as NeMoS's ``load_model`` takes it.
@@ -639,9 +647,11 @@ def load_fitted(path, mapping_dict: dict | None = None):
     """
     path = os.fspath(path) if isinstance(path, os.PathLike) else path
     info = store.open_inputs(path)
-    fingerprint = stored_fingerprint(path)
+    fingerprint = stored_fingerprint(path, name)
     if fingerprint is None:
-        raise StoreError(f"{path} holds no fit results; run distglm.fit first")
+        others = [repr(n) for n in store.fit_names(path)]
+        raise StoreError(f"{path} holds no fit results" + ("" if name is None else f" named {name!r}")
+                         + (f" (its fits: {', '.join(others)})" if others else "") + "; run distglm.fit first")
     if "inputs" not in fingerprint:
         raise StoreError(_OLDER)
     fitted_to = fingerprint["inputs"].get("generation")
@@ -649,7 +659,7 @@ def load_fitted(path, mapping_dict: dict | None = None):
         raise StoreError(f"{path}: the results were fitted to earlier inputs (the inputs were written again since); "
                          "refit them with distglm.fit(path, model, resume=False)")
     n_blocks = len(_plan.plan_blocks(info.n_neurons, info.neuron_chunk, fingerprint["block_size"]))
-    missing = sorted(set(range(n_blocks)) - store.done_blocks(path))
+    missing = sorted(set(range(n_blocks)) - store.done_blocks(path, name))
     if missing:
         raise StoreError(
             f"{path} holds an unfinished fit: blocks {missing[:10]}{'...' if len(missing) > 10 else ''} are not done "
@@ -670,9 +680,10 @@ def load_fitted(path, mapping_dict: dict | None = None):
         else:
             starts = np.cumsum([0] + [size for _, size in info.feature_groups])
             model.feature_mask = {name: mask[s] for (name, _), s in zip(info.feature_groups, starts)}
-    results, state = store.read_results(path), store.read_state(path)
+    results, state = store.read_results(path, name=name), store.read_state(path, name)
     # a fit that replaced the results meanwhile would have changed the fingerprint or the markers
-    if stored_fingerprint(path) != fingerprint or missing != sorted(set(range(n_blocks)) - store.done_blocks(path)):
+    if (stored_fingerprint(path, name) != fingerprint
+            or missing != sorted(set(range(n_blocks)) - store.done_blocks(path, name))):
         raise StoreError(f"{path}: the results changed while they were read (another fit is writing them); "
                          "load them again when it ends")
     model._set_fitted(info.feature_groups, results, state)

@@ -63,9 +63,11 @@ from .results import (
     ResultsWriter,
     create_results,
     done_blocks,
+    fit_names,
     read_fingerprint,
     read_results,
     read_state,
+    results_group,
     write_block,
 )
 
@@ -90,6 +92,8 @@ __all__ = [
     "read_results",
     "read_state",
     "read_fingerprint",
+    "results_group",
+    "fit_names",
     "write_attrs",
     "read_attrs",
     "acquire_lease",

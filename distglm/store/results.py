@@ -6,12 +6,17 @@ interrupted replacement reads as "no results" rather than as the old fit. A bloc
 ``results/done[id] = (checksum, start, stop)``, is written after the block's data, and the
 checksum covers that data and the fingerprint: :func:`done_blocks` recomputes it, so a marker
 over missing chunks, half-written data or data of another fit is not taken for a done block.
+
+A store holds one unnamed fit in ``results/`` and any number of named fits, each in its own
+group ``results/<name>/`` laid out the same way, with its own fingerprint and done markers:
+replacing or deleting one fit leaves the others as they are.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import zarr
@@ -33,6 +38,9 @@ __all__ = [
     "read_results",
     "read_state",
     "read_fingerprint",
+    "results_group",
+    "fit_names",
+    "discard_all_results",
 ]
 
 #: Per-neuron result arrays, in the order :func:`read_results` returns them.
@@ -55,6 +63,32 @@ _FIXED_RESULTS = {
     "converged": (np.dtype("bool"), False),
     "status": (np.dtype("int8"), STATUS_UNWRITTEN),
 }
+
+
+# What a fit's group holds: a named fit's group beside them must not take one of these names.
+_RESERVED = frozenset(RESULT_NAMES) | {"done", "solver_state"}
+_NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def results_group(name=None) -> str:
+    """The group of a fit's results in the store: ``"results"``, or ``"results/<name>"`` for a named fit.
+
+    Names are letters, digits, ``.``, ``_`` and ``-`` (starting with a letter or digit), other
+    than the names of a fit's own arrays.
+
+    Examples
+    --------
+    >>> results_group(), results_group("ridge-cv")
+    ('results', 'results/ridge-cv')
+    """
+    if name is None:
+        return "results"
+    if not isinstance(name, str):
+        raise InputTypeError(f"a fit's name must be a str or None; got {type(name).__name__}")
+    if not _NAME_CHARS.fullmatch(name) or name in _RESERVED:
+        raise InputError(f"a fit's name must be letters, digits, '.', '_' or '-', starting with a letter or digit, "
+                         f"and not one of {sorted(_RESERVED)}; got {name!r}")
+    return f"results/{name}"
 
 
 def _normalise_state_spec(state_spec) -> dict:
@@ -84,14 +118,18 @@ def _normalise_state_spec(state_spec) -> dict:
     return spec
 
 
-def _results(path: str, mode: str) -> zarr.Group:
+def _fit_label(name) -> str:
+    return "results" if name is None else f"results of the fit {name!r}"
+
+
+def _results(path: str, mode: str, name=None) -> zarr.Group:
     root = open_group(path, mode)
-    results = _zarr.node(root, "results", path)
+    results = _zarr.node(root, results_group(name), path)
     if results is None:
-        raise StoreError(f"{path} holds no results; a fit creates them with create_results")
+        raise StoreError(f"{path} holds no {_fit_label(name)}; a fit creates them with create_results")
     # create_results writes the fingerprint last: without it some arrays may be missing.
     if "fingerprint" not in results.attrs:
-        raise StoreError(f"{path} holds results that were not completely created; "
+        raise StoreError(f"{path} holds {_fit_label(name)} that were not completely created; "
                          "run the fit again to create them anew")
     return results
 
@@ -126,6 +164,7 @@ def create_results(
     state_spec,
     fingerprint,
     overwrite=False,
+    name=None,
 ) -> None:
     """Create every result array of a fit, before any block is written, or keep them to resume.
 
@@ -155,6 +194,9 @@ def create_results(
         results of another fingerprint is refused unless ``overwrite``.
     overwrite : bool, optional
         Delete existing results and create them anew.
+    name : str, optional
+        The fit's name: its results go to ``results/<name>/`` (see :func:`results_group`), beside
+        the store's other fits, which are left as they are. None: the unnamed fit, ``results/``.
 
     Raises
     ------
@@ -188,9 +230,10 @@ def create_results(
     fingerprint = _zarr.json_like(fingerprint, "fingerprint")
     if not isinstance(overwrite, bool):
         raise InputTypeError(f"overwrite must be a bool; got {type(overwrite).__name__}")
+    group = results_group(name)
 
     root = open_group(path, "r+")
-    results = _zarr.node(root, "results", path)
+    results = _zarr.node(root, group, path)
     if results is not None:
         stored = results.attrs.get("fingerprint")
         if stored is not None and not overwrite:
@@ -200,7 +243,7 @@ def create_results(
                     if stored.get(key) != fingerprint.get(key)
                 )
                 raise StoreError(
-                    f"{path} holds results of a different fit (fingerprint differs in {keys}); "
+                    f"{path} holds {_fit_label(name)} of a different fit (fingerprint differs in {keys}); "
                     "pass resume=False to replace them"
                 )
             differences = _layout_differences(
@@ -208,14 +251,16 @@ def create_results(
             )
             if differences:
                 raise StoreError(
-                    f"{path} holds results of this fit laid out differently "
+                    f"{path} holds {_fit_label(name)} of this fit laid out differently "
                     f"({'; '.join(differences)}); pass resume=False to replace them"
                 )
             return
     # also when no results group is there: an interrupted delete may have left arrays without it
-    discard_results(root)
+    discard_results(root, name)
 
-    results = root.create_group("results")
+    results = root.require_group("results")
+    if name is not None:
+        results = results.create_group(name)
     per_neuron = {name: (dtype, np.nan) for name in RESULT_NAMES} | _FIXED_RESULTS
     for name, (array_dtype, fill) in per_neuron.items():
         shape = (n_features, n_neurons) if name == "coef" else (n_neurons,)
@@ -255,9 +300,9 @@ class ResultsWriter:
         If the store holds no (completely created) results.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, name=None):
         self.path = as_path(path)
-        results = _results(self.path, "r+")
+        results = _results(self.path, "r+", name)
         self._fingerprint = results.attrs["fingerprint"]
         self._spec = results.attrs["state_spec"]
         self._arrays = {("arrays", name): _result_array(results, name, self.path) for name in RESULT_NAMES}
@@ -319,7 +364,7 @@ class ResultsWriter:
         self._done[block.id] = np.array([checksum, block.start, block.stop], dtype=np.uint64)
 
 
-def write_block(path, block, arrays: dict, state: dict) -> None:
+def write_block(path, block, arrays: dict, state: dict, name=None) -> None:
     """Write one block's results and solver state, then mark the block done.
 
     Writes only the block's chunks, so processes writing different blocks of one store do not
@@ -359,7 +404,7 @@ def write_block(path, block, arrays: dict, state: dict) -> None:
     >>> done_blocks(path), read_results(path)["coef"].sum()
     ({0}, np.float64(6.0))
     """
-    ResultsWriter(path).write(block, arrays, state)
+    ResultsWriter(path, name).write(block, arrays, state)
 
 
 def _checksum(fingerprint: dict, block: Block, values: dict) -> int:
@@ -374,22 +419,78 @@ def _checksum(fingerprint: dict, block: Block, values: dict) -> int:
     return (int.from_bytes(digest.digest(), "little") >> 1) | 1
 
 
-def discard_results(root: zarr.Group) -> None:
-    """Delete a store's results so that an interruption at any point leaves no results behind.
-
-    The fingerprint goes first: results without one are "not completely created", which every
-    reader refuses and every fit recreates, whatever of the arrays was deleted by then.
-    """
+def _drop_fingerprint(root: zarr.Group, group: str) -> None:
     try:
-        results = root["results"]
+        results = root[group]
     except Exception:  # noqa: BLE001 - absent or damaged: there is no fingerprint to remove first
         results = None
     if isinstance(results, zarr.Group) and "fingerprint" in results.attrs:
         results.attrs.pop("fingerprint")
+
+
+def discard_results(root: zarr.Group, name=None) -> None:
+    """Delete one fit's results so that an interruption at any point leaves no results of it behind.
+
+    The fingerprint goes first: results without one are "not completely created", which every
+    reader refuses and every fit recreates, whatever of the arrays was deleted by then. The
+    unnamed fit's arrays are deleted one by one, leaving the named fits beside them.
+    """
+    group = results_group(name)
+    _drop_fingerprint(root, group)
+    if name is not None:
+        _zarr.delete_node(root, group)
+        return
+    if not fit_names_in(root):
+        _zarr.delete_node(root, group)
+        return
+    for member in sorted(_RESERVED):
+        _zarr.delete_node(root, f"{group}/{member}")
+    results = root[group]
+    if "state_spec" in results.attrs:
+        results.attrs.pop("state_spec")
+
+
+def discard_all_results(root: zarr.Group) -> None:
+    """Delete every fit's results, named or not, each fingerprint first (see :func:`discard_results`)."""
+    for name in fit_names_in(root):
+        _drop_fingerprint(root, results_group(name))
+    _drop_fingerprint(root, "results")
     _zarr.delete_node(root, "results")
 
 
-def done_blocks(path) -> set[int]:
+def fit_names_in(root: zarr.Group) -> list[str]:
+    """Names of the named fits whose groups are in ``root``'s ``results`` (complete or not), sorted."""
+    try:
+        results = root["results"]
+    except Exception:  # noqa: BLE001 - absent or damaged: no named fit can be listed
+        return []
+    if not isinstance(results, zarr.Group):
+        return []
+    return sorted(key for key, node in results.members() if isinstance(node, zarr.Group) and key not in _RESERVED)
+
+
+def fit_names(path) -> list:
+    """The fits in a store with results: None for the unnamed fit (``results/``), then the names, sorted.
+
+    A fit whose results were not completely created (no fingerprint) is not listed.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> for name in (None, "ridge"):
+    ...     create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
+    ...                    dtype="float64", state_spec={}, fingerprint={}, name=name)
+    >>> fit_names(path)
+    [None, 'ridge']
+    """
+    path = as_path(path)
+    root = open_group(path, "r")
+    names = [None] + fit_names_in(root)
+    return [name for name in names if read_fingerprint(path, name) is not None]
+
+
+def done_blocks(path, name=None) -> set[int]:
     """Return the ids of the blocks whose results are completely written, checked against them.
 
     A block counts as done only if its marker's checksum matches the block's results and
@@ -415,8 +516,9 @@ def done_blocks(path) -> set[int]:
     set()
     """
     path = as_path(path)
-    results = _results(path, "r")
-    markers = _zarr.read(_result_array(results, "done", path), Ellipsis, "results/done", path)
+    results = _results(path, "r", name)
+    group = results_group(name)
+    markers = _zarr.read(_result_array(results, "done", path), Ellipsis, f"{group}/done", path)
     if markers.ndim != 2:
         raise StoreError(f"{path}: the results were written by an older distglm, whose done markers cannot be "
                          "checked against the data; refit with resume=False (distglm fit PATH --no-resume)")
@@ -424,10 +526,10 @@ def done_blocks(path) -> set[int]:
     if not candidates:
         return set()
     spec = results.attrs["state_spec"]
-    arrays = {name: _zarr.read(_result_array(results, name, path), Ellipsis, f"results/{name}", path)
-              for name in RESULT_NAMES}
-    state = {name: _zarr.read(_result_array(results, f"solver_state/{name}", path), Ellipsis,
-                              f"results/solver_state/{name}", path) for name in spec}
+    arrays = {key: _zarr.read(_result_array(results, key, path), Ellipsis, f"{group}/{key}", path)
+              for key in RESULT_NAMES}
+    state = {key: _zarr.read(_result_array(results, f"solver_state/{key}", path), Ellipsis,
+                             f"{group}/solver_state/{key}", path) for key in spec}
     n_neurons = arrays["intercept"].shape[0]
     done = set()
     for block_id in candidates:
@@ -435,15 +537,15 @@ def done_blocks(path) -> set[int]:
         if not 0 <= start < stop <= n_neurons:
             continue
         block = Block(block_id, start, stop)
-        values = {("arrays", name): value[..., start:stop] for name, value in arrays.items()}
-        for name, (_, _, per_neuron) in spec.items():
-            values[("state", name)] = state[name][..., start:stop] if per_neuron else state[name][block_id]
+        values = {("arrays", key): value[..., start:stop] for key, value in arrays.items()}
+        for key, (_, _, per_neuron) in spec.items():
+            values[("state", key)] = state[key][..., start:stop] if per_neuron else state[key][block_id]
         if _checksum(results.attrs["fingerprint"], block, values) == checksum:
             done.add(block_id)
     return done
 
 
-def read_results(path, start=0, stop=None) -> dict[str, np.ndarray]:
+def read_results(path, start=0, stop=None, name=None) -> dict[str, np.ndarray]:
     """Read the per-neuron results of neurons ``[start, stop)``.
 
     Parameters
@@ -472,13 +574,14 @@ def read_results(path, start=0, stop=None) -> dict[str, np.ndarray]:
     array([-1, -1], dtype=int8)
     """
     path = as_path(path)
-    results = _results(path, "r")
+    results = _results(path, "r", name)
+    group = results_group(name)
     start, stop = _zarr.check_range(start, stop, _result_array(results, "coef", path).shape[1])
-    return {name: _zarr.read(_result_array(results, name, path), (Ellipsis, slice(start, stop)),
-                             f"results/{name}", path) for name in RESULT_NAMES}
+    return {key: _zarr.read(_result_array(results, key, path), (Ellipsis, slice(start, stop)),
+                            f"{group}/{key}", path) for key in RESULT_NAMES}
 
 
-def read_state(path) -> dict[str, np.ndarray]:
+def read_state(path, name=None) -> dict[str, np.ndarray]:
     """Read every solver state array.
 
     Parameters
@@ -503,12 +606,13 @@ def read_state(path) -> dict[str, np.ndarray]:
     (2, 3)
     """
     path = as_path(path)
-    results = _results(path, "r")
-    return {name: _zarr.read(_result_array(results, f"solver_state/{name}", path), Ellipsis,
-                             f"results/solver_state/{name}", path) for name in results.attrs["state_spec"]}
+    results = _results(path, "r", name)
+    group = results_group(name)
+    return {key: _zarr.read(_result_array(results, f"solver_state/{key}", path), Ellipsis,
+                            f"{group}/solver_state/{key}", path) for key in results.attrs["state_spec"]}
 
 
-def read_fingerprint(path) -> dict | None:
+def read_fingerprint(path, name=None) -> dict | None:
     """Return the fingerprint of the fit whose results the store holds, or None if it holds none.
 
     Parameters
@@ -528,6 +632,6 @@ def read_fingerprint(path) -> dict | None:
     True
     """
     path = as_path(path)
-    results = _zarr.node(open_group(path, "r"), "results", path)
+    results = _zarr.node(open_group(path, "r"), results_group(name), path)
     return None if results is None else results.attrs.get("fingerprint")
 
