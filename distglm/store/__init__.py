@@ -13,6 +13,8 @@ A store is one Zarr group (a local directory or any URL Zarr accepts) laid out a
                              (n_neurons,), chunks (neuron_chunk,)
         done                 (n_blocks,) uint64, one chunk per block: 0, or the block's checksum
         solver_state/<name>  (*shape, n_neurons) per neuron, or (n_blocks, *shape) per block
+        <fit name>/          a named fit (distglm.fit(..., name=...)): the same layout, its own
+                             fingerprint and done markers
     job/                     attrs: the record of a fit submitted to a cluster
     lease/                   attrs: the process that holds the store (one writer at a time)
 
