@@ -99,11 +99,11 @@ def test_named_fits_on_ray_load_by_name_and_replace_only_themselves(tmp_path, ca
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         for name, model in models.items():
-            distglm.fit(path, model, name=name, num_actors=2, progress=False)
+            distglm.fit(path, model, name=name, num_actors=1, progress=False)
         stronger = PopulationGLM(regularizer="Ridge", regularizer_strength=5.0, solver_kwargs={"tol": 1e-7})
-        distglm.fit(path, stronger, name="ridge", resume=False, num_actors=2, progress=False)
+        distglm.fit(path, stronger, name="ridge", resume=False, num_actors=1, progress=False)
         with pytest.raises(StoreError, match="different fit"):
-            distglm.fit(path, models["ridge"], name="ridge", num_actors=2, progress=False)
+            distglm.fit(path, models["ridge"], name="ridge", num_actors=1, progress=False)
     finally:
         ray.shutdown()
     expected = {None: models[None].fit(X, y), "ridge": stronger.fit(X, y)}
