@@ -56,6 +56,9 @@ class FitSpec:
         named links); Ray sends it to the actors by value.
     fit_name : str or None
         The fit's name (its results in ``results/<name>/``); None for the store's unnamed fit.
+    test_rows : bool array of shape (n_kept_samples,) or None
+        Samples held out of training (among those kept, NaN rows dropped): each neuron is scored
+        on them and its scores written with its results.
     """
 
     path: str
@@ -64,6 +67,7 @@ class FitSpec:
     x64: bool
     inverse_link: Callable | None = None
     fit_name: str | None = None
+    test_rows: np.ndarray | None = None
 
     def build_model(self):
         """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
@@ -94,7 +98,8 @@ def slice_strength(strength, start: int, stop: int, pad_to: int):
 
 
 def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block: Block, X: np.ndarray,
-                  keep: np.ndarray | None, config, strength, pad_to: int, solve_lock=None) -> dict:
+                  keep: np.ndarray | None, config, strength, pad_to: int, solve_lock=None,
+                  test_rows: np.ndarray | None = None) -> dict:
     """Fit one block of neurons and write its results; returns a small summary.
 
     With ``solve_lock``, only the solve holds it: another thread can read the next block and
@@ -114,9 +119,12 @@ def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block
     strength : the block's strength arrays of shape (..., pad_to) (neuron axis last), or None
     pad_to : int
         The common block size; shorter blocks are padded with empty neurons.
+    test_rows : bool array of shape (n_kept_samples,), optional
+        Rows of ``X`` held out of training; the block's neurons are scored on them.
     """
     import jax
 
+    from .core import cv as core_cv
     from .core import fit as core_fit
 
     t0 = time.perf_counter()
@@ -128,6 +136,9 @@ def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block
     y = np.zeros((X.shape[0], pad_to), dtype=X.dtype)
     y[:, :n_real] = stored if keep is None else stored[keep]
     del stored
+    if test_rows is not None:
+        X_test, y_test = X[test_rows], y[test_rows, :n_real]
+        X, y = X[~test_rows], y[~test_rows]
     mask = np.zeros((X.shape[1], pad_to))
     mask[:, :n_real] = reader.mask_block(block.start, block.stop)
     dtype = X.dtype
@@ -148,6 +159,9 @@ def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block
     state = {}
     for name, (leaf, per_neuron) in core_fit.state_leaves(result.state).items():
         state[name] = leaf[..., :n_real] if per_neuron else leaf
+    if test_rows is not None:
+        scores = core_cv.heldout_scores(config, X_test, y_test, arrays["coef"], arrays["intercept"], arrays["scale"])
+        arrays.update({store.HELDOUT_NAMES[score_type]: value for score_type, value in scores.items()})
     writer.write(block, arrays, state)
     t_write = time.perf_counter() - t2
 
@@ -205,12 +219,13 @@ class BlockFitter:
         with self._lock:
             if self._io is None:
                 # Opened at the first block, once the driver has created the results.
-                self._io = (store.InputsReader(self._spec.path), store.ResultsWriter(self._spec.path, self._spec.fit_name))
+                self._io = (store.InputsReader(self._spec.path),
+                            store.ResultsWriter(self._spec.path, self._spec.fit_name))
             # the first block of an actor pays for compilation; report it apart
             first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
         reader, writer = self._io
         summary = fit_one_block(reader, writer, block, self._X, self._keep, self._config, strength,
-                                self._spec.pad_to, self._solve_lock)
+                                self._spec.pad_to, self._solve_lock, test_rows=self._spec.test_rows)
         summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
         return summary

@@ -298,6 +298,9 @@ def _cmd_inspect(args) -> int:
         print(f"  iterations: {_quantiles(res['n_iter'][written], '.0f')}")
         print(f"  gradient norm: {_quantiles(res['grad_norm'][written], '.2e')}")
         print(f"  loss: {_quantiles(res['loss'][written], '.4g')}")
+        for score_type, key in store.HELDOUT_NAMES.items():
+            if key in res:
+                print(f"  held-out {score_type} per neuron: {_quantiles(res[key][written], '.4g')}")
     print(f"  pseudo-R2 (McFadden) per neuron: {_inspect_pseudo_r2(args, info, path, len(done) == n_blocks)}")
     return 0
 

@@ -211,6 +211,9 @@ class GLM:
     solver_state_ : the solver's final state
     coef_se_, intercept_se_ : standard errors, shaped as ``coef_`` and ``intercept_``; None until
         :meth:`compute_standard_errors` is called
+    heldout_scores_ : dict or None
+        For a model loaded from a store fitted with ``test_samples``: NeMoS score type -> each
+        neuron's score on the held-out samples, of shape (n_neurons,)
 
     Examples
     --------
@@ -407,6 +410,7 @@ class GLM:
         self.status_ = None
         self.coef_se_ = None
         self.intercept_se_ = None
+        self.heldout_scores_ = None
         self._groups = None
         self._step_args = None
 
@@ -548,7 +552,7 @@ class GLM:
         (``scale``, ``dof_resid``, ``n_iter``, ``converged``, ``status``) may be absent or empty.
         """
         self._groups = groups
-        self.coef_se_ = self.intercept_se_ = None
+        self.coef_se_ = self.intercept_se_ = self.heldout_scores_ = None
         self.coef_ = self._user_coef(np.asarray(arrays["coef"]))
         self.intercept_ = np.asarray(arrays["intercept"])
         for name in ("scale", "dof_resid", "n_iter", "converged", "status"):

@@ -73,6 +73,9 @@ class FitReport:
     timings : dict
         Seconds summed over actors: ``read``, ``solve``, ``write``, and ``first_solve`` (the
         first block of each actor, which includes compilation); ``prepare`` in the driver.
+    heldout : dict or None
+        For a fit with ``test_samples``: NeMoS score type -> each neuron's held-out score, array
+        of shape (n_neurons,) (NaN for a neuron without results).
     """
 
     path: str
@@ -88,6 +91,7 @@ class FitReport:
     seconds: float
     neurons_per_second: float
     timings: dict
+    heldout: dict | None = None
 
     @property
     def n_failed(self) -> int:
@@ -104,6 +108,10 @@ class FitReport:
         ]
         for bid, reason in list(self.failed_blocks.items())[:5]:
             lines.append(f"  block {bid} failed: {reason}")
+        if self.heldout is not None:
+            medians = ", ".join(f"{score_type} {np.nanmedian(values):.4g}" if np.isfinite(values).any()
+                                else f"{score_type} none" for score_type, values in self.heldout.items())
+            lines.append(f"  held-out score, median over neurons: {medians}")
         return "\n".join(lines)
 
 
@@ -257,6 +265,7 @@ def fit(
     connect_timeout: float | None = None,
     block_timeout: float = DEFAULT_BLOCK_TIMEOUT_S,
     name: str | None = None,
+    test_samples=None,
 ) -> FitReport:
     """Fit ``model`` to the inputs of the store at ``path`` on Ray actors.
 
@@ -304,6 +313,11 @@ def fit(
         The fit's name: its results go to ``results/<name>/``, beside the store's other fits of
         the same inputs, which neither ``resume`` nor ``resume=False`` touches (load it with
         ``load_model(path, name=name)``). None: the store's unnamed fit, in ``results/``.
+    test_samples : bool array of shape (n_samples,) or slice, optional
+        Samples held out of training. The actors score each neuron on them (every NeMoS score
+        type, as ``PopulationGLM.score`` with a mean over samples per neuron) and store the
+        scores with its results: ``FitReport.heldout``, ``distglm inspect`` and the loaded
+        model's ``heldout_scores_`` show them. Samples with NaN are dropped from both sets.
 
     Returns
     -------
@@ -339,6 +353,7 @@ def fit(
     store.results_group(name)
 
     info = store.open_inputs(path)
+    test = _test_mask(test_samples, info.n_samples)
     config = _check_model(model)
     inverse_link = _custom_link(model)
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
@@ -348,6 +363,13 @@ def fit(
     model_config = {**model_to_config(model), "feature_mask": None}
     fingerprint = {"model": model_config, "n_samples": int(X.shape[0]), "dtype": np.dtype(dtype).str,
                    "inputs": {"generation": info.generation, "digest": digest}}
+    test_rows = None
+    if test is not None:
+        test_rows = test if keep is None else test[keep]
+        if test_rows.all() or not test_rows.any():
+            raise InputError(f"test_samples holds out {int(test_rows.sum())} of the {test_rows.size} samples without "
+                             "NaN; both the training and the held-out samples must be non-empty")
+        fingerprint["test_samples"] = hashlib.sha256(np.packbits(test).tobytes()).hexdigest()
 
     done = set()
     stored = stored_fingerprint(path, name) if resume else None
@@ -375,19 +397,21 @@ def fit(
         fingerprint["block_size"] = (blocks[0].size if len(blocks) > 1
                                      else -(-pad_to // info.neuron_chunk) * info.neuron_chunk)
         block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
-        spec = core_fit.state_spec(config, X.shape[0], info.n_features, pad_to, dtype, block_strength(blocks[0]))
+        n_train = X.shape[0] - (0 if test_rows is None else int(test_rows.sum()))
+        spec = core_fit.state_spec(config, n_train, info.n_features, pad_to, dtype, block_strength(blocks[0]))
         with store.acquire_lease(path, "fit") as lease:
             if store.inputs_generation(path) != info.generation:
                 raise StoreError(f"{path}: the inputs were written again while this fit checked them; run the "
                                  "fit again")
             store.create_results(path, n_features=info.n_features, n_neurons=info.n_neurons,
                                  neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
-                                 state_spec=spec, fingerprint=fingerprint, overwrite=not resume, name=name)
+                                 state_spec=spec, fingerprint=fingerprint, overwrite=not resume, name=name,
+                                 heldout=test_rows is not None)
             done = store.done_blocks(path, name) if resume else set()
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
-                               inverse_link=inverse_link, fit_name=name)
+                               inverse_link=inverse_link, fit_name=name, test_rows=test_rows)
             summaries, failed_blocks, n_retries = _dispatch(
                 fit_spec, todo, X, keep, block_strength, lease,
                 num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0, max_retries=max_retries,
@@ -401,6 +425,25 @@ def fit(
             ray.shutdown()
 
     return _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared, name)
+
+
+def _test_mask(test_samples, n_samples: int) -> np.ndarray | None:
+    """``test_samples`` as a bool mask of shape (n_samples,) over the store's samples, or None."""
+    if test_samples is None:
+        return None
+    if isinstance(test_samples, slice):
+        mask = np.zeros(n_samples, bool)
+        mask[test_samples] = True
+        return mask
+    if hasattr(test_samples, "start") and hasattr(test_samples, "end"):
+        raise UnsupportedOptionError("test_samples as a pynapple IntervalSet needs the samples' times, which a store "
+                                     "does not hold: pass the boolean mask your time axis gives, e.g. "
+                                     "~np.isnan(X_tsdframe.in_interval(interval_set))")
+    mask = np.asarray(test_samples)
+    if mask.dtype != bool or mask.shape != (n_samples,):
+        raise InputTypeError(f"test_samples must be a slice or a boolean array of shape ({n_samples},), one per "
+                             f"sample of the store; got {mask.dtype} of shape {mask.shape}")
+    return mask
 
 
 def _check_resumable(path: str, stored: dict, fingerprint: dict, block_size) -> None:
@@ -634,7 +677,16 @@ def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_sta
         failures=dict(sorted(failures.items())), failed_blocks=failed_blocks, n_blocks=len(blocks),
         n_blocks_skipped=len(skipped), n_blocks_fitted=len(summaries), n_retries=n_retries,
         seconds=seconds, neurons_per_second=n_now / seconds if seconds > 0 else 0.0, timings=timings,
+        heldout=(_heldout_scores(store.read_results(path, name=name))
+                 if "test_samples" in (store.read_fingerprint(path, name) or {}) else None),
     )
+
+
+def _heldout_scores(results: dict) -> dict | None:
+    """Score type -> per-neuron held-out scores, from a fit's results; None if it held no samples out."""
+    if store.HELDOUT_NAMES["log-likelihood"] not in results:
+        return None
+    return {score_type: results[key] for score_type, key in store.HELDOUT_NAMES.items()}
 
 
 def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None):
@@ -687,4 +739,5 @@ def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None)
         raise StoreError(f"{path}: the results changed while they were read (another fit is writing them); "
                          "load them again when it ends")
     model._set_fitted(info.feature_groups, results, state)
+    model.heldout_scores_ = _heldout_scores(results)
     return model

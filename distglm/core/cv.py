@@ -18,9 +18,9 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from .fit import FitConfig, Params, _elementwise, default_init, fit_block, predict_rate
-from .scoring import finish_score, score_terms
+from .scoring import SCORE_TYPES, finish_score, score_terms
 
-__all__ = ["PathScores", "max_strength", "strength_grid", "cv_path", "fold_scores", "select"]
+__all__ = ["PathScores", "max_strength", "strength_grid", "cv_path", "fold_scores", "heldout_scores", "select"]
 
 # Ridge never sets a coefficient exactly to 0: its largest strength is the Lasso's divided by
 # this ratio, as glmnet and glum do for a pure L2 penalty.
@@ -100,6 +100,16 @@ def fold_scores(config: FitConfig, X, y, coef, intercept, scale, score_type: str
     rate = predict_rate(config.link, X, coef, intercept)
     terms = score_terms(config.observation, y, rate, scale, score_type)
     return tuple(None if t is None else np.asarray(t.mean(axis=0)) for t in terms)
+
+
+def heldout_scores(config: FitConfig, X, y, coef, intercept, scale) -> dict[str, np.ndarray]:
+    """Each neuron's score on held-out samples, for every NeMoS score type: ``{score_type: (n_neurons,)}``.
+
+    The score ``PopulationGLM.score(X, y, score_type, aggregate_sample_scores=mean over samples)``
+    gives per neuron; shapes as in :func:`fold_scores`.
+    """
+    return {score_type: np.asarray(finish_score(*fold_scores(config, X, y, coef, intercept, scale, score_type),
+                                                score_type)) for score_type in SCORE_TYPES}
 
 
 def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence, score_type: str) -> PathScores:

@@ -60,6 +60,7 @@ from .records import (
     write_attrs,
 )
 from .results import (
+    HELDOUT_NAMES,
     RESULT_NAMES,
     STATUS_UNWRITTEN,
     ResultsWriter,
@@ -75,6 +76,7 @@ from .results import (
 
 __all__ = [
     "RESULT_NAMES",
+    "HELDOUT_NAMES",
     "STATUS_UNWRITTEN",
     "InputsInfo",
     "InputsReader",

@@ -41,6 +41,7 @@ __all__ = [
     "results_group",
     "fit_names",
     "discard_all_results",
+    "HELDOUT_NAMES",
 ]
 
 #: Per-neuron result arrays, in the order :func:`read_results` returns them.
@@ -55,6 +56,12 @@ RESULT_NAMES = (
     "converged",
     "status",
 )
+#: Per-neuron held-out scores of a fit that held samples out, by NeMoS score type.
+HELDOUT_NAMES = {
+    "log-likelihood": "heldout_log_likelihood",
+    "pseudo-r2-McFadden": "heldout_pseudo_r2_mcfadden",
+    "pseudo-r2-Cohen": "heldout_pseudo_r2_cohen",
+}
 #: ``results/status`` of a neuron whose block was never written.
 STATUS_UNWRITTEN = -1
 # Result arrays whose dtype does not follow the fit's float dtype, with their fill values.
@@ -66,7 +73,7 @@ _FIXED_RESULTS = {
 
 
 # What a fit's group holds: a named fit's group beside them must not take one of these names.
-_RESERVED = frozenset(RESULT_NAMES) | {"done", "solver_state"}
+_RESERVED = frozenset(RESULT_NAMES) | frozenset(HELDOUT_NAMES.values()) | {"done", "solver_state"}
 _NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -134,12 +141,17 @@ def _results(path: str, mode: str, name=None) -> zarr.Group:
     return results
 
 
+def _names(results: zarr.Group) -> tuple[str, ...]:
+    """The per-neuron arrays of a fit: :data:`RESULT_NAMES`, and the held-out scores if it has them."""
+    return RESULT_NAMES + (tuple(HELDOUT_NAMES.values()) if results.attrs.get("heldout") else ())
+
+
 def _result_array(results: zarr.Group, name: str, path: str) -> zarr.Array:
     return _zarr.array(results, name, path, "the results are incomplete: refit with resume=False "
                                             "(distglm fit PATH --no-resume)")
 
 
-def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, path):
+def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout, path):
     coef, done = _result_array(results, "coef", path), _result_array(results, "done", path)
     expected = {
         "coef shape": (coef.shape, (n_features, n_neurons)),
@@ -147,6 +159,7 @@ def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, 
         "dtype": (np.dtype(coef.dtype), dtype),
         "number of blocks": (done.shape, (n_blocks, 3)),
         "state_spec": (results.attrs.get("state_spec"), spec),
+        "held-out scores": (bool(results.attrs.get("heldout")), heldout),
     }
     return [
         f"{key} {got} instead of {want}" for key, (got, want) in expected.items() if got != want
@@ -165,6 +178,7 @@ def create_results(
     fingerprint,
     overwrite=False,
     name=None,
+    heldout=False,
 ) -> None:
     """Create every result array of a fit, before any block is written, or keep them to resume.
 
@@ -197,6 +211,9 @@ def create_results(
     name : str, optional
         The fit's name: its results go to ``results/<name>/`` (see :func:`results_group`), beside
         the store's other fits, which are left as they are. None: the unnamed fit, ``results/``.
+    heldout : bool, optional
+        Whether the fit held samples out: then its blocks also write each neuron's held-out
+        scores (:data:`HELDOUT_NAMES`, NaN until written), covered by the done markers too.
 
     Raises
     ------
@@ -228,8 +245,9 @@ def create_results(
     if not isinstance(fingerprint, dict):
         raise InputTypeError(f"fingerprint must be a dict; got {type(fingerprint).__name__}")
     fingerprint = _zarr.json_like(fingerprint, "fingerprint")
-    if not isinstance(overwrite, bool):
-        raise InputTypeError(f"overwrite must be a bool; got {type(overwrite).__name__}")
+    for flag, value in (("overwrite", overwrite), ("heldout", heldout)):
+        if not isinstance(value, bool):
+            raise InputTypeError(f"{flag} must be a bool; got {type(value).__name__}")
     group = results_group(name)
 
     root = open_group(path, "r+")
@@ -247,7 +265,7 @@ def create_results(
                     "pass resume=False to replace them"
                 )
             differences = _layout_differences(
-                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, path
+                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout, path
             )
             if differences:
                 raise StoreError(
@@ -261,7 +279,8 @@ def create_results(
     results = root.require_group("results")
     if name is not None:
         results = results.create_group(name)
-    per_neuron = {name: (dtype, np.nan) for name in RESULT_NAMES} | _FIXED_RESULTS
+    heldout_names = tuple(HELDOUT_NAMES.values()) if heldout else ()
+    per_neuron = {name: (dtype, np.nan) for name in RESULT_NAMES + heldout_names} | _FIXED_RESULTS
     for name, (array_dtype, fill) in per_neuron.items():
         shape = (n_features, n_neurons) if name == "coef" else (n_neurons,)
         results.create_array(
@@ -280,6 +299,7 @@ def create_results(
             full, chunks = (n_blocks, *shape), (1, *chunk_shape)
         state.create_array(name, shape=full, dtype=state_dtype, chunks=chunks, fill_value=0)
     results.attrs["state_spec"] = spec
+    results.attrs["heldout"] = heldout
     results.attrs["fingerprint"] = fingerprint
 
 
@@ -305,7 +325,8 @@ class ResultsWriter:
         results = _results(self.path, "r+", name)
         self._fingerprint = results.attrs["fingerprint"]
         self._spec = results.attrs["state_spec"]
-        self._arrays = {("arrays", name): _result_array(results, name, self.path) for name in RESULT_NAMES}
+        self._names = _names(results)
+        self._arrays = {("arrays", name): _result_array(results, name, self.path) for name in self._names}
         self._arrays.update({("state", name): _result_array(results, f"solver_state/{name}", self.path)
                              for name in self._spec})
         self._done = _result_array(results, "done", self.path)
@@ -329,7 +350,7 @@ class ResultsWriter:
             raise PlanError(f"{block} is not aligned with the results' neuron chunk {chunk}: it would "
                             "share a chunk with another block")
         shapes = {("arrays", name): (self._n_features, block.size) if name == "coef" else (block.size,)
-                  for name in RESULT_NAMES}
+                  for name in self._names}
         shapes.update({("state", name): tuple(shape) + (block.size,) if per_neuron else tuple(shape)
                        for name, (shape, _, per_neuron) in self._spec.items()})
         values = {}
@@ -378,7 +399,8 @@ def write_block(path, block, arrays: dict, state: dict, name=None) -> None:
         The block; ``start`` and ``stop`` must lie on the results' neuron chunk boundaries
         (``stop`` may also be n_neurons).
     arrays : dict of str to array
-        Every name of :data:`RESULT_NAMES`, trimmed to the block's real size: ``coef`` of shape
+        Every name of :data:`RESULT_NAMES` (and of :data:`HELDOUT_NAMES` for results created with
+        ``heldout=True``), trimmed to the block's real size: ``coef`` of shape
         (n_features, block.size), the others of shape (block.size,).
     state : dict of str to array
         Every solver state array of the ``state_spec``: of shape (*shape, block.size) when per
@@ -527,7 +549,7 @@ def done_blocks(path, name=None) -> set[int]:
         return set()
     spec = results.attrs["state_spec"]
     arrays = {key: _zarr.read(_result_array(results, key, path), Ellipsis, f"{group}/{key}", path)
-              for key in RESULT_NAMES}
+              for key in _names(results)}
     state = {key: _zarr.read(_result_array(results, f"solver_state/{key}", path), Ellipsis,
                              f"{group}/solver_state/{key}", path) for key in spec}
     n_neurons = arrays["intercept"].shape[0]
@@ -560,7 +582,8 @@ def read_results(path, start=0, stop=None, name=None) -> dict[str, np.ndarray]:
     Returns
     -------
     dict of str to ndarray
-        Keyed by :data:`RESULT_NAMES`: ``coef`` of shape (n_features, stop - start), the others
+        Keyed by :data:`RESULT_NAMES` (and :data:`HELDOUT_NAMES`' values for results created with
+        ``heldout=True``): ``coef`` of shape (n_features, stop - start), the others
         of shape (stop - start,). Neurons of blocks not yet written read NaN, 0, False and
         :data:`STATUS_UNWRITTEN`.
 
@@ -578,7 +601,7 @@ def read_results(path, start=0, stop=None, name=None) -> dict[str, np.ndarray]:
     group = results_group(name)
     start, stop = _zarr.check_range(start, stop, _result_array(results, "coef", path).shape[1])
     return {key: _zarr.read(_result_array(results, key, path), (Ellipsis, slice(start, stop)),
-                            f"{group}/{key}", path) for key in RESULT_NAMES}
+                            f"{group}/{key}", path) for key in _names(results)}
 
 
 def read_state(path, name=None) -> dict[str, np.ndarray]:
