@@ -59,6 +59,8 @@ class FitSpec:
     test_rows : bool array of shape (n_kept_samples,) or None
         Samples held out of training (among those kept, NaN rows dropped): each neuron is scored
         on them and its scores written with its results.
+    standard_errors : bool
+        Whether each block also writes its neurons' standard errors (``core.inference``).
     """
 
     path: str
@@ -68,6 +70,7 @@ class FitSpec:
     inverse_link: Callable | None = None
     fit_name: str | None = None
     test_rows: np.ndarray | None = None
+    standard_errors: bool = False
 
     def build_model(self):
         """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
@@ -99,7 +102,7 @@ def slice_strength(strength, start: int, stop: int, pad_to: int):
 
 def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block: Block, X: np.ndarray,
                   keep: np.ndarray | None, config, strength, pad_to: int, solve_lock=None,
-                  test_rows: np.ndarray | None = None) -> dict:
+                  test_rows: np.ndarray | None = None, standard_errors: bool = False) -> dict:
     """Fit one block of neurons and write its results; returns a small summary.
 
     With ``solve_lock``, only the solve holds it: another thread can read the next block and
@@ -121,11 +124,14 @@ def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block
         The common block size; shorter blocks are padded with empty neurons.
     test_rows : bool array of shape (n_kept_samples,), optional
         Rows of ``X`` held out of training; the block's neurons are scored on them.
+    standard_errors : bool
+        Also write the neurons' standard errors, from the training samples.
     """
     import jax
 
     from .core import cv as core_cv
     from .core import fit as core_fit
+    from .core import inference
 
     t0 = time.perf_counter()
     n_real = block.stop - block.start
@@ -149,7 +155,7 @@ def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block
         result = core_fit.fit_block(X, y, mask.astype(dtype), config, strength=strength)
         jax.block_until_ready(result.state)
         t_solve = time.perf_counter() - t1
-    del y, mask
+    del y
 
     t2 = time.perf_counter()
     arrays = {
@@ -159,6 +165,10 @@ def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block
     state = {}
     for name, (leaf, per_neuron) in core_fit.state_leaves(result.state).items():
         state[name] = leaf[..., :n_real] if per_neuron else leaf
+    if standard_errors:
+        arrays["coef_se"], arrays["intercept_se"] = inference.standard_errors(
+            config, X, mask[:, :n_real].astype(dtype), arrays["coef"], arrays["intercept"], arrays["scale"])
+    del mask
     if test_rows is not None:
         scores = core_cv.heldout_scores(config, X_test, y_test, arrays["coef"], arrays["intercept"], arrays["scale"])
         arrays.update({store.HELDOUT_NAMES[score_type]: value for score_type, value in scores.items()})
@@ -225,7 +235,8 @@ class BlockFitter:
             first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
         reader, writer = self._io
         summary = fit_one_block(reader, writer, block, self._X, self._keep, self._config, strength,
-                                self._spec.pad_to, self._solve_lock, test_rows=self._spec.test_rows)
+                                self._spec.pad_to, self._solve_lock, test_rows=self._spec.test_rows,
+                                standard_errors=self._spec.standard_errors)
         summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
         return summary

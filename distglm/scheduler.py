@@ -266,6 +266,7 @@ def fit(
     block_timeout: float = DEFAULT_BLOCK_TIMEOUT_S,
     name: str | None = None,
     test_samples=None,
+    standard_errors: bool = False,
 ) -> FitReport:
     """Fit ``model`` to the inputs of the store at ``path`` on Ray actors.
 
@@ -318,6 +319,10 @@ def fit(
         type, as ``PopulationGLM.score`` with a mean over samples per neuron) and store the
         scores with its results: ``FitReport.heldout``, ``distglm inspect`` and the loaded
         model's ``heldout_scores_`` show them. Samples with NaN are dropped from both sets.
+    standard_errors : bool
+        The actors also compute each neuron's standard errors (as
+        ``PopulationGLM.compute_standard_errors`` on the training samples) and store them: the
+        loaded model's ``coef_se_`` and ``intercept_se_``.
 
     Returns
     -------
@@ -351,6 +356,8 @@ def fit(
     check_fit_options(resume=resume, progress=progress, max_retries=max_retries, num_actors=num_actors,
                       block_size=block_size, block_timeout=block_timeout, on_block=on_block)
     store.results_group(name)
+    if not isinstance(standard_errors, bool):
+        raise InputTypeError(f"standard_errors must be True or False; got {standard_errors!r}")
 
     info = store.open_inputs(path)
     test = _test_mask(test_samples, info.n_samples)
@@ -370,6 +377,8 @@ def fit(
             raise InputError(f"test_samples holds out {int(test_rows.sum())} of the {test_rows.size} samples without "
                              "NaN; both the training and the held-out samples must be non-empty")
         fingerprint["test_samples"] = hashlib.sha256(np.packbits(test).tobytes()).hexdigest()
+    if standard_errors:
+        fingerprint["standard_errors"] = True
 
     done = set()
     stored = stored_fingerprint(path, name) if resume else None
@@ -406,12 +415,13 @@ def fit(
             store.create_results(path, n_features=info.n_features, n_neurons=info.n_neurons,
                                  neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
                                  state_spec=spec, fingerprint=fingerprint, overwrite=not resume, name=name,
-                                 heldout=test_rows is not None)
+                                 heldout=test_rows is not None, standard_errors=standard_errors)
             done = store.done_blocks(path, name) if resume else set()
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
-                               inverse_link=inverse_link, fit_name=name, test_rows=test_rows)
+                               inverse_link=inverse_link, fit_name=name, test_rows=test_rows,
+                               standard_errors=standard_errors)
             summaries, failed_blocks, n_retries = _dispatch(
                 fit_spec, todo, X, keep, block_strength, lease,
                 num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0, max_retries=max_retries,
@@ -740,4 +750,6 @@ def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None)
                          "load them again when it ends")
     model._set_fitted(info.feature_groups, results, state)
     model.heldout_scores_ = _heldout_scores(results)
+    if "coef_se" in results:
+        model.coef_se_, model.intercept_se_ = model._user_coef(results["coef_se"]), results["intercept_se"]
     return model

@@ -1,4 +1,5 @@
-"""Held-out evaluation of a distributed fit: samples kept out of training, each neuron scored on them."""
+"""Held-out evaluation of a distributed fit (samples kept out of training, each neuron scored on
+them) and standard errors computed by the actors."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def test_test_samples_are_checked_before_anything_is_written(inputs):
                        (slice(0, 0), InputError), (slice(None), InputError)):
         with pytest.raises(error, match="test_samples"):
             distglm.fit(path, PopulationGLM(**MODEL), test_samples=bad)
+    with pytest.raises(InputTypeError, match="standard_errors must be"):
+        distglm.fit(path, PopulationGLM(**MODEL), standard_errors="yes")
 
     class Intervals:
         start, end = np.array([0.0]), np.array([1.0])
@@ -41,14 +44,14 @@ def test_test_samples_are_checked_before_anything_is_written(inputs):
 
 
 @pytest.mark.ray
-def test_actors_score_each_neuron_on_the_held_out_samples(inputs, capsys):
+def test_actors_score_held_out_samples_and_compute_standard_errors(inputs, capsys):
     path, X, y = inputs
     test = np.zeros(600, bool)
     test[::4] = True
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         report = distglm.fit(path, PopulationGLM(**MODEL), test_samples=test, name="heldout", num_actors=1,
-                             progress=False)
+                             progress=False, standard_errors=True)
         # another held-out set is another fit: resuming this one with it is refused
         with pytest.raises(StoreError, match="different fit"):
             distglm.fit(path, PopulationGLM(**MODEL), test_samples=~test, name="heldout", num_actors=1,
@@ -60,6 +63,9 @@ def test_actors_score_each_neuron_on_the_held_out_samples(inputs, capsys):
     reference = PopulationGLM(**MODEL).fit(X[train], y[train])
     loaded = distglm.load_model(path, name="heldout")
     np.testing.assert_allclose(loaded.coef_, reference.coef_, rtol=1e-4, atol=1e-5)
+    reference.compute_standard_errors(X[train], y[train])
+    np.testing.assert_allclose(loaded.coef_se_, reference.coef_se_, rtol=1e-3)
+    np.testing.assert_allclose(loaded.intercept_se_, reference.intercept_se_, rtol=1e-3)
     for score_type in store.HELDOUT_NAMES:
         expected = reference.score(X[held], y[held], score_type, aggregate_sample_scores=lambda a: jnp.mean(a, 0))
         np.testing.assert_allclose(report.heldout[score_type], expected, rtol=1e-3, atol=1e-5)

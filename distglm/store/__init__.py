@@ -62,6 +62,7 @@ from .records import (
 from .results import (
     HELDOUT_NAMES,
     RESULT_NAMES,
+    SE_NAMES,
     STATUS_UNWRITTEN,
     ResultsWriter,
     create_results,
@@ -77,6 +78,7 @@ from .results import (
 __all__ = [
     "RESULT_NAMES",
     "HELDOUT_NAMES",
+    "SE_NAMES",
     "STATUS_UNWRITTEN",
     "InputsInfo",
     "InputsReader",

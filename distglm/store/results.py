@@ -42,6 +42,7 @@ __all__ = [
     "fit_names",
     "discard_all_results",
     "HELDOUT_NAMES",
+    "SE_NAMES",
 ]
 
 #: Per-neuron result arrays, in the order :func:`read_results` returns them.
@@ -62,6 +63,8 @@ HELDOUT_NAMES = {
     "pseudo-r2-McFadden": "heldout_pseudo_r2_mcfadden",
     "pseudo-r2-Cohen": "heldout_pseudo_r2_cohen",
 }
+#: Standard errors of a fit that computed them: ``coef_se`` shaped as ``coef``, ``intercept_se``.
+SE_NAMES = ("coef_se", "intercept_se")
 #: ``results/status`` of a neuron whose block was never written.
 STATUS_UNWRITTEN = -1
 # Result arrays whose dtype does not follow the fit's float dtype, with their fill values.
@@ -73,7 +76,8 @@ _FIXED_RESULTS = {
 
 
 # What a fit's group holds: a named fit's group beside them must not take one of these names.
-_RESERVED = frozenset(RESULT_NAMES) | frozenset(HELDOUT_NAMES.values()) | {"done", "solver_state"}
+_RESERVED = frozenset(RESULT_NAMES) | frozenset(HELDOUT_NAMES.values()) | frozenset(SE_NAMES) | {"done",
+                                                                                              "solver_state"}
 _NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -141,9 +145,17 @@ def _results(path: str, mode: str, name=None) -> zarr.Group:
     return results
 
 
+_COEF_SHAPED = ("coef", "coef_se")
+
+
+def _extra_names(heldout: bool, standard_errors: bool) -> tuple[str, ...]:
+    return (tuple(HELDOUT_NAMES.values()) if heldout else ()) + (SE_NAMES if standard_errors else ())
+
+
 def _names(results: zarr.Group) -> tuple[str, ...]:
-    """The per-neuron arrays of a fit: :data:`RESULT_NAMES`, and the held-out scores if it has them."""
-    return RESULT_NAMES + (tuple(HELDOUT_NAMES.values()) if results.attrs.get("heldout") else ())
+    """The per-neuron arrays of a fit: :data:`RESULT_NAMES`, then the held-out scores and the
+    standard errors if it has them."""
+    return RESULT_NAMES + _extra_names(bool(results.attrs.get("heldout")), bool(results.attrs.get("standard_errors")))
 
 
 def _result_array(results: zarr.Group, name: str, path: str) -> zarr.Array:
@@ -151,7 +163,8 @@ def _result_array(results: zarr.Group, name: str, path: str) -> zarr.Array:
                                             "(distglm fit PATH --no-resume)")
 
 
-def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout, path):
+def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout,
+                        standard_errors, path):
     coef, done = _result_array(results, "coef", path), _result_array(results, "done", path)
     expected = {
         "coef shape": (coef.shape, (n_features, n_neurons)),
@@ -160,6 +173,7 @@ def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, 
         "number of blocks": (done.shape, (n_blocks, 3)),
         "state_spec": (results.attrs.get("state_spec"), spec),
         "held-out scores": (bool(results.attrs.get("heldout")), heldout),
+        "standard errors": (bool(results.attrs.get("standard_errors")), standard_errors),
     }
     return [
         f"{key} {got} instead of {want}" for key, (got, want) in expected.items() if got != want
@@ -179,6 +193,7 @@ def create_results(
     overwrite=False,
     name=None,
     heldout=False,
+    standard_errors=False,
 ) -> None:
     """Create every result array of a fit, before any block is written, or keep them to resume.
 
@@ -214,6 +229,8 @@ def create_results(
     heldout : bool, optional
         Whether the fit held samples out: then its blocks also write each neuron's held-out
         scores (:data:`HELDOUT_NAMES`, NaN until written), covered by the done markers too.
+    standard_errors : bool, optional
+        Whether its blocks also write standard errors (:data:`SE_NAMES`), likewise.
 
     Raises
     ------
@@ -245,7 +262,7 @@ def create_results(
     if not isinstance(fingerprint, dict):
         raise InputTypeError(f"fingerprint must be a dict; got {type(fingerprint).__name__}")
     fingerprint = _zarr.json_like(fingerprint, "fingerprint")
-    for flag, value in (("overwrite", overwrite), ("heldout", heldout)):
+    for flag, value in (("overwrite", overwrite), ("heldout", heldout), ("standard_errors", standard_errors)):
         if not isinstance(value, bool):
             raise InputTypeError(f"{flag} must be a bool; got {type(value).__name__}")
     group = results_group(name)
@@ -265,7 +282,7 @@ def create_results(
                     "pass resume=False to replace them"
                 )
             differences = _layout_differences(
-                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout, path
+                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout, standard_errors, path
             )
             if differences:
                 raise StoreError(
@@ -279,10 +296,10 @@ def create_results(
     results = root.require_group("results")
     if name is not None:
         results = results.create_group(name)
-    heldout_names = tuple(HELDOUT_NAMES.values()) if heldout else ()
-    per_neuron = {name: (dtype, np.nan) for name in RESULT_NAMES + heldout_names} | _FIXED_RESULTS
+    extra = _extra_names(heldout, standard_errors)
+    per_neuron = {name: (dtype, np.nan) for name in RESULT_NAMES + extra} | _FIXED_RESULTS
     for name, (array_dtype, fill) in per_neuron.items():
-        shape = (n_features, n_neurons) if name == "coef" else (n_neurons,)
+        shape = (n_features, n_neurons) if name in _COEF_SHAPED else (n_neurons,)
         results.create_array(
             name, shape=shape, dtype=array_dtype, fill_value=fill,
             chunks=shape[:-1] + (neuron_chunk,),
@@ -300,6 +317,7 @@ def create_results(
         state.create_array(name, shape=full, dtype=state_dtype, chunks=chunks, fill_value=0)
     results.attrs["state_spec"] = spec
     results.attrs["heldout"] = heldout
+    results.attrs["standard_errors"] = standard_errors
     results.attrs["fingerprint"] = fingerprint
 
 
@@ -349,7 +367,7 @@ class ResultsWriter:
         if block.start % chunk or (block.stop % chunk and block.stop != self._n_neurons):
             raise PlanError(f"{block} is not aligned with the results' neuron chunk {chunk}: it would "
                             "share a chunk with another block")
-        shapes = {("arrays", name): (self._n_features, block.size) if name == "coef" else (block.size,)
+        shapes = {("arrays", name): (self._n_features, block.size) if name in _COEF_SHAPED else (block.size,)
                   for name in self._names}
         shapes.update({("state", name): tuple(shape) + (block.size,) if per_neuron else tuple(shape)
                        for name, (shape, _, per_neuron) in self._spec.items()})
