@@ -239,7 +239,7 @@ class SampleReader:
         return ChunkSource(read, n_chunks=-(-self.n_stored // rows), rows=rows, n_features=self.n_features,
                            n_neurons=n_cols, n_valid=self.n_samples)
 
-    def rows(self, index: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def samples_at(self, index: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """X and the y of neurons ``[start, stop)`` at the stored samples ``index`` (ascending), read a
         stored chunk of samples at a time: arrays of shape (len(index), n_features), (len(index), stop - start)."""
         X = np.zeros((len(index), self.n_features), self.dtype)
@@ -337,7 +337,7 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
             config, X_fit, mask[:, :n_real], arrays["coef"], arrays["intercept"], arrays["scale"])
     del mask
     if test_rows is not None:
-        X_test, y_test = data.rows(test_rows, block.start, block.stop)
+        X_test, y_test = data.samples_at(test_rows, block.start, block.stop)
         scores = core_cv.heldout_scores(config, X_test, y_test, arrays["coef"], arrays["intercept"], arrays["scale"])
         arrays.update({store.HELDOUT_NAMES[score_type]: value for score_type, value in scores.items()})
     writer.write(block, arrays, state)
