@@ -343,7 +343,8 @@ def fit(
         bounded whatever the recording's length; every pass over the data reads the chunks
         that do not fit in the actor's cache) rather than hold X and a block of y in memory.
         Default: stream when X and two blocks of y would take more than
-        ``STREAM_ABOVE_BYTES`` (1 GiB) in an actor.
+        ``STREAM_ABOVE_BYTES`` (1 GiB) in an actor. SVRG and ProxSVRG draw rows at random
+        from all the samples and never stream (``stream=True`` with them is refused).
 
     Returns
     -------
@@ -368,6 +369,7 @@ def fit(
     import jax
 
     from .core import fit as core_fit
+    from .core.solvers import is_stochastic
     from .glm import model_to_config
 
     t_start = time.perf_counter()
@@ -383,6 +385,10 @@ def fit(
     info = store.open_inputs(path)
     test = _test_mask(test_samples, info.n_samples)
     config = _check_model(model)
+    stochastic = is_stochastic(config.solver_name)
+    if stream and stochastic:
+        raise UnsupportedOptionError(f"solver {config.solver_name!r} samples rows at random from all the samples and "
+                                     "cannot fit streamed samples; pass stream=False or a full-batch solver")
     inverse_link = _custom_link(model)
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
     keep, mask, digest = _scan_inputs(path, info, config.observation, dtype)
@@ -430,7 +436,7 @@ def fit(
                                      else -(-pad_to // info.neuron_chunk) * info.neuron_chunk)
         block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
         spec = core_fit.state_spec(config, n_train, info.n_features, pad_to, dtype, block_strength(blocks[0]))
-        streams = _streams(stream, n_train, info.n_features, pad_to, dtype)
+        streams = not stochastic and _streams(stream, n_train, info.n_features, pad_to, dtype)
         if standard_errors and streams:
             raise UnsupportedOptionError("standard errors of a streamed fit are not computed (they need X whole in "
                                          "each actor): pass stream=False, or compute them in memory")
