@@ -259,7 +259,7 @@ def _cmd_fit(args) -> int:
 
     model = _load_model(args.model)
     report = fit(args.path, model, address=args.address, progress=not (args.no_progress or args.json),
-                 connect_timeout=args.connect_timeout, **_fit_options(args))
+                 connect_timeout=args.connect_timeout, name=args.name, **_fit_options(args))
     _emit(args, str(report), _report_dict(report))
     if report.failed_blocks:
         print(f"error: {len(report.failed_blocks)} blocks failed on every try; rerun to retry them", file=sys.stderr)
@@ -344,13 +344,14 @@ def _cmd_unlock(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    summary = inspect_store(args.path, failures_shown=args.failures, pseudo_r2_wanted=not args.no_pseudo_r2)
+    summary = inspect_store(args.path, args.name, failures_shown=args.failures,
+                            pseudo_r2_wanted=not args.no_pseudo_r2)
     _emit(args, _inspect_text(summary, args.failures), summary)
     if args.plot:
         from .plot import summary_figure
 
         try:
-            figure = summary_figure(args.path)
+            figure = summary_figure(args.path, name=args.name)
         except ImportError as err:
             raise InputError(f"--plot: {err}") from None
         figure.savefig(args.plot, dpi=100)
@@ -359,14 +360,16 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-def inspect_store(path: str, failures_shown: int = 10, pseudo_r2_wanted: bool = True) -> dict:
-    """What ``distglm inspect`` reports about a store, as a JSON-serialisable dict.
+def inspect_store(path: str, name: str | None = None, failures_shown: int = 10, pseudo_r2_wanted: bool = True) -> dict:
+    """What ``distglm inspect`` reports about a store's fit ``name`` (None: the unnamed fit), as a dict.
 
     Keys: ``store``, ``inputs`` (shapes, dtypes, neuron chunk, mask, feature groups), ``job``,
-    ``lease`` (the holder, or None) and, once a fit created results, ``model``, ``blocks_done``,
+    ``lease`` (the holder, or None), ``fits`` (the store's fits: None for the unnamed one, then
+    the names), ``fit`` and, once the fit created results, ``model``, ``blocks_done``,
     ``n_blocks``, ``neurons`` (fitted, converged, failed), ``failures`` (one entry per reason: the
     neuron ids, at most ``failures_shown`` of them, and the count), ``iterations``,
-    ``gradient_norm``, ``loss`` and ``pseudo_r2`` (quantiles, or why they are missing).
+    ``gradient_norm``, ``loss``, ``heldout`` (score type -> quantiles, for fits that held samples
+    out) and ``pseudo_r2`` (quantiles, or why they are missing).
     """
     from . import store
     from .core.fit import STATUS_OK, STATUS_REASONS
@@ -384,13 +387,15 @@ def inspect_store(path: str, failures_shown: int = 10, pseudo_r2_wanted: bool = 
     holder = store.read_lease(path)
     out["lease"] = None if holder is None else {"holder": store.describe_holder(holder),
                                                 "expired": bool(holder["expired"])}
-    fingerprint = stored_fingerprint(path)
+    out["fits"] = store.fit_names(path)
+    out["fit"] = name
+    fingerprint = stored_fingerprint(path, name)
     if fingerprint is None:
         return out
     out["model"] = fingerprint.get("model", {})
     out["n_blocks"] = len(plan_blocks(info.n_neurons, info.neuron_chunk, fingerprint["block_size"]))
-    out["blocks_done"] = len(store.done_blocks(path))
-    res = store.read_results(path)
+    out["blocks_done"] = len(store.done_blocks(path, name))
+    res = store.read_results(path, name=name)
     status = res["status"]
     written = status != store.STATUS_UNWRITTEN
     out["neurons"] = {"fitted": int(written.sum()), "total": info.n_neurons, "converged": int(res["converged"].sum()),
@@ -402,9 +407,12 @@ def inspect_store(path: str, failures_shown: int = 10, pseudo_r2_wanted: bool = 
         out["failures"].append({"status": code, "reason": STATUS_REASONS.get(code, f"status {code}"),
                                 "neurons": [ids[n].item() for n in neurons[:failures_shown]],
                                 "count": int(neurons.size)})
-    for key, name in (("iterations", "n_iter"), ("gradient_norm", "grad_norm"), ("loss", "loss")):
-        out[key] = _stats(res[name][written]) if written.any() else None
-    out["pseudo_r2"] = _inspect_pseudo_r2(pseudo_r2_wanted, info, path, out["blocks_done"] == out["n_blocks"])
+    for key, array in (("iterations", "n_iter"), ("gradient_norm", "grad_norm"), ("loss", "loss")):
+        out[key] = _stats(res[array][written]) if written.any() else None
+    out["heldout"] = {score_type: _stats(res[key][written]) for score_type, key in store.HELDOUT_NAMES.items()
+                      if key in res and written.any()}
+    out["pseudo_r2"] = _inspect_pseudo_r2(pseudo_r2_wanted, info, path, name,
+                                          out["blocks_done"] == out["n_blocks"])
     return out
 
 
@@ -422,9 +430,15 @@ def _inspect_text(summary: dict, failures_shown: int) -> str:
                      + (f", error: {job['error']}" if job["error"] else ""))
     if summary["lease"]:
         lines.append(f"  in use by: {summary['lease']['holder']}" + (" (expired)" if summary["lease"]["expired"] else ""))
+    names, name = summary["fits"], summary["fit"]
+    if names and names != [None]:
+        lines.append("  fits: " + ", ".join("(unnamed)" if n is None else n for n in names))
     if "model" not in summary:
-        lines.append("  results: none (fit the store with distglm fit or distglm submit)")
+        lines.append("  results: none" + ("" if name is None else f" named {name!r}")
+                     + " (fit the store with distglm fit or distglm submit)")
         return "\n".join(lines)
+    if name is not None:
+        lines.append(f"  fit: {name}")
     model, neurons = summary["model"], summary["neurons"]
     strength = model.get("regularizer_strength")
     lines.append(f"  model: {model.get('observation_model')}, {model.get('regularizer')}"
@@ -440,6 +454,8 @@ def _inspect_text(summary: dict, failures_shown: int) -> str:
                             ("loss", "loss", ".4g")):
         if summary[key] is not None:
             lines.append(f"  {label}: {_format_stats(summary[key], fmt)}")
+    for score_type, stats in summary["heldout"].items():
+        lines.append(f"  held-out {score_type} per neuron: {_format_stats(stats, '.4g')}")
     r2 = summary["pseudo_r2"]
     lines.append("  pseudo-R2 (McFadden) per neuron: " + (r2 if isinstance(r2, str) else _format_stats(r2, ".3f")))
     return "\n".join(lines)
@@ -452,7 +468,7 @@ def _format_stats(stats: dict | None, fmt: str) -> str:
     return f"min {q['min']}, quartiles {q['q25']} / {q['median']} / {q['q75']}, max {q['max']}"
 
 
-def _inspect_pseudo_r2(wanted: bool, info, path: str, complete: bool) -> dict | str:
+def _inspect_pseudo_r2(wanted: bool, info, path: str, name: str | None, complete: bool) -> dict | str:
     """Quantiles of the neurons' pseudo-R2, or why they were not computed."""
     from . import load_model, store
 
@@ -462,7 +478,7 @@ def _inspect_pseudo_r2(wanted: bool, info, path: str, complete: bool) -> dict | 
         return "not computed: the fit is unfinished"
     if info.n_samples * info.n_neurons > _MAX_SCORE_VALUES:
         return f"not computed: y holds {info.n_samples * info.n_neurons} values, more than {_MAX_SCORE_VALUES}"
-    model = load_model(path)
+    model = load_model(path, name=name)
     X = store.read_X(path)
     y = store.read_y_block(path, 0, info.n_neurons)
     if info.feature_groups:
@@ -548,6 +564,7 @@ def _parser() -> argparse.ArgumentParser:
                                           "one, or the cluster at --address / RAY_ADDRESS.")
     add_fit_arguments(fit, "the Ray cluster (host:6379 or ray://host:10001; default RAY_ADDRESS, else a local Ray)")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.add_argument("--name", help="the fit's name: its results go to results/NAME/, beside the store's other fits")
     fit.add_argument("--connect-timeout", type=_positive_float, metavar="SECONDS",
                      help="seconds to wait for the cluster at --address (default 30, or DISTGLM_CONNECT_TIMEOUT)")
     fit.set_defaults(func=_cmd_fit)
@@ -588,6 +605,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--failures", type=_positive_int, default=10,
                          help="neurons listed per failure reason (default 10)")
     inspect.add_argument("--no-pseudo-r2", action="store_true", help="skip pseudo-R2 (which reads X and y)")
+    inspect.add_argument("--name", help="the named fit to describe (default: the unnamed fit)")
     inspect.add_argument("--plot", metavar="FILE.png", help="also write a one-page summary figure (needs "
                                                             "matplotlib: pip install 'distglm[plot]')")
     inspect.set_defaults(func=_cmd_inspect)

@@ -25,7 +25,7 @@ def _figure(*, figsize):
     return Figure(figsize=figsize, layout="constrained")
 
 
-def _fitted(source) -> dict:
+def _fitted(source, name=None) -> dict:
     """Per-neuron results of a store (path) or a fitted model, with the neurons' ids.
 
     Returns a dict: ``coef`` (n_features, n_neurons), ``n_iter``, ``converged``, ``status``,
@@ -36,7 +36,7 @@ def _fitted(source) -> dict:
 
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        results = store.read_results(path)
+        results = store.read_results(path, name=name)
         coordinates = store.read_coordinates(path)
         return {"coef": results["coef"], "n_iter": results["n_iter"], "converged": results["converged"],
                 "status": results["status"], "loss": results["loss"], "ids": coordinates["neuron"],
@@ -199,12 +199,11 @@ def cv_curves(source, strengths=None, neurons=None):
 
     Parameters
     ----------
-    source : array of shape (n_strengths, n_folds, n_neurons), or an object with ``cv_scores_``
-        Held-out scores of every strength, fold and neuron (a model selected by cross-validation
-        has them as ``cv_scores_``).
+    source : array of shape (n_strengths, n_folds, n_neurons), or a fitted PopulationGLMCV
+        Held-out scores of every strength, fold and neuron (``PopulationGLMCV.cv_scores_``).
     strengths : array of shape (n_strengths,), optional
-        The strengths tried; by default ``source``'s ``regularizer_strengths_`` or
-        ``cv_strengths_`` if it has them, else positions.
+        The strengths tried; by default ``source``'s ``regularizer_strengths_`` (a
+        :class:`~distglm.glm.PopulationGLMCV` has them), else positions.
     neurons : sequence of int, optional
         Positions of neurons to draw one by one, beside the population's median.
 
@@ -229,8 +228,7 @@ def cv_curves(source, strengths=None, neurons=None):
     if scores.ndim != 3:
         raise InputError(f"cv scores must have shape (n_strengths, n_folds, n_neurons); got shape {scores.shape}")
     if strengths is None:
-        strengths = next((getattr(source, name) for name in ("regularizer_strengths_", "cv_strengths_")
-                          if getattr(source, name, None) is not None), None)
+        strengths = getattr(source, "regularizer_strengths_", None)
     x = np.arange(scores.shape[0]) if strengths is None else np.asarray(strengths, dtype=float).reshape(-1)
     if x.shape != (scores.shape[0],):
         raise InputError(f"strengths must have shape ({scores.shape[0]},), one per row of the scores; got "
@@ -251,7 +249,7 @@ def cv_curves(source, strengths=None, neurons=None):
     return fig
 
 
-def summary_figure(path, max_neurons: int = 200):
+def summary_figure(path, max_neurons: int = 200, name=None):
     """One page about a store's fit: coefficients, objective, iterations, statuses.
 
     Parameters
@@ -260,6 +258,8 @@ def summary_figure(path, max_neurons: int = 200):
         A store with results.
     max_neurons : int, optional
         Neurons shown in the coefficient map (the first ones); default 200.
+    name : str, optional
+        A named fit of the store (``distglm.fit(..., name=...)``); None: the unnamed fit.
 
     Returns
     -------
@@ -267,11 +267,11 @@ def summary_figure(path, max_neurons: int = 200):
         Four axes: the coefficients (features x neurons), the final objective's histogram,
         iterations against the objective, and the count of neurons by status.
     """
-    from .store import read_attrs
+    from .store import read_attrs, results_group
 
-    fitted = _fitted(path)
+    fitted = _fitted(path, name)
     status, written = fitted["status"], fitted["status"] >= 0
-    flags = read_attrs(path, "results/status")
+    flags = read_attrs(path, f"{results_group(name)}/status")
     meanings = dict(zip(flags.get("flag_values", []), flags.get("flag_meanings", "").split()))
     fig = _figure(figsize=(10, 7))
     axes = fig.subplots(2, 2)

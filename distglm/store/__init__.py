@@ -18,6 +18,8 @@ A store is one Zarr group (a local directory or any URL Zarr accepts) laid out a
         feature, neuron      coordinates, copied from the inputs
         done                 (block, marker) uint64, one chunk per block: 0, or the block's checksum
         solver_state/<name>  (*shape, neuron) per neuron, or (block, *shape) per block
+        <fit name>/          a named fit (distglm.fit(..., name=...)): the same layout, its own
+                             fingerprint and done markers
     job/                     attrs: the record of a fit submitted to a cluster
     lease/                   attrs: the process that holds the store (one writer at a time)
 
@@ -71,19 +73,25 @@ from .records import (
     write_attrs,
 )
 from .results import (
+    HELDOUT_NAMES,
     RESULT_NAMES,
+    SE_NAMES,
     STATUS_UNWRITTEN,
     ResultsWriter,
     create_results,
     done_blocks,
+    fit_names,
     read_fingerprint,
     read_results,
     read_state,
+    results_group,
     write_block,
 )
 
 __all__ = [
     "RESULT_NAMES",
+    "HELDOUT_NAMES",
+    "SE_NAMES",
     "STATUS_UNWRITTEN",
     "InputsInfo",
     "InputsReader",
@@ -105,6 +113,8 @@ __all__ = [
     "read_results",
     "read_state",
     "read_fingerprint",
+    "results_group",
+    "fit_names",
     "write_attrs",
     "read_attrs",
     "acquire_lease",
