@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InputError
 from . import solvers as _solvers
 from .observations import Observations, initial_intercept, resolve_link
 from .regularizers import Regularizer
@@ -63,6 +64,10 @@ __all__ = [
     "dof_resid",
     "bucket_rows",
     "bucket_neurons",
+    "design_gram",
+    "choose_preconditioner",
+    "PRECONDITIONERS",
+    "CHOLESKY_MAX_PARAMS",
 ]
 
 STATUS_OK = 0
@@ -303,29 +308,142 @@ def _curvature(chunks: _Chunks, weights, intercept, fn2):
     return _reduce(chunks, body, jnp.zeros(weights.shape[1], weights.dtype))
 
 
-def _preconditioner(X, n_valid, mask, h, ridge):
-    """Cholesky factor L (n_neurons, p+1, p+1) with L L^T the block Hessian at the start.
+# Above this many parameters per neuron (features + intercept) a per-neuron factor of the
+# Hessian costs n_neurons * (p + 1)**2 memory and memory-bound products every evaluation, so
+# wide blocks share one factorisation (equal masks) or use the diagonal (differing masks).
+CHOLESKY_MAX_PARAMS = 256
 
-    Rows past ``n_valid`` are zero padding: the constant column is zero there too.
+#: The preconditioners ``fit_block`` can use; ``"auto"`` picks one (see ``choose_preconditioner``).
+PRECONDITIONERS = ("auto", "cholesky", "shared", "diagonal")
+
+
+class _Cholesky(NamedTuple):
+    """Exact per-neuron factor: ``theta_n = tri_n^{-T} v_n``, ``tri`` of shape (n_neurons, p+1, p+1)."""
+
+    tri: Any
+
+
+class _Shared(NamedTuple):
+    """One eigenbasis for the block: ``Theta = basis @ (scale * V)``, ``Theta`` of shape (p+1, n_neurons).
+
+    ``basis`` (p+1, p+1) is orthogonal; ``scale`` (p+1, n_neurons) is each neuron's
+    ``(h_n * lambda + ridge_n)^{-1/2}`` in that basis.
     """
-    n, p = X.shape
-    ones = (jnp.arange(n) < n_valid).astype(X.dtype)[:, None]
-    A = jnp.concatenate([X, ones], axis=1)
-    gram = A.T @ A / n_valid.astype(X.dtype)
-    m = jnp.concatenate([mask, jnp.ones((1, mask.shape[1]), X.dtype)], axis=0).T  # (N, p+1)
+
+    basis: Any
+    scale: Any
+
+
+class _Diagonal(NamedTuple):
+    """Jacobi scaling ``Theta = scale * V``, ``scale`` of shape (p+1, n_neurons)."""
+
+    scale: Any
+
+
+def design_gram(X, n_valid=None):
+    """Gram matrix of ``[X 1]`` over the samples, ``[X 1]^T [X 1] / n_valid``, shape (p+1, p+1).
+
+    Computed once per design and shared by every block fitted on it; ``X`` is not copied (the
+    column of ones enters as column sums). Rows past ``n_valid`` must be zero (padding).
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+    n_valid : int, optional
+        Number of data rows; default ``n_samples``.
+
+    Returns
+    -------
+    numpy array of shape (n_features + 1, n_features + 1), X's float dtype
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> design_gram(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    array([[5. , 7. , 2. ],
+           [7. , 10. , 3. ],
+           [2. , 3. , 1. ]])
+    """
+    X = np.asarray(X)
+    n = X.shape[0] if n_valid is None else int(n_valid)
+    p = X.shape[1]
+    gram = np.empty((p + 1, p + 1), dtype=X.dtype)
+    gram[:p, :p] = X.T @ X
+    sums = X.sum(axis=0)
+    gram[:p, p] = gram[p, :p] = sums
+    gram[p, p] = n
+    return gram / np.asarray(max(n, 1), X.dtype)
+
+
+def choose_preconditioner(mask, active=None) -> str:
+    """The preconditioner ``"auto"`` picks for a block: ``"cholesky"``, ``"shared"`` or ``"diagonal"``.
+
+    Narrow blocks (at most ``CHOLESKY_MAX_PARAMS - 1`` features) get the exact per-neuron
+    Cholesky factor; wider blocks whose active neurons share one mask column get one
+    eigendecomposition shared by all of them (exact up to the ridge of the intercept); wider
+    blocks with differing masks get the diagonal (Jacobi) scaling.
+
+    Parameters
+    ----------
+    mask : array of shape (n_features, n_neurons)
+    active : bool array of shape (n_neurons,), optional
+        Neurons that enter the solve; the others' mask columns are ignored. Default all.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> choose_preconditioner(np.ones((10, 4))), choose_preconditioner(np.ones((300, 4)))
+    ('cholesky', 'shared')
+    >>> m = np.ones((300, 4)); m[0, 1] = 0
+    >>> choose_preconditioner(m)
+    'diagonal'
+    """
+    mask = np.asarray(mask)
+    if mask.shape[0] + 1 <= CHOLESKY_MAX_PARAMS:
+        return "cholesky"
+    cols = mask if active is None else mask[:, np.asarray(active, bool)]
+    if cols.shape[1] == 0 or np.all(cols == cols[:, :1]):
+        return "shared"
+    return "diagonal"
+
+
+def _preconditioner(kind: str, gram, mask, active, h, ridge):
+    """The block's preconditioner of kind ``kind``, from the design's Gram matrix (p+1, p+1).
+
+    The target for neuron ``n`` is its Hessian at the start, ``h_n * gram`` restricted to its
+    unmasked features plus the ridge curvature (masked features get curvature 1: they never
+    move, since their gradient is zero).
+    """
+    dtype = gram.dtype
+    p1, n_neurons = gram.shape[0], mask.shape[1]
+    m = jnp.concatenate([mask, jnp.ones((1, n_neurons), dtype)], axis=0)  # (p+1, N)
     h = jnp.where(jnp.isfinite(h) & (h > 0), h, 1.0)
-    P = h[:, None, None] * gram[None] * m[:, :, None] * m[:, None, :]
-    diag = 1.0 - m
-    if ridge is not None:
-        diag = diag + jnp.concatenate([ridge * mask, jnp.zeros((1, mask.shape[1]), X.dtype)], axis=0).T
-    eye = jnp.eye(p + 1, dtype=X.dtype)
-    P = P + diag[:, :, None] * eye
-    # a rank-deficient design would make P singular; a relative jitter keeps Cholesky defined
-    jitter = 1e-7 if X.dtype == jnp.float32 else 1e-12
-    P = P + jitter * jnp.trace(P, axis1=1, axis2=2)[:, None, None] / (p + 1) * eye
+    ridge = jnp.zeros_like(mask) if ridge is None else jnp.broadcast_to(ridge, mask.shape) * mask
+    ridge = jnp.concatenate([ridge, jnp.zeros((1, n_neurons), dtype)], axis=0)  # (p+1, N)
+    # a rank-deficient design would make the target singular; a jitter relative to its mean
+    # diagonal keeps it definite
+    rel = 1e-7 if dtype == jnp.float32 else 1e-12
+    if kind == "diagonal":
+        d = h * jnp.diagonal(gram)[:, None] * m + (1.0 - m) + ridge
+        return _Diagonal(jax.lax.rsqrt(d + rel * jnp.mean(d, axis=0)))
+    if kind == "shared":
+        # every active neuron has this mask column; its restricted Gram has one eigenbasis, in
+        # which each neuron's h_n * gram + ridge_n is diagonal (ridge_n: its mean ridge curvature,
+        # also given to the intercept, so the basis stays exact for a uniform ridge)
+        col = m[:, jnp.argmax(active)]
+        S = gram * col[:, None] * col[None, :] + jnp.diag(1.0 - col)
+        lam, basis = jnp.linalg.eigh(S)
+        lam = jnp.maximum(lam, 0.0) + rel * jnp.trace(S) / p1
+        r = jnp.sum(ridge, axis=0) / jnp.maximum(jnp.sum(m[:-1], axis=0), 1.0)
+        return _Shared(basis, jax.lax.rsqrt(lam[:, None] * h[None, :] + r[None, :]))
+    mt = m.T  # (N, p+1)
+    P = h[:, None, None] * gram[None] * mt[:, :, None] * mt[:, None, :]
+    eye = jnp.eye(p1, dtype=dtype)
+    P = P + ((1.0 - mt) + ridge.T)[:, :, None] * eye
+    P = P + rel * jnp.trace(P, axis1=1, axis2=2)[:, None, None] / p1 * eye
     L = jnp.linalg.cholesky(P)
     good = jnp.all(jnp.isfinite(L), axis=(1, 2))
-    return jnp.where(good[:, None, None], L, eye)
+    return _Cholesky(jnp.where(good[:, None, None], L, eye))
 
 
 class _Problem(NamedTuple):
@@ -337,7 +455,7 @@ class _Problem(NamedTuple):
     error: Callable
 
 
-def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _Problem:
+def _build(chunks: _Chunks, mask, strength, active, precond, config: FitConfig) -> _Problem:
     """The solver and coordinate maps for a block (traced inside jit).
 
     The objective returns each neuron's value and the gradient together, from one chunked pass
@@ -354,21 +472,37 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
     def penalty(theta: Params):
         return reg.penalty(theta.coef * mask, strength)
 
-    if config.preconditioned:
+    def stacked(theta: Params):
+        return jnp.concatenate([theta.coef, theta.intercept[None]], axis=0)  # (p+1, N)
+
+    def split(T) -> Params:
+        return Params(T[:p], T[p])
+
+    if isinstance(precond, _Cholesky):
         # L^{-1} once, so that each evaluation maps coordinates by a batched product (cheap to
         # run and to compile, with a product for its transpose) rather than a triangular solve
+        tri = precond.tri
         eye = jnp.broadcast_to(jnp.eye(p + 1, dtype=tri.dtype), tri.shape)
         tri_inv = jax.scipy.linalg.solve_triangular(tri, eye, lower=True)
 
         def to_theta(v: Params) -> Params:
-            V = jnp.concatenate([v.coef, v.intercept[None]], axis=0).T  # (N, p+1)
-            T = jnp.einsum("nji,nj->ni", tri_inv, V)
-            return Params(T[:, :p].T, T[:, p])
+            return split(jnp.einsum("nji,jn->in", tri_inv, stacked(v)))
 
         def to_solver(theta: Params) -> Params:
-            T = jnp.concatenate([theta.coef, theta.intercept[None]], axis=0).T
-            V = jnp.einsum("nji,nj->ni", tri, T)
-            return Params(V[:, :p].T, V[:, p])
+            return split(jnp.einsum("nji,jn->in", tri, stacked(theta)))
+    elif isinstance(precond, _Shared):
+        # one GEMM with the shared basis each way
+        def to_theta(v: Params) -> Params:
+            return split(precond.basis @ (precond.scale * stacked(v)))
+
+        def to_solver(theta: Params) -> Params:
+            return split((precond.basis.T @ stacked(theta)) / precond.scale)
+    elif isinstance(precond, _Diagonal):
+        def to_theta(v: Params) -> Params:
+            return split(precond.scale * stacked(v))
+
+        def to_solver(theta: Params) -> Params:
+            return split(stacked(theta) / precond.scale)
     else:
         def to_theta(v):
             return v
@@ -434,11 +568,12 @@ def _safe_start(config: FitConfig, init: Params, active) -> Params:
     return Params(coef, intercept)
 
 
-def _tri(X, chunks: _Chunks, mask, theta0: Params, strength, config: FitConfig):
+def _precondition(kind: str, gram, chunks: _Chunks, mask, theta0: Params, strength, active, config: FitConfig):
+    """The block's preconditioner (None when the solver is not preconditioned)."""
     if not config.preconditioned:
-        return jnp.zeros((0,), X.dtype)
+        return None
     h = _curvature(chunks, theta0.coef * mask, theta0.intercept, _elementwise(config.observation, config.link, 2))
-    return _preconditioner(X, chunks.n_valid, mask, h, config.regularizer.ridge_diagonal(strength))
+    return _preconditioner(kind, gram, mask, active, h, config.regularizer.ridge_diagonal(strength))
 
 
 def _extra_args(config: FitConfig) -> tuple:
@@ -459,12 +594,12 @@ def _dof_resid(config: FitConfig, X, coef, n_valid=None):
     return jnp.full((n_neurons,), n - jnp.linalg.matrix_rank(X) - 1, X.dtype)
 
 
-@partial(jax.jit, static_argnames=("config",))
-def _solve(X, y, mask, init: Params, strength, active, n_valid, config: FitConfig):
+@partial(jax.jit, static_argnames=("config", "kind"))
+def _solve(X, y, mask, init: Params, strength, active, n_valid, gram, config: FitConfig, kind: str):
     theta0 = _safe_start(config, init, active)
     chunks = _chunk(X, y, n_valid)
-    tri = _tri(X, chunks, mask, theta0, strength, config)
-    prob = _build(chunks, mask, strength, active, tri, config)
+    precond = _precondition(kind, gram, chunks, mask, theta0, strength, active, config)
+    prob = _build(chunks, mask, strength, active, precond, config)
     solver = prob.solver
     v0 = prob.to_solver(theta0)
     extra = _extra_args(config)
@@ -502,7 +637,8 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, config: FitConfi
     return coef, intercept, scale, dof, n_iter, err, loss, finite, state
 
 
-def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strength=None) -> BlockResult:
+def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strength=None, gram=None,
+              preconditioner: str = "auto") -> BlockResult:
     """Fit a block of neurons sharing the design ``X``; compiled once per shape and config.
 
     Parameters
@@ -519,6 +655,13 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         and the intercepts matching each neuron's mean response.
     strength : per-neuron strength arrays, optional
         As returned by ``config.regularizer.expand_strength`` (neuron axis last).
+    gram : array of shape (n_features + 1, n_features + 1), optional
+        ``design_gram(X)``, when the caller fits several blocks on one ``X`` and computes it
+        once; default computed here (only preconditioned solvers use it).
+    preconditioner : {"auto", "cholesky", "shared", "diagonal"}
+        Change of variables of preconditioned solvers; ``"auto"`` is
+        ``choose_preconditioner(mask)``. ``"shared"`` assumes the active neurons share one mask
+        column (it uses the first active neuron's). Every choice reaches the same optimum.
 
     Returns
     -------
@@ -541,8 +684,19 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     X = np.asarray(X, dtype=dtype)
     y = np.asarray(y, dtype=dtype)
     (n_samples, n_features), n_neurons = X.shape, y.shape[1]
+    if preconditioner not in PRECONDITIONERS:
+        raise InputError(f"preconditioner must be one of {PRECONDITIONERS}; got {preconditioner!r}")
     if init is None:
         init = default_init(config, y, n_features, dtype)
+    if not config.preconditioned:
+        gram = None
+    elif gram is None:
+        gram = design_gram(X)
+    else:
+        gram = np.asarray(gram, dtype=dtype)
+        if gram.shape != (n_features + 1, n_features + 1):
+            raise InputError(f"gram must have shape {(n_features + 1, n_features + 1)} (design_gram of X); "
+                             f"got {gram.shape}")
 
     # Pad to the shape bucket: zero rows past n_samples count for nothing; padding neurons have
     # a NaN intercept, so they are inactive from the start and never enter the solve.
@@ -561,10 +715,11 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     strength = jax.tree_util.tree_map(lambda s: pad_neurons(s, mode="edge"), strength)
 
     status = np.where(np.isfinite(np.asarray(init.intercept)), STATUS_OK, STATUS_NONFINITE_INIT).astype(np.int8)
+    kind = choose_preconditioner(mask, status == STATUS_OK) if preconditioner == "auto" else preconditioner
     for _ in range(_MAX_RETRIES):
         active = status == STATUS_OK
         coef, intercept, scale, dof, n_iter, err, loss, finite, state = _solve(
-            X, y, mask, init, strength, active, np.int32(n_samples), config
+            X, y, mask, init, strength, active, np.int32(n_samples), gram, config, kind
         )
         newly_bad = np.asarray(active) & ~np.asarray(finite)
         if not newly_bad.any():
@@ -646,8 +801,10 @@ def state_spec(config: FitConfig, n_samples: int, n_features: int, n_neurons: in
         jax.tree_util.tree_map(lambda a: sds(np.shape(a), dtype), strength),
         sds((n_neurons,), np.dtype(bool)),
         sds((), np.dtype(np.int32)),
+        sds((n_features + 1, n_features + 1), dtype) if config.preconditioned else None,
     )
-    out = jax.eval_shape(partial(_solve, config=config), *args)
+    # the solver state does not depend on the preconditioner
+    out = jax.eval_shape(partial(_solve, config=config, kind="diagonal"), *args)
     spec = {}
     for name, leaf, per_neuron in _flatten_state(out[-1]):
         shape = tuple(leaf.shape[:-1]) if per_neuron else tuple(leaf.shape)
@@ -661,23 +818,34 @@ class UpdateState(NamedTuple):
     Attributes
     ----------
     solver_state : the jaxopt solver state
-    tri : Cholesky factors of shape (n_neurons, n_features + 1, n_features + 1) of the
-        preconditioner fixed at initialisation (empty when the solver is not preconditioned)
+    precond : the preconditioner fixed at initialisation (a NamedTuple of arrays whose type
+        says its kind), or None when the solver is not preconditioned
     """
 
     solver_state: Any
-    tri: Any
+    precond: Any
 
 
-@partial(jax.jit, static_argnames=("config",))
-def init_update_state(X, y, mask, params: Params, strength, config: FitConfig) -> UpdateState:
-    """Set up step-by-step fitting (``update_step``) from ``params`` on the data ``X``, ``y``."""
+def init_update_state(X, y, mask, params: Params, strength, config: FitConfig, preconditioner: str = "auto"):
+    """Set up step-by-step fitting (``update_step``) from ``params`` on the data ``X``, ``y``.
+
+    ``preconditioner`` as in ``fit_block``; ``"auto"`` needs a concrete ``mask``.
+    """
+    if preconditioner not in PRECONDITIONERS:
+        raise InputError(f"preconditioner must be one of {PRECONDITIONERS}; got {preconditioner!r}")
+    kind = choose_preconditioner(np.asarray(mask)) if preconditioner == "auto" else preconditioner
+    gram = jnp.asarray(design_gram(np.asarray(X))) if config.preconditioned else None
+    return _init_update_state(X, y, mask, params, strength, gram, config, kind)
+
+
+@partial(jax.jit, static_argnames=("config", "kind"))
+def _init_update_state(X, y, mask, params: Params, strength, gram, config: FitConfig, kind: str) -> UpdateState:
     active = jnp.ones(y.shape[1], dtype=bool)
     chunks = _chunk(X, y)
-    tri = _tri(X, chunks, mask, params, strength, config)
-    prob = _build(chunks, mask, strength, active, tri, config)
+    precond = _precondition(kind, gram, chunks, mask, params, strength, active, config)
+    prob = _build(chunks, mask, strength, active, precond, config)
     extra = _extra_args(config)
-    return UpdateState(prob.solver.init_state(prob.to_solver(params), *extra), tri)
+    return UpdateState(prob.solver.init_state(prob.to_solver(params), *extra), precond)
 
 
 @partial(jax.jit, static_argnames=("config",))
@@ -688,11 +856,11 @@ def update_step(X, y, mask, params: Params, ustate: UpdateState, strength, confi
     over samples, so rows to ignore (NaN rows) are dropped with weight 0 under ``jax.jit`` too.
     """
     active = jnp.ones(y.shape[1], dtype=bool)
-    prob = _build(_chunk(X, y, weight=weight), mask, strength, active, ustate.tri, config)
+    prob = _build(_chunk(X, y, weight=weight), mask, strength, active, ustate.precond, config)
     extra = _extra_args(config)
     v, state = prob.solver.update(prob.to_solver(params), ustate.solver_state, *extra)
     theta = prob.to_theta(v)
-    return Params(theta.coef * mask, theta.intercept), UpdateState(state, ustate.tri)
+    return Params(theta.coef * mask, theta.intercept), UpdateState(state, ustate.precond)
 
 
 def dof_resid(config: FitConfig, X, coef):
