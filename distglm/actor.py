@@ -91,7 +91,7 @@ def slice_strength(strength, start: int, stop: int, pad_to: int):
 
 
 def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block: Block, X: np.ndarray,
-                  keep: np.ndarray | None, config, strength, pad_to: int, solve_lock=None) -> dict:
+                  keep: np.ndarray | None, config, strength, pad_to: int, solve_lock=None, gram=None) -> dict:
     """Fit one block of neurons and write its results; returns a small summary.
 
     With ``solve_lock``, only the solve holds it: another thread can read the next block and
@@ -111,6 +111,8 @@ def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block
     strength : the block's strength arrays of shape (..., pad_to) (neuron axis last), or None
     pad_to : int
         The common block size; shorter blocks are padded with empty neurons.
+    gram : array of shape (n_features + 1, n_features + 1), optional
+        ``core.fit.design_gram(X)``, computed once per actor; default computed for this block.
     """
     import jax
 
@@ -132,7 +134,7 @@ def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block
 
     with solve_lock or contextlib.nullcontext():
         t1 = time.perf_counter()
-        result = core_fit.fit_block(X, y, mask.astype(dtype), config, strength=strength)
+        result = core_fit.fit_block(X, y, mask.astype(dtype), config, strength=strength, gram=gram)
         jax.block_until_ready(result.state)
         t_solve = time.perf_counter() - t1
     del y, mask
@@ -187,6 +189,7 @@ class BlockFitter:
         self._spec, self._X, self._keep = spec, X, keep
         self._config = spec.build_model()._fit_config()
         self._io = None
+        self._gram = None
         self._n_blocks = 0
         # The scheduler gives an actor up to two blocks at once (it runs them in two threads):
         # one block is solved while the other is read or written; solves take turns.
@@ -203,11 +206,16 @@ class BlockFitter:
             if self._io is None:
                 # Opened at the first block, once the driver has created the results.
                 self._io = (store.InputsReader(self._spec.path), store.ResultsWriter(self._spec.path))
+            if self._gram is None and self._config.preconditioned:
+                from .core import fit as core_fit
+
+                # the Gram matrix of the design serves every block of this actor
+                self._gram = core_fit.design_gram(self._X)
             # the first block of an actor pays for compilation; report it apart
             first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
         reader, writer = self._io
         summary = fit_one_block(reader, writer, block, self._X, self._keep, self._config, strength,
-                                self._spec.pad_to, self._solve_lock)
+                                self._spec.pad_to, self._solve_lock, self._gram)
         summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
         return summary
