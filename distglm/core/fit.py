@@ -360,9 +360,9 @@ def design_gram(X, n_valid=None):
     --------
     >>> import numpy as np
     >>> design_gram(np.array([[1.0, 2.0], [3.0, 4.0]]))
-    array([[5. , 7. , 2. ],
-           [7. , 10. , 3. ],
-           [2. , 3. , 1. ]])
+    array([[ 5.,  7.,  2.],
+           [ 7., 10.,  3.],
+           [ 2.,  3.,  1.]])
     """
     X = np.asarray(X)
     n = X.shape[0] if n_valid is None else int(n_valid)
