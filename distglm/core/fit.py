@@ -7,13 +7,22 @@ own optimum; convergence is judged neuron by neuron (each neuron's optimality er
 below ``tol``), so blocks of any size stop at the same per-neuron precision.
 
 Smooth problems are solved in preconditioned coordinates: for neuron ``n`` the parameters
-``theta_n = [coef_n, intercept_n]`` are written ``theta_n = L_n^{-T} v_n`` where
-``L_n L_n^T`` is the Hessian of its loss at the starting point (exact for canonical links,
-``h_n * [X 1]^T [X 1] / n_samples`` restricted to the neuron's unmasked features, plus the
-ridge curvature). The solver then sees a problem whose Hessian starts at the identity, so
-quasi-Newton methods take near-Newton steps from the first iteration. The change of
-variables costs ``n_neurons * (n_features + 1)**2`` flops per evaluation, negligible next to
-the matrix products, and leaves the optimum unchanged.
+``theta_n = [coef_n, intercept_n]`` are written ``theta_n = M_n v_n`` where ``M_n M_n^T``
+approximates the inverse Hessian of its loss at the starting point (``h_n * G`` restricted to
+the neuron's unmasked features, plus the ridge curvature, with ``G = [X 1]^T [X 1] / n_samples``
+the design's Gram matrix, computed once by ``design_gram``). The solver then sees a problem
+whose Hessian starts near the identity, so quasi-Newton methods take near-Newton steps from the
+first iteration; the optimum is unchanged. Three kinds (``choose_preconditioner``):
+
+- ``cholesky``: ``M_n = L_n^{-T}`` from each neuron's own Cholesky factor, exact. It holds
+  ``n_neurons * (p + 1)**2`` numbers and costs as many flops per evaluation, so it is kept for
+  narrow designs (``p + 1 <= CHOLESKY_MAX_PARAMS``).
+- ``shared``: when the block's neurons share their mask, one eigendecomposition ``G = U S U^T``
+  serves all of them, ``M_n = U diag(h_n S + r_n)^{-1/2}`` (``r_n`` the neuron's mean ridge,
+  also given to the intercept): ``(p + 1)**2 + n_neurons * (p + 1)`` numbers, and the change of
+  variables is one matrix product each way.
+- ``diagonal``: Jacobi scaling by the diagonal of each neuron's Hessian, for wide blocks whose
+  masks differ; more iterations, no extra memory.
 
 With the default LBFGS (``solvers.PopulationLBFGS``) each neuron stops once the 2-norm of its
 gradient in these coordinates is at most ``tol`` (default 3e-6). That norm is the neuron's
