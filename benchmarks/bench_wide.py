@@ -107,8 +107,9 @@ def evaluation_times(X, y, mask, strength, config, gram, kinds) -> dict:
     theta0 = core_fit.Params(jnp.asarray(init.coef), jnp.asarray(init.intercept))
     active = jnp.ones(n_neurons, bool)
     for kind in kinds:
-        precond = jax.jit(lambda: core_fit._precondition(kind, jnp.asarray(gram), core_fit._chunk(Xj, yj), mj, theta0,
-                                                         strength, active, config))()
+        design = gram.for_preconditioner(kind, mask, active)
+        precond = jax.jit(lambda design: core_fit._precondition(kind, design, core_fit._chunk(Xj, yj), mj, theta0,
+                                                                strength, config))(design)
 
         @partial(jax.jit, static_argnums=2)
         def evaluations(precond, v, k):
@@ -163,7 +164,7 @@ def run_one(n_samples: int, n_features: int, n_neurons: int) -> dict:
         if kind not in out["fits"] and (kind == "shared" or affordable):
             out["fits"][kind] = full_fit(kind)
     t0 = time.perf_counter()
-    gram = core_fit.design_gram(X)
+    gram = core_fit.DesignGram(X)
     out["gram_s"] = time.perf_counter() - t0
     out["evaluations"] = evaluation_times(X, y, mask, strength, config, gram, kinds)
     return out

@@ -111,8 +111,8 @@ def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block
     strength : the block's strength arrays of shape (..., pad_to) (neuron axis last), or None
     pad_to : int
         The common block size; shorter blocks are padded with empty neurons.
-    gram : array of shape (n_features + 1, n_features + 1), optional
-        ``core.fit.design_gram(X)``, computed once per actor; default computed for this block.
+    gram : core.fit.DesignGram, optional
+        The Gram matrix of ``X``, computed once per actor; default computed for this block.
     """
     import jax
 
@@ -210,7 +210,7 @@ class BlockFitter:
                 from .core import fit as core_fit
 
                 # the Gram matrix of the design serves every block of this actor
-                self._gram = core_fit.design_gram(self._X)
+                self._gram = core_fit.DesignGram(self._X)
             # the first block of an actor pays for compilation; report it apart
             first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
         reader, writer = self._io

@@ -232,7 +232,9 @@ def test_pseudo_r2_is_mcfadden_of_each_neuron():
     for j in (0, 9):
         only_j = model.score(pop.X, pop.y, score_type="pseudo-r2-McFadden",
                              aggregate_sample_scores=lambda terms: jnp.mean(terms[:, j]))
-        np.testing.assert_allclose(per_neuron[j], float(only_j), rtol=1e-5)
+        # two float32 evaluations of 1 - L / L0 agree to a few ulps of L / L0 (about 1e-7), which is
+        # more than 1e-5 relative when the pseudo-R2 itself is small
+        np.testing.assert_allclose(per_neuron[j], float(only_j), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

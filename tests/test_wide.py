@@ -101,10 +101,27 @@ def test_choice_of_preconditioner():
 def test_design_gram_is_that_of_x_with_a_column_of_ones():
     X, _ = simulate(200, 6, 1)
     A = np.concatenate([X, np.ones((200, 1), np.float32)], axis=1).astype(np.float64)
-    np.testing.assert_allclose(core_fit.design_gram(X.astype(np.float64)), A.T @ A / 200, rtol=1e-12)
+    np.testing.assert_allclose(core_fit.DesignGram(X.astype(np.float64)).matrix, A.T @ A / 200, rtol=1e-12)
     # zero rows of padding do not count when n_valid says so
     padded = np.concatenate([X, np.zeros((40, 6), np.float32)])
-    np.testing.assert_allclose(core_fit.design_gram(padded, n_valid=200), core_fit.design_gram(X), rtol=1e-6)
+    np.testing.assert_allclose(core_fit.DesignGram(padded, n_valid=200).matrix, core_fit.DesignGram(X).matrix,
+                               rtol=1e-6)
+
+
+def test_shared_basis_is_computed_once_per_mask():
+    X, _ = simulate(200, 6, 1)
+    gram = core_fit.DesignGram(X)
+    mask = np.ones((6, 3), np.float32)
+    first = gram.for_preconditioner("shared", mask, np.ones(3, bool))
+    assert gram.for_preconditioner("shared", mask, np.array([False, True, True])) is first
+    mask[2] = 0
+    other = gram.for_preconditioner("shared", mask, np.ones(3, bool))
+    # the restricted matrix: feature 2 is cut from the others and has curvature 1
+    restricted = (other.basis * other.values) @ other.basis.T
+    expected = gram.matrix.copy()
+    expected[2, :] = expected[:, 2] = 0
+    expected[2, 2] = 1
+    np.testing.assert_allclose(restricted, expected, atol=1e-5)
 
 
 def test_given_gram_and_unknown_preconditioner_are_checked():
@@ -112,9 +129,11 @@ def test_given_gram_and_unknown_preconditioner_are_checked():
     mask = np.ones((3, 2), np.float32)
     with pytest.raises(InputError, match="preconditioner must be one of"):
         fit(X, y, mask, UnRegularized(), None, "jacobi")
-    with pytest.raises(InputError, match=r"gram must have shape \(4, 4\)"):
-        core_fit.fit_block(X, y, mask, config(UnRegularized()), gram=np.eye(3))
-    given_gram = core_fit.fit_block(X, y, mask, config(UnRegularized()), gram=core_fit.design_gram(X))
+    with pytest.raises(InputError, match=r"gram must be the DesignGram of X, of shape \(4, 4\)"):
+        core_fit.fit_block(X, y, mask, config(UnRegularized()), gram=np.eye(4))
+    with pytest.raises(InputError, match=r"got \(3, 3\)"):
+        core_fit.fit_block(X, y, mask, config(UnRegularized()), gram=core_fit.DesignGram(X[:, :2]))
+    given_gram = core_fit.fit_block(X, y, mask, config(UnRegularized()), gram=core_fit.DesignGram(X))
     assert_same_fit(given_gram, core_fit.fit_block(X, y, mask, config(UnRegularized())))
 
 

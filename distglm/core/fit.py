@@ -10,7 +10,7 @@ Smooth problems are solved in preconditioned coordinates: for neuron ``n`` the p
 ``theta_n = [coef_n, intercept_n]`` are written ``theta_n = M_n v_n`` where ``M_n M_n^T``
 approximates the inverse Hessian of its loss at the starting point (``h_n * G`` restricted to
 the neuron's unmasked features, plus the ridge curvature, with ``G = [X 1]^T [X 1] / n_samples``
-the design's Gram matrix, computed once by ``design_gram``). The solver then sees a problem
+the design's Gram matrix, computed once by ``DesignGram``). The solver then sees a problem
 whose Hessian starts near the identity, so quasi-Newton methods take near-Newton steps from the
 first iteration; the optimum is unchanged. Three kinds (``choose_preconditioner``):
 
@@ -73,7 +73,7 @@ __all__ = [
     "dof_resid",
     "bucket_rows",
     "bucket_neurons",
-    "design_gram",
+    "DesignGram",
     "choose_preconditioner",
     "PRECONDITIONERS",
     "CHOLESKY_MAX_PARAMS",
@@ -349,39 +349,73 @@ class _Diagonal(NamedTuple):
     scale: Any
 
 
-def design_gram(X, n_valid=None):
-    """Gram matrix of ``[X 1]`` over the samples, ``[X 1]^T [X 1] / n_valid``, shape (p+1, p+1).
+class DesignGram:
+    """The Gram matrix of a design ``[X 1]``, and what each preconditioner needs of it.
 
-    Computed once per design and shared by every block fitted on it; ``X`` is not copied (the
-    column of ones enters as column sums). Rows past ``n_valid`` must be zero (padding).
+    Computed once per design and shared by every block fitted on it: ``X`` is not copied (the
+    column of ones enters as column sums). The eigendecomposition the shared preconditioner
+    uses is computed once per mask column and kept for the next block (the last one only).
 
     Parameters
     ----------
     X : array of shape (n_samples, n_features)
+        Rows past ``n_valid`` must be zero (padding).
     n_valid : int, optional
         Number of data rows; default ``n_samples``.
 
-    Returns
-    -------
-    numpy array of shape (n_features + 1, n_features + 1), X's float dtype
+    Attributes
+    ----------
+    matrix : numpy array of shape (n_features + 1, n_features + 1)
+        ``[X 1]^T [X 1] / n_valid``, in X's float dtype.
 
     Examples
     --------
-    >>> import numpy as np
-    >>> design_gram(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    >>> DesignGram(np.array([[1.0, 2.0], [3.0, 4.0]])).matrix
     array([[ 5.,  7.,  2.],
            [ 7., 10.,  3.],
            [ 2.,  3.,  1.]])
     """
-    X = np.asarray(X)
-    n = X.shape[0] if n_valid is None else int(n_valid)
-    p = X.shape[1]
-    gram = np.empty((p + 1, p + 1), dtype=X.dtype)
-    gram[:p, :p] = X.T @ X
-    sums = X.sum(axis=0)
-    gram[:p, p] = gram[p, :p] = sums
-    gram[p, p] = n
-    return gram / np.asarray(max(n, 1), X.dtype)
+
+    def __init__(self, X, n_valid=None):
+        X = np.asarray(X)
+        n = X.shape[0] if n_valid is None else int(n_valid)
+        p = X.shape[1]
+        gram = np.empty((p + 1, p + 1), dtype=X.dtype)
+        gram[:p, :p] = X.T @ X
+        gram[:p, p] = gram[p, :p] = X.sum(axis=0)
+        gram[p, p] = n
+        gram /= np.asarray(max(n, 1), X.dtype)
+        self.matrix = gram
+        self._eigen = (None, None)
+
+    def for_preconditioner(self, kind: str, mask, active):
+        """What ``kind`` needs: the matrix (cholesky), its diagonal (diagonal), or the
+        eigendecomposition of its restriction to the first active neuron's mask (shared)."""
+        if kind == "cholesky":
+            return self.matrix
+        if kind == "diagonal":
+            return np.diagonal(self.matrix).copy()
+        active = np.asarray(active, bool)
+        column = np.ones(self.matrix.shape[0], self.matrix.dtype)
+        if active.any():
+            column[:-1] = np.asarray(mask)[:, int(np.argmax(active))]
+        key = column.tobytes()
+        if self._eigen[0] != key:
+            self._eigen = (key, _Eigen(*_restricted_eigh(self.matrix, column)))
+        return self._eigen[1]
+
+
+class _Eigen(NamedTuple):
+    """``S = basis @ diag(values) @ basis.T``, S the Gram matrix restricted to a mask."""
+
+    values: Any
+    basis: Any
+
+
+@jax.jit
+def _restricted_eigh(gram, column):
+    # masked features get an identity block, so they stay out of the unmasked ones' basis
+    return jnp.linalg.eigh(gram * column[:, None] * column[None, :] + jnp.diag(1.0 - column))
 
 
 def choose_preconditioner(mask, active=None) -> str:
@@ -416,15 +450,15 @@ def choose_preconditioner(mask, active=None) -> str:
     return "diagonal"
 
 
-def _preconditioner(kind: str, gram, mask, active, h, ridge):
-    """The block's preconditioner of kind ``kind``, from the design's Gram matrix (p+1, p+1).
+def _preconditioner(kind: str, design, mask, h, ridge):
+    """The block's preconditioner of kind ``kind``; ``design`` is ``DesignGram.for_preconditioner(kind, ...)``.
 
-    The target for neuron ``n`` is its Hessian at the start, ``h_n * gram`` restricted to its
-    unmasked features plus the ridge curvature (masked features get curvature 1: they never
-    move, since their gradient is zero).
+    The target for neuron ``n`` is its Hessian at the start, ``h_n * G`` (G the Gram matrix)
+    restricted to its unmasked features plus the ridge curvature (masked features get
+    curvature 1: they never move, since their gradient is zero).
     """
-    dtype = gram.dtype
-    p1, n_neurons = gram.shape[0], mask.shape[1]
+    p1, n_neurons = mask.shape[0] + 1, mask.shape[1]
+    dtype = mask.dtype
     m = jnp.concatenate([mask, jnp.ones((1, n_neurons), dtype)], axis=0)  # (p+1, N)
     h = jnp.where(jnp.isfinite(h) & (h > 0), h, 1.0)
     ridge = jnp.zeros_like(mask) if ridge is None else jnp.broadcast_to(ridge, mask.shape) * mask
@@ -433,20 +467,18 @@ def _preconditioner(kind: str, gram, mask, active, h, ridge):
     # diagonal keeps it definite
     rel = 1e-7 if dtype == jnp.float32 else 1e-12
     if kind == "diagonal":
-        d = h * jnp.diagonal(gram)[:, None] * m + (1.0 - m) + ridge
+        d = h * design[:, None] * m + (1.0 - m) + ridge
         return _Diagonal(jax.lax.rsqrt(d + rel * jnp.mean(d, axis=0)))
     if kind == "shared":
-        # every active neuron has this mask column; its restricted Gram has one eigenbasis, in
-        # which each neuron's h_n * gram + ridge_n is diagonal (ridge_n: its mean ridge curvature,
-        # also given to the intercept, so the basis stays exact for a uniform ridge)
-        col = m[:, jnp.argmax(active)]
-        S = gram * col[:, None] * col[None, :] + jnp.diag(1.0 - col)
-        lam, basis = jnp.linalg.eigh(S)
-        lam = jnp.maximum(lam, 0.0) + rel * jnp.trace(S) / p1
+        # every active neuron has this mask, so in the eigenbasis of its restricted Gram matrix
+        # each neuron's h_n * G + ridge_n is diagonal (ridge_n: its mean ridge curvature, also
+        # given to the intercept, so the basis stays exact for a uniform ridge)
+        lam = jnp.maximum(design.values, 0.0)
+        lam = lam + rel * jnp.sum(lam) / p1
         r = jnp.sum(ridge, axis=0) / jnp.maximum(jnp.sum(m[:-1], axis=0), 1.0)
-        return _Shared(basis, jax.lax.rsqrt(lam[:, None] * h[None, :] + r[None, :]))
+        return _Shared(design.basis, jax.lax.rsqrt(lam[:, None] * h[None, :] + r[None, :]))
     mt = m.T  # (N, p+1)
-    P = h[:, None, None] * gram[None] * mt[:, :, None] * mt[:, None, :]
+    P = h[:, None, None] * design[None] * mt[:, :, None] * mt[:, None, :]
     eye = jnp.eye(p1, dtype=dtype)
     P = P + ((1.0 - mt) + ridge.T)[:, :, None] * eye
     P = P + rel * jnp.trace(P, axis1=1, axis2=2)[:, None, None] / p1 * eye
@@ -577,12 +609,12 @@ def _safe_start(config: FitConfig, init: Params, active) -> Params:
     return Params(coef, intercept)
 
 
-def _precondition(kind: str, gram, chunks: _Chunks, mask, theta0: Params, strength, active, config: FitConfig):
+def _precondition(kind: str, design, chunks: _Chunks, mask, theta0: Params, strength, config: FitConfig):
     """The block's preconditioner (None when the solver is not preconditioned)."""
     if not config.preconditioned:
         return None
     h = _curvature(chunks, theta0.coef * mask, theta0.intercept, _elementwise(config.observation, config.link, 2))
-    return _preconditioner(kind, gram, mask, active, h, config.regularizer.ridge_diagonal(strength))
+    return _preconditioner(kind, design, mask, h, config.regularizer.ridge_diagonal(strength))
 
 
 def _extra_args(config: FitConfig) -> tuple:
@@ -604,10 +636,10 @@ def _dof_resid(config: FitConfig, X, coef, n_valid=None):
 
 
 @partial(jax.jit, static_argnames=("config", "kind"))
-def _solve(X, y, mask, init: Params, strength, active, n_valid, gram, config: FitConfig, kind: str):
+def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: FitConfig, kind: str):
     theta0 = _safe_start(config, init, active)
     chunks = _chunk(X, y, n_valid)
-    precond = _precondition(kind, gram, chunks, mask, theta0, strength, active, config)
+    precond = _precondition(kind, design, chunks, mask, theta0, strength, config)
     prob = _build(chunks, mask, strength, active, precond, config)
     solver = prob.solver
     v0 = prob.to_solver(theta0)
@@ -664,8 +696,8 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         and the intercepts matching each neuron's mean response.
     strength : per-neuron strength arrays, optional
         As returned by ``config.regularizer.expand_strength`` (neuron axis last).
-    gram : array of shape (n_features + 1, n_features + 1), optional
-        ``design_gram(X)``, when the caller fits several blocks on one ``X`` and computes it
+    gram : DesignGram, optional
+        ``DesignGram(X)``, when the caller fits several blocks on one ``X`` and computes it
         once; default computed here (only preconditioned solvers use it).
     preconditioner : {"auto", "cholesky", "shared", "diagonal"}
         Change of variables of preconditioned solvers; ``"auto"`` is
@@ -697,15 +729,11 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         raise InputError(f"preconditioner must be one of {PRECONDITIONERS}; got {preconditioner!r}")
     if init is None:
         init = default_init(config, y, n_features, dtype)
-    if not config.preconditioned:
-        gram = None
-    elif gram is None:
-        gram = design_gram(X)
-    else:
-        gram = np.asarray(gram, dtype=dtype)
-        if gram.shape != (n_features + 1, n_features + 1):
-            raise InputError(f"gram must have shape {(n_features + 1, n_features + 1)} (design_gram of X); "
-                             f"got {gram.shape}")
+    if gram is not None and (not isinstance(gram, DesignGram) or gram.matrix.shape != (n_features + 1,) * 2
+                             or gram.matrix.dtype != dtype):
+        got = gram.matrix.shape if isinstance(gram, DesignGram) else type(gram).__name__
+        raise InputError(f"gram must be the DesignGram of X, of shape {(n_features + 1,) * 2} and dtype {dtype}; "
+                         f"got {got}")
 
     # Pad to the shape bucket: zero rows past n_samples count for nothing; padding neurons have
     # a NaN intercept, so they are inactive from the start and never enter the solve.
@@ -725,10 +753,13 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
 
     status = np.where(np.isfinite(np.asarray(init.intercept)), STATUS_OK, STATUS_NONFINITE_INIT).astype(np.int8)
     kind = choose_preconditioner(mask, status == STATUS_OK) if preconditioner == "auto" else preconditioner
+    design = None
+    if config.preconditioned:
+        design = (DesignGram(X, n_samples) if gram is None else gram).for_preconditioner(kind, mask, status == STATUS_OK)
     for _ in range(_MAX_RETRIES):
         active = status == STATUS_OK
         coef, intercept, scale, dof, n_iter, err, loss, finite, state = _solve(
-            X, y, mask, init, strength, active, np.int32(n_samples), gram, config, kind
+            X, y, mask, init, strength, active, np.int32(n_samples), design, config, kind
         )
         newly_bad = np.asarray(active) & ~np.asarray(finite)
         if not newly_bad.any():
@@ -810,7 +841,7 @@ def state_spec(config: FitConfig, n_samples: int, n_features: int, n_neurons: in
         jax.tree_util.tree_map(lambda a: sds(np.shape(a), dtype), strength),
         sds((n_neurons,), np.dtype(bool)),
         sds((), np.dtype(np.int32)),
-        sds((n_features + 1, n_features + 1), dtype) if config.preconditioned else None,
+        sds((n_features + 1,), dtype) if config.preconditioned else None,
     )
     # the solver state does not depend on the preconditioner
     out = jax.eval_shape(partial(_solve, config=config, kind="diagonal"), *args)
@@ -843,15 +874,17 @@ def init_update_state(X, y, mask, params: Params, strength, config: FitConfig, p
     if preconditioner not in PRECONDITIONERS:
         raise InputError(f"preconditioner must be one of {PRECONDITIONERS}; got {preconditioner!r}")
     kind = choose_preconditioner(np.asarray(mask)) if preconditioner == "auto" else preconditioner
-    gram = jnp.asarray(design_gram(np.asarray(X))) if config.preconditioned else None
-    return _init_update_state(X, y, mask, params, strength, gram, config, kind)
+    design = None
+    if config.preconditioned:
+        design = DesignGram(np.asarray(X)).for_preconditioner(kind, np.asarray(mask), np.ones(mask.shape[1], bool))
+    return _init_update_state(X, y, mask, params, strength, design, config, kind)
 
 
 @partial(jax.jit, static_argnames=("config", "kind"))
-def _init_update_state(X, y, mask, params: Params, strength, gram, config: FitConfig, kind: str) -> UpdateState:
+def _init_update_state(X, y, mask, params: Params, strength, design, config: FitConfig, kind: str) -> UpdateState:
     active = jnp.ones(y.shape[1], dtype=bool)
     chunks = _chunk(X, y)
-    precond = _precondition(kind, gram, chunks, mask, params, strength, active, config)
+    precond = _precondition(kind, design, chunks, mask, params, strength, config)
     prob = _build(chunks, mask, strength, active, precond, config)
     extra = _extra_args(config)
     return UpdateState(prob.solver.init_state(prob.to_solver(params), *extra), precond)
