@@ -264,7 +264,8 @@ def render(report: dict) -> str:
                 continue
             iters = r["fits"].get(kind, {}).get("iterations_max", "-")
             cells.append(f"{ev[kind]['eval_s']:.3f} ({ev[kind]['eval_over_matmuls']:.2f}x), {iters}")
-        lines.append(f"| {r['n_features']:,} | {ev['matmuls_s']:.3f} | " + " | ".join(cells) + f" | {r['gram_s']:.1f} |")
+        lines.append(f"| {r['n_features']:,} | {ev['matmuls_s']:.3f} | " + " | ".join(cells)
+                     + f" | {r['gram_s']:.1f} |")
     worst = max(r["evaluations"]["shared"]["eval_over_matmuls"] for r in report["runs"])
     lines += [
         "",

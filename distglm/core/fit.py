@@ -755,7 +755,8 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     kind = choose_preconditioner(mask, status == STATUS_OK) if preconditioner == "auto" else preconditioner
     design = None
     if config.preconditioned:
-        design = (DesignGram(X, n_samples) if gram is None else gram).for_preconditioner(kind, mask, status == STATUS_OK)
+        gram = DesignGram(X, n_samples) if gram is None else gram
+        design = gram.for_preconditioner(kind, mask, status == STATUS_OK)
     for _ in range(_MAX_RETRIES):
         active = status == STATUS_OK
         coef, intercept, scale, dof, n_iter, err, loss, finite, state = _solve(
