@@ -38,16 +38,17 @@ PROCESS_BASE_BYTES = 450_000_000
 ACTOR_BASE_BYTES = 660_000_000
 
 # Copies of each array a block's fit holds at its peak, fitted to the peak RSS of real fits
-# (least squares over 12 fits, rounded up): the design (the caller's X, the padded copy, the
-# device copy), a block of y (the caller's, the padded float copy, the device copy and the
-# (n_samples, n_neurons) predictions of the scale estimate), the preconditioner (the target,
-# its factor and the inverse), the solver state (the loop's two states), and the Gram matrix
-# (numpy's product and scaled copy, the device copy, eigendecomposition workspace).
+# (least squares over 12 fits, rounded up; the Gram matrix's checked again up to 4,000 features
+# by benchmarks/bench_wide.py): the design (the caller's X, the padded copy, the device copy), a
+# block of y (the caller's, the padded float copy, the device copy and the (n_samples,
+# n_neurons) predictions of the scale estimate), the preconditioner (the target, its factor and
+# the inverse), the solver state (the loop's two states), and the Gram matrix (numpy's product,
+# the device copy, the restricted matrix and its eigenbasis).
 _DESIGN_COPIES = 4
 _RESPONSE_COPIES = 4
 _PRECONDITIONER_COPIES = 5
 _STATE_COPIES = 2
-_GRAM_COPIES = 14
+_GRAM_COPIES = 4
 # A block queued on an actor beside the one being solved holds its stored and padded y.
 _QUEUED_RESPONSE_COPIES = 2
 # Arrays of (n_features + 1) per neuron in the default LBFGS state: ten pairs of history

@@ -53,6 +53,7 @@ def test_help_of_every_command(command, capsys):
     ["demo", "--neurons", "-3"],          # not a positive integer
     ["demo", "--samples", "many"],
     ["fit", "x.zarr", "--block-size", "0"],
+    ["fit", "x.zarr", "--memory-per-actor", "-1"],
     ["status"],
 ])
 def test_bad_arguments_exit_2_with_usage(argv, capsys):
@@ -134,6 +135,14 @@ def test_submit_env_options(monkeypatch):
         "env_vars": {"DISTGLM_TEST_SECRET": "s3cr3t", "REGION": "eu-west-1", "EMPTY": ""}}
     with pytest.raises(InputError, match="DISTGLM_TEST_UNSET is not set"):
         _job_env(["DISTGLM_TEST_UNSET"])
+
+
+def test_memory_per_actor_is_given_in_gb():
+    from distglm.cli import _fit_options, _parser
+
+    args = _parser().parse_args(["submit", "x.zarr", "--memory-per-actor", "2.5"])
+    assert _fit_options(args)["memory_per_actor"] == 2_500_000_000
+    assert "memory_per_actor" not in _fit_options(_parser().parse_args(["fit", "x.zarr"]))
 
 
 def test_local_cluster_script_usage():

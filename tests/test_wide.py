@@ -26,7 +26,7 @@ from distglm.core.regularizers import Ridge, UnRegularized
 from distglm.errors import InputError, PlanError
 from distglm.glm import PopulationGLM
 from distglm.plan import ACTOR_BASE_BYTES, PROCESS_BASE_BYTES, estimate_block_memory, largest_block, plan_blocks
-from distglm.scheduler import stored_fingerprint
+from distglm.scheduler import check_fit_options, stored_fingerprint
 
 TOL = 1e-6
 # float32 fits converged to TOL from different coordinates agree to about 1e-5
@@ -222,6 +222,12 @@ def test_estimate_grows_with_each_input():
 
 # ---------------------------------------------------------------------------------------------
 # Distributed fits sized by memory
+
+
+@pytest.mark.parametrize("value", [0, -5, True, 2.5e9, "4GB"])
+def test_memory_per_actor_must_be_a_positive_number_of_bytes(value):
+    with pytest.raises(InputError, match="memory_per_actor must be a positive integer"):
+        check_fit_options(memory_per_actor=value)
 
 
 @pytest.fixture(scope="module")
