@@ -147,13 +147,14 @@ class MemorySampler:
 
 
 # ------------------------------------------------------------------ workers
-def fit_worker(path: str) -> dict:
+def fit_worker(path: str, options: dict | None = None) -> dict:
+    """Fit the store at ``path`` with this benchmark's model; ``options`` go to ``distglm.fit``."""
     import distglm
 
     before = psutil.Process().memory_info().rss
     with MemorySampler() as sampler:
         report = distglm.fit(path, distglm.PopulationGLM(regularizer="Ridge", regularizer_strength=STRENGTH),
-                             num_actors=NUM_ACTORS, progress=False)
+                             num_actors=NUM_ACTORS, progress=False, **(options or {}))
     return {
         "driver_rss_before_fit_mb": before / MB,
         **sampler.summary(),
@@ -169,9 +170,9 @@ def fit_worker(path: str) -> dict:
 
 
 # ------------------------------------------------------------------ parent
-def run_fit(path: str, cache: str) -> dict:
+def run_fit(path: str, cache: str, options: dict | None = None) -> dict:
     """``fit_worker`` in a fresh process whose actors start from an empty compilation cache."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "fit", path]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "fit", path, json.dumps(options or {})]
     # compiling takes memory of its own: every fit, the baseline's included, compiles afresh
     env = dict(os.environ, DISTGLM_COMPILATION_CACHE=cache)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -297,8 +298,9 @@ def markdown(report: dict) -> str:
         "",
         "Memory is sampled every "
         f"{SAMPLE_EVERY_S} s from a thread of the driver (its own process and every `ray::BlockFitter` "
-        "process under it); peaks shorter than that can be missed. RSS counts shared pages (X in "
-        "Ray's object store is mapped by every actor); USS counts only a process's own pages.",
+        "process under it); peaks shorter than that can be missed. RSS counts shared pages (the "
+        "libraries' code, Ray's shared memory); USS counts only a process's own pages. Each actor reads X "
+        "from the store itself, once.",
         "",
     ]
     return "\n".join(lines)
@@ -313,7 +315,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.worker:
-        print(RESULT_TAG + json.dumps(fit_worker(args.worker[1])), flush=True)
+        options = json.loads(args.worker[2]) if len(args.worker) > 2 else {}
+        print(RESULT_TAG + json.dumps(fit_worker(args.worker[1], options)), flush=True)
         return
 
     from distglm import store

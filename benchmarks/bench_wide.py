@@ -115,7 +115,7 @@ def evaluation_times(X, y, mask, strength, config, gram, kinds) -> dict:
         else:
             design = gram.for_preconditioner(kind, mask, active)
             precond = jax.jit(lambda design: core_fit._precondition(kind, design, core_fit._chunk(Xj, yj), mj,
-                                                                    theta0, strength, config))(design)
+                                                                    theta0, strength, active, config))(design)
 
         @partial(jax.jit, static_argnums=2)
         def evaluations(precond, v, k):

@@ -1,9 +1,12 @@
-"""The Ray actor that fits blocks of neurons: loads X once, compiles once, writes to the store.
+"""The Ray actor that fits blocks of neurons: reads its data from the store, compiles once, writes.
 
-An actor receives the NaN-free design ``X`` once (through Ray's object store, zero-copy), and
-for each block reads only that block's ``y`` and mask from the store, pads the block to the
-common block size (so ``fit_block`` compiles once per actor), fits it with the shared core,
-and writes the block's results into its own chunks before marking it done.
+An actor reads from the store itself, a stored chunk of samples at a time, dropping the NaN
+rows the driver found. In memory, it reads the design ``X`` once into a buffer already padded
+to the fit's shape bucket, and each block's ``y`` and mask into a padded buffer of the common
+block size (so ``fit_block`` compiles once per actor and copies nothing). Streamed (long
+recordings), it reads nothing up front: the shared core asks for X and y one chunk of samples
+at a time during each pass, and the actor keeps the chunks that fit in its cache. Either way
+it writes the block's results into its own chunks before marking it done.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from . import store
 from .compile_cache import enable_compilation_cache
 from .plan import Block
 
-__all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "fit_one_block", "slice_strength"]
+__all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "fit_one_block", "slice_strength"]
 
 # One XLA thread per actor: actors are the unit of parallelism, and several multi-threaded
 # XLA runtimes on one machine only fight over its cores. XLA's CPU client sizes its thread pool
@@ -54,6 +57,14 @@ class FitSpec:
     inverse_link : callable or None
         The model's inverse link when it is a custom callable (a configuration names only the
         named links); Ray sends it to the actors by value.
+    dropped_rows : int array of shape (n_dropped,) or None
+        The stored samples left out of the fit (a NaN in X or y), ascending; None: none.
+    n_samples : int or None
+        Samples fitted (stored samples less the dropped ones); None: the store's.
+    stream : bool
+        Whether actors stream the samples chunk by chunk rather than hold them.
+    cache_bytes : int
+        Memory a streaming actor may keep chunks of samples in.
     """
 
     path: str
@@ -61,6 +72,11 @@ class FitSpec:
     pad_to: int
     x64: bool
     inverse_link: Callable | None = None
+    # left out of comparisons: an array's == is elementwise
+    dropped_rows: np.ndarray | None = dataclasses.field(default=None, compare=False)
+    n_samples: int | None = None
+    stream: bool = False
+    cache_bytes: int = 512 * 2**20
 
     def build_model(self):
         """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
@@ -72,6 +88,9 @@ class FitSpec:
             inverse_link_function=self.inverse_link)
 
 
+
+# Samples per streamed chunk when the store keeps the whole recording in one chunk.
+_STREAM_ROWS = 2**16
 
 
 def slice_strength(strength, start: int, stop: int, pad_to: int):
@@ -90,8 +109,146 @@ def slice_strength(strength, start: int, stop: int, pad_to: int):
     return jax.tree_util.tree_map(cut, strength)
 
 
-def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block: Block, X: np.ndarray,
-                  keep: np.ndarray | None, config, strength, pad_to: int, solve_lock=None, gram=None) -> dict:
+class SampleReader:
+    """An actor's view of the store's samples, NaN rows dropped: X once, or chunks of both X and y.
+
+    Parameters
+    ----------
+    reader : InputsReader
+    spec : FitSpec
+    dtype : numpy dtype
+        The fit's float type.
+    """
+
+    def __init__(self, reader: store.InputsReader, spec: FitSpec, dtype):
+        self.reader, self.dtype = reader, np.dtype(dtype)
+        info = reader.info
+        self.n_stored, self.n_features = info.n_samples, info.n_features
+        self.n_samples = info.n_samples if spec.n_samples is None else spec.n_samples
+        self.dropped = np.zeros(0, np.int64) if spec.dropped_rows is None else np.asarray(spec.dropped_rows)
+        # one stored chunk of samples per read; a recording stored in one chunk is read in
+        # slices of the usual length
+        self.rows = min(info.row_chunk or info.n_samples, _STREAM_ROWS)
+        self.cache_bytes = spec.cache_bytes
+        self._cache, self._cached = {}, 0
+        self._design = None
+        # an actor's two block threads may both ask for the design first
+        self._design_lock = threading.Lock()
+        self._gram = None
+        self._gram_lock = threading.Lock()
+
+    def _kept(self, row: int, stop: int) -> np.ndarray:
+        """Bool array of shape (stop - row,): which stored samples ``[row, stop)`` are fitted."""
+        keep = np.ones(stop - row, dtype=bool)
+        lo, hi = np.searchsorted(self.dropped, [row, stop])
+        keep[self.dropped[lo:hi] - row] = False
+        return keep
+
+    def _row_ranges(self):
+        for row in range(0, self.n_stored, self.rows):
+            yield row, min(row + self.rows, self.n_stored)
+
+    def _fitted_rows(self, values: np.ndarray, row: int) -> np.ndarray:
+        """``values`` (the stored samples from ``row`` on) without the dropped ones; no copy when none is."""
+        keep = self._kept(row, row + len(values))
+        return values if keep.all() else values[keep]
+
+    def design(self, n_cols: int):
+        """X without its NaN rows, padded with zero rows to the fit's bucket: a JAX array, read once.
+
+        Of shape (bucket_rows(n_samples, n_cols), n_features).
+        """
+        with self._design_lock:
+            if self._design is None:
+                import jax
+
+                from .core.fit import bucket_rows
+
+                X = np.zeros((bucket_rows(self.n_samples, n_cols), self.n_features), self.dtype)
+                at = 0
+                for row, stop in self._row_ranges():
+                    values = self._fitted_rows(self.reader.X_rows(slice(row, stop)), row)
+                    X[at:at + len(values)] = values
+                    at += len(values)
+                self._design = jax.device_put(X)
+        return self._design
+
+    def gram(self, n_cols: int):
+        """The Gram matrix of the design (``core.fit.DesignGram``), computed once for every block."""
+        X = self.design(n_cols)
+        with self._gram_lock:
+            if self._gram is None:
+                from .core.fit import DesignGram
+
+                self._gram = DesignGram(np.asarray(X), self.n_samples)
+        return self._gram
+
+    def responses(self, start: int, stop: int, n_rows: int, n_cols: int) -> np.ndarray:
+        """The y of neurons ``[start, stop)`` without NaN rows, in a zero buffer of shape (n_rows, n_cols)."""
+        y = np.zeros((n_rows, n_cols), self.dtype)
+        # one stored chunk at a time: the stored dtype is never held for the whole block
+        width = self.reader.info.neuron_chunk
+        for first in range(start, stop, width):
+            last, at = min(first + width, stop), 0
+            for row, end in self._row_ranges():
+                values = self._fitted_rows(self.reader.y_block(first, last, slice(row, end)), row)
+                y[at:at + len(values), first - start:last - start] = values
+                at += len(values)
+        return y
+
+    def _chunk(self, key, make):
+        found = self._cache.get(key)
+        if found is None:
+            found = make()
+            # the first chunks of a pass stay; passes run in order, so evicting older chunks
+            # for newer ones would make every read a miss once the data outgrow the cache
+            if self._cached + found.nbytes <= self.cache_bytes:
+                self._cache[key] = found
+                self._cached += found.nbytes
+        return found
+
+    def source(self, start: int, stop: int, n_cols: int):
+        """The samples of neurons ``[start, stop)`` as a ``ChunkSource`` of ``n_cols`` neurons (zeros past stop)."""
+        from .core.fit import ChunkSource
+
+        rows = self.rows
+
+        def rows_of(i):
+            row = i * rows
+            end = min(row + rows, self.n_stored)
+            keep = np.zeros(rows, dtype=bool)
+            keep[:end - row] = self._kept(row, end)
+            return row, end, keep
+
+        def read_X(i):
+            row, end, keep = rows_of(i)
+            X = np.zeros((rows, self.n_features), self.dtype)
+            X[:end - row] = self.reader.X_rows(slice(row, end))
+            X[~keep] = 0.0
+            return X
+
+        def read_y(i):
+            row, end, keep = rows_of(i)
+            y = np.zeros((rows, n_cols), self.dtype)
+            y[:end - row, :stop - start] = self.reader.y_block(start, stop, slice(row, end))
+            y[~keep] = 0.0
+            return y
+
+        def read(i):
+            return self._chunk(("X", i), lambda: read_X(i)), self._chunk(("y", start, i), lambda: read_y(i)), \
+                rows_of(i)[2]
+
+        return ChunkSource(read, n_chunks=-(-self.n_stored // rows), rows=rows, n_features=self.n_features,
+                           n_neurons=n_cols, n_valid=self.n_samples)
+
+    def forget(self, start: int) -> None:
+        """Drop the cached chunks of y of the block starting at neuron ``start``."""
+        for key in [key for key in self._cache if key[0] == "y" and key[1] == start]:
+            self._cached -= self._cache.pop(key).nbytes
+
+
+def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block, config, strength, pad_to: int,
+                  stream: bool = False, solve_lock=None) -> dict:
     """Fit one block of neurons and write its results; returns a small summary.
 
     With ``solve_lock``, only the solve holds it: another thread can read the next block and
@@ -99,20 +256,19 @@ def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block
 
     Parameters
     ----------
-    reader, writer : InputsReader, ResultsWriter
-        The store's inputs and results, held open across blocks.
+    data : SampleReader
+        The store's samples, held open across blocks.
+    writer : ResultsWriter
+        The store's results, held open across blocks.
     block : Block
         Neurons ``[block.start, block.stop)``.
-    X : array of shape (n_kept_samples, n_features)
-        Design matrix with NaN rows already dropped.
-    keep : bool array of shape (n_samples,), or None when no row is dropped
     config : FitConfig
         The fit's static configuration (``PopulationGLM._fit_config()``).
     strength : the block's strength arrays of shape (..., pad_to) (neuron axis last), or None
     pad_to : int
         The common block size; shorter blocks are padded with empty neurons.
-    gram : core.fit.DesignGram, optional
-        The Gram matrix of ``X``, computed once per actor; default computed for this block.
+    stream : bool
+        Stream the samples chunk by chunk (``core.fit_streamed``) instead of holding them.
     """
     import jax
 
@@ -120,24 +276,35 @@ def fit_one_block(reader: store.InputsReader, writer: store.ResultsWriter, block
 
     t0 = time.perf_counter()
     n_real = block.stop - block.start
-    # Padded neurons have no events and no features: they fail at initialisation and never
-    # enter the solve, so the real neurons' results do not depend on padding. The block is cast
-    # and padded in one buffer, so the stored block is the only other copy held.
-    stored = reader.y_block(block.start, block.stop)
-    y = np.zeros((X.shape[0], pad_to), dtype=X.dtype)
-    y[:, :n_real] = stored if keep is None else stored[keep]
-    del stored
-    mask = np.zeros((X.shape[1], pad_to))
-    mask[:, :n_real] = reader.mask_block(block.start, block.stop)
-    dtype = X.dtype
+    # Padded neurons have no events and no features: they fail at initialisation (or, with an
+    # identity link, fit to zero) and never change the real neurons' results. The buffers have
+    # the padded shape the core compiles for, so it uses them without a copy.
+    n_cols = core_fit.bucket_neurons(pad_to)
+    mask = np.zeros((data.n_features, n_cols), data.dtype)
+    mask[:, :n_real] = data.reader.mask_block(block.start, block.stop)
+    y = None
+    if not stream:
+        X = data.design(n_cols)
+        y = data.responses(block.start, block.stop, X.shape[0], n_cols)
     t_read = time.perf_counter() - t0
 
     with solve_lock or contextlib.nullcontext():
         t1 = time.perf_counter()
-        result = core_fit.fit_block(X, y, mask.astype(dtype), config, strength=strength, gram=gram)
+        if stream:
+            try:
+                result = core_fit.fit_streamed(data.source(block.start, block.stop, n_cols), mask, config,
+                                               strength=strength)
+            finally:
+                data.forget(block.start)
+        else:
+            # on the device now, so the host buffer goes before the solve's memory is taken
+            y = jax.device_put(y)
+            gram = data.gram(n_cols) if config.preconditioned else None
+            result = core_fit.fit_block(X, y, mask, config, strength=strength, n_samples=data.n_samples, gram=gram)
+            del y
         jax.block_until_ready(result.state)
         t_solve = time.perf_counter() - t1
-    del y, mask
+    del mask
 
     t2 = time.perf_counter()
     arrays = {
@@ -174,19 +341,16 @@ class BlockFitter:
     Parameters
     ----------
     spec : FitSpec
-    X : array of shape (n_kept_samples, n_features)
-        NaN-free design matrix; passed as an object reference, so it is read once per actor.
-    keep : bool array of shape (n_samples,) or None
     """
 
-    def __init__(self, spec: FitSpec, X, keep):
+    def __init__(self, spec: FitSpec):
         import jax
 
         jax.config.update("jax_enable_x64", bool(spec.x64))
         # A persistent compilation cache lets a replacement actor, the second actor on a node
         # and a resumed fit load the compiled block fit instead of compiling it again.
         enable_compilation_cache()
-        self._spec, self._X, self._keep = spec, X, keep
+        self._spec = spec
         self._config = spec.build_model()._fit_config()
         self._io = None
         self._gram = None
@@ -205,17 +369,14 @@ class BlockFitter:
         with self._lock:
             if self._io is None:
                 # Opened at the first block, once the driver has created the results.
-                self._io = (store.InputsReader(self._spec.path), store.ResultsWriter(self._spec.path))
-            if self._gram is None and self._config.preconditioned:
-                from .core import fit as core_fit
-
-                # the Gram matrix of the design serves every block of this actor
-                self._gram = core_fit.DesignGram(self._X)
+                dtype = np.float64 if self._spec.x64 else np.float32
+                self._io = (SampleReader(store.InputsReader(self._spec.path), self._spec, dtype),
+                            store.ResultsWriter(self._spec.path))
             # the first block of an actor pays for compilation; report it apart
             first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
-        reader, writer = self._io
-        summary = fit_one_block(reader, writer, block, self._X, self._keep, self._config, strength,
-                                self._spec.pad_to, self._solve_lock, self._gram)
+        data, writer = self._io
+        summary = fit_one_block(data, writer, block, self._config, strength, self._spec.pad_to, self._spec.stream,
+                                self._solve_lock)
         summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
         return summary

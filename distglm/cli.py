@@ -99,6 +99,8 @@ def _fit_options(args) -> dict:
         options["block_size"] = args.block_size
     if args.memory_per_actor is not None:
         options["memory_per_actor"] = int(args.memory_per_actor * 1e9)
+    if args.stream is not None:
+        options["stream"] = args.stream
     return options
 
 
@@ -358,6 +360,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--block-timeout", type=_positive_float, metavar="SECONDS",
                          help="seconds a block may run at least before its actor is taken for stuck and the block "
                               "is retried elsewhere (default 900; the limit grows to 10x the slowest block)")
+        streaming = sub.add_mutually_exclusive_group()
+        streaming.add_argument("--stream", dest="stream", action="store_const", const=True, default=None,
+                               help="actors read X and y a chunk of samples at a time (default: when X and two "
+                                    "blocks of y exceed 1 GiB)")
+        streaming.add_argument("--no-stream", dest="stream", action="store_const", const=False,
+                               help="actors hold X and each block of y in memory")
 
     fit = commands.add_parser("fit", help="fit a store on Ray and wait for the result",
                               description="Fit the store's inputs on Ray actors in this process's Ray: a local "

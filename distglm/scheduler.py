@@ -26,10 +26,12 @@ from . import store
 from . import validation as val
 from .actor import FitSpec
 from .connect import connect_ray
-from .errors import ClusterError, InputError, InputTypeError, StoreError
+from .errors import ClusterError, InputError, InputTypeError, StoreError, UnsupportedOptionError
 
-__all__ = ["DEFAULT_BLOCK_TIMEOUT_S", "FitReport", "fit", "load_fitted", "stored_fingerprint"]
+__all__ = ["DEFAULT_BLOCK_TIMEOUT_S", "STREAM_ABOVE_BYTES", "FitReport", "fit", "load_fitted", "stored_fingerprint"]
 
+#: Bytes of X and two blocks of y above which actors stream the samples by default (see ``fit``).
+STREAM_ABOVE_BYTES = 2**30
 #: Seconds a block may run at least before its actor is taken for stuck (see ``fit``).
 DEFAULT_BLOCK_TIMEOUT_S = 900.0
 # How long blocks wait for an actor to start when no actor runs at all.
@@ -75,7 +77,8 @@ class FitReport:
         first block of each actor, which includes compilation); ``prepare`` in the driver.
     memory_estimate : MemoryEstimate or None
         The planner's estimate of an actor's peak memory with the plan's blocks
-        (:func:`distglm.plan.estimate_block_memory`); None when nothing was left to fit.
+        (:func:`distglm.plan.estimate_block_memory`); None when nothing was left to fit or the
+        actors stream their samples (their memory is then bounded by their chunk cache).
     memory_per_actor : int or None
         The budget in bytes the blocks were sized for (``memory_per_actor``, or the cluster's
         memory per CPU on its tightest node); None when nothing was left to fit.
@@ -118,20 +121,33 @@ class FitReport:
 
 
 def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple:
-    """Read and check every input value; return ``(X, keep, mask, digest)``.
+    """Read and check every input value, one stored chunk at a time; return ``(keep, mask, digest)``.
 
-    Reads X and the mask whole (they are small next to y) and streams y one chunk at a time, so
-    the driver never holds all of it. Checks: the mask is 0/1; X and y are finite outside the
-    NaN rows, within the range of the fit's float ``dtype``, and y is in the family's support;
-    a corrupted chunk is named. ``X`` is returned without NaN rows, ``keep`` is None when no row
-    is dropped, ``mask`` is None without a stored mask, and ``digest`` identifies the inputs'
+    X and y are streamed (the driver never holds either whole, nor memory that grows with the
+    recording beyond one flag per sample); the mask is read whole. Checks: the mask is 0/1; X
+    and y are finite outside the NaN rows, within the range of the fit's float ``dtype``, and y
+    is in the family's support; a corrupted chunk is named. ``keep`` (n_samples,) flags the rows
+    without NaN, ``mask`` is None without a stored mask, and ``digest`` identifies the inputs'
     content (it changes with any value of X, y or the mask).
     """
     digest = hashlib.blake2b(digest_size=16)
     digest.update(json.dumps([info.n_samples, info.n_features, info.n_neurons, info.X_dtype.str,
                               info.y_dtype.str, info.feature_groups, info.has_mask]).encode())
-    X = store.read_X(path)
-    digest.update(np.ascontiguousarray(X).tobytes())
+    keep = np.ones(info.n_samples, dtype=bool)
+    limit = np.finfo(dtype).max
+    # X's non-finite or out-of-range values, checked once the NaN rows of y are known
+    suspects = []
+
+    def scan_X(row, X_rows):
+        digest.update(np.ascontiguousarray(X_rows).tobytes())
+        keep[row:row + len(X_rows)] = ~np.isnan(X_rows).any(axis=1)
+        with np.errstate(invalid="ignore"):
+            bad = np.isinf(X_rows) | (np.abs(X_rows) > limit)
+        for r in np.flatnonzero(bad.any(axis=1)):
+            c = int(np.argmax(bad[r]))
+            suspects.append((row + r, c, X_rows[r, c]))
+
+    store.scan_X(path, scan_X)
     mask = None
     if info.has_mask:
         mask = store.read_mask_block(path, 0, info.n_neurons)
@@ -142,34 +158,31 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
                              f"at feature {feature}, neuron {neuron} ({int(bad.sum())} such entries); write the "
                              "mask again with distglm.write_inputs(..., feature_mask=...)")
         digest.update(mask.tobytes())
-    keep = ~np.isnan(X).any(axis=1)
     is_float = np.issubdtype(info.y_dtype, np.floating)
-    limit = np.finfo(dtype).max
 
-    def check(start, stop, chunk):
-        nonlocal keep
+    def check(start, stop, chunk, row):
         digest.update(chunk.tobytes())
         if is_float:
-            keep &= ~np.isnan(chunk).any(axis=1)
+            keep[row:row + len(chunk)] &= ~np.isnan(chunk).any(axis=1)
             beyond = np.isinf(chunk) | (np.abs(np.nan_to_num(chunk)) > limit)
             if beyond.any():
-                row, col = np.argwhere(beyond)[0]
+                r, col = np.argwhere(beyond)[0]
                 raise InputError(f"{path}: inputs/y must be finite outside NaN rows and within the range of "
-                                 f"{np.dtype(dtype).name}; got {chunk[row, col]} at sample {row}, neuron "
+                                 f"{np.dtype(dtype).name}; got {chunk[r, col]} at sample {row + r}, neuron "
                                  f"{start + col}" + _X64_HINT * (dtype == np.float32))
-        val.check_support(observation, chunk, offset=start)
+        val.check_support(observation, chunk, offset=start, row_offset=row)
 
-    store.scan_y(path, check)
-    val.check_finite(X, keep)
+    store.scan_y(path, check, by_rows=True)
+    for row, col, value in suspects:
+        if keep[row]:
+            if np.isinf(value):
+                raise InputError(f"X must be finite outside rows holding NaN (those rows are dropped); got {value} "
+                                 f"at row {row}, column {col}")
+            raise InputError(f"{path}: inputs/X must lie within the range of {np.dtype(dtype).name}; got {value} "
+                             f"at sample {row}, feature {col}" + _X64_HINT * (dtype == np.float32))
     if not keep.any():
         raise InputError("every sample holds a NaN in X or y; nothing is left to fit")
-    X = X[keep]
-    beyond = np.abs(X) > limit
-    if beyond.any():
-        row, col = np.argwhere(beyond)[0]
-        raise InputError(f"{path}: inputs/X must lie within the range of {np.dtype(dtype).name}; got {X[row, col]} "
-                         f"at kept sample {row}, feature {col}" + _X64_HINT * (dtype == np.float32))
-    return X, (None if keep.all() else keep), mask, digest.hexdigest()
+    return keep, mask, digest.hexdigest()
 
 
 def _check_model(model):
@@ -243,6 +256,8 @@ def check_fit_options(**options) -> dict:
     limit = options.get("block_timeout", DEFAULT_BLOCK_TIMEOUT_S)
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
         raise InputError(f"block_timeout must be a positive number of seconds; got {limit!r}")
+    if options.get("stream") is not None and not isinstance(options["stream"], bool):
+        raise InputTypeError(f"stream must be True, False or None; got {options['stream']!r}")
     if options.get("on_block") is not None and not callable(options["on_block"]):
         raise InputTypeError(f"on_block must be callable; got {type(options['on_block']).__name__}")
     return options
@@ -261,6 +276,7 @@ def fit(
     on_block: Callable[[dict], None] | None = None,
     connect_timeout: float | None = None,
     block_timeout: float = DEFAULT_BLOCK_TIMEOUT_S,
+    stream: bool | None = None,
     memory_per_actor: int | None = None,
 ) -> FitReport:
     """Fit ``model`` to the inputs of the store at ``path`` on Ray actors.
@@ -307,6 +323,13 @@ def fit(
         block retried elsewhere; the limit is the larger of this and 10 times the slowest block
         seen so far in the fit (an actor's first block, which compiles, is not counted). A
         block queued behind another on its actor gets twice the limit.
+    stream : bool, optional
+        Whether actors stream X and y from the store a chunk of samples at a time (memory
+        bounded whatever the recording's length; every pass over the data reads the chunks
+        that do not fit in the actor's cache) rather than hold X and a block of y in memory.
+        Default: stream when X and two blocks of y would take more than
+        ``STREAM_ABOVE_BYTES`` (1 GiB) in an actor. SVRG and ProxSVRG draw rows at random
+        from all the samples and never stream (``stream=True`` with them is refused).
     memory_per_actor : int, optional
         Bytes an actor may use; default the memory Ray schedules per CPU on the cluster's
         tightest node. The planner estimates an actor's peak
@@ -339,6 +362,7 @@ def fit(
     import jax
 
     from .core import fit as core_fit
+    from .core.solvers import is_stochastic
     from .glm import model_to_config
 
     t_start = time.perf_counter()
@@ -346,18 +370,22 @@ def fit(
     if not isinstance(path, str):
         raise InputTypeError(f"path must be a string or path-like; got {type(path).__name__}")
     check_fit_options(resume=resume, progress=progress, max_retries=max_retries, num_actors=num_actors,
-                      block_size=block_size, block_timeout=block_timeout, on_block=on_block,
+                      block_size=block_size, block_timeout=block_timeout, on_block=on_block, stream=stream,
                       memory_per_actor=memory_per_actor)
 
     info = store.open_inputs(path)
     config = _check_model(model)
+    stochastic = is_stochastic(config.solver_name)
+    if stream and stochastic:
+        raise UnsupportedOptionError(f"solver {config.solver_name!r} samples rows at random from all the samples and "
+                                     "cannot fit streamed samples; pass stream=False or a full-batch solver")
     inverse_link = _custom_link(model)
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
-    X, keep, mask, digest = _scan_inputs(path, info, config.observation, dtype)
+    keep, mask, digest = _scan_inputs(path, info, config.observation, dtype)
     _check_mask(model, info, mask)
-    X = X.astype(dtype)
+    n_kept = int(keep.sum())
     model_config = {**model_to_config(model), "feature_mask": None}
-    fingerprint = {"model": model_config, "n_samples": int(X.shape[0]), "dtype": np.dtype(dtype).str,
+    fingerprint = {"model": model_config, "n_samples": n_kept, "dtype": np.dtype(dtype).str,
                    "inputs": {"generation": info.generation, "digest": digest}}
 
     done = set()
@@ -384,18 +412,25 @@ def fit(
         blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size, actors)
         pad_to = _plan.padded_size(blocks)
         block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
-        spec = core_fit.state_spec(config, X.shape[0], info.n_features, pad_to, dtype, block_strength(blocks[0]))
+        spec = core_fit.state_spec(config, n_kept, info.n_features, pad_to, dtype, block_strength(blocks[0]))
         budget = memory_per_actor or _memory_per_cpu(ray)
-        memory = _memory_model(config, X, mask, spec)
-        largest = _plan.largest_block(budget, info.n_neurons, info.neuron_chunk, **memory)
-        if block_size is None and largest < pad_to:
-            blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, largest, actors)
-            pad_to = _plan.padded_size(blocks)
-            block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
-        elif largest < pad_to:
-            warnings.warn(f"blocks of {pad_to} neurons need about {_estimate(memory, pad_to)} per actor, more than "
-                          f"memory_per_actor={budget}; blocks of {largest} would fit", UserWarning, stacklevel=2)
-        estimate = _estimate(memory, pad_to)
+        streams = not stochastic and _streams(stream, n_kept, info.n_features, pad_to, dtype)
+        estimate = None
+        if not streams:
+            # the estimate describes an actor that holds its samples; a streaming actor's memory
+            # is bounded by its chunk cache whatever the block
+            memory = _memory_model(config, n_kept, info.n_features, dtype, mask, spec)
+            largest = _plan.largest_block(budget, info.n_neurons, info.neuron_chunk, **memory)
+            if block_size is None and largest < pad_to:
+                blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, largest, actors)
+                pad_to = _plan.padded_size(blocks)
+                block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
+                spec = core_fit.state_spec(config, n_kept, info.n_features, pad_to, dtype, block_strength(blocks[0]))
+            elif largest < pad_to:
+                warnings.warn(f"blocks of {pad_to} neurons need about {_estimate(memory, pad_to)} per actor, more "
+                              f"than memory_per_actor={budget}; blocks of {largest} would fit", UserWarning,
+                              stacklevel=2)
+            estimate = _estimate(memory, pad_to)
         # a block size the planner accepts again: a single block's size rounded up to whole chunks
         fingerprint["block_size"] = (blocks[0].size if len(blocks) > 1
                                      else -(-pad_to // info.neuron_chunk) * info.neuron_chunk)
@@ -410,9 +445,11 @@ def fit(
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
-                               inverse_link=inverse_link)
+                               inverse_link=inverse_link, dropped_rows=np.flatnonzero(~keep), n_samples=n_kept,
+                               stream=streams)
+            del keep
             summaries, failed_blocks, n_retries = _dispatch(
-                fit_spec, todo, X, keep, block_strength, lease,
+                fit_spec, todo, block_strength, lease,
                 num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0, max_retries=max_retries,
                 block_timeout=float(block_timeout), progress=progress, n_neurons=info.n_neurons,
                 n_already=sum(b.size for b in blocks if b.id in done), on_block=on_block,
@@ -437,16 +474,17 @@ def _memory_per_cpu(ray) -> int:
     return max(int(min(shares)), 1)
 
 
-def _memory_model(config, X, mask, spec) -> dict:
-    """Keyword arguments of ``plan.estimate_block_memory`` for an actor fitting blocks of this fit."""
+def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec) -> dict:
+    """Keyword arguments of ``plan.estimate_block_memory`` for an actor holding its samples."""
     from .core import fit as core_fit
 
     if config.preconditioned:
-        kind = core_fit.choose_preconditioner(np.ones((X.shape[1], 1)) if mask is None else mask)
+        kind = core_fit.choose_preconditioner(np.ones((n_features, 1)) if mask is None else mask)
     else:
         kind = "none"
     per_neuron = sum(int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt, per in spec.values() if per)
-    return dict(n_samples=core_fit.bucket_rows(X.shape[0], 1), n_features=X.shape[1], itemsize=X.dtype.itemsize,
+    return dict(n_samples=core_fit.bucket_rows(n_samples, 1), n_features=n_features,
+                itemsize=np.dtype(dtype).itemsize,
                 preconditioner=kind, state_bytes_per_neuron=per_neuron, queued_blocks=_PIPELINE - 1,
                 base=_plan.ACTOR_BASE_BYTES)
 
@@ -454,6 +492,13 @@ def _memory_model(config, X, mask, spec) -> dict:
 def _estimate(memory: dict, n_neurons: int) -> _plan.MemoryEstimate:
     memory = dict(memory)
     return _plan.estimate_block_memory(memory.pop("n_samples"), memory.pop("n_features"), n_neurons, **memory)
+
+
+def _streams(stream: bool | None, n_samples: int, n_features: int, pad_to: int, dtype) -> bool:
+    """Whether actors stream the samples: as asked, or when X and two blocks of y are too big to hold."""
+    if stream is not None:
+        return stream
+    return n_samples * (n_features + 2 * pad_to) * np.dtype(dtype).itemsize > STREAM_ABOVE_BYTES
 
 
 def _check_resumable(path: str, stored: dict, fingerprint: dict, block_size) -> None:
@@ -495,7 +540,7 @@ def _strength_by_block(model, n_features: int, n_neurons: int, pad_to: int) -> C
     return lambda block: model._expanded_strength(n_features, pad_to)
 
 
-def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_retries, block_timeout, progress,
+def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, block_timeout, progress,
               n_neurons, n_already, on_block):
     """Fit the blocks ``todo`` on ``num_actors`` actors; return summaries, failed blocks and retries.
 
@@ -513,14 +558,13 @@ def _dispatch(spec, todo, X, keep, block_strength, lease, *, num_actors, max_ret
 
     remote_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0, max_concurrency=_PIPELINE,
                             runtime_env={"env_vars": ACTOR_ENV})(BlockFitter)
-    refs = (ray.put(X), ray.put(keep))
     actors, starting = {}, {}
     load = collections.Counter()  # blocks in flight, by actor (only actors that have started)
     slots = itertools.count()
 
     def start_actor():
         slot = next(slots)
-        actors[slot] = remote_cls.remote(spec, *refs)
+        actors[slot] = remote_cls.remote(spec)
         starting[actors[slot].pid.remote()] = slot
 
     dying = []  # a killed actor's pid call: it fails once the actor is really gone

@@ -151,15 +151,16 @@ def drop_nan_rows(X: np.ndarray, y: np.ndarray | None = None):
     return X[keep], (None if y is None else y[keep]), keep
 
 
-def check_support(observation, y: np.ndarray, offset: int = 0) -> None:
+def check_support(observation, y: np.ndarray, offset: int = 0, row_offset: int = 0) -> None:
     """Raise if any ``y`` lies outside the observation model's support.
 
-    ``offset`` is added to the reported neuron index (for blocks of a larger population).
+    ``offset`` is added to the reported neuron index (for blocks of a larger population),
+    ``row_offset`` to the reported sample (for chunks of a longer recording).
     """
     bad = observation.out_of_support(y)
     if bad.any():
         idx = tuple(np.argwhere(bad)[0])
-        where = f"sample {idx[0]}" + (f", neuron {idx[1] + offset}" if len(idx) > 1 else "")
+        where = f"sample {idx[0] + row_offset}" + (f", neuron {idx[1] + offset}" if len(idx) > 1 else "")
         raise InputError(
             f"y must hold {observation.support} for the {observation.name} observation model; "
             f"got {y[idx]} at {where} ({int(bad.sum())} such values)"

@@ -116,15 +116,19 @@ def test_dict_X_and_mask(tmp_path):
         (10, 100, np.int64, 64),  # small chunks everywhere: capped at 64 neurons
         (10, 5, np.int64, 5),  # fewer neurons than a chunk
         (10, 20, np.int64, 16),  # rounded down to a multiple of 8
-        (300_000, 20, np.float64, 8),  # 32 MiB hold 13 neurons: rounded down to 8
-        (1_500_000, 3, np.float64, 2),  # 32 MiB hold 2 neurons: below 8, kept
-        (5_000_000, 2, np.float64, 1),  # not one neuron fits: still one
+        (60_000, 20, np.float64, 16),  # 32 MiB hold 69 neurons: capped at 20, rounded down to 16
+        (65_536, 100, np.float64, 64),  # 32 MiB hold exactly 64 neurons
+        (300_000, 20, np.float64, 16),  # chunks of 2**16 samples: as for a short recording
+        (1_500_000, 3, np.float64, 3),  # a long recording no longer forces narrow chunks
     ],
 )
 def test_default_neuron_chunk(tmp_path, n_samples, n_neurons, dtype, expected):
     y = np.zeros((n_samples, n_neurons), dtype=dtype)
     path = write_inputs(tmp_path / "fit.zarr", np.zeros((n_samples, 1)), y)
-    assert open_inputs(path).neuron_chunk == expected
+    info = open_inputs(path)
+    assert info.neuron_chunk == expected
+    # long recordings are chunked along time as well, short ones are not
+    assert info.row_chunk == min(n_samples, 2**16)
 
 
 class SliceOnly:

@@ -3,10 +3,12 @@
 from .fit import (
     STATUS_REASONS,
     BlockResult,
+    ChunkSource,
     FitConfig,
     Params,
     default_init,
     fit_block,
+    fit_streamed,
     predict_rate,
     state_leaves,
 )
@@ -24,10 +26,12 @@ from .regularizers import REGULARIZERS, ElasticNet, GroupLasso, Lasso, Regulariz
 __all__ = [
     "STATUS_REASONS",
     "BlockResult",
+    "ChunkSource",
     "FitConfig",
     "Params",
     "default_init",
     "fit_block",
+    "fit_streamed",
     "predict_rate",
     "state_leaves",
     "OBSERVATION_MODELS",

@@ -33,6 +33,13 @@ Shapes are padded to buckets (``bucket_rows``, ``bucket_neurons``): padding rows
 weight and padding neurons never enter the solve, so data sets of nearby sizes share one
 compiled solve and get the results they would get unpadded.
 
+Every pass over the samples (loss and gradient, curvature, the Gram matrix of the
+preconditioner, the rank of X, the scale estimate) is a fold over row chunks. The chunks come
+from in-memory arrays (``fit_block``) or from the host (``fit_streamed``): a callback inside the
+fold returns one chunk of X and y at a time from a ``ChunkSource``, so a fit of a recording too
+long to hold runs the same solve loop with one chunk in memory at a time; it re-reads the
+samples at every pass, which costs time where the in-memory path costs memory.
+
 Failures are data: a neuron whose initial intercept is not finite (no events at all) or whose
 solution turns non-finite is reported in ``status`` and left out of the solve; the rest of
 the block still fits.
@@ -41,6 +48,7 @@ the block still fits.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from functools import partial
 from typing import Any, Callable, NamedTuple
 
@@ -63,6 +71,9 @@ __all__ = [
     "STATUS_NONFINITE_SOLUTION",
     "STATUS_REASONS",
     "fit_block",
+    "fit_streamed",
+    "ChunkSource",
+    "HostLayout",
     "default_init",
     "predict_rate",
     "state_leaves",
@@ -176,9 +187,12 @@ def default_init(config: FitConfig, y, n_features: int, dtype) -> Params:
 
     ``y`` has shape (n_samples, n_neurons); the coefficients have shape (n_features, n_neurons).
     """
-    mean_y = np.mean(np.asarray(y, dtype=dtype), axis=0)
-    intercept = np.asarray(initial_intercept(config.inverse_link, mean_y), dtype=dtype)
-    return Params(np.zeros((n_features, mean_y.shape[0]), dtype), intercept)
+    return _init_for_mean(config, np.mean(y, axis=0, dtype=dtype), n_features, dtype)
+
+
+def _init_for_mean(config: FitConfig, mean_y, n_features: int, dtype) -> Params:
+    intercept = np.asarray(initial_intercept(config.inverse_link, np.asarray(mean_y, dtype)), dtype=dtype)
+    return Params(np.zeros((n_features, intercept.shape[0]), dtype), intercept)
 
 
 def _neuron_norm(tree):
@@ -192,12 +206,32 @@ def _neuron_norm(tree):
 _CHUNK_ELEMENTS = 1 << 20
 
 
-class _Chunks(NamedTuple):
-    """Samples read in row chunks of ``rows`` (static) from ``X`` (n, p) and ``y`` (n, N).
+class HostLayout(NamedTuple):
+    """The static shape of samples fed from the host: ``n_chunks`` chunks of ``rows`` rows.
 
-    Only the first ``n_valid`` rows (a traced integer) are data; the rest pad ``n`` up to a
-    bucket (see ``bucket_rows``) and count for nothing. ``weight`` (n,), when given, replaces
-    the mean over the valid rows by a weighted sum (rows of weight 0 drop out).
+    Each chunk holds ``X`` rows of shape (rows, n_features), ``y`` rows of shape
+    (rows, n_neurons) and a bool row mask of shape (rows,); ``dtype`` names the float type.
+    Hashable, so a fit compiles once per layout whatever source feeds it.
+    """
+
+    n_chunks: int
+    rows: int
+    n_features: int
+    n_neurons: int
+    dtype: str
+
+
+class _Chunks(NamedTuple):
+    """Samples read in row chunks of ``rows`` (static), from arrays or from the host.
+
+    In memory, ``X`` (n, p) and ``y`` (n, N) hold the samples; only the first ``n_valid`` rows
+    (a traced integer) are data, the rest pad ``n`` up to a bucket (see ``bucket_rows``) and
+    count for nothing. ``weight`` (n,), when given, replaces the mean over the valid rows by a
+    weighted sum (rows of weight 0 drop out).
+
+    Fed from the host, ``X`` and ``y`` are None, ``host`` gives the layout and ``token`` (traced)
+    names the registered reader that returns each chunk (see ``ChunkSource``); ``n_valid`` is
+    the number of data rows over all chunks.
     """
 
     X: Any
@@ -205,6 +239,8 @@ class _Chunks(NamedTuple):
     rows: int
     n_valid: Any
     weight: Any = None
+    host: HostLayout | None = None
+    token: Any = None
 
 
 def _chunk_rows(n_samples: int, n_neurons: int) -> int:
@@ -214,21 +250,22 @@ def _chunk_rows(n_samples: int, n_neurons: int) -> int:
 
 def _chunk(X, y, n_valid=None, weight=None) -> _Chunks:
     n_valid = X.shape[0] if n_valid is None else n_valid
-    return _Chunks(X, y, _chunk_rows(X.shape[0], y.shape[1]), jnp.asarray(n_valid, jnp.int32), weight)
+    n_neurons = 1 if y is None else y.shape[1]
+    return _Chunks(X, y, _chunk_rows(X.shape[0], n_neurons), jnp.asarray(n_valid, jnp.int32), weight)
 
 
-def _reduce(chunks: _Chunks, body: Callable, init):
-    """Fold ``body(carry, x_chunk, y_chunk, valid, w_chunk)`` over the row chunks, slicing in place.
+def _host_chunk(layout: HostLayout, token, n_valid) -> _Chunks:
+    rows = _chunk_rows(layout.rows, layout.n_neurons)
+    return _Chunks(None, None, rows, jnp.asarray(n_valid, jnp.int32), None, layout, token)
 
-    ``valid`` is a bool array of shape (rows, 1): which of the chunk's rows are data;
-    ``w_chunk`` is the chunk's row weights, or None when ``chunks.weight`` is None.
+
+def _fold(X, y, rows: int, valid: Callable, weight, body: Callable, carry):
+    """Fold ``body`` over the row chunks of in-memory ``X``, ``y``, slicing in place.
+
+    ``valid(start, size)`` is the bool array of shape (size, 1) of the chunk's data rows.
     """
-    X, y, rows, n_valid, weight = chunks
     n = X.shape[0]
     k, rem = divmod(n, rows)
-
-    def valid(start, size):
-        return (start + jnp.arange(size)[:, None]) < n_valid
 
     def rows_of(a, start, size):
         return None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size)
@@ -238,11 +275,94 @@ def _reduce(chunks: _Chunks, body: Callable, init):
         return body(carry, rows_of(X, start, rows), rows_of(y, start, rows), valid(start, rows),
                     rows_of(weight, start, rows)), None
 
-    carry, _ = jax.lax.scan(step, init, jnp.arange(k))
+    carry, _ = jax.lax.scan(step, carry, jnp.arange(k))
     if rem:
-        carry = body(carry, X[k * rows:], y[k * rows:], valid(k * rows, rem),
+        carry = body(carry, X[k * rows:], y if y is None else y[k * rows:], valid(k * rows, rem),
                      None if weight is None else weight[k * rows:])
     return carry
+
+
+def _reduce(chunks: _Chunks, body: Callable, init):
+    """Fold ``body(carry, x_chunk, y_chunk, valid, w_chunk)`` over the row chunks.
+
+    ``valid`` is a bool array of shape (rows, 1): which of the chunk's rows are data;
+    ``w_chunk`` is the chunk's row weights, or None when ``chunks.weight`` is None. Samples fed
+    from the host arrive one host chunk at a time (a callback inside the loop), and each host
+    chunk is folded like an in-memory array: the same ``body`` serves both.
+    """
+    if chunks.host is None:
+        n_valid = chunks.n_valid
+
+        def valid(start, size):
+            return (start + jnp.arange(size)[:, None]) < n_valid
+
+        return _fold(chunks.X, chunks.y, chunks.rows, valid, chunks.weight, body, init)
+
+    layout = chunks.host
+    dtype = np.dtype(layout.dtype)
+    shapes = (jax.ShapeDtypeStruct((layout.rows, layout.n_features), dtype),
+              jax.ShapeDtypeStruct((layout.rows, layout.n_neurons), dtype),
+              jax.ShapeDtypeStruct((layout.rows,), np.dtype(bool)))
+
+    def outer(carry, i):
+        x, yy, ok = jax.pure_callback(_read_registered, shapes, chunks.token, i, vmap_method="sequential")
+        ok = ok[:, None]
+        return _fold(x, yy, chunks.rows, lambda start, size: jax.lax.dynamic_slice_in_dim(ok, start, size),
+                     None, body, carry), None
+
+    return jax.lax.scan(outer, init, jnp.arange(layout.n_chunks))[0]
+
+
+# Readers of the sources being fitted, by token: the compiled fit holds a token, not a reader, so
+# one compilation serves every source of the same layout.
+_READERS: dict[int, Callable] = {}
+_TOKENS = itertools.count()
+
+
+def _read_registered(token, i):
+    return _READERS[int(token)](int(i))
+
+
+class ChunkSource:
+    """Samples of a fit fed from the host in chunks of rows, never all in memory at once.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(i) -> (X_rows, y_rows, keep)`` for chunk ``i`` in ``range(n_chunks)``: arrays of
+        shape (rows, n_features) and (rows, n_neurons) and a bool array of shape (rows,) that
+        is False for rows that are not data (NaN rows, padding past the last sample). Rows
+        that are not data must hold finite values (zeros, say).
+    n_chunks, rows, n_features, n_neurons : int
+        The layout; every chunk has ``rows`` rows.
+    n_valid : int
+        Data rows over all chunks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X, y = np.ones((10, 2), "float32"), np.ones((10, 3), "float32")
+    >>> src = ChunkSource(lambda i: (X[5 * i:5 * i + 5], y[5 * i:5 * i + 5], np.ones(5, bool)),
+    ...                   n_chunks=2, rows=5, n_features=2, n_neurons=3, n_valid=10)
+    >>> src.layout("float32")
+    HostLayout(n_chunks=2, rows=5, n_features=2, n_neurons=3, dtype='float32')
+    """
+
+    def __init__(self, read: Callable, *, n_chunks: int, rows: int, n_features: int, n_neurons: int, n_valid: int):
+        if not callable(read):
+            raise TypeError(f"read must be callable; got {type(read).__name__}")
+        for name, value in (("n_chunks", n_chunks), ("rows", rows), ("n_features", n_features),
+                            ("n_neurons", n_neurons), ("n_valid", n_valid)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        if n_valid > n_chunks * rows:
+            raise ValueError(f"n_valid={n_valid} exceeds the {n_chunks} x {rows} rows of the chunks")
+        self.read, self.n_chunks, self.rows = read, int(n_chunks), int(rows)
+        self.n_features, self.n_neurons, self.n_valid = int(n_features), int(n_neurons), int(n_valid)
+
+    def layout(self, dtype, n_neurons: int | None = None) -> HostLayout:
+        return HostLayout(self.n_chunks, self.rows, self.n_features,
+                          self.n_neurons if n_neurons is None else n_neurons, np.dtype(dtype).name)
 
 
 def _bucket(n: int) -> int:
@@ -315,6 +435,15 @@ def _curvature(chunks: _Chunks, weights, intercept, fn2):
         return acc + jnp.sum(curvature, axis=0) / chunks.n_valid.astype(weights.dtype)
 
     return _reduce(chunks, body, jnp.zeros(weights.shape[1], weights.dtype))
+
+
+def _gram(chunks: _Chunks, p: int, dtype):
+    """``[X 1]^T [X 1] / n_valid`` over the data rows, shape (p+1, p+1), one row chunk at a time."""
+    def body(acc, x, yy, valid, w):
+        a = jnp.where(valid, jnp.concatenate([x, jnp.ones((x.shape[0], 1), dtype)], axis=1), 0.0)
+        return acc + a.T @ a
+
+    return _reduce(chunks, body, jnp.zeros((p + 1, p + 1), dtype)) / chunks.n_valid.astype(dtype)
 
 
 # Above this many parameters per neuron (features + intercept) a per-neuron factor of the
@@ -555,16 +684,21 @@ def _build(chunks: _Chunks, mask, strength, active, precond, config: FitConfig) 
     # its proximal operator is the identity
     penalised = reg.smooth
 
-    def objective(v):
-        theta, pullback = jax.vjp(to_theta, v)
-        loss, g_w, g_b = _data_pass(chunks, theta.coef * mask, theta.intercept, fn, with_grad=True)
-        g_coef = weight * g_w * mask
-        values = weight * loss
-        if penalised:
-            pen, pen_vjp = jax.vjp(lambda c: weight * penalty(Params(c, None)), theta.coef)
-            values = values + pen
-            g_coef = g_coef + pen_vjp(jnp.ones_like(pen))[0]
-        return values, pullback(Params(g_coef, weight * g_b))[0]
+    def objective_on(data: _Chunks):
+        def objective(v):
+            theta, pullback = jax.vjp(to_theta, v)
+            loss, g_w, g_b = _data_pass(data, theta.coef * mask, theta.intercept, fn, with_grad=True)
+            g_coef = weight * g_w * mask
+            values = weight * loss
+            if penalised:
+                pen, pen_vjp = jax.vjp(lambda c: weight * penalty(Params(c, None)), theta.coef)
+                values = values + pen
+                g_coef = g_coef + pen_vjp(jnp.ones_like(pen))[0]
+            return values, pullback(Params(g_coef, weight * g_b))[0]
+
+        return objective
+
+    objective = objective_on(chunks)
 
     if penalised:
         def prox(theta, hyperparams, scaling=1.0):
@@ -582,8 +716,19 @@ def _build(chunks: _Chunks, mask, strength, active, precond, config: FitConfig) 
     # gradient from one pass; GradientDescent and ProximalGradient backtrack on values alone,
     # so they get the cheaper value-only pass and differentiate it when they need a gradient.
     with_grad = _solvers.has_grad_in_state(config.solver_name)
+    sampled = None
+    if _solvers.is_stochastic(config.solver_name):
+        # a minibatch is the rows ``rows`` of the block's data, read as one chunk: one product
+        def batch_fun(v, rows):
+            size = rows.shape[0]
+            return objective_on(_Chunks(chunks.X[rows], chunks.y[rows], size, jnp.asarray(size, jnp.int32)))(v)
+
+        sampled = _solvers.SampledObjective(
+            batch_fun, chunks.n_valid, chunks.X.shape[0], chunks.rows,
+            lambda v: _svrg_smoothness(chunks, mask, to_theta(v), config),
+            None if penalised else lambda v: weight * penalty(to_theta(v)))
     solver = _solvers.make_solver(config.solver_name, objective if with_grad else objective_value, prox,
-                                  dict(config.solver_kwargs))
+                                  dict(config.solver_kwargs), sampled)
 
     if with_grad:
         def error(v_old, v_new, state):
@@ -594,6 +739,39 @@ def _build(chunks: _Chunks, mask, strength, active, precond, config: FitConfig) 
             return _neuron_norm(step) / jnp.maximum(state.stepsize, jnp.finfo(mask.dtype).tiny)
 
     return _Problem(solver, to_theta, to_solver, data_loss, penalty, error)
+
+
+def _svrg_smoothness(chunks: _Chunks, mask, theta: Params, config: FitConfig):
+    """Bounds ``(l_smooth, l_smooth_max)`` near ``theta`` of each neuron's mean and one-sample
+    loss smoothness in the solver's coordinates, each of shape (n_neurons,), for SVRG's step size.
+
+    One sample's loss has the Hessian ``h_i a_i a_i^T``, ``a_i = [x_i, 1]`` (masked). In
+    preconditioned coordinates the mean loss's Hessian is the identity at the start (so
+    ``l_smooth = 1``) and ``a_i^T P^{-1} a_i`` is at most ``a_i^T G^{-1} a_i / h`` with ``G`` the
+    unmasked Gram matrix and ``h`` the mean curvature; in plain coordinates it is ``||a_i||^2``
+    and ``l_smooth`` is about ``h * lambda_max(G)``.
+    """
+    dtype = mask.dtype
+    gram = _gram(chunks, mask.shape[0], dtype)
+    eye = jnp.eye(gram.shape[0], dtype=dtype)
+    jitter = 1e-7 if dtype == jnp.float32 else 1e-12
+    form = jnp.linalg.inv(gram + jitter * jnp.trace(gram) / gram.shape[0] * eye) if config.preconditioned else eye
+    fn2 = _elementwise(config.observation, config.link, 2)
+    weights, intercept = theta.coef * mask, theta.intercept
+
+    def body(carry, x, yy, valid, w):
+        h = jnp.where(valid, fn2(yy, x @ weights + intercept), 0.0)
+        a = jnp.concatenate([x, jnp.ones((x.shape[0], 1), dtype)], axis=1)
+        q = jnp.sum((a @ form) * a, axis=1)
+        return carry[0] + jnp.sum(h, axis=0), jnp.maximum(carry[1], jnp.max(jnp.abs(h) * q[:, None], axis=0))
+
+    zeros = jnp.zeros(weights.shape[1], dtype)
+    h_sum, hq_max = _reduce(chunks, body, (zeros, zeros))
+    h = h_sum / chunks.n_valid.astype(dtype)
+    h = jnp.where(jnp.isfinite(h) & (h > 0), h, 1.0)
+    if config.preconditioned:
+        return jnp.ones_like(h), hq_max / h
+    return h * jnp.linalg.eigvalsh(gram)[-1], hq_max
 
 
 def _safe_start(config: FitConfig, init: Params, active) -> Params:
@@ -609,10 +787,23 @@ def _safe_start(config: FitConfig, init: Params, active) -> Params:
     return Params(coef, intercept)
 
 
-def _precondition(kind: str, design, chunks: _Chunks, mask, theta0: Params, strength, config: FitConfig):
-    """The block's preconditioner (None when the solver is not preconditioned)."""
+def _precondition(kind: str, design, chunks: _Chunks, mask, theta0: Params, strength, active, config: FitConfig):
+    """The block's preconditioner (None when the solver is not preconditioned).
+
+    ``design`` is ``DesignGram.for_preconditioner(kind, ...)`` when the caller computed the Gram
+    matrix once for several blocks; None computes it here from the row chunks.
+    """
     if not config.preconditioned:
         return None
+    if design is None:
+        gram = _gram(chunks, mask.shape[0], mask.dtype)
+        if kind == "cholesky":
+            design = gram
+        elif kind == "diagonal":
+            design = jnp.diagonal(gram)
+        else:
+            column = jnp.concatenate([mask[:, jnp.argmax(active)], jnp.ones((1,), mask.dtype)])
+            design = _Eigen(*_restricted_eigh(gram, column))
     h = _curvature(chunks, theta0.coef * mask, theta0.intercept, _elementwise(config.observation, config.link, 2))
     return _preconditioner(kind, design, mask, h, config.regularizer.ridge_diagonal(strength))
 
@@ -622,30 +813,66 @@ def _extra_args(config: FitConfig) -> tuple:
     return (None,) if config.solver_name == "ProximalGradient" else ()
 
 
-def _dof_resid(config: FitConfig, X, coef, n_valid=None):
-    p = X.shape[1]
-    n = X.shape[0] if n_valid is None else n_valid
-    n_neurons = coef.shape[1]
+def _rank(chunks: _Chunks, p: int, dtype):
+    """Rank of the data rows of X, as ``numpy.linalg.matrix_rank`` computes it, from row chunks.
+
+    The triangular factor R of X (X = QR) has X's singular values; it is updated one row chunk
+    at a time by the QR of R stacked on the chunk.
+    """
+    def body(R, x, yy, valid, w):
+        return jnp.linalg.qr(jnp.concatenate([R, jnp.where(valid, x, 0.0)]), mode="r")
+
+    s = jnp.linalg.svd(_reduce(chunks, body, jnp.zeros((p, p), dtype)), compute_uv=False)
+    tol = s.max(initial=0.0) * jnp.maximum(chunks.n_valid, p).astype(dtype) * jnp.finfo(dtype).eps
+    return jnp.sum(s > tol)
+
+
+def _dof_resid(config: FitConfig, chunks: _Chunks, coef):
+    p, n_neurons = coef.shape
+    n, dtype = chunks.n_valid, coef.dtype
     name = config.regularizer.name
     if name in ("Lasso", "ElasticNet", "GroupLasso"):
         nnz = jnp.sum(~jnp.isclose(coef, 0.0), axis=0)
-        return (n - nnz - 1).astype(X.dtype)
+        return (n - nnz - 1).astype(dtype)
     if name == "Ridge":
-        return jnp.full((n_neurons,), n - p - 1, X.dtype)
-    return jnp.full((n_neurons,), n - jnp.linalg.matrix_rank(X) - 1, X.dtype)
+        return jnp.full((n_neurons,), n - p - 1, dtype)
+    return jnp.full((n_neurons,), n - _rank(chunks, p, dtype) - 1, dtype)
 
 
-@partial(jax.jit, static_argnames=("config", "kind"))
-def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: FitConfig, kind: str):
+def _scale(config: FitConfig, chunks: _Chunks, coef, intercept, dof):
+    """Each neuron's scale estimate (shape (n_neurons,)), one row chunk at a time.
+
+    Every ``estimate_scale`` is a sum over samples of terms that vanish where ``y`` equals the
+    rate, divided by ``dof``, plus a part that does not depend on ``y``: the terms are summed
+    over chunks (rows that are not data observe exactly their rate) and the part added once.
+    """
+    obs, link = config.observation, config.link
+
+    def body(acc, x, yy, valid, w):
+        rate = predict_rate(link, x, coef, intercept)
+        ones = jnp.ones_like(dof)
+        return acc + obs.estimate_scale(jnp.where(valid, yy, rate), rate, ones) - obs.estimate_scale(rate, rate, ones)
+
+    total = _reduce(chunks, body, jnp.zeros_like(dof))
+    rate = predict_rate(link, jnp.zeros((1, coef.shape[0]), coef.dtype), coef, intercept)
+    return total / dof + obs.estimate_scale(rate, rate, dof)
+
+
+@partial(jax.jit, static_argnames=("config", "kind", "host"))
+def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: FitConfig, kind: str,
+           host: HostLayout | None = None):
+    """The one solve loop of every fit. With ``host``, ``X`` is the token of a registered reader
+    and ``y`` is None: the samples are fed from the host chunk by chunk. ``kind`` and ``design``
+    choose the preconditioner (see ``_precondition``)."""
     theta0 = _safe_start(config, init, active)
-    chunks = _chunk(X, y, n_valid)
-    precond = _precondition(kind, design, chunks, mask, theta0, strength, config)
+    chunks = _chunk(X, y, n_valid) if host is None else _host_chunk(host, X, n_valid)
+    precond = _precondition(kind, design, chunks, mask, theta0, strength, active, config)
     prob = _build(chunks, mask, strength, active, precond, config)
     solver = prob.solver
     v0 = prob.to_solver(theta0)
     extra = _extra_args(config)
     state0 = solver.init_state(v0, *extra)
-    n_neurons = y.shape[1]
+    n_neurons = mask.shape[1]
     maxiter, tol = solver.maxiter, solver.tol
 
     def cond(carry):
@@ -659,7 +886,7 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: 
         n_iter = jnp.where(err <= tol, n_iter, it + 1)
         return v_new, state_new, it + 1, n_iter, err_new
 
-    init_err = jnp.full((n_neurons,), jnp.inf, X.dtype)
+    init_err = jnp.full((n_neurons,), jnp.inf, mask.dtype)
     carry = (v0, state0, jnp.asarray(0), jnp.zeros((n_neurons,), jnp.int32), init_err)
     v, state, _, n_iter, err = jax.lax.while_loop(cond, body, carry)
 
@@ -669,17 +896,14 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: 
     loss = _solvers.neuron_values(state)
     if loss is None:
         loss = prob.data_loss(theta) + prob.penalty(theta)
-    dof = _dof_resid(config, X, coef, chunks.n_valid)
-    rate = predict_rate(config.link, X, coef, intercept)
-    # padding rows observe exactly their predicted mean, so they add nothing to the scale
-    scale = config.observation.estimate_scale(jnp.where(jnp.arange(X.shape[0])[:, None] < n_valid, y, rate),
-                                              rate, dof)
+    dof = _dof_resid(config, chunks, coef)
+    scale = _scale(config, chunks, coef, intercept, dof)
     finite = jnp.all(jnp.isfinite(coef), axis=0) & jnp.isfinite(intercept) & jnp.isfinite(loss)
     return coef, intercept, scale, dof, n_iter, err, loss, finite, state
 
 
-def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strength=None, gram=None,
-              preconditioner: str = "auto") -> BlockResult:
+def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strength=None,
+              n_samples: int | None = None, gram=None, preconditioner: str = "auto") -> BlockResult:
     """Fit a block of neurons sharing the design ``X``; compiled once per shape and config.
 
     Parameters
@@ -696,9 +920,14 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         and the intercepts matching each neuron's mean response.
     strength : per-neuron strength arrays, optional
         As returned by ``config.regularizer.expand_strength`` (neuron axis last).
+    n_samples : int, optional
+        Data rows of ``X`` and ``y``: the rows after them are zero padding. Arrays already
+        padded to ``bucket_rows(n_samples, bucket_neurons(n_neurons))`` rows (and ``y`` to
+        ``bucket_neurons(n_neurons)`` columns) are used as given, without a copy; JAX arrays
+        then stay on their device. Default: every row is data.
     gram : DesignGram, optional
         ``DesignGram(X)``, when the caller fits several blocks on one ``X`` and computes it
-        once; default computed here (only preconditioned solvers use it).
+        once; default computed inside the solve (only preconditioned solvers use it).
     preconditioner : {"auto", "cholesky", "shared", "diagonal"}
         Change of variables of preconditioned solvers; ``"auto"`` is
         ``choose_preconditioner(mask)``. ``"shared"`` assumes the active neurons share one mask
@@ -722,31 +951,128 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     """
     # host-side preparation in numpy: each jnp operation here would be one more compilation
     dtype = jax.dtypes.canonicalize_dtype(np.result_type(X))
-    X = np.asarray(X, dtype=dtype)
-    y = np.asarray(y, dtype=dtype)
-    (n_samples, n_features), n_neurons = X.shape, y.shape[1]
-    if preconditioner not in PRECONDITIONERS:
-        raise InputError(f"preconditioner must be one of {PRECONDITIONERS}; got {preconditioner!r}")
-    if init is None:
-        init = default_init(config, y, n_features, dtype)
+    X, y = (a if isinstance(a, jax.Array) and a.dtype == dtype else np.asarray(a, dtype=dtype) for a in (X, y))
+    n_features, n_neurons = X.shape[1], y.shape[1]
+    n_samples = X.shape[0] if n_samples is None else int(n_samples)
     if gram is not None and (not isinstance(gram, DesignGram) or gram.matrix.shape != (n_features + 1,) * 2
                              or gram.matrix.dtype != dtype):
         got = gram.matrix.shape if isinstance(gram, DesignGram) else type(gram).__name__
         raise InputError(f"gram must be the DesignGram of X, of shape {(n_features + 1,) * 2} and dtype {dtype}; "
                          f"got {got}")
+    if init is None:
+        init = _init_for_mean(config, np.sum(np.asarray(y)[:n_samples], axis=0, dtype=dtype) / n_samples,
+                              n_features, dtype)
 
-    # Pad to the shape bucket: zero rows past n_samples count for nothing; padding neurons have
-    # a NaN intercept, so they are inactive from the start and never enter the solve.
+    # Pad to the shape bucket: zero rows past n_samples count for nothing.
     n_cols = bucket_neurons(n_neurons)
     n_rows = bucket_rows(n_samples, n_cols)
-    extra_rows, extra_cols = n_rows - n_samples, n_cols - n_neurons
+    if X.shape[0] != n_rows:
+        X = np.pad(np.asarray(X)[:n_samples], ((0, n_rows - n_samples), (0, 0)))
+    if y.shape != (n_rows, n_cols):
+        y = np.pad(np.asarray(y)[:n_samples], ((0, n_rows - n_samples), (0, n_cols - n_neurons)))
+
+    def solve(mask, init, strength, active, design, kind):
+        return _solve(X, y, mask, init, strength, active, np.int32(n_samples), design, config, kind)
+
+    return _run(solve, mask, init, strength, config, dtype, preconditioner, gram)
+
+
+def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | None = None,
+                 strength=None, preconditioner: str = "auto") -> BlockResult:
+    """Fit a block of neurons whose samples are fed from the host, one chunk of rows at a time.
+
+    The same solve as :func:`fit_block` (and the same results, to rounding): every pass over
+    the samples calls ``source.read`` for each chunk, so memory holds one chunk at a time, not
+    the samples. Compiled once per layout (chunks, rows, features, neurons) and config.
+
+    Parameters
+    ----------
+    source : ChunkSource
+        The samples, chunk by chunk, in the fit's float dtype or any numeric dtype.
+    mask : array of shape (n_features, n_neurons)
+    config : FitConfig
+    init : Params, optional
+        Default zeros and the intercepts matching each neuron's mean response (one extra pass).
+    strength : per-neuron strength arrays, optional
+    preconditioner : {"auto", "cholesky", "shared", "diagonal"}
+        As in :func:`fit_block`; the Gram matrix is accumulated over the chunks in the solve.
+
+    Returns
+    -------
+    BlockResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from distglm.core import FitConfig, PoissonObservations, UnRegularized
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(600, 3)).astype("float32")
+    >>> y = rng.poisson(np.exp(X @ np.array([[0.3, 0.0], [0.0, -0.2], [0.1, 0.2]]))).astype("float32")
+    >>> src = ChunkSource(lambda i: (X[200 * i:200 * i + 200], y[200 * i:200 * i + 200], np.ones(200, bool)),
+    ...                   n_chunks=3, rows=200, n_features=3, n_neurons=2, n_valid=600)
+    >>> cfg = FitConfig(PoissonObservations(), "exp", UnRegularized(), "LBFGS", (("tol", 1e-6),))
+    >>> res = fit_streamed(src, np.ones((3, 2), "float32"), cfg)
+    >>> bool(np.allclose(res.coef, fit_block(X, y, np.ones((3, 2), "float32"), cfg).coef, atol=1e-4))
+    True
+    """
+    if not isinstance(source, ChunkSource):
+        raise TypeError(f"source must be a ChunkSource; got {type(source).__name__}")
+    if _solvers.is_stochastic(config.solver_name):
+        # minibatches are rows drawn at random from all the samples, which a stream cannot give
+        raise ValueError(f"solver {config.solver_name!r} samples rows at random and cannot fit streamed samples; "
+                         "fit the block in memory (fit_block) or choose a full-batch solver")
+    dtype = jax.dtypes.canonicalize_dtype(np.float64)
+    n_cols = bucket_neurons(source.n_neurons)
+    layout = source.layout(dtype, n_cols)
+    expected = ((layout.rows, layout.n_features), (layout.rows, source.n_neurons), (layout.rows,))
+
+    def read(i):
+        x, yy, keep = source.read(i)
+        shapes = (np.shape(x), np.shape(yy), np.shape(keep))
+        if shapes != expected:
+            raise ValueError(f"chunk {i} of the source must have shapes {expected}; got {shapes}")
+        yy = np.asarray(yy, dtype)
+        if n_cols > source.n_neurons:
+            yy = np.pad(yy, ((0, 0), (0, n_cols - source.n_neurons)))
+        return np.asarray(x, dtype), yy, np.asarray(keep, bool)
+
+    if init is None:
+        total = np.zeros(source.n_neurons, dtype)
+        for i in range(source.n_chunks):
+            _, yy, keep = source.read(i)
+            total += np.sum(np.asarray(yy)[np.asarray(keep, bool)], axis=0, dtype=dtype)
+        init = _init_for_mean(config, total / source.n_valid, source.n_features, dtype)
+
+    token = next(_TOKENS)
+    _READERS[token] = read
+    try:
+        def solve(mask, init, strength, active, design, kind):
+            return _solve(np.int32(token), None, mask, init, strength, active, np.int32(source.n_valid), design,
+                          config, kind, host=layout)
+
+        return _run(solve, mask, init, strength, config, dtype, preconditioner, None)
+    finally:
+        del _READERS[token]
+
+
+def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype, preconditioner: str,
+         gram) -> BlockResult:
+    """Pad the neurons to their bucket, run ``solve`` (retrying without neurons that diverge), and
+    gather the block's results without the padding.
+
+    Padding neurons have a NaN intercept, so they are inactive from the start and never enter
+    the solve. The preconditioner ``preconditioner`` ("auto": ``choose_preconditioner``) is
+    built from ``gram`` (a ``DesignGram``), or inside the solve when it is None.
+    """
+    if preconditioner not in PRECONDITIONERS:
+        raise InputError(f"preconditioner must be one of {PRECONDITIONERS}; got {preconditioner!r}")
+    n_neurons = np.shape(init.intercept)[0]
+    n_cols = bucket_neurons(n_neurons)
 
     def pad_neurons(a, **kwargs):
         a = np.asarray(a, dtype=dtype)
-        return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, extra_cols)], **kwargs)
+        return np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, n_cols - a.shape[-1])], **kwargs)
 
-    X = np.pad(X, ((0, extra_rows), (0, 0)))
-    y = np.pad(pad_neurons(y), ((0, extra_rows), (0, 0)))
     mask = pad_neurons(mask)
     init = Params(pad_neurons(init.coef), pad_neurons(init.intercept, constant_values=np.nan))
     strength = jax.tree_util.tree_map(lambda s: pad_neurons(s, mode="edge"), strength)
@@ -754,14 +1080,11 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     status = np.where(np.isfinite(np.asarray(init.intercept)), STATUS_OK, STATUS_NONFINITE_INIT).astype(np.int8)
     kind = choose_preconditioner(mask, status == STATUS_OK) if preconditioner == "auto" else preconditioner
     design = None
-    if config.preconditioned:
-        gram = DesignGram(X, n_samples) if gram is None else gram
+    if config.preconditioned and gram is not None:
         design = gram.for_preconditioner(kind, mask, status == STATUS_OK)
     for _ in range(_MAX_RETRIES):
         active = status == STATUS_OK
-        coef, intercept, scale, dof, n_iter, err, loss, finite, state = _solve(
-            X, y, mask, init, strength, active, np.int32(n_samples), design, config, kind
-        )
+        coef, intercept, scale, dof, n_iter, err, loss, finite, state = solve(mask, init, strength, active, design, kind)
         newly_bad = np.asarray(active) & ~np.asarray(finite)
         if not newly_bad.any():
             break
@@ -875,17 +1198,14 @@ def init_update_state(X, y, mask, params: Params, strength, config: FitConfig, p
     if preconditioner not in PRECONDITIONERS:
         raise InputError(f"preconditioner must be one of {PRECONDITIONERS}; got {preconditioner!r}")
     kind = choose_preconditioner(np.asarray(mask)) if preconditioner == "auto" else preconditioner
-    design = None
-    if config.preconditioned:
-        design = DesignGram(np.asarray(X)).for_preconditioner(kind, np.asarray(mask), np.ones(mask.shape[1], bool))
-    return _init_update_state(X, y, mask, params, strength, design, config, kind)
+    return _init_update_state(X, y, mask, params, strength, config, kind)
 
 
 @partial(jax.jit, static_argnames=("config", "kind"))
-def _init_update_state(X, y, mask, params: Params, strength, design, config: FitConfig, kind: str) -> UpdateState:
+def _init_update_state(X, y, mask, params: Params, strength, config: FitConfig, kind: str) -> UpdateState:
     active = jnp.ones(y.shape[1], dtype=bool)
     chunks = _chunk(X, y)
-    precond = _precondition(kind, design, chunks, mask, params, strength, config)
+    precond = _precondition(kind, None, chunks, mask, params, strength, active, config)
     prob = _build(chunks, mask, strength, active, precond, config)
     extra = _extra_args(config)
     return UpdateState(prob.solver.init_state(prob.to_solver(params), *extra), precond)
@@ -908,4 +1228,5 @@ def update_step(X, y, mask, params: Params, ustate: UpdateState, strength, confi
 
 def dof_resid(config: FitConfig, X, coef):
     """Residual degrees of freedom per neuron (NeMoS's estimate), shape (n_neurons,)."""
-    return _dof_resid(config, jnp.asarray(X), jnp.asarray(coef))
+    X = jnp.asarray(X)
+    return _dof_resid(config, _chunk(X, None), jnp.asarray(coef, X.dtype))

@@ -3,8 +3,10 @@
 A store is one Zarr group (a local directory or any URL Zarr accepts) laid out as::
 
     inputs/                  attrs: generation, complete, feature_groups = [[name, k], ...]
-        X                    (n_samples, n_features) float, one chunk along features
-        y                    (n_samples, n_neurons), chunks (n_samples, neuron_chunk)
+        X                    (n_samples, n_features) float, one chunk along features, chunks
+                             of at most 2**16 samples
+        y                    (n_samples, n_neurons), chunks (row_chunk, neuron_chunk) with
+                             row_chunk = min(n_samples, 2**16)
         feature_mask         (n_features, n_neurons) uint8 0/1, chunks (n_features, neuron_chunk);
                              absent means every feature predicts every neuron
     results/                 attrs: fingerprint (written last), state_spec
@@ -45,6 +47,7 @@ from .inputs import (
     read_mask_block,
     read_X,
     read_y_block,
+    scan_X,
     scan_y,
     write_inputs,
 )
@@ -82,6 +85,7 @@ __all__ = [
     "read_X",
     "read_y_block",
     "read_mask_block",
+    "scan_X",
     "scan_y",
     "nan_rows",
     "create_results",

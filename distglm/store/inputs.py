@@ -33,6 +33,7 @@ __all__ = [
     "read_X",
     "read_y_block",
     "read_mask_block",
+    "scan_X",
     "scan_y",
     "nan_rows",
 ]
@@ -45,6 +46,10 @@ _Y_CHUNK_BYTES = 32 * _MiB
 # actors idle on populations of a few thousand neurons.
 _MAX_DEFAULT_NEURON_CHUNK = 64
 _X_CHUNK_BYTES = 64 * _MiB
+# Samples per chunk of X and y: a long recording is stored in chunks of time as well, so a
+# reader can take a few thousand samples of a block without decoding the whole recording.
+# Recordings up to this length keep one chunk along time.
+_ROW_CHUNK = 2**16
 # Bound on the memory write_inputs holds at once while copying y from a memmap or array store.
 _WRITE_SLICE_BYTES = 64 * _MiB
 
@@ -66,6 +71,8 @@ class InputsInfo(NamedTuple):
         ``(name, n_columns)`` of each feature group in column order when X was a dict.
     X_dtype : numpy.dtype
         Stored dtype of ``X``.
+    row_chunk : int
+        Length along samples of one stored chunk of ``y`` (n_samples for a short recording).
     generation : str or None
         Id of this writing of the inputs, new at every ``write_inputs``; None for inputs
         written by hand with Zarr.
@@ -80,6 +87,7 @@ class InputsInfo(NamedTuple):
     feature_groups: tuple | None
     X_dtype: np.dtype
     generation: str | None = None
+    row_chunk: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +125,7 @@ def _validate_y(y, n_samples: int):
 
 
 def _default_neuron_chunk(n_samples: int, n_neurons: int, itemsize: int) -> int:
-    chunk = max(1, _Y_CHUNK_BYTES // (n_samples * itemsize))
+    chunk = max(1, _Y_CHUNK_BYTES // (min(n_samples, _ROW_CHUNK) * itemsize))
     chunk = min(chunk, n_neurons, _MAX_DEFAULT_NEURON_CHUNK)
     return chunk // 8 * 8 if chunk >= 8 else chunk
 
@@ -233,19 +241,22 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
         if groups:
             attributes["feature_groups"] = [list(group) for group in groups]
         inputs = root.create_group("inputs", attributes=attributes)
+        row_chunk = min(n_samples, _ROW_CHUNK)
         x_rows = max(1, _X_CHUNK_BYTES // (n_features * X.dtype.itemsize))
         inputs.create_array(
-            "X", shape=X.shape, dtype=X.dtype, chunks=(min(n_samples, x_rows), n_features)
+            "X", shape=X.shape, dtype=X.dtype, chunks=(min(row_chunk, x_rows), n_features)
         )[...] = X
         y_store = inputs.create_array(
-            "y", shape=(n_samples, n_neurons), dtype=y_dtype, chunks=(n_samples, neuron_chunk)
+            "y", shape=(n_samples, n_neurons), dtype=y_dtype, chunks=(row_chunk, neuron_chunk)
         )
         # Whole chunks per slice: each chunk is written once, with no read-modify-write.
-        chunk_bytes = n_samples * neuron_chunk * y_dtype.itemsize
+        chunk_bytes = row_chunk * neuron_chunk * y_dtype.itemsize
         step = max(1, _WRITE_SLICE_BYTES // chunk_bytes) * neuron_chunk
         for start in range(0, n_neurons, step):
             stop = min(start + step, n_neurons)
-            y_store[:, start:stop] = np.asarray(y[:, start:stop]).astype(y_dtype, copy=False)
+            for row in range(0, n_samples, row_chunk):
+                rows = slice(row, min(row + row_chunk, n_samples))
+                y_store[rows, start:stop] = np.asarray(y[rows, start:stop]).astype(y_dtype, copy=False)
         if mask is not None:
             inputs.create_array(
                 "feature_mask", shape=mask.shape, dtype=np.uint8, chunks=(n_features, neuron_chunk)
@@ -310,6 +321,7 @@ def _open_inputs(path: str):
         feature_groups=groups,
         X_dtype=_zarr.native(X.dtype),
         generation=inputs.attrs.get("generation"),
+        row_chunk=int((y.shards or y.chunks)[0]),
     )
     return info, X, y, mask
 
@@ -405,12 +417,19 @@ class InputsReader:
 
     def __init__(self, path):
         self.path = as_path(path)
-        self.info, _, self._y, self._mask = _open_inputs(self.path)
+        self.info, self._X, self._y, self._mask = _open_inputs(self.path)
 
-    def y_block(self, start, stop) -> np.ndarray:
-        """The responses of neurons ``[start, stop)``, of shape (n_samples, stop - start), stored dtype."""
+    def y_block(self, start, stop, rows: slice = slice(None)) -> np.ndarray:
+        """The responses of neurons ``[start, stop)`` in the samples ``rows`` (default all), stored dtype.
+
+        Of shape (n_rows, stop - start).
+        """
         start, stop = _zarr.check_range(start, stop, self.info.n_neurons)
-        return _zarr.read(self._y, (slice(None), slice(start, stop)), "inputs/y", self.path)
+        return _zarr.read(self._y, (_check_rows(rows), slice(start, stop)), "inputs/y", self.path)
+
+    def X_rows(self, rows: slice) -> np.ndarray:
+        """The design matrix's samples ``rows``, of shape (n_rows, n_features), stored dtype."""
+        return _zarr.read(self._X, (_check_rows(rows), slice(None)), "inputs/X", self.path)
 
     def mask_block(self, start, stop) -> np.ndarray:
         """The float64 0/1 mask of neurons ``[start, stop)``, of shape (n_features, stop - start)."""
@@ -419,6 +438,12 @@ class InputsReader:
             return np.ones((self.info.n_features, stop - start))
         values = _zarr.read(self._mask, (slice(None), slice(start, stop)), "inputs/feature_mask", self.path)
         return values.astype(np.float64)
+
+
+def _check_rows(rows) -> slice:
+    if not isinstance(rows, slice) or rows.step not in (None, 1):
+        raise InputTypeError(f"rows must be a slice of consecutive samples; got {rows!r}")
+    return rows
 
 
 def read_y_block(path, start, stop) -> np.ndarray:
@@ -474,7 +499,34 @@ def read_mask_block(path, start, stop) -> np.ndarray:
     return InputsReader(path).mask_block(start, stop)
 
 
-def scan_y(path, chunk_fn: Callable[[int, int, np.ndarray], None]) -> None:
+def scan_X(path, chunk_fn: Callable[[int, np.ndarray], None]) -> None:
+    """Stream ``X`` one stored chunk of samples at a time, never holding all of it in memory.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+    chunk_fn : callable
+        Called as ``chunk_fn(row, X_rows)`` for consecutive chunks of samples starting at
+        ``row``, with ``X_rows`` of shape (n_rows, n_features) in the stored dtype.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((4, 3)), np.ones((4, 2)))
+    >>> scan_X(path, lambda row, rows: print(row, rows.shape))
+    0 (4, 3)
+    """
+    if not callable(chunk_fn):
+        raise InputTypeError(f"chunk_fn must be callable; got {type(chunk_fn).__name__}")
+    path = as_path(path)
+    info, X, _, _ = _open_inputs(path)
+    step = int((X.shards or X.chunks)[0])
+    for row in range(0, info.n_samples, step):
+        chunk_fn(row, _zarr.read(X, (slice(row, min(row + step, info.n_samples)), slice(None)), "inputs/X", path))
+
+
+def scan_y(path, chunk_fn: Callable, *, by_rows: bool = False) -> None:
     """Stream ``y`` one neuron chunk at a time, never holding all of it in memory.
 
     Parameters
@@ -485,6 +537,11 @@ def scan_y(path, chunk_fn: Callable[[int, int, np.ndarray], None]) -> None:
         Called as ``chunk_fn(start, stop, y_chunk)`` for consecutive chunks of neurons
         ``[start, stop)`` covering the population, with ``y_chunk`` of shape
         (n_samples, stop - start) in the stored dtype.
+    by_rows : bool
+        Stream stored chunks of samples too, so memory does not grow with the recording's
+        length: ``chunk_fn(start, stop, y_chunk, row)`` is then called for each chunk of
+        samples of each chunk of neurons, ``y_chunk`` of shape (n_rows, stop - start) holding
+        the samples from ``row`` on.
 
     Examples
     --------
@@ -498,11 +555,17 @@ def scan_y(path, chunk_fn: Callable[[int, int, np.ndarray], None]) -> None:
     """
     if not callable(chunk_fn):
         raise InputTypeError(f"chunk_fn must be callable; got {type(chunk_fn).__name__}")
+    if not isinstance(by_rows, bool):
+        raise InputTypeError(f"by_rows must be a bool; got {type(by_rows).__name__}")
     path = as_path(path)
     info, _, y, _ = _open_inputs(path)
+    step = info.row_chunk if by_rows else info.n_samples
     for start in range(0, info.n_neurons, info.neuron_chunk):
         stop = min(start + info.neuron_chunk, info.n_neurons)
-        chunk_fn(start, stop, _zarr.read(y, (slice(None), slice(start, stop)), "inputs/y", path))
+        for row in range(0, info.n_samples, step):
+            rows = slice(row, min(row + step, info.n_samples))
+            chunk = _zarr.read(y, (rows, slice(start, stop)), "inputs/y", path)
+            chunk_fn(start, stop, chunk, row) if by_rows else chunk_fn(start, stop, chunk)
 
 
 def nan_rows(path) -> np.ndarray:
@@ -528,12 +591,18 @@ def nan_rows(path) -> np.ndarray:
     array([ True, False,  True, False])
     """
     path = as_path(path)
-    rows = np.isnan(read_X(path)).any(axis=1)
-    if open_inputs(path).y_dtype.kind == "f":
+    info = open_inputs(path)
+    rows = np.zeros(info.n_samples, dtype=bool)
 
-        def mark(start, stop, y_chunk):
-            rows[:] |= np.isnan(y_chunk).any(axis=1)
+    def mark_X(row, X_rows):
+        rows[row:row + len(X_rows)] |= np.isnan(X_rows).any(axis=1)
 
-        scan_y(path, mark)
+    scan_X(path, mark_X)
+    if info.y_dtype.kind == "f":
+
+        def mark(start, stop, y_chunk, row):
+            rows[row:row + len(y_chunk)] |= np.isnan(y_chunk).any(axis=1)
+
+        scan_y(path, mark, by_rows=True)
     return rows
 
