@@ -87,6 +87,23 @@ def test_wide_block_picks_the_shared_basis_and_matches_cholesky():
     assert_same_fit(auto, fit(X, y, mask, Ridge(), strength, "cholesky"))
 
 
+def test_gram_inside_the_solve_gives_the_same_fit():
+    # device arrays already padded to the bucket are used as given: the Gram matrix (and the shared
+    # eigenbasis) are then computed inside the solve, as for streamed samples
+    import jax.numpy as jnp
+
+    X, y = simulate(600, 10, 4)
+    mask = np.ones((10, 4), np.float32)
+    mask[3] = 0
+    strength = np.full(mask.shape, 0.02, np.float32)
+    rows = core_fit.bucket_rows(600, core_fit.bucket_neurons(4))
+    Xd, yd = (jnp.asarray(np.pad(a, ((0, rows - 600), (0, 0)))) for a in (X, y))
+    for kind in ("shared", "diagonal", "cholesky"):
+        inside = core_fit.fit_block(Xd, yd, mask, config(Ridge()), strength=strength, n_samples=600,
+                                    preconditioner=kind)
+        assert_same_fit(inside, fit(X, y, mask, Ridge(), strength, kind))
+
+
 def test_choice_of_preconditioner():
     wide = core_fit.CHOLESKY_MAX_PARAMS
     assert core_fit.choose_preconditioner(np.ones((wide - 1, 3))) == "cholesky"

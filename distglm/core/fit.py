@@ -927,7 +927,8 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         then stay on their device. Default: every row is data.
     gram : DesignGram, optional
         ``DesignGram(X)``, when the caller fits several blocks on one ``X`` and computes it
-        once; default computed inside the solve (only preconditioned solvers use it).
+        once; default computed here for a numpy ``X``, inside the solve for a JAX array (only
+        preconditioned solvers use it).
     preconditioner : {"auto", "cholesky", "shared", "diagonal"}
         Change of variables of preconditioned solvers; ``"auto"`` is
         ``choose_preconditioner(mask)``. ``"shared"`` assumes the active neurons share one mask
@@ -970,6 +971,10 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         X = np.pad(np.asarray(X)[:n_samples], ((0, n_rows - n_samples), (0, 0)))
     if y.shape != (n_rows, n_cols):
         y = np.pad(np.asarray(y)[:n_samples], ((0, n_rows - n_samples), (0, n_cols - n_neurons)))
+
+    if gram is None and config.preconditioned and isinstance(X, np.ndarray):
+        # on the host, one BLAS product; device arrays get theirs inside the solve
+        gram = DesignGram(X, n_samples)
 
     def solve(mask, init, strength, active, design, kind):
         return _solve(X, y, mask, init, strength, active, np.int32(n_samples), design, config, kind)
