@@ -392,7 +392,6 @@ class BlockFitter:
         self._spec = spec
         self._config = spec.build_model()._fit_config()
         self._io = None
-        self._gram = None
         self._n_blocks = 0
         # The scheduler gives an actor up to two blocks at once (it runs them in two threads):
         # one block is solved while the other is read or written; solves take turns.
