@@ -97,39 +97,36 @@ def _as_regularizer(value) -> Regularizer:
 
 
 # NeMoS 0.2.8 names a solver's implementation in brackets ("LBFGS[optimistix]"); distglm runs
-# every algorithm on jaxopt, so the backend is accepted and the algorithm kept.
+# every algorithm on its own core, so the backend is accepted and the algorithm kept.
 SOLVER_BACKENDS = ("jaxopt", "optimistix", "optax+optimistix", "optax", "nemos")
-# Stochastic solvers NeMoS has and distglm does not, with the full-batch solver fitting the same model.
-_FULL_BATCH_EQUIVALENTS = {"SVRG": "LBFGS", "ProxSVRG": "ProximalGradient"}
+# NeMoS 0.2.8 implements SVRG and ProxSVRG itself only: they take no other backend.
+_NEMOS_ONLY = ("SVRG", "ProxSVRG")
 
 
 def parse_solver_name(value) -> str:
     """The distglm algorithm for a solver name, bare (``"LBFGS"``) or with a backend (``"LBFGS[jaxopt]"``).
 
+    ``"SVRG"`` and ``"ProxSVRG"`` take only the ``nemos`` backend, as in NeMoS 0.2.8.
+
     Raises
     ------
     InputTypeError
         If ``value`` is not a string.
-    UnsupportedOptionError
-        For ``"SVRG"`` and ``"ProxSVRG"``, naming the solver that fits the same model.
     InputError
         For an unknown algorithm or backend.
 
     Examples
     --------
-    >>> parse_solver_name("GradientDescent[optimistix]")
-    'GradientDescent'
+    >>> parse_solver_name("GradientDescent[optimistix]"), parse_solver_name("ProxSVRG[nemos]")
+    ('GradientDescent', 'ProxSVRG')
     """
     if not isinstance(value, str):
         raise InputTypeError(f"solver_name must be a string; got {value!r}")
     algo, bracket, backend = value.partition("[")
     if bracket and (not backend.endswith("]") or backend[:-1] not in SOLVER_BACKENDS):
         raise InputError(f"solver_name {value!r}: the backend in brackets must be one of {list(SOLVER_BACKENDS)}")
-    if algo in _FULL_BATCH_EQUIVALENTS:
-        raise UnsupportedOptionError(
-            f"solver {algo!r} is not implemented by distglm; {_FULL_BATCH_EQUIVALENTS[algo]!r} fits the same "
-            "model on the full data"
-        )
+    if bracket and algo in _NEMOS_ONLY and backend[:-1] != "nemos":
+        raise InputError(f"solver_name {value!r}: {algo} has only the 'nemos' backend (e.g. '{algo}[nemos]')")
     if algo not in _solvers.SOLVERS:
         raise InputError(f"solver_name must be one of {list(_solvers.SOLVERS)} (optionally with a backend, "
                          f"e.g. 'LBFGS[jaxopt]'); got {value!r}")
@@ -668,8 +665,18 @@ class GLM:
         return self._user_coef(np.asarray(init.coef)), np.asarray(init.intercept)
 
     def initialize_state(self, X, y, init_params):
-        """Set up the solver for :meth:`update` from ``init_params``; returns the solver state."""
+        """Set up the solver for :meth:`update` from ``init_params``; returns the solver state.
+
+        Not available for SVRG and ProxSVRG, whose steps need the full gradient at an anchor
+        point that only a whole epoch over the data provides (NeMoS 0.2.8's ``update`` refuses
+        them too); they fit with :meth:`fit`.
+        """
         config = self._fit_config()
+        if _solvers.is_stochastic(config.solver_name):
+            raise UnsupportedOptionError(
+                f"solver {config.solver_name!r} runs whole epochs over the data and has no step-by-step update; "
+                "fit the model with fit(X, y), or choose a full-batch solver (e.g. 'LBFGS', 'ProximalGradient') "
+                "for initialize_solver_and_state/update")
         enable_compilation_cache()
         Xa, ya, groups = self._prepare(X, y)
         val.check_support(self._observation_model, ya if self._population else ya[:, 0])
@@ -1091,10 +1098,11 @@ def _model_from_tree(tree: dict, mapping_dict: dict, source: str) -> GLM:
         return value["class"].rsplit(".", 1)[-1], value.get("params") or {}
 
     obs_name, obs_params = spec("observation_model")
+    # instances, as NeMoS's load_model gives them back (get_params shows them)
     observation = (NegativeBinomialObservations(scale=obs_params.get("scale", 1.0))
-                   if obs_name == "NegativeBinomialObservations" else obs_name)
+                   if obs_name == "NegativeBinomialObservations" else _as_observation(obs_name))
     reg_name, reg_params = spec("regularizer")
-    regularizer = GroupLasso(mask=reg_params.get("mask")) if reg_name == "GroupLasso" else reg_name
+    regularizer = GroupLasso(mask=reg_params.get("mask")) if reg_name == "GroupLasso" else _as_regularizer(reg_name)
     link = tree.get("inverse_link_function")
     if "inverse_link_function" in mapping_dict:
         link = mapping_dict["inverse_link_function"]

@@ -26,7 +26,7 @@ from . import store
 from . import validation as val
 from .actor import FitSpec
 from .connect import connect_ray
-from .errors import ClusterError, InputError, InputTypeError, StoreError
+from .errors import ClusterError, InputError, InputTypeError, StoreError, UnsupportedOptionError
 
 __all__ = ["DEFAULT_BLOCK_TIMEOUT_S", "STREAM_ABOVE_BYTES", "FitReport", "fit", "load_fitted", "stored_fingerprint"]
 
@@ -314,7 +314,8 @@ def fit(
         bounded whatever the recording's length; every pass over the data reads the chunks
         that do not fit in the actor's cache) rather than hold X and a block of y in memory.
         Default: stream when X and two blocks of y would take more than
-        ``STREAM_ABOVE_BYTES`` (1 GiB) in an actor.
+        ``STREAM_ABOVE_BYTES`` (1 GiB) in an actor. SVRG and ProxSVRG draw rows at random
+        from all the samples and never stream (``stream=True`` with them is refused).
 
     Returns
     -------
@@ -339,6 +340,7 @@ def fit(
     import jax
 
     from .core import fit as core_fit
+    from .core.solvers import is_stochastic
     from .glm import model_to_config
 
     t_start = time.perf_counter()
@@ -350,6 +352,10 @@ def fit(
 
     info = store.open_inputs(path)
     config = _check_model(model)
+    stochastic = is_stochastic(config.solver_name)
+    if stream and stochastic:
+        raise UnsupportedOptionError(f"solver {config.solver_name!r} samples rows at random from all the samples and "
+                                     "cannot fit streamed samples; pass stream=False or a full-batch solver")
     inverse_link = _custom_link(model)
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
     keep, mask, digest = _scan_inputs(path, info, config.observation, dtype)
@@ -398,7 +404,7 @@ def fit(
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
                                inverse_link=inverse_link, dropped_rows=np.flatnonzero(~keep), n_samples=n_kept,
-                               stream=_streams(stream, n_kept, info.n_features, pad_to, dtype))
+                               stream=not stochastic and _streams(stream, n_kept, info.n_features, pad_to, dtype))
             del keep
             summaries, failed_blocks, n_retries = _dispatch(
                 fit_spec, todo, block_strength, lease,

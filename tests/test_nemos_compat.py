@@ -348,9 +348,6 @@ def test_solver_names_with_a_backend():
         assert _nemos(solver_name=name).algo_name == algo
     with pytest.raises(ValueError, match=r"backend in brackets must be one of"):
         PopulationGLM(solver_name="LBFGS[scipy]")
-    for name, equivalent in (("SVRG", "LBFGS"), ("ProxSVRG", "ProximalGradient")):
-        with pytest.raises(NotImplementedError, match=rf"'{name}' is not implemented by distglm; '{equivalent}'"):
-            PopulationGLM(solver_name=name)
 
 
 def test_repr_shows_the_constructor_arguments():

@@ -506,16 +506,21 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
     # its proximal operator is the identity
     penalised = reg.smooth
 
-    def objective(v):
-        theta, pullback = jax.vjp(to_theta, v)
-        loss, g_w, g_b = _data_pass(chunks, theta.coef * mask, theta.intercept, fn, with_grad=True)
-        g_coef = weight * g_w * mask
-        values = weight * loss
-        if penalised:
-            pen, pen_vjp = jax.vjp(lambda c: weight * penalty(Params(c, None)), theta.coef)
-            values = values + pen
-            g_coef = g_coef + pen_vjp(jnp.ones_like(pen))[0]
-        return values, pullback(Params(g_coef, weight * g_b))[0]
+    def objective_on(data: _Chunks):
+        def objective(v):
+            theta, pullback = jax.vjp(to_theta, v)
+            loss, g_w, g_b = _data_pass(data, theta.coef * mask, theta.intercept, fn, with_grad=True)
+            g_coef = weight * g_w * mask
+            values = weight * loss
+            if penalised:
+                pen, pen_vjp = jax.vjp(lambda c: weight * penalty(Params(c, None)), theta.coef)
+                values = values + pen
+                g_coef = g_coef + pen_vjp(jnp.ones_like(pen))[0]
+            return values, pullback(Params(g_coef, weight * g_b))[0]
+
+        return objective
+
+    objective = objective_on(chunks)
 
     if penalised:
         def prox(theta, hyperparams, scaling=1.0):
@@ -533,8 +538,19 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
     # gradient from one pass; GradientDescent and ProximalGradient backtrack on values alone,
     # so they get the cheaper value-only pass and differentiate it when they need a gradient.
     with_grad = _solvers.has_grad_in_state(config.solver_name)
+    sampled = None
+    if _solvers.is_stochastic(config.solver_name):
+        # a minibatch is the rows ``rows`` of the block's data, read as one chunk: one product
+        def batch_fun(v, rows):
+            size = rows.shape[0]
+            return objective_on(_Chunks(chunks.X[rows], chunks.y[rows], size, jnp.asarray(size, jnp.int32)))(v)
+
+        sampled = _solvers.SampledObjective(
+            batch_fun, chunks.n_valid, chunks.X.shape[0], chunks.rows,
+            lambda v: _svrg_smoothness(chunks, mask, to_theta(v), config),
+            None if penalised else lambda v: weight * penalty(to_theta(v)))
     solver = _solvers.make_solver(config.solver_name, objective if with_grad else objective_value, prox,
-                                  dict(config.solver_kwargs))
+                                  dict(config.solver_kwargs), sampled)
 
     if with_grad:
         def error(v_old, v_new, state):
@@ -545,6 +561,39 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
             return _neuron_norm(step) / jnp.maximum(state.stepsize, jnp.finfo(mask.dtype).tiny)
 
     return _Problem(solver, to_theta, to_solver, data_loss, penalty, error)
+
+
+def _svrg_smoothness(chunks: _Chunks, mask, theta: Params, config: FitConfig):
+    """Bounds ``(l_smooth, l_smooth_max)`` near ``theta`` of each neuron's mean and one-sample
+    loss smoothness in the solver's coordinates, each of shape (n_neurons,), for SVRG's step size.
+
+    One sample's loss has the Hessian ``h_i a_i a_i^T``, ``a_i = [x_i, 1]`` (masked). In
+    preconditioned coordinates the mean loss's Hessian is the identity at the start (so
+    ``l_smooth = 1``) and ``a_i^T P^{-1} a_i`` is at most ``a_i^T G^{-1} a_i / h`` with ``G`` the
+    unmasked Gram matrix and ``h`` the mean curvature; in plain coordinates it is ``||a_i||^2``
+    and ``l_smooth`` is about ``h * lambda_max(G)``.
+    """
+    dtype = mask.dtype
+    gram = _gram(chunks, mask.shape[0], dtype)
+    eye = jnp.eye(gram.shape[0], dtype=dtype)
+    jitter = 1e-7 if dtype == jnp.float32 else 1e-12
+    form = jnp.linalg.inv(gram + jitter * jnp.trace(gram) / gram.shape[0] * eye) if config.preconditioned else eye
+    fn2 = _elementwise(config.observation, config.link, 2)
+    weights, intercept = theta.coef * mask, theta.intercept
+
+    def body(carry, x, yy, valid, w):
+        h = jnp.where(valid, fn2(yy, x @ weights + intercept), 0.0)
+        a = jnp.concatenate([x, jnp.ones((x.shape[0], 1), dtype)], axis=1)
+        q = jnp.sum((a @ form) * a, axis=1)
+        return carry[0] + jnp.sum(h, axis=0), jnp.maximum(carry[1], jnp.max(jnp.abs(h) * q[:, None], axis=0))
+
+    zeros = jnp.zeros(weights.shape[1], dtype)
+    h_sum, hq_max = _reduce(chunks, body, (zeros, zeros))
+    h = h_sum / chunks.n_valid.astype(dtype)
+    h = jnp.where(jnp.isfinite(h) & (h > 0), h, 1.0)
+    if config.preconditioned:
+        return jnp.ones_like(h), hq_max / h
+    return h * jnp.linalg.eigvalsh(gram)[-1], hq_max
 
 
 def _safe_start(config: FitConfig, init: Params, active) -> Params:
@@ -761,6 +810,10 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
     """
     if not isinstance(source, ChunkSource):
         raise TypeError(f"source must be a ChunkSource; got {type(source).__name__}")
+    if _solvers.is_stochastic(config.solver_name):
+        # minibatches are rows drawn at random from all the samples, which a stream cannot give
+        raise ValueError(f"solver {config.solver_name!r} samples rows at random and cannot fit streamed samples; "
+                         "fit the block in memory (fit_block) or choose a full-batch solver")
     dtype = jax.dtypes.canonicalize_dtype(np.float64)
     n_cols = bucket_neurons(source.n_neurons)
     layout = source.layout(dtype, n_cols)

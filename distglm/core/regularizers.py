@@ -34,7 +34,7 @@ __all__ = [
     "REGULARIZERS",
 ]
 
-_SMOOTH_SOLVERS = ("GradientDescent", "BFGS", "LBFGS", "NonlinearCG", "ProximalGradient")
+_SMOOTH_SOLVERS = ("GradientDescent", "BFGS", "LBFGS", "NonlinearCG", "ProximalGradient", "SVRG", "ProxSVRG")
 
 
 def _soft_threshold(x, t):
@@ -156,7 +156,7 @@ class Lasso(Regularizer):
     """L1 penalty ``s * sum(|coef|)``."""
 
     name: ClassVar[str] = "Lasso"
-    allowed_solvers: ClassVar[tuple[str, ...]] = ("ProximalGradient",)
+    allowed_solvers: ClassVar[tuple[str, ...]] = ("ProximalGradient", "ProxSVRG")
     default_solver: ClassVar[str] = "ProximalGradient"
     smooth: ClassVar[bool] = False
 
@@ -182,7 +182,7 @@ class ElasticNet(Regularizer):
     """
 
     name: ClassVar[str] = "ElasticNet"
-    allowed_solvers: ClassVar[tuple[str, ...]] = ("ProximalGradient",)
+    allowed_solvers: ClassVar[tuple[str, ...]] = ("ProximalGradient", "ProxSVRG")
     default_solver: ClassVar[str] = "ProximalGradient"
     smooth: ClassVar[bool] = False
 
@@ -233,7 +233,7 @@ class GroupLasso(Regularizer):
 
     mask: Any = None
     name: ClassVar[str] = "GroupLasso"
-    allowed_solvers: ClassVar[tuple[str, ...]] = ("ProximalGradient",)
+    allowed_solvers: ClassVar[tuple[str, ...]] = ("ProximalGradient", "ProxSVRG")
     default_solver: ClassVar[str] = "ProximalGradient"
     smooth: ClassVar[bool] = False
 

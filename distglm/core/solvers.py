@@ -1,5 +1,6 @@
 """The solvers: distglm's own population L-BFGS (``"LBFGS"``, the default for smooth problems)
-and jaxopt's GradientDescent, BFGS, NonlinearCG and ProximalGradient.
+and SVRG/ProxSVRG (``svrg.PopulationSVRG``), and jaxopt's GradientDescent, BFGS, NonlinearCG and
+ProximalGradient.
 
 This is the only module of distglm that imports jaxopt.
 ``solver_kwargs`` are passed through to the solver's class; keys that class does not take are
@@ -18,9 +19,10 @@ import jaxopt
 import numpy as np
 
 from ..errors import InputError, InputTypeError, UnknownSolverArgumentError
+from .svrg import PopulationSVRG, PopulationSVRGState, SampledObjective
 
-__all__ = ["SOLVERS", "PopulationLBFGS", "PopulationLBFGSState", "accepted_kwargs", "validate_solver_kwargs",
-           "make_solver", "has_grad_in_state", "neuron_values", "stalled"]
+__all__ = ["SOLVERS", "PopulationLBFGS", "PopulationLBFGSState", "SampledObjective", "accepted_kwargs",
+           "validate_solver_kwargs", "make_solver", "has_grad_in_state", "is_stochastic", "neuron_values", "stalled"]
 
 
 def _ravel(tree):
@@ -289,10 +291,12 @@ SOLVERS: dict[str, type] = {
     "LBFGS": PopulationLBFGS,
     "NonlinearCG": jaxopt.NonlinearCG,
     "ProximalGradient": jaxopt.ProximalGradient,
+    "SVRG": PopulationSVRG,
+    "ProxSVRG": PopulationSVRG,
 }
 
 _RESERVED = frozenset({"fun", "prox", "value_and_grad", "has_aux", "jit", "unroll",
-                       "implicit_diff", "implicit_diff_solve"})
+                       "implicit_diff", "implicit_diff_solve", "sampled"})
 
 # Defaults distglm chooses where jaxopt's are poor for this problem: a quasi-Newton step in
 # well-preconditioned coordinates has natural length 1, so each line search starts there.
@@ -327,16 +331,54 @@ def validate_solver_kwargs(solver_name: str, solver_kwargs) -> dict:
     if "tol" in solver_kwargs and (isinstance(solver_kwargs["tol"], bool)
                                    or not isinstance(solver_kwargs["tol"], (int, float))):
         raise InputTypeError(f"solver_kwargs['tol'] must be a number; got {solver_kwargs['tol']!r}")
-    for key in ("maxiter", "history_size", "max_backtracks", "max_steps_without_progress"):
+    for key in ("maxiter", "history_size", "max_backtracks", "max_steps_without_progress", "batch_size",
+                "max_rejections", "max_epochs_without_progress"):
         value = solver_kwargs.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_COUNT:
             raise InputError(f"solver_kwargs['{key}'] must be a positive integer of at most {_MAX_COUNT} (solvers "
                              f"count in 32-bit integers); got {value!r}")
-    return dict(solver_kwargs)
+    kwargs = dict(solver_kwargs)
+    if is_stochastic(solver_name):
+        kwargs.update(_stochastic_kwargs(kwargs))
+    return kwargs
 
 
-def make_solver(solver_name: str, fun: Callable, prox: Callable | None, solver_kwargs: dict):
-    """Instantiate the solver for ``fun`` (and ``prox`` for ProximalGradient).
+def _stochastic_kwargs(kwargs: dict) -> dict:
+    """SVRG's ``stepsize`` checked, and its ``key`` as a hashable tuple of two ints (a fit's
+    configuration keys the compilation cache and is saved with the model)."""
+    out = {}
+    stepsize = kwargs.get("stepsize")
+    if stepsize is not None:
+        if isinstance(stepsize, bool) or not isinstance(stepsize, (int, float)):
+            raise InputTypeError(f"solver_kwargs['stepsize'] must be a number or None; got {stepsize!r}")
+        if not (np.isfinite(stepsize) and stepsize > 0):
+            raise InputError(f"solver_kwargs['stepsize'] must be a positive finite number; got {stepsize!r}")
+    if "key" in kwargs:
+        out["key"] = _as_key(kwargs["key"])
+    return out
+
+
+def _as_key(key) -> tuple:
+    """A random key as a tuple of two ints: from a seed, a raw key (``jax.random.PRNGKey``) or a
+    typed key (``jax.random.key``)."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        key = jax.random.PRNGKey(int(key))
+    elif hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    elif isinstance(key, (tuple, list)) and len(key) == 2 and all(
+            isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 0 <= k < 2**32 for k in key):
+        key = np.asarray(key, np.uint32)
+    raw = np.asarray(key) if hasattr(key, "shape") else None
+    if raw is None or raw.shape != (2,) or raw.dtype != np.uint32:
+        raise InputTypeError("solver_kwargs['key'] must be an int seed or a jax random key "
+                             f"(jax.random.key(seed) or jax.random.PRNGKey(seed)); got {key!r}")
+    return tuple(int(k) for k in raw)
+
+
+def make_solver(solver_name: str, fun: Callable, prox: Callable | None, solver_kwargs: dict,
+                sampled: SampledObjective | None = None):
+    """Instantiate the solver for ``fun`` (and ``prox`` for ProximalGradient and ProxSVRG;
+    ``sampled``, the minibatch objective, for SVRG and ProxSVRG).
 
     For the solvers that keep a gradient (``has_grad_in_state``), ``fun(params)`` returns each
     neuron's objective, shape (n_neurons,), and the gradient together; for the others it returns
@@ -345,6 +387,8 @@ def make_solver(solver_name: str, fun: Callable, prox: Callable | None, solver_k
     kwargs = {**_DEFAULTS.get(solver_name, {}), **solver_kwargs}
     if solver_name == "LBFGS":
         return PopulationLBFGS(fun=fun, **kwargs)
+    if is_stochastic(solver_name):
+        return PopulationSVRG(fun=fun, sampled=sampled, prox=prox if solver_name == "ProxSVRG" else None, **kwargs)
     if solver_name == "ProximalGradient":
         kwargs["prox"] = prox
     if has_grad_in_state(solver_name):
@@ -358,15 +402,21 @@ def make_solver(solver_name: str, fun: Callable, prox: Callable | None, solver_k
 
 def has_grad_in_state(solver_name: str) -> bool:
     """Whether the solver keeps the gradient at the current iterate in its state."""
-    return solver_name in ("BFGS", "LBFGS", "NonlinearCG")
+    return solver_name in ("BFGS", "LBFGS", "NonlinearCG", "SVRG", "ProxSVRG")
+
+
+def is_stochastic(solver_name: str) -> bool:
+    """Whether the solver steps on minibatches of rows (SVRG, ProxSVRG)."""
+    return solver_name in ("SVRG", "ProxSVRG")
 
 
 def neuron_values(state) -> Any:
     """Each neuron's objective at the solver's current point, shape (n_neurons,), or None where
     the solver keeps only the block's."""
-    return state.value if isinstance(state, PopulationLBFGSState) else None
+    return state.value if isinstance(state, (PopulationLBFGSState, PopulationSVRGState)) else None
 
 
 def stalled(state) -> Any:
-    """Neurons that stopped without meeting ``tol`` (their line search failed): bool, or False."""
-    return state.stalled if isinstance(state, PopulationLBFGSState) else False
+    """Neurons that stopped without meeting ``tol`` (their line search failed, or their progress
+    stopped): bool, or False."""
+    return state.stalled if isinstance(state, (PopulationLBFGSState, PopulationSVRGState)) else False
