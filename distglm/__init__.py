@@ -30,7 +30,7 @@ from .errors import (
     UnknownSolverArgumentError,
     UnsupportedOptionError,
 )
-from .glm import GLM, PopulationGLM
+from .glm import GLM, PopulationGLM, PopulationGLMCV
 from .store import write_inputs
 # Imported now rather than on first call: importing the submodule ``distglm.submit`` later would
 # rebind the package's ``submit`` from the function to the module. It imports Ray only when used.
@@ -41,6 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GLM",
     "PopulationGLM",
+    "PopulationGLMCV",
     "write_inputs",
     "fit",
     "load_model",
@@ -71,8 +72,11 @@ def fit(path, model, **options):
 
 
 
-def load_model(path, mapping_dict=None):
+def load_model(path, mapping_dict=None, name=None):
     """A fitted model from a store (a fit's results) or from a ``.npz`` file (``save_params``).
+
+    ``name`` picks a named fit of the store (``distglm.fit(path, model, name=...)``); None, the
+    store's unnamed fit.
 
     Examples
     --------
@@ -87,7 +91,9 @@ def load_model(path, mapping_dict=None):
     if isinstance(target, str) and target.endswith(".npz"):
         from .glm import load_model as _load_npz
 
+        if name is not None:
+            raise InputError(f"a .npz file holds one model; name={name!r} names a fit of a store")
         return _load_npz(target, mapping_dict)
     from .scheduler import load_fitted
 
-    return load_fitted(target, mapping_dict)
+    return load_fitted(target, mapping_dict, name)

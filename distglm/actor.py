@@ -65,6 +65,13 @@ class FitSpec:
         Whether actors stream the samples chunk by chunk rather than hold them.
     cache_bytes : int
         Memory a streaming actor may keep chunks of samples in.
+    fit_name : str or None
+        The fit's name (its results in ``results/<name>/``); None for the store's unnamed fit.
+    test_rows : int array of shape (n_held_out,) or None
+        Stored samples held out of training (they are among ``dropped_rows`` too), ascending:
+        each neuron is scored on them and its scores written with its results.
+    standard_errors : bool
+        Whether each block also writes its neurons' standard errors (``core.inference``).
     """
 
     path: str
@@ -77,6 +84,9 @@ class FitSpec:
     n_samples: int | None = None
     stream: bool = False
     cache_bytes: int = 512 * 2**20
+    fit_name: str | None = None
+    test_rows: np.ndarray | None = dataclasses.field(default=None, compare=False)
+    standard_errors: bool = False
 
     def build_model(self):
         """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
@@ -229,6 +239,19 @@ class SampleReader:
         return ChunkSource(read, n_chunks=-(-self.n_stored // rows), rows=rows, n_features=self.n_features,
                            n_neurons=n_cols, n_valid=self.n_samples)
 
+    def samples_at(self, index: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """X and the y of neurons ``[start, stop)`` at the stored samples ``index`` (ascending), read a
+        stored chunk of samples at a time: arrays of shape (len(index), n_features), (len(index), stop - start)."""
+        X = np.zeros((len(index), self.n_features), self.dtype)
+        y = np.zeros((len(index), stop - start), self.dtype)
+        for row, end in self._row_ranges():
+            lo, hi = np.searchsorted(index, [row, end])
+            if lo < hi:
+                at = index[lo:hi] - row
+                X[lo:hi] = self.reader.X_rows(slice(row, end))[at]
+                y[lo:hi] = self.reader.y_block(start, stop, slice(row, end))[at]
+        return X, y
+
     def forget(self, start: int) -> None:
         """Drop the cached chunks of y of the block starting at neuron ``start``."""
         for key in [key for key in self._cache if key[0] == "y" and key[1] == start]:
@@ -236,7 +259,8 @@ class SampleReader:
 
 
 def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block, config, strength, pad_to: int,
-                  stream: bool = False, solve_lock=None) -> dict:
+                  stream: bool = False, solve_lock=None, test_rows: np.ndarray | None = None,
+                  standard_errors: bool = False) -> dict:
     """Fit one block of neurons and write its results; returns a small summary.
 
     With ``solve_lock``, only the solve holds it: another thread can read the next block and
@@ -257,10 +281,17 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
         The common block size; shorter blocks are padded with empty neurons.
     stream : bool
         Stream the samples chunk by chunk (``core.fit_streamed``) instead of holding them.
+    test_rows : int array, optional
+        Stored samples held out of training (``FitSpec.test_rows``); the block's neurons are
+        scored on them.
+    standard_errors : bool
+        Also write the neurons' standard errors, from the training samples (not when streaming).
     """
     import jax
 
+    from .core import cv as core_cv
     from .core import fit as core_fit
+    from .core import inference
 
     t0 = time.perf_counter()
     n_real = block.stop - block.start
@@ -291,7 +322,6 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
             del y
         jax.block_until_ready(result.state)
         t_solve = time.perf_counter() - t1
-    del mask
 
     t2 = time.perf_counter()
     arrays = {
@@ -301,6 +331,15 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
     state = {}
     for name, (leaf, per_neuron) in core_fit.state_leaves(result.state).items():
         state[name] = leaf[..., :n_real] if per_neuron else leaf
+    if standard_errors:
+        X_fit = np.asarray(data.design(n_cols))[:data.n_samples]
+        arrays["coef_se"], arrays["intercept_se"] = inference.standard_errors(
+            config, X_fit, mask[:, :n_real], arrays["coef"], arrays["intercept"], arrays["scale"])
+    del mask
+    if test_rows is not None:
+        X_test, y_test = data.samples_at(test_rows, block.start, block.stop)
+        scores = core_cv.heldout_scores(config, X_test, y_test, arrays["coef"], arrays["intercept"], arrays["scale"])
+        arrays.update({store.HELDOUT_NAMES[score_type]: value for score_type, value in scores.items()})
     writer.write(block, arrays, state)
     t_write = time.perf_counter() - t2
 
@@ -357,12 +396,13 @@ class BlockFitter:
                 # Opened at the first block, once the driver has created the results.
                 dtype = np.float64 if self._spec.x64 else np.float32
                 self._io = (SampleReader(store.InputsReader(self._spec.path), self._spec, dtype),
-                            store.ResultsWriter(self._spec.path))
+                            store.ResultsWriter(self._spec.path, self._spec.fit_name))
             # the first block of an actor pays for compilation; report it apart
             first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
         data, writer = self._io
         summary = fit_one_block(data, writer, block, self._config, strength, self._spec.pad_to, self._spec.stream,
-                                self._solve_lock)
+                                self._solve_lock, test_rows=self._spec.test_rows,
+                                standard_errors=self._spec.standard_errors)
         summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
         return summary

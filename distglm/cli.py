@@ -182,7 +182,7 @@ def _cmd_fit(args) -> int:
 
     model = _load_model(args.model)
     report = fit(args.path, model, address=args.address, progress=not args.no_progress,
-                 connect_timeout=args.connect_timeout, **_fit_options(args))
+                 connect_timeout=args.connect_timeout, name=args.name, **_fit_options(args))
     print(report)
     if report.failed_blocks:
         print(f"error: {len(report.failed_blocks)} blocks failed on every try; rerun to retry them", file=sys.stderr)
@@ -267,18 +267,25 @@ def _cmd_inspect(args) -> int:
     holder = store.read_lease(path)
     if holder is not None:
         print(f"  in use by: {store.describe_holder(holder)}" + (" (expired)" if holder["expired"] else ""))
-    fingerprint = stored_fingerprint(path)
+    names = store.fit_names(path)
+    if names != [None] and names:
+        print("  fits: " + ", ".join("(unnamed)" if n is None else n for n in names))
+    name = args.name
+    fingerprint = stored_fingerprint(path, name)
     if fingerprint is None:
-        print("  results: none (fit the store with distglm fit or distglm submit)")
+        print("  results: none" + ("" if name is None else f" named {name!r}")
+              + " (fit the store with distglm fit or distglm submit)")
         return 0
+    if name is not None:
+        print(f"  fit: {name}")
     model = fingerprint.get("model", {})
     strength = model.get("regularizer_strength")
     print(f"  model: {model.get('observation_model')}, {model.get('regularizer')}"
           + (f" (strength {strength})" if strength is not None else "")
           + f", solver {model.get('solver_name') or 'default'}")
     n_blocks = len(plan_blocks(info.n_neurons, info.neuron_chunk, fingerprint["block_size"]))
-    done = store.done_blocks(path)
-    res = store.read_results(path)
+    done = store.done_blocks(path, name)
+    res = store.read_results(path, name=name)
     status = res["status"]
     written = status != store.STATUS_UNWRITTEN
     print(f"  blocks: {len(done)}/{n_blocks} done")
@@ -293,6 +300,9 @@ def _cmd_inspect(args) -> int:
         print(f"  iterations: {_quantiles(res['n_iter'][written], '.0f')}")
         print(f"  gradient norm: {_quantiles(res['grad_norm'][written], '.2e')}")
         print(f"  loss: {_quantiles(res['loss'][written], '.4g')}")
+        for score_type, key in store.HELDOUT_NAMES.items():
+            if key in res:
+                print(f"  held-out {score_type} per neuron: {_quantiles(res[key][written], '.4g')}")
     print(f"  pseudo-R2 (McFadden) per neuron: {_inspect_pseudo_r2(args, info, path, len(done) == n_blocks)}")
     return 0
 
@@ -306,7 +316,7 @@ def _inspect_pseudo_r2(args, info, path: str, complete: bool) -> str:
         return "not computed: the fit is unfinished"
     if info.n_samples * info.n_neurons > _MAX_SCORE_VALUES:
         return f"not computed: y holds {info.n_samples * info.n_neurons} values, more than {_MAX_SCORE_VALUES}"
-    model = load_model(path)
+    model = load_model(path, name=args.name)
     X = store.read_X(path)
     y = store.read_y_block(path, 0, info.n_neurons)
     if info.feature_groups:
@@ -367,6 +377,7 @@ def _parser() -> argparse.ArgumentParser:
                                           "one, or the cluster at --address / RAY_ADDRESS.")
     add_fit_arguments(fit, "the Ray cluster (host:6379 or ray://host:10001; default RAY_ADDRESS, else a local Ray)")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.add_argument("--name", help="the fit's name: its results go to results/NAME/, beside the store's other fits")
     fit.add_argument("--connect-timeout", type=_positive_float, metavar="SECONDS",
                      help="seconds to wait for the cluster at --address (default 30, or DISTGLM_CONNECT_TIMEOUT)")
     fit.set_defaults(func=_cmd_fit)
@@ -407,6 +418,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--failures", type=_positive_int, default=10,
                          help="neurons listed per failure reason (default 10)")
     inspect.add_argument("--no-pseudo-r2", action="store_true", help="skip pseudo-R2 (which reads X and y)")
+    inspect.add_argument("--name", help="the named fit to describe (default: the unnamed fit)")
     inspect.set_defaults(func=_cmd_inspect)
     return parser
 

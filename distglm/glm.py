@@ -23,6 +23,7 @@ from . import npz as _npz
 from . import validation as val
 from .compile_cache import enable_compilation_cache
 from .core import fit as _fit
+from .core import inference as _inference
 from .core import solvers as _solvers
 from .core.observations import (
     LINKS,
@@ -34,12 +35,11 @@ from .core.observations import (
     resolve_link,
 )
 from .core.regularizers import REGULARIZERS, GroupLasso, Regularizer
+from .core.scoring import SCORE_TYPES, finish_score, score_terms
 from .errors import InputError, InputTypeError, InterfaceError, NotFittedError, UnsupportedOptionError
 
-__all__ = ["GLM", "PopulationGLM", "load_model", "model_to_config", "model_from_config", "check_link_portable",
+__all__ = ["GLM", "PopulationGLM", "PopulationGLMCV", "load_model", "model_to_config", "model_from_config", "check_link_portable",
            "parse_solver_name"]
-
-SCORE_TYPES = ("log-likelihood", "pseudo-r2-McFadden", "pseudo-r2-Cohen")
 
 
 def _float_dtype():
@@ -206,6 +206,11 @@ class GLM:
         None means the observation model's ``scale``
     n_iter_, converged_ : per-neuron iterations and convergence flags
     solver_state_ : the solver's final state
+    coef_se_, intercept_se_ : standard errors, shaped as ``coef_`` and ``intercept_``; None until
+        :meth:`compute_standard_errors` is called
+    heldout_scores_ : dict or None
+        For a model loaded from a store fitted with ``test_samples``: NeMoS score type -> each
+        neuron's score on the held-out samples, of shape (n_neurons,)
 
     Examples
     --------
@@ -400,6 +405,9 @@ class GLM:
         self.n_iter_ = None
         self.converged_ = None
         self.status_ = None
+        self.coef_se_ = None
+        self.intercept_se_ = None
+        self.heldout_scores_ = None
         self._groups = None
         self._step_args = None
 
@@ -541,6 +549,7 @@ class GLM:
         (``scale``, ``dof_resid``, ``n_iter``, ``converged``, ``status``) may be absent or empty.
         """
         self._groups = groups
+        self.coef_se_ = self.intercept_se_ = self.heldout_scores_ = None
         self.coef_ = self._user_coef(np.asarray(arrays["coef"]))
         self.intercept_ = np.asarray(arrays["intercept"])
         for name in ("scale", "dof_resid", "n_iter", "converged", "status"):
@@ -567,6 +576,46 @@ class GLM:
                 "loosen 'tol', or enable float64 with jax.config.update('jax_enable_x64', True)",
                 RuntimeWarning, stacklevel=3,
             )
+
+    def compute_standard_errors(self, X, y):
+        """Standard errors of the fitted coefficients and intercepts; sets ``coef_se_``, ``intercept_se_``.
+
+        From the Fisher information of the samples at the fitted parameters, with the model's
+        scale (estimated for Gamma and Gaussian): the errors statsmodels' ``GLM(...).fit().bse``
+        reports for an unpenalised model. For a penalised fit they are conditional on the
+        strength: the information is taken at the penalised optimum, without the penalty's
+        curvature, and says nothing of the uncertainty in choosing the strength.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features), or dict; the samples the model was fitted to
+        y : array of shape (n_samples,) or (n_samples, n_neurons); its NaN rows are dropped as in ``fit``
+
+        Returns
+        -------
+        self
+            ``coef_se_`` is shaped as ``coef_`` (NaN for masked features), ``intercept_se_`` has
+            shape (n_neurons,) (shape (1,) for a GLM).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from distglm.glm import PopulationGLM
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(500, 2)); y = rng.poisson(np.exp(0.3 * X), size=(500, 2))
+        >>> model = PopulationGLM().fit(X, y).compute_standard_errors(X, y)
+        >>> model.coef_se_.shape, model.intercept_se_.shape
+        ((2, 2), (2,))
+        """
+        Xa, ya, groups = self._prepare(X, y)
+        coef, intercept, mask = self._fitted_params(groups, Xa.shape[1])
+        if ya.shape[1] != coef.shape[1]:
+            raise InputError(f"y has {ya.shape[1]} neurons but coef_ has {coef.shape[1]}")
+        coef_se, intercept_se = _inference.standard_errors(self._fit_config(), Xa, mask, coef, intercept,
+                                                           self._scale_vector(coef.shape[1]))
+        self.coef_se_ = self._user_coef(coef_se)
+        self.intercept_se_ = intercept_se
+        return self
 
     # ----------------------------------------------------------------- evaluation
     def _rate(self, X, coef, intercept, mask=None):
@@ -627,21 +676,9 @@ class GLM:
         coef, intercept, mask = self._fitted_params(groups, Xa.shape[1])
         if ya.shape[1] != coef.shape[1]:
             raise InputError(f"y has {ya.shape[1]} neurons but coef_ has {coef.shape[1]}")
-        obs = self._observation_model
-        y_j = jnp.asarray(ya)
-        rate = jnp.asarray(self._rate(Xa, coef, intercept, mask))
-        null = jnp.ones_like(y_j) * jnp.mean(y_j, axis=0)
-        scale = jnp.asarray(self._scale_vector(coef.shape[1]), dtype=y_j.dtype)
-        if score_type == "log-likelihood":
-            return aggregate_sample_scores(obs.log_likelihood_terms(y_j, rate, scale))
-        if score_type == "pseudo-r2-McFadden":
-            ll_model = aggregate_sample_scores(obs.log_likelihood_terms(y_j, rate, scale))
-            ll_null = aggregate_sample_scores(obs.log_likelihood_terms(y_j, null, scale))
-            return 1 - ll_model / ll_null
-        dev_scale = jnp.asarray(obs.fixed_scale or 1.0)
-        dev_model = aggregate_sample_scores(obs.deviance_terms(y_j, rate, dev_scale))
-        dev_null = aggregate_sample_scores(obs.deviance_terms(y_j, null, dev_scale))
-        return (dev_null - dev_model) / dev_null
+        rate = self._rate(Xa, coef, intercept, mask)
+        terms = score_terms(self._observation_model, ya, rate, self._scale_vector(coef.shape[1]), score_type)
+        return finish_score(*(None if t is None else aggregate_sample_scores(t) for t in terms), score_type)
 
     def simulate(self, random_key, feedforward_input):
         """Draw responses from the fitted model.
@@ -1160,3 +1197,7 @@ def load_model(filename: str | Path, mapping_dict: dict | None = None) -> GLM:
             raise
         raise InputError(f"{str(filename)!r} is not a readable .npz model file: {err}") from err
     return _model_from_tree(tree, mapping_dict or {}, repr(str(filename)))
+
+
+# Defined in its own module, which builds on PopulationGLM: imported last, once PopulationGLM exists.
+from .cv import PopulationGLMCV  # noqa: E402

@@ -75,6 +75,9 @@ class FitReport:
     timings : dict
         Seconds summed over actors: ``read``, ``solve``, ``write``, and ``first_solve`` (the
         first block of each actor, which includes compilation); ``prepare`` in the driver.
+    heldout : dict or None
+        For a fit with ``test_samples``: NeMoS score type -> each neuron's held-out score, array
+        of shape (n_neurons,) (NaN for a neuron without results).
     """
 
     path: str
@@ -90,6 +93,7 @@ class FitReport:
     seconds: float
     neurons_per_second: float
     timings: dict
+    heldout: dict | None = None
 
     @property
     def n_failed(self) -> int:
@@ -106,6 +110,10 @@ class FitReport:
         ]
         for bid, reason in list(self.failed_blocks.items())[:5]:
             lines.append(f"  block {bid} failed: {reason}")
+        if self.heldout is not None:
+            medians = ", ".join(f"{score_type} {np.nanmedian(values):.4g}" if np.isfinite(values).any()
+                                else f"{score_type} none" for score_type, values in self.heldout.items())
+            lines.append(f"  held-out score, median over neurons: {medians}")
         return "\n".join(lines)
 
 
@@ -175,10 +183,14 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
 
 
 def _check_model(model):
-    from .glm import PopulationGLM
+    from .glm import PopulationGLM, PopulationGLMCV
 
     if not isinstance(model, PopulationGLM):
         raise InputTypeError(f"model must be a distglm PopulationGLM; got {type(model).__name__}")
+    if isinstance(model, PopulationGLMCV):
+        raise UnsupportedOptionError("a store is fitted with one strength per model: cross-validate in memory with "
+                                     "PopulationGLMCV.fit(X, y), then fit the store with a PopulationGLM of its "
+                                     "selected strengths")
     return model._fit_config()
 
 
@@ -215,9 +227,10 @@ def _check_mask(model, info: store.InputsInfo, stored) -> None:
         )
 
 
-def stored_fingerprint(path: str) -> dict | None:
-    """The fingerprint of the store's results, checked to describe a fit; None without results."""
-    fingerprint = store.read_fingerprint(path)
+def stored_fingerprint(path: str, name: str | None = None) -> dict | None:
+    """The fingerprint of a fit's results (the unnamed fit, or the fit ``name``), checked to describe a
+    fit; None without results."""
+    fingerprint = store.read_fingerprint(path, name)
     if fingerprint is None:
         return None
     expected = {"model": dict, "n_samples": int, "dtype": str, "block_size": int}
@@ -265,6 +278,9 @@ def fit(
     on_block: Callable[[dict], None] | None = None,
     connect_timeout: float | None = None,
     block_timeout: float = DEFAULT_BLOCK_TIMEOUT_S,
+    name: str | None = None,
+    test_samples=None,
+    standard_errors: bool = False,
     stream: bool | None = None,
 ) -> FitReport:
     """Fit ``model`` to the inputs of the store at ``path`` on Ray actors.
@@ -309,6 +325,19 @@ def fit(
         block retried elsewhere; the limit is the larger of this and 10 times the slowest block
         seen so far in the fit (an actor's first block, which compiles, is not counted). A
         block queued behind another on its actor gets twice the limit.
+    name : str, optional
+        The fit's name: its results go to ``results/<name>/``, beside the store's other fits of
+        the same inputs, which neither ``resume`` nor ``resume=False`` touches (load it with
+        ``load_model(path, name=name)``). None: the store's unnamed fit, in ``results/``.
+    test_samples : bool array of shape (n_samples,) or slice, optional
+        Samples held out of training. The actors score each neuron on them (every NeMoS score
+        type, as ``PopulationGLM.score`` with a mean over samples per neuron) and store the
+        scores with its results: ``FitReport.heldout``, ``distglm inspect`` and the loaded
+        model's ``heldout_scores_`` show them. Samples with NaN are dropped from both sets.
+    standard_errors : bool
+        The actors also compute each neuron's standard errors (as
+        ``PopulationGLM.compute_standard_errors`` on the training samples) and store them: the
+        loaded model's ``coef_se_`` and ``intercept_se_``. Not with a streamed fit.
     stream : bool, optional
         Whether actors stream X and y from the store a chunk of samples at a time (memory
         bounded whatever the recording's length; every pass over the data reads the chunks
@@ -349,8 +378,12 @@ def fit(
         raise InputTypeError(f"path must be a string or path-like; got {type(path).__name__}")
     check_fit_options(resume=resume, progress=progress, max_retries=max_retries, num_actors=num_actors,
                       block_size=block_size, block_timeout=block_timeout, on_block=on_block, stream=stream)
+    store.results_group(name)
+    if not isinstance(standard_errors, bool):
+        raise InputTypeError(f"standard_errors must be True or False; got {standard_errors!r}")
 
     info = store.open_inputs(path)
+    test = _test_mask(test_samples, info.n_samples)
     config = _check_model(model)
     stochastic = is_stochastic(config.solver_name)
     if stream and stochastic:
@@ -364,17 +397,28 @@ def fit(
     model_config = {**model_to_config(model), "feature_mask": None}
     fingerprint = {"model": model_config, "n_samples": n_kept, "dtype": np.dtype(dtype).str,
                    "inputs": {"generation": info.generation, "digest": digest}}
+    # training samples: kept and not held out; held-out ones as stored sample indices
+    train, test_rows = keep, None
+    if test is not None:
+        train, test_rows = keep & ~test, np.flatnonzero(keep & test)
+        if not train.any() or not test_rows.size:
+            raise InputError(f"test_samples holds out {test_rows.size} of the {n_kept} samples without NaN; both the "
+                             "training and the held-out samples must be non-empty")
+        fingerprint["test_samples"] = hashlib.sha256(np.packbits(test).tobytes()).hexdigest()
+    n_train = int(train.sum())
+    if standard_errors:
+        fingerprint["standard_errors"] = True
 
     done = set()
-    stored = stored_fingerprint(path) if resume else None
+    stored = stored_fingerprint(path, name) if resume else None
     if stored is not None:
         _check_resumable(path, stored, fingerprint, block_size)
         block_size = stored["block_size"]
-        done = store.done_blocks(path)
+        done = store.done_blocks(path, name)
         blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size)
         if all(b.id in done for b in blocks):
             # Nothing to do: no cluster is needed and the store is not written.
-            return _report(path, info, blocks, done, [], {}, 0, t_start, time.perf_counter() - t_start)
+            return _report(path, info, blocks, done, [], {}, 0, t_start, time.perf_counter() - t_start, name)
 
     started = connect_ray(address, timeout=connect_timeout)
     try:
@@ -391,21 +435,26 @@ def fit(
         fingerprint["block_size"] = (blocks[0].size if len(blocks) > 1
                                      else -(-pad_to // info.neuron_chunk) * info.neuron_chunk)
         block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
-        spec = core_fit.state_spec(config, n_kept, info.n_features, pad_to, dtype, block_strength(blocks[0]))
+        spec = core_fit.state_spec(config, n_train, info.n_features, pad_to, dtype, block_strength(blocks[0]))
+        streams = not stochastic and _streams(stream, n_train, info.n_features, pad_to, dtype)
+        if standard_errors and streams:
+            raise UnsupportedOptionError("standard errors of a streamed fit are not computed (they need X whole in "
+                                         "each actor): pass stream=False, or compute them in memory")
         with store.acquire_lease(path, "fit") as lease:
             if store.inputs_generation(path) != info.generation:
                 raise StoreError(f"{path}: the inputs were written again while this fit checked them; run the "
                                  "fit again")
             store.create_results(path, n_features=info.n_features, n_neurons=info.n_neurons,
                                  neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
-                                 state_spec=spec, fingerprint=fingerprint, overwrite=not resume)
-            done = store.done_blocks(path) if resume else set()
+                                 state_spec=spec, fingerprint=fingerprint, overwrite=not resume, name=name,
+                                 heldout=test_rows is not None, standard_errors=standard_errors)
+            done = store.done_blocks(path, name) if resume else set()
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
-                               inverse_link=inverse_link, dropped_rows=np.flatnonzero(~keep), n_samples=n_kept,
-                               stream=not stochastic and _streams(stream, n_kept, info.n_features, pad_to, dtype))
-            del keep
+                               inverse_link=inverse_link, dropped_rows=np.flatnonzero(~train), n_samples=n_train,
+                               stream=streams, fit_name=name, test_rows=test_rows, standard_errors=standard_errors)
+            del keep, train
             summaries, failed_blocks, n_retries = _dispatch(
                 fit_spec, todo, block_strength, lease,
                 num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0, max_retries=max_retries,
@@ -418,7 +467,26 @@ def fit(
 
             ray.shutdown()
 
-    return _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared)
+    return _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared, name)
+
+
+def _test_mask(test_samples, n_samples: int) -> np.ndarray | None:
+    """``test_samples`` as a bool mask of shape (n_samples,) over the store's samples, or None."""
+    if test_samples is None:
+        return None
+    if isinstance(test_samples, slice):
+        mask = np.zeros(n_samples, bool)
+        mask[test_samples] = True
+        return mask
+    if hasattr(test_samples, "start") and hasattr(test_samples, "end"):
+        raise UnsupportedOptionError("test_samples as a pynapple IntervalSet needs the samples' times, which a store "
+                                     "does not hold: pass the boolean mask your time axis gives, e.g. "
+                                     "~np.isnan(X_tsdframe.in_interval(interval_set))")
+    mask = np.asarray(test_samples)
+    if mask.dtype != bool or mask.shape != (n_samples,):
+        raise InputTypeError(f"test_samples must be a slice or a boolean array of shape ({n_samples},), one per "
+                             f"sample of the store; got {mask.dtype} of shape {mask.shape}")
+    return mask
 
 
 def _streams(stream: bool | None, n_samples: int, n_features: int, pad_to: int, dtype) -> bool:
@@ -625,7 +693,8 @@ def _short_reason(err: Exception) -> str:
     return f"{type(err).__name__}: {tail[0][:300]}"
 
 
-def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared) -> FitReport:
+def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared,
+            name=None) -> FitReport:
     results = None
     fitted_ids = {s["block"] for s in summaries} | set(done)
     n_fitted = sum(b.size for b in blocks if b.id in fitted_ids)
@@ -638,7 +707,7 @@ def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_sta
         from .core.fit import STATUS_OK, STATUS_REASONS
 
         for b in skipped:
-            results = store.read_results(path, b.start, b.stop)
+            results = store.read_results(path, b.start, b.stop, name)
             n_converged += int(np.sum(results["converged"]))
             for i, s in enumerate(results["status"]):
                 if s != STATUS_OK:
@@ -657,11 +726,20 @@ def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_sta
         failures=dict(sorted(failures.items())), failed_blocks=failed_blocks, n_blocks=len(blocks),
         n_blocks_skipped=len(skipped), n_blocks_fitted=len(summaries), n_retries=n_retries,
         seconds=seconds, neurons_per_second=n_now / seconds if seconds > 0 else 0.0, timings=timings,
+        heldout=(_heldout_scores(store.read_results(path, name=name))
+                 if "test_samples" in (store.read_fingerprint(path, name) or {}) else None),
     )
 
 
-def load_fitted(path, mapping_dict: dict | None = None):
-    """A fitted ``PopulationGLM`` from the results in the store at ``path``.
+def _heldout_scores(results: dict) -> dict | None:
+    """Score type -> per-neuron held-out scores, from a fit's results; None if it held no samples out."""
+    if store.HELDOUT_NAMES["log-likelihood"] not in results:
+        return None
+    return {score_type: results[key] for score_type, key in store.HELDOUT_NAMES.items()}
+
+
+def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None):
+    """A fitted ``PopulationGLM`` from the results in the store at ``path`` (of the fit ``name``, if given).
 
     A fit with a custom inverse link records only its name: give the function again as
     ``mapping_dict={"inverse_link_function": fn}``, as NeMoS's ``load_model`` takes it.
@@ -670,9 +748,11 @@ def load_fitted(path, mapping_dict: dict | None = None):
     """
     path = os.fspath(path) if isinstance(path, os.PathLike) else path
     info = store.open_inputs(path)
-    fingerprint = stored_fingerprint(path)
+    fingerprint = stored_fingerprint(path, name)
     if fingerprint is None:
-        raise StoreError(f"{path} holds no fit results; run distglm.fit first")
+        others = [repr(n) for n in store.fit_names(path)]
+        raise StoreError(f"{path} holds no fit results" + ("" if name is None else f" named {name!r}")
+                         + (f" (its fits: {', '.join(others)})" if others else "") + "; run distglm.fit first")
     if "inputs" not in fingerprint:
         raise StoreError(_OLDER)
     fitted_to = fingerprint["inputs"].get("generation")
@@ -680,7 +760,7 @@ def load_fitted(path, mapping_dict: dict | None = None):
         raise StoreError(f"{path}: the results were fitted to earlier inputs (the inputs were written again since); "
                          "refit them with distglm.fit(path, model, resume=False)")
     n_blocks = len(_plan.plan_blocks(info.n_neurons, info.neuron_chunk, fingerprint["block_size"]))
-    missing = sorted(set(range(n_blocks)) - store.done_blocks(path))
+    missing = sorted(set(range(n_blocks)) - store.done_blocks(path, name))
     if missing:
         raise StoreError(
             f"{path} holds an unfinished fit: blocks {missing[:10]}{'...' if len(missing) > 10 else ''} are not done "
@@ -701,10 +781,14 @@ def load_fitted(path, mapping_dict: dict | None = None):
         else:
             starts = np.cumsum([0] + [size for _, size in info.feature_groups])
             model.feature_mask = {name: mask[s] for (name, _), s in zip(info.feature_groups, starts)}
-    results, state = store.read_results(path), store.read_state(path)
+    results, state = store.read_results(path, name=name), store.read_state(path, name)
     # a fit that replaced the results meanwhile would have changed the fingerprint or the markers
-    if stored_fingerprint(path) != fingerprint or missing != sorted(set(range(n_blocks)) - store.done_blocks(path)):
+    if (stored_fingerprint(path, name) != fingerprint
+            or missing != sorted(set(range(n_blocks)) - store.done_blocks(path, name))):
         raise StoreError(f"{path}: the results changed while they were read (another fit is writing them); "
                          "load them again when it ends")
     model._set_fitted(info.feature_groups, results, state)
+    model.heldout_scores_ = _heldout_scores(results)
+    if "coef_se" in results:
+        model.coef_se_, model.intercept_se_ = model._user_coef(results["coef_se"]), results["intercept_se"]
     return model

@@ -15,6 +15,8 @@ A store is one Zarr group (a local directory or any URL Zarr accepts) laid out a
                              (n_neurons,), chunks (neuron_chunk,)
         done                 (n_blocks,) uint64, one chunk per block: 0, or the block's checksum
         solver_state/<name>  (*shape, n_neurons) per neuron, or (n_blocks, *shape) per block
+        <fit name>/          a named fit (distglm.fit(..., name=...)): the same layout, its own
+                             fingerprint and done markers
     job/                     attrs: the record of a fit submitted to a cluster
     lease/                   attrs: the process that holds the store (one writer at a time)
 
@@ -61,19 +63,25 @@ from .records import (
     write_attrs,
 )
 from .results import (
+    HELDOUT_NAMES,
     RESULT_NAMES,
+    SE_NAMES,
     STATUS_UNWRITTEN,
     ResultsWriter,
     create_results,
     done_blocks,
+    fit_names,
     read_fingerprint,
     read_results,
     read_state,
+    results_group,
     write_block,
 )
 
 __all__ = [
     "RESULT_NAMES",
+    "HELDOUT_NAMES",
+    "SE_NAMES",
     "STATUS_UNWRITTEN",
     "InputsInfo",
     "InputsReader",
@@ -94,6 +102,8 @@ __all__ = [
     "read_results",
     "read_state",
     "read_fingerprint",
+    "results_group",
+    "fit_names",
     "write_attrs",
     "read_attrs",
     "acquire_lease",

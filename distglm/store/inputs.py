@@ -22,7 +22,7 @@ from distglm.plan import _check_int
 from . import _zarr
 from ._zarr import NUMERIC_KINDS, as_path, open_group
 from .records import acquire_lease
-from .results import discard_results
+from .results import discard_all_results
 
 __all__ = [
     "InputsInfo",
@@ -234,7 +234,7 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
         # Deleted whether or not their groups are there: an interrupted delete may have left
         # arrays behind their group's metadata document.
         _zarr.delete_node(root, "job")
-        discard_results(root)
+        discard_all_results(root)
         _zarr.delete_node(root, "inputs")
 
         attributes = {"complete": False, "generation": uuid.uuid4().hex}

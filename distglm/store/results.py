@@ -6,12 +6,17 @@ interrupted replacement reads as "no results" rather than as the old fit. A bloc
 ``results/done[id] = (checksum, start, stop)``, is written after the block's data, and the
 checksum covers that data and the fingerprint: :func:`done_blocks` recomputes it, so a marker
 over missing chunks, half-written data or data of another fit is not taken for a done block.
+
+A store holds one unnamed fit in ``results/`` and any number of named fits, each in its own
+group ``results/<name>/`` laid out the same way, with its own fingerprint and done markers:
+replacing or deleting one fit leaves the others as they are.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import zarr
@@ -33,6 +38,11 @@ __all__ = [
     "read_results",
     "read_state",
     "read_fingerprint",
+    "results_group",
+    "fit_names",
+    "discard_all_results",
+    "HELDOUT_NAMES",
+    "SE_NAMES",
 ]
 
 #: Per-neuron result arrays, in the order :func:`read_results` returns them.
@@ -47,6 +57,14 @@ RESULT_NAMES = (
     "converged",
     "status",
 )
+#: Per-neuron held-out scores of a fit that held samples out, by NeMoS score type.
+HELDOUT_NAMES = {
+    "log-likelihood": "heldout_log_likelihood",
+    "pseudo-r2-McFadden": "heldout_pseudo_r2_mcfadden",
+    "pseudo-r2-Cohen": "heldout_pseudo_r2_cohen",
+}
+#: Standard errors of a fit that computed them: ``coef_se`` shaped as ``coef``, ``intercept_se``.
+SE_NAMES = ("coef_se", "intercept_se")
 #: ``results/status`` of a neuron whose block was never written.
 STATUS_UNWRITTEN = -1
 # Result arrays whose dtype does not follow the fit's float dtype, with their fill values.
@@ -55,6 +73,33 @@ _FIXED_RESULTS = {
     "converged": (np.dtype("bool"), False),
     "status": (np.dtype("int8"), STATUS_UNWRITTEN),
 }
+
+
+# What a fit's group holds: a named fit's group beside them must not take one of these names.
+_RESERVED = frozenset(RESULT_NAMES) | frozenset(HELDOUT_NAMES.values()) | frozenset(SE_NAMES) | {"done",
+                                                                                              "solver_state"}
+_NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def results_group(name=None) -> str:
+    """The group of a fit's results in the store: ``"results"``, or ``"results/<name>"`` for a named fit.
+
+    Names are letters, digits, ``.``, ``_`` and ``-`` (starting with a letter or digit), other
+    than the names of a fit's own arrays.
+
+    Examples
+    --------
+    >>> results_group(), results_group("ridge-cv")
+    ('results', 'results/ridge-cv')
+    """
+    if name is None:
+        return "results"
+    if not isinstance(name, str):
+        raise InputTypeError(f"a fit's name must be a str or None; got {type(name).__name__}")
+    if not _NAME_CHARS.fullmatch(name) or name in _RESERVED:
+        raise InputError(f"a fit's name must be letters, digits, '.', '_' or '-', starting with a letter or digit, "
+                         f"and not one of {sorted(_RESERVED)}; got {name!r}")
+    return f"results/{name}"
 
 
 def _normalise_state_spec(state_spec) -> dict:
@@ -84,16 +129,33 @@ def _normalise_state_spec(state_spec) -> dict:
     return spec
 
 
-def _results(path: str, mode: str) -> zarr.Group:
+def _fit_label(name) -> str:
+    return "results" if name is None else f"results of the fit {name!r}"
+
+
+def _results(path: str, mode: str, name=None) -> zarr.Group:
     root = open_group(path, mode)
-    results = _zarr.node(root, "results", path)
+    results = _zarr.node(root, results_group(name), path)
     if results is None:
-        raise StoreError(f"{path} holds no results; a fit creates them with create_results")
+        raise StoreError(f"{path} holds no {_fit_label(name)}; a fit creates them with create_results")
     # create_results writes the fingerprint last: without it some arrays may be missing.
     if "fingerprint" not in results.attrs:
-        raise StoreError(f"{path} holds results that were not completely created; "
+        raise StoreError(f"{path} holds {_fit_label(name)} that were not completely created; "
                          "run the fit again to create them anew")
     return results
+
+
+_COEF_SHAPED = ("coef", "coef_se")
+
+
+def _extra_names(heldout: bool, standard_errors: bool) -> tuple[str, ...]:
+    return (tuple(HELDOUT_NAMES.values()) if heldout else ()) + (SE_NAMES if standard_errors else ())
+
+
+def _names(results: zarr.Group) -> tuple[str, ...]:
+    """The per-neuron arrays of a fit: :data:`RESULT_NAMES`, then the held-out scores and the
+    standard errors if it has them."""
+    return RESULT_NAMES + _extra_names(bool(results.attrs.get("heldout")), bool(results.attrs.get("standard_errors")))
 
 
 def _result_array(results: zarr.Group, name: str, path: str) -> zarr.Array:
@@ -101,7 +163,8 @@ def _result_array(results: zarr.Group, name: str, path: str) -> zarr.Array:
                                             "(distglm fit PATH --no-resume)")
 
 
-def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, path):
+def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout,
+                        standard_errors, path):
     coef, done = _result_array(results, "coef", path), _result_array(results, "done", path)
     expected = {
         "coef shape": (coef.shape, (n_features, n_neurons)),
@@ -109,6 +172,8 @@ def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, 
         "dtype": (np.dtype(coef.dtype), dtype),
         "number of blocks": (done.shape, (n_blocks, 3)),
         "state_spec": (results.attrs.get("state_spec"), spec),
+        "held-out scores": (bool(results.attrs.get("heldout")), heldout),
+        "standard errors": (bool(results.attrs.get("standard_errors")), standard_errors),
     }
     return [
         f"{key} {got} instead of {want}" for key, (got, want) in expected.items() if got != want
@@ -126,6 +191,9 @@ def create_results(
     state_spec,
     fingerprint,
     overwrite=False,
+    name=None,
+    heldout=False,
+    standard_errors=False,
 ) -> None:
     """Create every result array of a fit, before any block is written, or keep them to resume.
 
@@ -155,6 +223,14 @@ def create_results(
         results of another fingerprint is refused unless ``overwrite``.
     overwrite : bool, optional
         Delete existing results and create them anew.
+    name : str, optional
+        The fit's name: its results go to ``results/<name>/`` (see :func:`results_group`), beside
+        the store's other fits, which are left as they are. None: the unnamed fit, ``results/``.
+    heldout : bool, optional
+        Whether the fit held samples out: then its blocks also write each neuron's held-out
+        scores (:data:`HELDOUT_NAMES`, NaN until written), covered by the done markers too.
+    standard_errors : bool, optional
+        Whether its blocks also write standard errors (:data:`SE_NAMES`), likewise.
 
     Raises
     ------
@@ -186,11 +262,13 @@ def create_results(
     if not isinstance(fingerprint, dict):
         raise InputTypeError(f"fingerprint must be a dict; got {type(fingerprint).__name__}")
     fingerprint = _zarr.json_like(fingerprint, "fingerprint")
-    if not isinstance(overwrite, bool):
-        raise InputTypeError(f"overwrite must be a bool; got {type(overwrite).__name__}")
+    for flag, value in (("overwrite", overwrite), ("heldout", heldout), ("standard_errors", standard_errors)):
+        if not isinstance(value, bool):
+            raise InputTypeError(f"{flag} must be a bool; got {type(value).__name__}")
+    group = results_group(name)
 
     root = open_group(path, "r+")
-    results = _zarr.node(root, "results", path)
+    results = _zarr.node(root, group, path)
     if results is not None:
         stored = results.attrs.get("fingerprint")
         if stored is not None and not overwrite:
@@ -200,25 +278,28 @@ def create_results(
                     if stored.get(key) != fingerprint.get(key)
                 )
                 raise StoreError(
-                    f"{path} holds results of a different fit (fingerprint differs in {keys}); "
+                    f"{path} holds {_fit_label(name)} of a different fit (fingerprint differs in {keys}); "
                     "pass resume=False to replace them"
                 )
             differences = _layout_differences(
-                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, path
+                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout, standard_errors, path
             )
             if differences:
                 raise StoreError(
-                    f"{path} holds results of this fit laid out differently "
+                    f"{path} holds {_fit_label(name)} of this fit laid out differently "
                     f"({'; '.join(differences)}); pass resume=False to replace them"
                 )
             return
     # also when no results group is there: an interrupted delete may have left arrays without it
-    discard_results(root)
+    discard_results(root, name)
 
-    results = root.create_group("results")
-    per_neuron = {name: (dtype, np.nan) for name in RESULT_NAMES} | _FIXED_RESULTS
+    results = root.require_group("results")
+    if name is not None:
+        results = results.create_group(name)
+    extra = _extra_names(heldout, standard_errors)
+    per_neuron = {name: (dtype, np.nan) for name in RESULT_NAMES + extra} | _FIXED_RESULTS
     for name, (array_dtype, fill) in per_neuron.items():
-        shape = (n_features, n_neurons) if name == "coef" else (n_neurons,)
+        shape = (n_features, n_neurons) if name in _COEF_SHAPED else (n_neurons,)
         results.create_array(
             name, shape=shape, dtype=array_dtype, fill_value=fill,
             chunks=shape[:-1] + (neuron_chunk,),
@@ -235,6 +316,8 @@ def create_results(
             full, chunks = (n_blocks, *shape), (1, *chunk_shape)
         state.create_array(name, shape=full, dtype=state_dtype, chunks=chunks, fill_value=0)
     results.attrs["state_spec"] = spec
+    results.attrs["heldout"] = heldout
+    results.attrs["standard_errors"] = standard_errors
     results.attrs["fingerprint"] = fingerprint
 
 
@@ -255,12 +338,13 @@ class ResultsWriter:
         If the store holds no (completely created) results.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, name=None):
         self.path = as_path(path)
-        results = _results(self.path, "r+")
+        results = _results(self.path, "r+", name)
         self._fingerprint = results.attrs["fingerprint"]
         self._spec = results.attrs["state_spec"]
-        self._arrays = {("arrays", name): _result_array(results, name, self.path) for name in RESULT_NAMES}
+        self._names = _names(results)
+        self._arrays = {("arrays", name): _result_array(results, name, self.path) for name in self._names}
         self._arrays.update({("state", name): _result_array(results, f"solver_state/{name}", self.path)
                              for name in self._spec})
         self._done = _result_array(results, "done", self.path)
@@ -283,8 +367,8 @@ class ResultsWriter:
         if block.start % chunk or (block.stop % chunk and block.stop != self._n_neurons):
             raise PlanError(f"{block} is not aligned with the results' neuron chunk {chunk}: it would "
                             "share a chunk with another block")
-        shapes = {("arrays", name): (self._n_features, block.size) if name == "coef" else (block.size,)
-                  for name in RESULT_NAMES}
+        shapes = {("arrays", name): (self._n_features, block.size) if name in _COEF_SHAPED else (block.size,)
+                  for name in self._names}
         shapes.update({("state", name): tuple(shape) + (block.size,) if per_neuron else tuple(shape)
                        for name, (shape, _, per_neuron) in self._spec.items()})
         values = {}
@@ -319,7 +403,7 @@ class ResultsWriter:
         self._done[block.id] = np.array([checksum, block.start, block.stop], dtype=np.uint64)
 
 
-def write_block(path, block, arrays: dict, state: dict) -> None:
+def write_block(path, block, arrays: dict, state: dict, name=None) -> None:
     """Write one block's results and solver state, then mark the block done.
 
     Writes only the block's chunks, so processes writing different blocks of one store do not
@@ -333,7 +417,8 @@ def write_block(path, block, arrays: dict, state: dict) -> None:
         The block; ``start`` and ``stop`` must lie on the results' neuron chunk boundaries
         (``stop`` may also be n_neurons).
     arrays : dict of str to array
-        Every name of :data:`RESULT_NAMES`, trimmed to the block's real size: ``coef`` of shape
+        Every name of :data:`RESULT_NAMES` (and of :data:`HELDOUT_NAMES` for results created with
+        ``heldout=True``), trimmed to the block's real size: ``coef`` of shape
         (n_features, block.size), the others of shape (block.size,).
     state : dict of str to array
         Every solver state array of the ``state_spec``: of shape (*shape, block.size) when per
@@ -359,7 +444,7 @@ def write_block(path, block, arrays: dict, state: dict) -> None:
     >>> done_blocks(path), read_results(path)["coef"].sum()
     ({0}, np.float64(6.0))
     """
-    ResultsWriter(path).write(block, arrays, state)
+    ResultsWriter(path, name).write(block, arrays, state)
 
 
 def _checksum(fingerprint: dict, block: Block, values: dict) -> int:
@@ -374,22 +459,78 @@ def _checksum(fingerprint: dict, block: Block, values: dict) -> int:
     return (int.from_bytes(digest.digest(), "little") >> 1) | 1
 
 
-def discard_results(root: zarr.Group) -> None:
-    """Delete a store's results so that an interruption at any point leaves no results behind.
-
-    The fingerprint goes first: results without one are "not completely created", which every
-    reader refuses and every fit recreates, whatever of the arrays was deleted by then.
-    """
+def _drop_fingerprint(root: zarr.Group, group: str) -> None:
     try:
-        results = root["results"]
+        results = root[group]
     except Exception:  # noqa: BLE001 - absent or damaged: there is no fingerprint to remove first
         results = None
     if isinstance(results, zarr.Group) and "fingerprint" in results.attrs:
         results.attrs.pop("fingerprint")
+
+
+def discard_results(root: zarr.Group, name=None) -> None:
+    """Delete one fit's results so that an interruption at any point leaves no results of it behind.
+
+    The fingerprint goes first: results without one are "not completely created", which every
+    reader refuses and every fit recreates, whatever of the arrays was deleted by then. The
+    unnamed fit's arrays are deleted one by one, leaving the named fits beside them.
+    """
+    group = results_group(name)
+    _drop_fingerprint(root, group)
+    if name is not None:
+        _zarr.delete_node(root, group)
+        return
+    if not fit_names_in(root):
+        _zarr.delete_node(root, group)
+        return
+    for member in sorted(_RESERVED):
+        _zarr.delete_node(root, f"{group}/{member}")
+    results = root[group]
+    if "state_spec" in results.attrs:
+        results.attrs.pop("state_spec")
+
+
+def discard_all_results(root: zarr.Group) -> None:
+    """Delete every fit's results, named or not, each fingerprint first (see :func:`discard_results`)."""
+    for name in fit_names_in(root):
+        _drop_fingerprint(root, results_group(name))
+    _drop_fingerprint(root, "results")
     _zarr.delete_node(root, "results")
 
 
-def done_blocks(path) -> set[int]:
+def fit_names_in(root: zarr.Group) -> list[str]:
+    """Names of the named fits whose groups are in ``root``'s ``results`` (complete or not), sorted."""
+    try:
+        results = root["results"]
+    except Exception:  # noqa: BLE001 - absent or damaged: no named fit can be listed
+        return []
+    if not isinstance(results, zarr.Group):
+        return []
+    return sorted(key for key, node in results.members() if isinstance(node, zarr.Group) and key not in _RESERVED)
+
+
+def fit_names(path) -> list:
+    """The fits in a store with results: None for the unnamed fit (``results/``), then the names, sorted.
+
+    A fit whose results were not completely created (no fingerprint) is not listed.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> for name in (None, "ridge"):
+    ...     create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
+    ...                    dtype="float64", state_spec={}, fingerprint={}, name=name)
+    >>> fit_names(path)
+    [None, 'ridge']
+    """
+    path = as_path(path)
+    root = open_group(path, "r")
+    names = [None] + fit_names_in(root)
+    return [name for name in names if read_fingerprint(path, name) is not None]
+
+
+def done_blocks(path, name=None) -> set[int]:
     """Return the ids of the blocks whose results are completely written, checked against them.
 
     A block counts as done only if its marker's checksum matches the block's results and
@@ -415,8 +556,9 @@ def done_blocks(path) -> set[int]:
     set()
     """
     path = as_path(path)
-    results = _results(path, "r")
-    markers = _zarr.read(_result_array(results, "done", path), Ellipsis, "results/done", path)
+    results = _results(path, "r", name)
+    group = results_group(name)
+    markers = _zarr.read(_result_array(results, "done", path), Ellipsis, f"{group}/done", path)
     if markers.ndim != 2:
         raise StoreError(f"{path}: the results were written by an older distglm, whose done markers cannot be "
                          "checked against the data; refit with resume=False (distglm fit PATH --no-resume)")
@@ -424,10 +566,10 @@ def done_blocks(path) -> set[int]:
     if not candidates:
         return set()
     spec = results.attrs["state_spec"]
-    arrays = {name: _zarr.read(_result_array(results, name, path), Ellipsis, f"results/{name}", path)
-              for name in RESULT_NAMES}
-    state = {name: _zarr.read(_result_array(results, f"solver_state/{name}", path), Ellipsis,
-                              f"results/solver_state/{name}", path) for name in spec}
+    arrays = {key: _zarr.read(_result_array(results, key, path), Ellipsis, f"{group}/{key}", path)
+              for key in _names(results)}
+    state = {key: _zarr.read(_result_array(results, f"solver_state/{key}", path), Ellipsis,
+                             f"{group}/solver_state/{key}", path) for key in spec}
     n_neurons = arrays["intercept"].shape[0]
     done = set()
     for block_id in candidates:
@@ -435,15 +577,15 @@ def done_blocks(path) -> set[int]:
         if not 0 <= start < stop <= n_neurons:
             continue
         block = Block(block_id, start, stop)
-        values = {("arrays", name): value[..., start:stop] for name, value in arrays.items()}
-        for name, (_, _, per_neuron) in spec.items():
-            values[("state", name)] = state[name][..., start:stop] if per_neuron else state[name][block_id]
+        values = {("arrays", key): value[..., start:stop] for key, value in arrays.items()}
+        for key, (_, _, per_neuron) in spec.items():
+            values[("state", key)] = state[key][..., start:stop] if per_neuron else state[key][block_id]
         if _checksum(results.attrs["fingerprint"], block, values) == checksum:
             done.add(block_id)
     return done
 
 
-def read_results(path, start=0, stop=None) -> dict[str, np.ndarray]:
+def read_results(path, start=0, stop=None, name=None) -> dict[str, np.ndarray]:
     """Read the per-neuron results of neurons ``[start, stop)``.
 
     Parameters
@@ -458,7 +600,8 @@ def read_results(path, start=0, stop=None) -> dict[str, np.ndarray]:
     Returns
     -------
     dict of str to ndarray
-        Keyed by :data:`RESULT_NAMES`: ``coef`` of shape (n_features, stop - start), the others
+        Keyed by :data:`RESULT_NAMES` (and :data:`HELDOUT_NAMES`' values for results created with
+        ``heldout=True``): ``coef`` of shape (n_features, stop - start), the others
         of shape (stop - start,). Neurons of blocks not yet written read NaN, 0, False and
         :data:`STATUS_UNWRITTEN`.
 
@@ -472,13 +615,14 @@ def read_results(path, start=0, stop=None) -> dict[str, np.ndarray]:
     array([-1, -1], dtype=int8)
     """
     path = as_path(path)
-    results = _results(path, "r")
+    results = _results(path, "r", name)
+    group = results_group(name)
     start, stop = _zarr.check_range(start, stop, _result_array(results, "coef", path).shape[1])
-    return {name: _zarr.read(_result_array(results, name, path), (Ellipsis, slice(start, stop)),
-                             f"results/{name}", path) for name in RESULT_NAMES}
+    return {key: _zarr.read(_result_array(results, key, path), (Ellipsis, slice(start, stop)),
+                            f"{group}/{key}", path) for key in _names(results)}
 
 
-def read_state(path) -> dict[str, np.ndarray]:
+def read_state(path, name=None) -> dict[str, np.ndarray]:
     """Read every solver state array.
 
     Parameters
@@ -503,12 +647,13 @@ def read_state(path) -> dict[str, np.ndarray]:
     (2, 3)
     """
     path = as_path(path)
-    results = _results(path, "r")
-    return {name: _zarr.read(_result_array(results, f"solver_state/{name}", path), Ellipsis,
-                             f"results/solver_state/{name}", path) for name in results.attrs["state_spec"]}
+    results = _results(path, "r", name)
+    group = results_group(name)
+    return {key: _zarr.read(_result_array(results, f"solver_state/{key}", path), Ellipsis,
+                            f"{group}/solver_state/{key}", path) for key in results.attrs["state_spec"]}
 
 
-def read_fingerprint(path) -> dict | None:
+def read_fingerprint(path, name=None) -> dict | None:
     """Return the fingerprint of the fit whose results the store holds, or None if it holds none.
 
     Parameters
@@ -528,6 +673,6 @@ def read_fingerprint(path) -> dict | None:
     True
     """
     path = as_path(path)
-    results = _zarr.node(open_group(path, "r"), "results", path)
+    results = _zarr.node(open_group(path, "r"), results_group(name), path)
     return None if results is None else results.attrs.get("fingerprint")
 

@@ -1,0 +1,171 @@
+"""Cross-validated Ridge strength: distglm's PopulationGLMCV vs scikit-learn's GridSearchCV over NeMoS.
+
+The population of ``bench_vs_nemos.py`` (Poisson, Ridge, feature mask, float32), 5 contiguous
+folds x 12 strengths. distglm selects a strength per neuron with ``PopulationGLMCV`` (every
+fold's strengths fitted as a warm-started path, all neurons at once); NeMoS 0.2.8 selects one
+shared strength with ``GridSearchCV(PopulationGLM(solver_name="LBFGS"), cv=KFold(5))``, the way a
+NeMoS user would. Each library runs in its own fresh process.
+
+NeMoS's full grid (60 fits and a refit) takes too long on a small machine: its worker runs
+``GridSearchCV`` over the first ``--nemos-strengths`` strengths of the grid (default 1: 5 fits
+and the refit), and the full grid's time is extrapolated from the measured time per fit
+(``seconds / (n_folds * n_strengths + 1) * (5 * 12 + 1)``); the report says so. distglm's
+worker also times one plain ``PopulationGLM`` fit (cold: the process's first, compilation
+included; warm: a second one) on the same data, so the CV's cost is stated in fits.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_cv.py            # full size, writes results/bench_cv.*
+    .venv/bin/python benchmarks/bench_cv.py --quick    # small smoke run, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_vs_nemos import RESULT_TAG, feature_mask, machine_info, publish, simulate  # noqa: E402
+
+FULL = dict(n_samples=20_000, n_features=50, n_neurons=500)
+QUICK = dict(n_samples=2_000, n_features=50, n_neurons=50)
+N_FOLDS = 5
+GRID = np.logspace(0, -4, 12)
+SEED = 1
+GOALS = {"speedup_vs_nemos_grid": 20.0, "cost_in_distglm_fits": 5.0}
+
+
+def _grid_search(mask, n_strengths: int):
+    import nemos
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    model = nemos.glm.PopulationGLM(observation_model="Poisson", regularizer="Ridge", solver_name="LBFGS",
+                                    feature_mask=mask)
+    return GridSearchCV(model, {"regularizer_strength": list(GRID[:n_strengths])}, cv=KFold(N_FOLDS))
+
+
+def worker(lib: str, n_samples: int, n_features: int, n_neurons: int, nemos_strengths: int) -> dict:
+    mask = feature_mask(n_features, n_neurons)
+    X, y = simulate(SEED, n_samples, n_features, n_neurons, mask)
+    out = {"lib": lib}
+    if lib == "nemos":
+        search = _grid_search(mask, nemos_strengths)
+        t0 = time.perf_counter()
+        search.fit(X, y)
+        seconds = time.perf_counter() - t0
+        n_fits = N_FOLDS * nemos_strengths + 1
+        out["grid_search"] = {"seconds": seconds, "strengths": nemos_strengths, "fits": n_fits,
+                              "seconds_per_fit": seconds / n_fits,
+                              "extrapolated_full_grid_seconds": seconds / n_fits * (N_FOLDS * len(GRID) + 1)}
+    else:
+        from distglm.glm import PopulationGLM, PopulationGLMCV
+
+        one = []
+        for _ in range(2):
+            model = PopulationGLM(regularizer="Ridge", regularizer_strength=GRID[6], feature_mask=mask)
+            t0 = time.perf_counter()
+            model.fit(X, y)
+            one.append(time.perf_counter() - t0)
+        cv = PopulationGLMCV(regularizer="Ridge", regularizer_strengths=GRID, cv=N_FOLDS, feature_mask=mask)
+        t0 = time.perf_counter()
+        cv.fit(X, y)
+        cv_s = time.perf_counter() - t0
+        out["one_fit"] = {"cold_seconds": one[0], "warm_seconds": one[1]}
+        out["cv"] = {
+            "seconds": cv_s,
+            "selected_strengths": np.unique(cv.regularizer_strength_, return_counts=True)[1].tolist(),
+            "selected_values": np.unique(cv.regularizer_strength_).tolist(),
+            "candidate_fits_converged": int(np.sum(cv.cv_status_ == 0)),
+            "candidate_fits": int(cv.cv_status_.size),
+        }
+    out["load_average"] = os.getloadavg()
+    return out
+
+
+def run_worker(lib: str, sizes: dict, nemos_strengths: int) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib, "--nemos-strengths", str(nemos_strengths),
+           *[arg for key, value in sizes.items() for arg in (f"--{key.replace('_', '-')}", str(value))]]
+    # the same environment for both; distglm's persistent compilation cache off, as JAX's is
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["DISTGLM_COMPILATION_CACHE"] = ""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise RuntimeError(f"{lib} worker failed with exit code {proc.returncode}")
+    return json.loads(lines[-1][len(RESULT_TAG):])
+
+
+def markdown(report: dict) -> str:
+    m, s, d, n = report["machine"], report["sizes"], report["distglm"], report["nemos"]
+    cv_s, warm_s, cold_s = d["cv"]["seconds"], d["one_fit"]["warm_seconds"], d["one_fit"]["cold_seconds"]
+    nemos_s = n["grid_search"]["extrapolated_full_grid_seconds"]
+    speedup, cost = nemos_s / cv_s, cv_s / warm_s
+    goal = report["goals"]
+
+    def verdict(ok):
+        return "met" if ok else "NOT met"
+
+    return "\n".join([
+        "# Cross-validated Ridge strength: distglm PopulationGLMCV vs GridSearchCV over NeMoS 0.2.8",
+        "",
+        f"{s['n_samples']:,} samples, {s['n_features']} features, {s['n_neurons']} neurons (Poisson, feature mask, "
+        f"float32), {N_FOLDS} contiguous folds x {len(GRID)} strengths (1 down to 1e-4). {m['date_utc']}, "
+        f"{m['cpu_count']} CPUs ({m['cpu_model']}), jax {m['versions']['jax']}. Each library in a fresh process.",
+        "",
+        f"Load average (`uptime`): {m['uptime']}. At the end of each process: distglm "
+        f"{', '.join(f'{x:.2f}' for x in d['load_average'])}; NeMoS {', '.join(f'{x:.2f}' for x in n['load_average'])}. "
+        "The machine is shared with other work: absolute times are slow and noisy, the ratios are from this one run.",
+        "",
+        "| | seconds | ratio | goal | |",
+        "|---|---:|---:|---|---|",
+        f"| distglm PopulationGLMCV, per-neuron selection ({N_FOLDS * len(GRID)} candidate fits + refit) | {cv_s:.1f} "
+        "| | | |",
+        f"| distglm, one PopulationGLM fit, warm (cold: {cold_s:.1f} s) | {warm_s:.2f} | CV = {cost:.1f} fits "
+        f"| <= {goal['cost_in_distglm_fits']:.0f} fits | {verdict(cost <= goal['cost_in_distglm_fits'])} |",
+        f"| NeMoS GridSearchCV, shared strength, full grid (extrapolated) | {nemos_s:.1f} | {speedup:.1f}x distglm's "
+        f"time | >= {goal['speedup_vs_nemos_grid']:.0f}x | {verdict(speedup >= goal['speedup_vs_nemos_grid'])} |",
+        "",
+        f"NeMoS was measured on {n['grid_search']['strengths']} strength(s) of the grid: "
+        f"{n['grid_search']['fits']} fits (the folds and the refit) in {n['grid_search']['seconds']:.1f} s, "
+        f"{n['grid_search']['seconds_per_fit']:.2f} s per fit; the full grid's time is that per-fit time x "
+        f"{N_FOLDS * len(GRID) + 1} fits (an extrapolation, not a measurement).",
+        "",
+        f"distglm's candidate fits: {d['cv']['candidate_fits_converged']} of {d['cv']['candidate_fits']} (strength, "
+        f"fold, neuron) fits converged; selected strengths {d['cv']['selected_values']} for "
+        f"{d['cv']['selected_strengths']} neurons.",
+        "",
+    ])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--nemos-strengths", type=int, default=1)
+    parser.add_argument("--worker", choices=["distglm", "nemos"])
+    for key in FULL:
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int)
+    args = parser.parse_args(argv)
+    if args.worker:
+        sizes = {key: getattr(args, key) for key in FULL}
+        print(RESULT_TAG + json.dumps(worker(args.worker, nemos_strengths=args.nemos_strengths, **sizes)))
+        return
+    sizes = QUICK if args.quick else FULL
+    machine = machine_info()
+    report = {"machine": machine, "sizes": sizes, "goals": GOALS, "grid": GRID.tolist(), "n_folds": N_FOLDS}
+    report["distglm"] = run_worker("distglm", sizes, args.nemos_strengths)
+    report["nemos"] = run_worker("nemos", sizes, args.nemos_strengths)
+    publish("bench_cv", report, markdown(report), args.quick)
+
+
+if __name__ == "__main__":
+    main()

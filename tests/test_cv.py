@@ -1,0 +1,227 @@
+"""PopulationGLMCV against explicit loops of PopulationGLM fits and scikit-learn's GridSearchCV."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import statsmodels.api as sm
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold
+
+import distglm
+from distglm.core import cv as core_cv
+from distglm.errors import InputError, InputTypeError, UnsupportedOptionError
+from distglm.glm import PopulationGLM, PopulationGLMCV
+
+pytestmark = pytest.mark.usefixtures("x64")
+
+# tight enough that warm and cold starts reach the same optimum far inside 1e-5 of every score
+TIGHT = {"tol": 1e-10, "maxiter": 5000}
+GRID = np.array([3.0, 1.0, 0.3, 0.1, 0.03, 0.01])
+
+
+def _per_neuron(a):
+    return jnp.mean(a, axis=0)
+
+
+def _population(seed, n_samples, n_features, n_neurons, family="Poisson"):
+    rng = np.random.default_rng(seed)
+    X = 0.5 * rng.normal(size=(n_samples, n_features))
+    mask = np.ones((n_features, n_neurons))
+    mask[0, 1] = mask[2, 0] = 0
+    weights = 0.3 * rng.normal(size=(n_features, n_neurons)) * mask
+    if family == "Poisson":
+        y = rng.poisson(np.exp(X @ weights)).astype(float)
+    else:
+        y = X @ weights + 0.5 + rng.normal(size=(n_samples, n_neurons))
+    return X, y, mask
+
+
+@pytest.mark.parametrize("family,score_type", [("Poisson", "log-likelihood"), ("Gaussian", "pseudo-r2-Cohen")])
+def test_cv_scores_equal_an_explicit_loop_of_fits(family, score_type):
+    X, y, mask = _population(1, 240, 4, 3, family)
+    model = PopulationGLMCV(observation_model=family, regularizer="Ridge", feature_mask=mask, solver_kwargs=TIGHT,
+                            regularizer_strengths=GRID, cv=3, scoring=score_type).fit(X, y)
+    expected = np.empty((len(GRID), 3, 3))
+    for k, (train, test) in enumerate(KFold(3).split(X)):
+        for s, strength in enumerate(GRID):
+            fold = PopulationGLM(observation_model=family, regularizer="Ridge", regularizer_strength=strength,
+                                 feature_mask=mask, solver_kwargs=TIGHT).fit(X[train], y[train])
+            expected[s, k] = fold.score(X[test], y[test], score_type=score_type, aggregate_sample_scores=_per_neuron)
+    np.testing.assert_allclose(model.cv_scores_, expected, rtol=1e-5)
+    best = np.argmax(expected.mean(axis=1), axis=0)
+    np.testing.assert_array_equal(model.best_index_, best)
+    np.testing.assert_array_equal(model.regularizer_strength_, GRID[best])
+    # the refit on all samples is the PopulationGLM fit with those per-neuron strengths
+    refit = PopulationGLM(observation_model=family, regularizer="Ridge", feature_mask=mask, solver_kwargs=TIGHT,
+                          regularizer_strength=np.broadcast_to(GRID[best], (4, 3)).copy()).fit(X, y)
+    np.testing.assert_allclose(model.coef_, refit.coef_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(model.intercept_, refit.intercept_, rtol=1e-6)
+
+
+def test_shared_strength_is_what_grid_search_selects():
+    X, y, mask = _population(2, 240, 4, 3)
+    for scoring in ("log-likelihood", "pseudo-r2-McFadden"):
+        ours = PopulationGLMCV(regularizer="Ridge", feature_mask=mask, solver_kwargs=TIGHT, regularizer_strengths=GRID,
+                               cv=KFold(3), scoring=scoring, per_neuron=False).fit(X, y)
+        search = GridSearchCV(PopulationGLM(regularizer="Ridge", feature_mask=mask, solver_kwargs=TIGHT),
+                              {"regularizer_strength": list(GRID)}, cv=KFold(3),
+                              scoring=lambda est, Xt, yt: float(est.score(Xt, yt, score_type=scoring))).fit(X, y)
+        np.testing.assert_allclose(ours.population_cv_scores_.mean(axis=1), search.cv_results_["mean_test_score"],
+                                   rtol=1e-5)
+        assert np.all(ours.regularizer_strength_ == search.best_params_["regularizer_strength"])
+        np.testing.assert_allclose(ours.coef_, search.best_estimator_.coef_, rtol=1e-6, atol=1e-9)
+
+
+def test_per_neuron_selection_beats_the_best_shared_strength_on_heterogeneous_neurons():
+    # rates from 0.01 to 5 per bin; the quietest neurons have the largest weights (2.5 per unit
+    # of the linear predictor's scale) and the loudest the smallest (0.1), so their best
+    # strengths differ by orders of magnitude; 60 features, 2000 training bins
+    rng = np.random.default_rng(1)
+    n_train, n_test, n_features, n_neurons = 2000, 3000, 60, 32
+    X = rng.normal(size=(n_train + n_test, n_features)) / np.sqrt(n_features)
+    rate = np.geomspace(0.01, 5.0, n_neurons)
+    weights = rng.normal(size=(n_features, n_neurons)) * np.geomspace(2.5, 0.1, n_neurons)
+    y = rng.poisson(rate * np.exp(X @ weights)).astype(float)
+    train, test = slice(0, n_train), slice(n_train, None)
+    grid = core_cv.strength_grid(1.0, 12, decades=4)
+
+    def held_out(model):
+        return np.median(model.score(X[test], y[test], "pseudo-r2-McFadden", _per_neuron))
+
+    per_neuron = PopulationGLMCV(regularizer="Ridge", regularizer_strengths=grid).fit(X[train], y[train])
+    by_strength = [held_out(PopulationGLM(regularizer="Ridge", regularizer_strength=s).fit(X[train], y[train]))
+                   for s in grid]
+    # the shared strength that per_neuron=False (and GridSearchCV) selects from the same folds,
+    # and the best shared strength in hindsight
+    theirs = by_strength[int(np.argmax(per_neuron.population_cv_scores_.mean(axis=1)))]
+    hindsight = max(by_strength)
+    ours = held_out(per_neuron)
+    assert np.ptp(np.log10(per_neuron.regularizer_strength_)) > 2
+    assert ours > 1.1 * theirs > 0, (
+        f"median held-out McFadden R2: per-neuron CV {ours:.4f}, shared CV {theirs:.4f} (gap {ours - theirs:.4f}); "
+        f"best shared strength in hindsight {hindsight:.4f}")
+
+
+def test_one_standard_error_rule_picks_the_largest_strength_within_one_se_of_the_best():
+    # 3 strengths (largest first), 4 folds, 2 neurons: means -1.0, -0.9, -0.88 for neuron 0 with
+    # a standard error of 0.05 on the best, so strength 1 is within it; neuron 1 has a clear best
+    folds0 = np.array([[-1.0] * 4, [-0.9] * 4, [-0.88 - 0.1, -0.88 + 0.1, -0.88 - 0.1, -0.88 + 0.1]])
+    folds1 = np.array([[-2.0] * 4, [-1.0] * 4, [-1.5] * 4])
+    path = core_cv.PathScores(np.stack([folds0, folds1], axis=-1), None, np.zeros((3, 4, 2), np.int8))
+    _, _, best = core_cv.select(path, "log-likelihood", True, "min")
+    _, _, one_se = core_cv.select(path, "log-likelihood", True, "1se")
+    se = np.std(folds0[2], ddof=1) / 2
+    assert -0.9 >= -0.88 - se
+    np.testing.assert_array_equal(best, [2, 1])
+    np.testing.assert_array_equal(one_se, [1, 1])
+
+
+def test_folds_as_labels_or_splitter_equal_contiguous_folds():
+    X, y, _ = _population(4, 120, 3, 2)
+    kwargs = dict(regularizer_strengths=GRID[:3], solver_kwargs=TIGHT)
+    by_int = PopulationGLMCV(cv=3, **kwargs).fit(X, y)
+    labels = np.repeat([0, 1, 2], 40)
+    by_labels = PopulationGLMCV(cv=labels, **kwargs).fit(X, y)
+    np.testing.assert_allclose(by_labels.cv_scores_, by_int.cv_scores_, rtol=1e-9)
+    assert [t.tolist() for _, t in distglm.cv.make_folds(KFold(3), 120, X)] == \
+           [t.tolist() for _, t in distglm.cv.make_folds(3, 120)]
+
+
+def test_nan_rows_leave_the_folds_defined_on_the_samples_given():
+    X, y, _ = _population(5, 120, 3, 2)
+    X_nan = X.copy()
+    X_nan[[5, 50]] = np.nan
+    kwargs = dict(regularizer_strengths=GRID[:2], solver_kwargs=TIGHT, cv=3)
+    with_nan = PopulationGLMCV(**kwargs).fit(X_nan, y)
+    keep = np.ones(120, bool)
+    keep[[5, 50]] = False
+    labels = np.repeat([0, 1, 2], 40)[keep]
+    dropped = PopulationGLMCV(**{**kwargs, "cv": labels}).fit(X[keep], y[keep])
+    np.testing.assert_allclose(with_nan.cv_scores_, dropped.cv_scores_, rtol=1e-9)
+
+
+def test_default_grid_starts_where_every_lasso_coefficient_is_zero():
+    X, y, _ = _population(6, 200, 3, 2)
+    model = PopulationGLMCV(regularizer="Lasso", regularizer_strengths=3, cv=2).fit(X, y)
+    grid = model.regularizer_strengths_
+    np.testing.assert_allclose(grid[-1] / grid[0], 1e-4)
+    top = PopulationGLM(regularizer="Lasso", regularizer_strength=grid[0]).fit(X, y)
+    below = PopulationGLM(regularizer="Lasso", regularizer_strength=0.9 * grid[0]).fit(X, y)
+    assert np.abs(top.coef_).max() < 1e-12
+    assert np.abs(below.coef_).max() > 1e-4
+
+
+def test_settings_are_checked_when_set_and_clone_keeps_them():
+    with pytest.raises(InputError, match="at least 2"):
+        PopulationGLMCV(cv=1)
+    with pytest.raises(InputTypeError, match="cv must be"):
+        PopulationGLMCV(cv="five")
+    with pytest.raises(UnsupportedOptionError, match="scoring must be one of"):
+        PopulationGLMCV(scoring="accuracy")
+    with pytest.raises(InputError, match="selection must be one of"):
+        PopulationGLMCV(selection="max")
+    with pytest.raises(InputError, match="positive and finite"):
+        PopulationGLMCV(regularizer_strengths=[1.0, -1.0])
+    with pytest.raises(InputTypeError, match="per_neuron must be"):
+        PopulationGLMCV(per_neuron="yes")
+    X, y, _ = _population(7, 60, 3, 2)
+    with pytest.raises(InputError, match="UnRegularized"):
+        PopulationGLMCV(regularizer="UnRegularized").fit(X, y)
+    with pytest.raises(UnsupportedOptionError, match="per_neuron=False"):
+        PopulationGLMCV(regularizer="GroupLasso").fit(X, y)
+    with pytest.raises(InputError, match="one label per sample"):
+        PopulationGLMCV(cv=np.zeros(10)).fit(X, y)
+    model = PopulationGLMCV(cv=4, scoring="pseudo-r2-Cohen", per_neuron=False, selection="1se")
+    params = clone(model).get_params()
+    assert (params["cv"], params["scoring"], params["per_neuron"], params["selection"]) == (
+        4, "pseudo-r2-Cohen", False, "1se")
+
+
+# statsmodels warns that the inverse link can leave the Gamma's domain; these data stay inside it
+@pytest.mark.filterwarnings("ignore::statsmodels.tools.sm_exceptions.DomainWarning")
+@pytest.mark.parametrize("family", ["Poisson", "Gamma", "Gaussian"])
+def test_standard_errors_match_statsmodels(family):
+    rng = np.random.default_rng(8)
+    X = 0.5 * rng.normal(size=(400, 3))
+    eta = X @ np.array([0.3, -0.2, 0.1])
+    y = {"Poisson": lambda: rng.poisson(np.exp(eta + 0.5)),
+         "Gamma": lambda: rng.gamma(4.0, 1.0 / (4.0 * (1.0 + 0.3 * eta))),
+         "Gaussian": lambda: eta + 1.0 + rng.normal(size=eta.shape)}[family]().astype(float)
+    ours = PopulationGLM(observation_model=family, solver_kwargs=TIGHT).fit(X, y[:, None])
+    ours.compute_standard_errors(X, y[:, None])
+    family_sm = {"Poisson": sm.families.Poisson(), "Gamma": sm.families.Gamma(),
+                 "Gaussian": sm.families.Gaussian()}[family]
+    theirs = sm.GLM(y, sm.add_constant(X), family=family_sm).fit(tol=1e-12)
+    np.testing.assert_allclose(ours.coef_[:, 0], theirs.params[1:], rtol=1e-5)
+    np.testing.assert_allclose(ours.coef_se_[:, 0], theirs.bse[1:], rtol=1e-4)
+    np.testing.assert_allclose(ours.intercept_se_, theirs.bse[:1], rtol=1e-4)
+
+
+def test_standard_errors_of_masked_features_are_nan_and_the_rest_equal_a_fit_without_them():
+    X, y, mask = _population(9, 300, 4, 3)
+    model = PopulationGLM(feature_mask=mask, solver_kwargs=TIGHT).fit(X, y).compute_standard_errors(X, y)
+    assert np.all(np.isnan(model.coef_se_[mask == 0])) and np.all(np.isfinite(model.coef_se_[mask == 1]))
+    kept = mask[:, 1] == 1
+    alone = PopulationGLM(solver_kwargs=TIGHT).fit(X[:, kept], y[:, 1:2]).compute_standard_errors(X[:, kept], y[:, 1:2])
+    np.testing.assert_allclose(model.coef_se_[kept, 1], alone.coef_se_[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(model.intercept_se_[1], alone.intercept_se_[0], rtol=1e-6)
+    refit = model.fit(X, y)
+    assert refit.coef_se_ is None
+
+
+def test_examples_in_the_docstrings_run():
+    import doctest
+
+    from distglm import cv
+    from distglm.core import inference, scoring
+
+    for module in (cv, core_cv, inference, scoring):
+        assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_a_store_refuses_a_cross_validated_model_before_writing_anything(tmp_path):
+    X, y, _ = _population(10, 60, 3, 2)
+    path = distglm.write_inputs(str(tmp_path / "s.zarr"), X, y.astype(int))
+    with pytest.raises(UnsupportedOptionError, match="cross-validate in memory"):
+        distglm.fit(path, PopulationGLMCV())
+    assert distglm.store.read_fingerprint(path) is None
