@@ -1006,6 +1006,12 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
     -------
     BlockResult
 
+    Notes
+    -----
+    The chunks are read in a callback that JAX runs on one of its own threads, so float64 must
+    be set globally (``jax.config.update("jax_enable_x64", True)``, as actors do): the
+    thread-local ``jax.enable_x64()`` context does not reach that thread.
+
     Examples
     --------
     >>> import numpy as np
