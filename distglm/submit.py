@@ -55,7 +55,7 @@ __all__ = ["JOB_STATES", "Job", "JobStatus", "submit", "get_job", "dashboard_url
 JOB_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 _FINAL = frozenset(JOB_STATES[2:])
 _GROUP = "job"
-_FIT_OPTIONS = ("num_actors", "block_size", "resume", "max_retries", "block_timeout", "stream")
+_FIT_OPTIONS = ("num_actors", "block_size", "resume", "max_retries", "block_timeout", "stream", "memory_per_actor")
 _PATH_METADATA = "distglm_path"
 # Bound on each request to the cluster, so that an unreachable address fails instead of hanging.
 _REQUEST_TIMEOUT_S = 15.0
@@ -329,8 +329,8 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
         see the job's runtime environment); they are never written into the store or its job
         record. Without them the cluster uses its own credentials.
     **fit_options
-        ``num_actors``, ``block_size``, ``resume``, ``max_retries``, ``block_timeout``, ``stream`` of
-        :func:`distglm.fit`.
+        ``num_actors``, ``block_size``, ``resume``, ``max_retries``, ``block_timeout``, ``stream``,
+        ``memory_per_actor`` of :func:`distglm.fit`.
 
     Returns
     -------
