@@ -282,6 +282,7 @@ def fit(
     test_samples=None,
     standard_errors: bool = False,
     stream: bool | None = None,
+    history=None,
 ) -> FitReport:
     """Fit ``model`` to the inputs of the store at ``path`` on Ray actors.
 
@@ -345,6 +346,14 @@ def fit(
         Default: stream when X and two blocks of y would take more than
         ``STREAM_ABOVE_BYTES`` (1 GiB) in an actor. SVRG and ProxSVRG draw rows at random
         from all the samples and never stream (``stream=True`` with them is refused).
+    history : HistorySpec, optional
+        Spike-history and coupling features (:class:`distglm.history.HistorySpec`), built by
+        the actors from the stored y a chunk of samples at a time, never whole: the fitted
+        design is ``[X, history features]`` with ``n_features + n_neurons * K`` columns, its
+        mask the stored mask over the coupling mask repeated for each kernel. The spec is
+        recorded with the fit. The first ``window_size`` samples, and every sample whose
+        window holds a dropped sample (NaN in X or y), are dropped. Always streamed; not with
+        SVRG, ``test_samples``, ``standard_errors`` or X stored as feature groups.
 
     Returns
     -------
@@ -391,12 +400,22 @@ def fit(
                                      "cannot fit streamed samples; pass stream=False or a full-batch solver")
     inverse_link = _custom_link(model)
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
+    history = _check_history(history, info, stream, stochastic, test, standard_errors)
     keep, mask, digest = _scan_inputs(path, info, config.observation, dtype)
     _check_mask(model, info, mask)
+    n_features = info.n_features
+    if history is not None:
+        keep = _history_keep(keep, history.window_size)
+        n_features += info.n_neurons * history.n_basis_funcs
+        if not keep.any():
+            raise InputError(f"no sample has a whole history window of {history.window_size} samples without NaN "
+                             f"among the {info.n_samples} stored")
     n_kept = int(keep.sum())
     model_config = {**model_to_config(model), "feature_mask": None}
     fingerprint = {"model": model_config, "n_samples": n_kept, "dtype": np.dtype(dtype).str,
                    "inputs": {"generation": info.generation, "digest": digest}}
+    if history is not None:
+        fingerprint["history"] = history.to_json()
     # training samples: kept and not held out; held-out ones as stored sample indices
     train, test_rows = keep, None
     if test is not None:
@@ -434,9 +453,9 @@ def fit(
         # a block size the planner accepts again: a single block's size rounded up to whole chunks
         fingerprint["block_size"] = (blocks[0].size if len(blocks) > 1
                                      else -(-pad_to // info.neuron_chunk) * info.neuron_chunk)
-        block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
-        spec = core_fit.state_spec(config, n_train, info.n_features, pad_to, dtype, block_strength(blocks[0]))
-        streams = not stochastic and _streams(stream, n_train, info.n_features, pad_to, dtype)
+        block_strength = _strength_by_block(model, n_features, info.n_neurons, pad_to)
+        spec = core_fit.state_spec(config, n_train, n_features, pad_to, dtype, block_strength(blocks[0]))
+        streams = history is not None or (not stochastic and _streams(stream, n_train, n_features, pad_to, dtype))
         if standard_errors and streams:
             raise UnsupportedOptionError("standard errors of a streamed fit are not computed (they need X whole in "
                                          "each actor): pass stream=False, or compute them in memory")
@@ -444,7 +463,7 @@ def fit(
             if store.inputs_generation(path) != info.generation:
                 raise StoreError(f"{path}: the inputs were written again while this fit checked them; run the "
                                  "fit again")
-            store.create_results(path, n_features=info.n_features, n_neurons=info.n_neurons,
+            store.create_results(path, n_features=n_features, n_neurons=info.n_neurons,
                                  neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
                                  state_spec=spec, fingerprint=fingerprint, overwrite=not resume, name=name,
                                  heldout=test_rows is not None, standard_errors=standard_errors)
@@ -453,7 +472,8 @@ def fit(
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
                                inverse_link=inverse_link, dropped_rows=np.flatnonzero(~train), n_samples=n_train,
-                               stream=streams, fit_name=name, test_rows=test_rows, standard_errors=standard_errors)
+                               stream=streams, fit_name=name, test_rows=test_rows, standard_errors=standard_errors,
+                               history=fingerprint.get("history"))
             del keep, train
             summaries, failed_blocks, n_retries = _dispatch(
                 fit_spec, todo, block_strength, lease,
@@ -468,6 +488,32 @@ def fit(
             ray.shutdown()
 
     return _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared, name)
+
+
+def _check_history(history, info: store.InputsInfo, stream, stochastic: bool, test, standard_errors: bool):
+    """``history`` checked against the store and the other options: a HistorySpec or None."""
+    if history is None:
+        return None
+    from .history import HistorySpec
+
+    if not isinstance(history, HistorySpec):
+        raise InputTypeError(f"history must be a distglm.history.HistorySpec or None; got {type(history).__name__}")
+    history.coupling_mask(info.n_neurons)
+    refused = [name for name, on in (("stream=False", stream is False), ("an SVRG solver", stochastic),
+                                     ("test_samples", test is not None), ("standard_errors", standard_errors),
+                                     ("X stored as feature groups", info.feature_groups is not None)) if on]
+    if refused:
+        raise UnsupportedOptionError(f"history features are built by streaming actors and cannot be fitted with "
+                                     f"{', '.join(refused)}")
+    return history
+
+
+def _history_keep(keep: np.ndarray, window: int) -> np.ndarray:
+    """``keep`` less the samples whose ``window`` preceding samples are not all kept (the first ``window`` too)."""
+    dropped = np.concatenate([[0], np.cumsum(~keep)])
+    t = np.arange(len(keep))
+    whole = (t >= window) & (dropped[t] == dropped[np.maximum(t - window, 0)])
+    return keep & whole
 
 
 def _test_mask(test_samples, n_samples: int) -> np.ndarray | None:
@@ -774,7 +820,15 @@ def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None)
             raise InputError(f"{path} was fitted with the custom inverse link {stored_link[7:]!r}, which a store "
                              "cannot hold: load it with mapping_dict={'inverse_link_function': the function}")
     model = FitSpec(path, fingerprint["model"], 0, False, link).build_model()
-    if info.has_mask:
+    history = None
+    if "history" in fingerprint:
+        from .history import HistorySpec
+
+        history = HistorySpec.from_json(fingerprint["history"])
+        stored = (store.read_mask_block(path, 0, info.n_neurons) if info.has_mask
+                  else np.ones((info.n_features, info.n_neurons)))
+        model.feature_mask = np.concatenate([stored, history.feature_mask(info.n_neurons)])
+    elif info.has_mask:
         mask = store.read_mask_block(path, 0, info.n_neurons)
         if info.feature_groups is None:
             model.feature_mask = mask
@@ -789,6 +843,7 @@ def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None)
                          "load them again when it ends")
     model._set_fitted(info.feature_groups, results, state)
     model.heldout_scores_ = _heldout_scores(results)
+    model.history_ = history
     if "coef_se" in results:
         model.coef_se_, model.intercept_se_ = model._user_coef(results["coef_se"]), results["intercept_se"]
     return model
