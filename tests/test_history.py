@@ -20,7 +20,7 @@ from distglm.errors import InputError, InputTypeError, UnsupportedOptionError
 from distglm.glm import PopulationGLM
 from distglm.history import HistorySpec, history_features, raised_cosine_log
 
-N_NEURONS, N_SAMPLES, K, WINDOW = 20, 12_000, 4, 12
+N_NEURONS, N_SAMPLES, K, WINDOW = 20, 8_000, 4, 12
 
 
 @pytest.fixture
@@ -109,12 +109,12 @@ def coupled_store(tmp_path_factory):
         drive = np.einsum("jn,jk,nkm->m", past, kernels[:len(past)], w_hist)
         y[t] = rng.poisson(np.exp(-1.0 + X[t] @ w_stim + drive))
     mp = pytest.MonkeyPatch()
-    mp.setattr(store.inputs, "_ROW_CHUNK", 2_500)
+    mp.setattr(store.inputs, "_ROW_CHUNK", 1_500)
     try:
         path = distglm.write_inputs(tmp_path_factory.mktemp("hist") / "fit.zarr", X, y, neuron_chunk=10)
     finally:
         mp.undo()
-    assert store.open_inputs(path).row_chunk == 2_500
+    assert store.open_inputs(path).row_chunk == 1_500
     return path, X, y
 
 
@@ -140,7 +140,7 @@ def test_history_fit_equals_in_memory_fit_on_nemos_design(global_x64, coupled_st
     options = dict(regularizer="Ridge", regularizer_strength=1e-3, solver_kwargs={"tol": 1e-12, "maxiter": 1000})
     want = PopulationGLM(feature_mask=feature_mask, **options).fit(design, y)
 
-    report = distglm.fit(path, PopulationGLM(**options), history=spec, num_actors=2, block_size=10,
+    report = distglm.fit(path, PopulationGLM(**options), history=spec, num_actors=1, block_size=20,
                          name=coupling, progress=False)
     assert report.failed_blocks == {} and report.n_fitted == N_NEURONS == report.n_converged
     got = distglm.load_model(path, name=coupling)
