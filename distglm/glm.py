@@ -408,6 +408,8 @@ class GLM:
         self.coef_se_ = None
         self.intercept_se_ = None
         self.heldout_scores_ = None
+        # the declared history features of a fit loaded from a store (distglm.history)
+        self.history_ = None
         self._groups = None
         self._step_args = None
 
@@ -549,7 +551,7 @@ class GLM:
         (``scale``, ``dof_resid``, ``n_iter``, ``converged``, ``status``) may be absent or empty.
         """
         self._groups = groups
-        self.coef_se_ = self.intercept_se_ = self.heldout_scores_ = None
+        self.coef_se_ = self.intercept_se_ = self.heldout_scores_ = self.history_ = None
         self.coef_ = self._user_coef(np.asarray(arrays["coef"]))
         self.intercept_ = np.asarray(arrays["intercept"])
         for name in ("scale", "dof_resid", "n_iter", "converged", "status"):

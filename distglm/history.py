@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import InputError, InputTypeError
 
-__all__ = ["HistorySpec", "history_features", "raised_cosine_log"]
+__all__ = ["HistorySpec", "design", "history_features", "raised_cosine_log", "simulate_recurrent"]
 
 
 def raised_cosine_log(n_basis_funcs: int, window_size: int, width: float = 2.0, time_scaling: float = 50.0,
@@ -218,3 +218,104 @@ def history_features(y, spec: HistorySpec) -> np.ndarray:
     if y.shape[0] > window:
         out[window:] = history_rows(y[:-1], spec.kernels)
     return out
+
+
+def design(X, y, spec: HistorySpec) -> np.ndarray:
+    """The full design ``[X, history_features(y, spec)]`` a history fit's model predicts from (small data).
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+        The stimulus design, as stored.
+    y : array of shape (n_samples, n_neurons)
+    spec : HistorySpec
+
+    Returns
+    -------
+    float64 array of shape (n_samples, n_features + n_neurons * K)
+        NaN in the first ``window_size`` rows (``predict`` gives NaN there).
+
+    Examples
+    --------
+    >>> design(np.ones((6, 2)), np.ones((6, 3)), HistorySpec.raised_cosine_log(2, 3)).shape
+    (6, 8)
+    """
+    X = np.asarray(X, np.float64)
+    history = history_features(y, spec)
+    if X.ndim != 2 or X.shape[0] != history.shape[0]:
+        raise InputError(f"X must be of shape (n_samples, n_features) with the {history.shape[0]} samples of y; "
+                         f"got shape {X.shape}")
+    return np.hstack([X, history])
+
+
+def simulate_recurrent(model, random_key, feedforward_input, init_y, history: HistorySpec | None = None):
+    """Simulate a fitted history model as a recurrent network: each draw feeds the next samples' history.
+
+    The model's own draws, not recorded responses, fill the history windows, as NeMoS 0.2.8's
+    ``nemos.simulation.simulate_recurrent`` does (same draws from the same key with a Poisson
+    model and exponential link).
+
+    Parameters
+    ----------
+    model : PopulationGLM
+        Fitted on ``[X, history]`` (``distglm.load_model`` of a history fit, or in memory).
+    random_key : jax PRNG key
+    feedforward_input : array of shape (n_samples, n_features)
+        The stimulus design of the samples to simulate.
+    init_y : array of shape (window_size, n_neurons)
+        The responses before the first simulated sample, oldest first.
+    history : HistorySpec, optional
+        Default the model's ``history_`` (set by ``load_model``).
+
+    Returns
+    -------
+    (samples, rates) : float arrays of shape (n_samples, n_neurons)
+
+    Examples
+    --------
+    >>> import jax
+    >>> from distglm.glm import PopulationGLM
+    >>> spec = HistorySpec.raised_cosine_log(2, 3, coupling="self")
+    >>> model = PopulationGLM(feature_mask=np.vstack([np.ones((1, 2)), spec.feature_mask(2)]))
+    >>> model.coef_, model.intercept_ = np.zeros((5, 2)), np.zeros(2)
+    >>> spikes, rates = simulate_recurrent(model, jax.random.PRNGKey(0), np.zeros((4, 1)), np.zeros((3, 2)), spec)
+    >>> spikes.shape, float(rates[0, 0])
+    ((4, 2), 1.0)
+    """
+    import jax
+    import jax.numpy as jnp
+
+    spec = getattr(model, "history_", None) if history is None else history
+    if not isinstance(spec, HistorySpec):
+        raise InputTypeError("simulate_recurrent needs the model's history: a model loaded from a history fit, or "
+                             f"history=HistorySpec(...); got {type(spec).__name__}")
+    model._check_is_fit()
+    coef, intercept = np.asarray(model._coef_matrix()), np.asarray(model.intercept_)
+    n_neurons = intercept.shape[0]
+    n_history = n_neurons * spec.n_basis_funcs
+    X = np.asarray(feedforward_input, np.float64)
+    init = np.asarray(init_y, np.float64)
+    if X.ndim != 2 or X.shape[1] + n_history != coef.shape[0]:
+        raise InputError(f"feedforward_input must be of shape (n_samples, {coef.shape[0] - n_history}) for a model "
+                         f"of {coef.shape[0]} features with {n_history} history features; got shape {X.shape}")
+    if init.shape != (spec.window_size, n_neurons):
+        raise InputError(f"init_y must be of shape ({spec.window_size}, {n_neurons}) (window_size, n_neurons); "
+                         f"got {init.shape}")
+    dtype = jnp.asarray(0.0).dtype
+    link, observation = model._fit_config().link, model._observation_model
+    scale = jnp.asarray(model._scale_vector(n_neurons), dtype)
+    w_history = jnp.asarray(coef[X.shape[1]:], dtype)
+    flipped = jnp.asarray(spec.kernels[::-1], dtype)
+    drive = jnp.asarray(X @ coef[:X.shape[1]] + intercept, dtype)
+
+    def step(window, inputs):
+        key, feedforward = inputs
+        # the window runs oldest first: the newest sample meets the kernels' first lag
+        features = jnp.einsum("wn,wk->nk", window, flipped).reshape(-1)
+        rate = link(feedforward + features @ w_history)
+        new = observation.sample(key, rate, scale)
+        return jnp.vstack([window[1:], new]), (new, rate)
+
+    keys = jax.random.split(random_key, X.shape[0])
+    _, (samples, rates) = jax.lax.scan(step, jnp.asarray(init, dtype), (keys, drive))
+    return np.asarray(samples), np.asarray(rates)

@@ -15,6 +15,7 @@ import pytest
 import ray
 
 import distglm
+import distglm.history
 from distglm import store
 from distglm.errors import InputError, InputTypeError, UnsupportedOptionError
 from distglm.glm import PopulationGLM
@@ -150,4 +151,36 @@ def test_history_fit_equals_in_memory_fit_on_nemos_design(global_x64, coupled_st
     np.testing.assert_allclose(got.intercept_, want.intercept_, rtol=1e-5)
     assert np.all(got.coef_[feature_mask == 0] == 0)
     # the loaded model predicts from the stimulus and the history NeMoS builds
+    np.testing.assert_array_equal(distglm.history.design(X, y, got.history_)[WINDOW:], design[WINDOW:])
     np.testing.assert_allclose(got.predict(design[WINDOW:]), want.predict(design[WINDOW:]), rtol=1e-5)
+    # and simulates from its own history (the store's spec) as the in-memory fit does from the declared one
+    key = jax.random.PRNGKey(0)
+    rates = distglm.history.simulate_recurrent(got, key, X[WINDOW:WINDOW + 50], y[:WINDOW])[1]
+    want_rates = distglm.history.simulate_recurrent(want, key, X[WINDOW:WINDOW + 50], y[:WINDOW], spec)[1]
+    np.testing.assert_allclose(rates, want_rates, rtol=1e-4)
+
+
+def test_simulation_feeds_back_its_draws_as_nemos_does(global_x64):
+    rng = np.random.default_rng(3)
+    n, p, T = 4, 2, 60
+    spec = HistorySpec.raised_cosine_log(K, WINDOW, coupling="all")
+    model = PopulationGLM()
+    model.coef_ = np.vstack([0.2 * rng.normal(size=(p, n)), -0.1 * rng.random((n * K, n))])
+    model.intercept_ = np.full(n, -0.5)
+    X = rng.normal(size=(T, p))
+    init_y = rng.poisson(1.0, size=(WINDOW, n)).astype(float)
+    key = jax.random.PRNGKey(11)
+    spikes, rates = distglm.history.simulate_recurrent(model, key, X, init_y, spec)
+    coupling = model.coef_[p:].reshape(n, K, n).transpose(2, 0, 1)  # (receiver, sender, K)
+    want_spikes, want_rates = nmo.simulation.simulate_recurrent(
+        coupling, model.coef_[:p].T, model.intercept_, key, np.broadcast_to(X[:, None], (T, n, p)),
+        spec.kernels, init_y, inverse_link_function=jax.numpy.exp)
+    np.testing.assert_allclose(rates, want_rates, rtol=1e-10)
+    np.testing.assert_array_equal(spikes, want_spikes)
+    # the draws feed back: the rates are those of the recorded-history model on the simulated spikes
+    full = distglm.history.design(np.vstack([np.zeros((WINDOW, p)), X]), np.vstack([init_y, spikes]), spec)
+    np.testing.assert_allclose(model.predict(full[WINDOW:]), rates, rtol=1e-10)
+    with pytest.raises(InputTypeError, match="needs the model's history"):
+        distglm.history.simulate_recurrent(model, key, X, init_y)
+    with pytest.raises(InputError, match=r"init_y must be of shape \(12, 4\)"):
+        distglm.history.simulate_recurrent(model, key, X, init_y[1:], spec)
