@@ -17,11 +17,11 @@ import ray
 import distglm
 import distglm.history
 from distglm import store
-from distglm.errors import InputError, InputTypeError, UnsupportedOptionError
+from distglm.errors import InputError, InputTypeError, StoreError, UnsupportedOptionError
 from distglm.glm import PopulationGLM
 from distglm.history import HistorySpec, history_features, raised_cosine_log
 
-N_NEURONS, N_SAMPLES, K, WINDOW = 20, 8_000, 4, 12
+N_NEURONS, N_SAMPLES, K, WINDOW = 20, 6_000, 4, 12
 
 
 @pytest.fixture
@@ -110,12 +110,12 @@ def coupled_store(tmp_path_factory):
         drive = np.einsum("jn,jk,nkm->m", past, kernels[:len(past)], w_hist)
         y[t] = rng.poisson(np.exp(-1.0 + X[t] @ w_stim + drive))
     mp = pytest.MonkeyPatch()
-    mp.setattr(store.inputs, "_ROW_CHUNK", 1_500)
+    mp.setattr(store.inputs, "_ROW_CHUNK", 1_400)
     try:
         path = distglm.write_inputs(tmp_path_factory.mktemp("hist") / "fit.zarr", X, y, neuron_chunk=10)
     finally:
         mp.undo()
-    assert store.open_inputs(path).row_chunk == 1_500
+    assert store.open_inputs(path).row_chunk == 1_400
     return path, X, y
 
 
@@ -151,8 +151,14 @@ def test_history_fit_equals_in_memory_fit_on_nemos_design(global_x64, coupled_st
     np.testing.assert_allclose(got.intercept_, want.intercept_, rtol=1e-5)
     assert np.all(got.coef_[feature_mask == 0] == 0)
     # the loaded model predicts from the stimulus and the history NeMoS builds
-    np.testing.assert_array_equal(distglm.history.design(X, y, got.history_)[WINDOW:], design[WINDOW:])
+    np.testing.assert_allclose(distglm.history.design(X, y, got.history_)[WINDOW:], design[WINDOW:], atol=1e-12)
     np.testing.assert_allclose(got.predict(design[WINDOW:]), want.predict(design[WINDOW:]), rtol=1e-5)
+    # the recorded spec is part of the fit: resuming it with another history, or none, is refused
+    for other in (HistorySpec.raised_cosine_log(K, WINDOW + 1, coupling=spec.coupling), None):
+        with pytest.raises(StoreError, match=r"fingerprint differs in \['history'\]"):
+            distglm.fit(path, PopulationGLM(**options), history=other, name=coupling, progress=False)
+    if coupling != "neighbours":
+        return
     # and simulates from its own history (the store's spec) as the in-memory fit does from the declared one
     key = jax.random.PRNGKey(0)
     rates = distglm.history.simulate_recurrent(got, key, X[WINDOW:WINDOW + 50], y[:WINDOW])[1]
