@@ -8,6 +8,8 @@ with the in-memory ``PopulationGLM`` fitted on the design NeMoS's ``compute_feat
 
 from __future__ import annotations
 
+import doctest
+
 import jax
 import nemos as nmo
 import numpy as np
@@ -51,6 +53,11 @@ def test_features_equal_nemos_compute_features(global_x64):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     assert np.isnan(got[:WINDOW]).all() and not np.isnan(got[WINDOW:]).any()
     np.testing.assert_allclose(got[WINDOW:], want[WINDOW:], rtol=1e-12, atol=1e-12)
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(distglm.history).failed == 0
+    assert distglm.HistorySpec is HistorySpec
 
 
 def test_spec_is_validated():
