@@ -104,8 +104,8 @@ def _neighbours(n):
 
 @pytest.fixture(scope="module")
 def coupled_store(tmp_path_factory):
-    """Poisson counts of 20 neurons driven by 2 stimulus features and by each other's past,
-    in a store chunked along time so history windows cross the chunks' edges."""
+    """Poisson counts of 20 neurons driven by 2 stimulus features and by each other's past (one
+    count NaN), in a store chunked along time so history windows cross the chunks' edges."""
     rng = np.random.default_rng(7)
     X = 0.3 * rng.normal(size=(N_SAMPLES, 2))
     y = np.zeros((N_SAMPLES, N_NEURONS))
@@ -116,6 +116,9 @@ def coupled_store(tmp_path_factory):
         past = y[max(t - WINDOW, 0):t][::-1]
         drive = np.einsum("jn,jk,nkm->m", past, kernels[:len(past)], w_hist)
         y[t] = rng.poisson(np.exp(-1.0 + X[t] @ w_stim + drive))
+    # a NaN a few samples before a chunk's edge: that sample and the WINDOW after it (whose
+    # windows cross the edge) are dropped, as NeMoS's features are NaN there
+    y[2_797, 5] = np.nan
     mp = pytest.MonkeyPatch()
     mp.setattr(store.inputs, "_ROW_CHUNK", 1_400)
     try:
@@ -147,6 +150,7 @@ def test_history_fit_equals_in_memory_fit_on_nemos_design(global_x64, coupled_st
     feature_mask = np.vstack([np.ones((2, N_NEURONS)), np.repeat(mask_of[coupling], K, axis=0)])
     options = dict(regularizer="Ridge", regularizer_strength=1e-3, solver_kwargs={"tol": 1e-12, "maxiter": 1000})
     want = PopulationGLM(feature_mask=feature_mask, **options).fit(design, y)
+    assert np.isnan(design[2_798:2_798 + WINDOW]).any(axis=1).all()
 
     report = distglm.fit(path, PopulationGLM(**options), history=spec, num_actors=1, block_size=20,
                          name=coupling, progress=False)
@@ -159,7 +163,7 @@ def test_history_fit_equals_in_memory_fit_on_nemos_design(global_x64, coupled_st
     assert np.all(got.coef_[feature_mask == 0] == 0)
     # the loaded model predicts from the stimulus and the history NeMoS builds
     np.testing.assert_allclose(distglm.history.design(X, y, got.history_)[WINDOW:], design[WINDOW:], atol=1e-12)
-    np.testing.assert_allclose(got.predict(design[WINDOW:]), want.predict(design[WINDOW:]), rtol=1e-5)
+    np.testing.assert_allclose(got.predict(design[WINDOW:]), want.predict(design[WINDOW:]), rtol=1e-5)  # NaN rows too
     # the recorded spec is part of the fit: resuming it with another history, or none, is refused
     for other in (HistorySpec.raised_cosine_log(K, WINDOW + 1, coupling=spec.coupling), None):
         with pytest.raises(StoreError, match=r"fingerprint differs in \['history'"):
