@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -22,9 +23,12 @@ import numpy as np
 
 from . import store
 from .compile_cache import enable_compilation_cache
+from .logs import log_to_stderr
 from .plan import Block
 
 __all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "fit_one_block", "slice_strength"]
+
+_log = logging.getLogger(__name__)
 
 # One XLA thread per actor: actors are the unit of parallelism, and several multi-threaded
 # XLA runtimes on one machine only fight over its cores. XLA's CPU client sizes its thread pool
@@ -72,6 +76,12 @@ class FitSpec:
         each neuron is scored on them and its scores written with its results.
     standard_errors : bool
         Whether each block also writes its neurons' standard errors (``core.inference``).
+    storage_options : dict or None
+        fsspec options (credentials) for a store at a URL; held in memory only, left out of
+        the spec's repr so that no log shows them.
+    log_level : int or None
+        The level at which the actors log a line per block to stderr (Ray forwards it to the
+        driver and the job's log); None: they do not log.
     history : dict or None
         The fit's history features (``HistorySpec.to_json()``): each actor builds them, a chunk
         of samples at a time, from the stored y of every neuron, after the stored X's columns.
@@ -90,6 +100,8 @@ class FitSpec:
     fit_name: str | None = None
     test_rows: np.ndarray | None = dataclasses.field(default=None, compare=False)
     standard_errors: bool = False
+    storage_options: dict | None = dataclasses.field(default=None, repr=False)
+    log_level: int | None = None
     history: dict | None = None
 
     def build_model(self):
@@ -154,6 +166,8 @@ class SampleReader:
         self._design = None
         # an actor's two block threads may both ask for the design first
         self._design_lock = threading.Lock()
+        self._gram = None
+        self._gram_lock = threading.Lock()
 
     def _kept(self, row: int, stop: int) -> np.ndarray:
         """Bool array of shape (stop - row,): which stored samples ``[row, stop)`` are fitted."""
@@ -217,6 +231,16 @@ class SampleReader:
                     at += len(values)
                 self._design = jax.device_put(X)
         return self._design
+
+    def gram(self, n_cols: int):
+        """The Gram matrix of the design (``core.fit.DesignGram``), computed once for every block."""
+        X = self.design(n_cols)
+        with self._gram_lock:
+            if self._gram is None:
+                from .core.fit import DesignGram
+
+                self._gram = DesignGram(np.asarray(X), self.n_samples)
+        return self._gram
 
     def responses(self, start: int, stop: int, n_rows: int, n_cols: int) -> np.ndarray:
         """The y of neurons ``[start, stop)`` without NaN rows, in a zero buffer of shape (n_rows, n_cols)."""
@@ -358,7 +382,8 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
         else:
             # on the device now, so the host buffer goes before the solve's memory is taken
             y = jax.device_put(y)
-            result = core_fit.fit_block(X, y, mask, config, strength=strength, n_samples=data.n_samples)
+            gram = data.gram(n_cols) if config.preconditioned else None
+            result = core_fit.fit_block(X, y, mask, config, strength=strength, n_samples=data.n_samples, gram=gram)
             del y
         jax.block_until_ready(result.state)
         t_solve = time.perf_counter() - t1
@@ -416,6 +441,8 @@ class BlockFitter:
         # A persistent compilation cache lets a replacement actor, the second actor on a node
         # and a resumed fit load the compiled block fit instead of compiling it again.
         enable_compilation_cache()
+        if spec.log_level is not None:
+            log_to_stderr(spec.log_level)
         self._spec = spec
         self._config = spec.build_model()._fit_config()
         self._io = None
@@ -434,9 +461,10 @@ class BlockFitter:
         with self._lock:
             if self._io is None:
                 # Opened at the first block, once the driver has created the results.
-                dtype = np.float64 if self._spec.x64 else np.float32
-                self._io = (SampleReader(store.InputsReader(self._spec.path), self._spec, dtype),
-                            store.ResultsWriter(self._spec.path, self._spec.fit_name))
+                with store.using_storage_options(self._spec.path, self._spec.storage_options):
+                    dtype = np.float64 if self._spec.x64 else np.float32
+                    self._io = (SampleReader(store.InputsReader(self._spec.path), self._spec, dtype),
+                                store.ResultsWriter(self._spec.path, self._spec.fit_name))
             # the first block of an actor pays for compilation; report it apart
             first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
         data, writer = self._io
@@ -445,4 +473,8 @@ class BlockFitter:
                                 standard_errors=self._spec.standard_errors)
         summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
+        _log.info("block %d: neurons %d-%d, %d converged, %d failed or not converged, %.2f s (read %.2f, "
+                  "solve %.2f%s, write %.2f)", block.id, block.start, block.stop - 1, summary["n_converged"],
+                  len(summary["failures"]), summary["total_s"], summary["read_s"], summary["solve_s"],
+                  " with compilation" if first else "", summary["write_s"])
         return summary

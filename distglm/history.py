@@ -158,6 +158,11 @@ class HistorySpec:
         """0/1 float array of shape (n_neurons * K, n_neurons): the history features' mask."""
         return np.repeat(self.coupling_mask(n_neurons), self.n_basis_funcs, axis=0).astype(np.float64)
 
+    def feature_names(self, neuron_ids) -> list[str]:
+        """Names of the history features, ``"<neuron id>_history<k>"`` in column order (neuron-major)."""
+        return [f"{neuron}_history{k}" for neuron in np.asarray(neuron_ids).tolist()
+                for k in range(self.n_basis_funcs)]
+
     def to_json(self) -> dict:
         """A JSON-ready description, as the store records it with a fit."""
         coupling = self.coupling if isinstance(self.coupling, str) else self.coupling.astype(int).tolist()

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import os
 import time
 import warnings
@@ -27,11 +28,15 @@ from . import validation as val
 from .actor import FitSpec
 from .connect import connect_ray
 from .errors import ClusterError, InputError, InputTypeError, StoreError, UnsupportedOptionError
+from .logs import enabled_level
 
 __all__ = ["DEFAULT_BLOCK_TIMEOUT_S", "STREAM_ABOVE_BYTES", "FitReport", "fit", "load_fitted", "stored_fingerprint"]
 
 #: Bytes of X and two blocks of y above which actors stream the samples by default (see ``fit``).
 STREAM_ABOVE_BYTES = 2**30
+
+_log = logging.getLogger(__name__)
+
 #: Seconds a block may run at least before its actor is taken for stuck (see ``fit``).
 DEFAULT_BLOCK_TIMEOUT_S = 900.0
 # How long blocks wait for an actor to start when no actor runs at all.
@@ -62,7 +67,9 @@ class FitReport:
         Of those, neurons that met the solver's tolerance (counted over this run's blocks
         and the stored results of skipped blocks).
     failures : dict
-        Neuron index -> reason, for neurons that failed or did not converge.
+        Neuron id -> reason, for neurons that failed or did not converge; the ids are those the
+        store records (``write_inputs(neuron_ids=...)`` or a pynapple y's column labels), by
+        default the neurons' positions.
     failed_blocks : dict
         Block id -> reason, for blocks that failed on every try (their neurons have no result).
     n_blocks, n_blocks_skipped, n_blocks_fitted : int
@@ -75,6 +82,13 @@ class FitReport:
     timings : dict
         Seconds summed over actors: ``read``, ``solve``, ``write``, and ``first_solve`` (the
         first block of each actor, which includes compilation); ``prepare`` in the driver.
+    memory_estimate : MemoryEstimate or None
+        The planner's estimate of an actor's peak memory with the plan's blocks
+        (:func:`distglm.plan.estimate_block_memory`); None when nothing was left to fit or the
+        actors stream their samples (their memory is then bounded by their chunk cache).
+    memory_per_actor : int or None
+        The budget in bytes the blocks were sized for (``memory_per_actor``, or the cluster's
+        memory per CPU on its tightest node); None when nothing was left to fit.
     heldout : dict or None
         For a fit with ``test_samples``: NeMoS score type -> each neuron's held-out score, array
         of shape (n_neurons,) (NaN for a neuron without results).
@@ -93,6 +107,8 @@ class FitReport:
     seconds: float
     neurons_per_second: float
     timings: dict
+    memory_estimate: _plan.MemoryEstimate | None = None
+    memory_per_actor: int | None = None
     heldout: dict | None = None
 
     @property
@@ -108,6 +124,8 @@ class FitReport:
             f"{len(self.failed_blocks)} failed, {self.n_retries} retries)",
             f"  {self.seconds:.1f} s, {self.neurons_per_second:.1f} neurons/s",
         ]
+        if self.memory_estimate is not None:
+            lines.append(f"  memory per actor: about {self.memory_estimate} of {self.memory_per_actor / 1e9:.2f} GB")
         for bid, reason in list(self.failed_blocks.items())[:5]:
             lines.append(f"  block {bid} failed: {reason}")
         if self.heldout is not None:
@@ -186,7 +204,8 @@ def _check_model(model):
     from .glm import PopulationGLM, PopulationGLMCV
 
     if not isinstance(model, PopulationGLM):
-        raise InputTypeError(f"model must be a distglm PopulationGLM; got {type(model).__name__}")
+        raise InputTypeError(f"model must be a distglm PopulationGLM (from_nemos converts a NeMoS model); got "
+                             f"{type(model).__name__}")
     if isinstance(model, PopulationGLMCV):
         raise UnsupportedOptionError("a store is fitted with one strength per model: cross-validate in memory with "
                                      "PopulationGLMCV.fit(X, y), then fit the store with a PopulationGLM of its "
@@ -251,7 +270,7 @@ def check_fit_options(**options) -> dict:
     retries = options.get("max_retries", 0)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise InputError(f"max_retries must be a non-negative integer; got {retries!r}")
-    for name in ("num_actors", "block_size"):
+    for name in ("num_actors", "block_size", "memory_per_actor"):
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise InputError(f"{name} must be a positive integer or None; got {value!r}")
@@ -265,6 +284,7 @@ def check_fit_options(**options) -> dict:
     return options
 
 
+@store.with_storage_options
 def fit(
     path,
     model,
@@ -283,6 +303,8 @@ def fit(
     standard_errors: bool = False,
     stream: bool | None = None,
     history=None,
+    memory_per_actor: int | None = None,
+    storage_options: dict | None = None,
 ) -> FitReport:
     """Fit ``model`` to the inputs of the store at ``path`` on Ray actors.
 
@@ -296,13 +318,16 @@ def fit(
     path : str or path-like
         A store written by :func:`distglm.write_inputs` (or a group with ``inputs/X`` and
         ``inputs/y`` written by hand).
-    model : PopulationGLM
-        The configuration to fit (its feature mask, if any, must equal the store's).
+    model : PopulationGLM, or a NeMoS 0.2.8 GLM or PopulationGLM
+        The configuration to fit (its feature mask, if any, must equal the store's); a NeMoS
+        model is converted with :func:`distglm.glm.from_nemos`.
     num_actors : int, optional
         Actors to start; default one per CPU of the cluster, at most one per block. More
         actors than the cluster has CPUs are capped to its CPUs, with a warning.
     block_size : int, optional
         Neurons per block, a multiple of the store's neuron chunk; see :func:`distglm.plan.plan_blocks`.
+        By default the plan's block, made smaller (whole chunks at a time) until an actor's
+        estimated peak memory fits ``memory_per_actor``.
     address : str, optional
         A Ray cluster's address, ``HOST:6379`` or ``ray://HOST:10001`` (or ``RAY_ADDRESS``);
         default a local Ray started and stopped here. If Ray is already initialised in this
@@ -346,6 +371,16 @@ def fit(
         Default: stream when X and two blocks of y would take more than
         ``STREAM_ABOVE_BYTES`` (1 GiB) in an actor. SVRG and ProxSVRG draw rows at random
         from all the samples and never stream (``stream=True`` with them is refused).
+    memory_per_actor : int, optional
+        Bytes an actor may use; default the memory Ray schedules per CPU on the cluster's
+        tightest node. The planner estimates an actor's peak
+        (:func:`distglm.plan.estimate_block_memory`) and sizes the blocks to fit; a fit whose
+        smallest block (one neuron chunk) does not fit is refused before any actor starts, and
+        an explicit ``block_size`` over the budget gets a warning.
+    storage_options : dict, optional
+        fsspec options for a store at a URL (``{"key": ..., "secret": ..., "client_kwargs":
+        {"endpoint_url": ...}}`` for S3), used by this process and sent to the actors in
+        memory; never written into the store.
     history : HistorySpec, optional
         Spike-history and coupling features (:class:`distglm.history.HistorySpec`), built by
         the actors from the stored y a chunk of samples at a time, never whole: the fitted
@@ -364,6 +399,8 @@ def fit(
     StoreError
         If the store is unreadable or damaged, another process holds its lease, or it holds
         results of another fit or of other inputs while ``resume`` is True.
+    PlanError
+        If not even a block of one neuron chunk fits ``memory_per_actor``.
     ClusterError
         If the cluster cannot be reached, or no actor can start on it.
 
@@ -379,19 +416,21 @@ def fit(
 
     from .core import fit as core_fit
     from .core.solvers import is_stochastic
-    from .glm import model_to_config
+    from .glm import from_nemos, model_to_config
 
     t_start = time.perf_counter()
     path = os.fspath(path) if isinstance(path, os.PathLike) else path
     if not isinstance(path, str):
         raise InputTypeError(f"path must be a string or path-like; got {type(path).__name__}")
     check_fit_options(resume=resume, progress=progress, max_retries=max_retries, num_actors=num_actors,
-                      block_size=block_size, block_timeout=block_timeout, on_block=on_block, stream=stream)
+                      block_size=block_size, block_timeout=block_timeout, on_block=on_block, stream=stream,
+                      memory_per_actor=memory_per_actor)
     store.results_group(name)
     if not isinstance(standard_errors, bool):
         raise InputTypeError(f"standard_errors must be True or False; got {standard_errors!r}")
 
     info = store.open_inputs(path)
+    model = from_nemos(model)
     test = _test_mask(test_samples, info.n_samples)
     config = _check_model(model)
     stochastic = is_stochastic(config.solver_name)
@@ -448,14 +487,32 @@ def fit(
             warnings.warn(f"num_actors={num_actors} but the cluster has {cpus} CPUs, so only {cpus} actors can run; "
                           f"using {cpus}", UserWarning, stacklevel=2)
             num_actors = cpus
-        blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size, num_actors or max(cpus, 1))
+        actors = num_actors or max(cpus, 1)
+        blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size, actors)
         pad_to = _plan.padded_size(blocks)
+        block_strength = _strength_by_block(model, n_features, info.n_neurons, pad_to)
+        spec = core_fit.state_spec(config, n_train, n_features, pad_to, dtype, block_strength(blocks[0]))
+        budget = memory_per_actor or _memory_per_cpu(ray)
+        streams = history is not None or (not stochastic and _streams(stream, n_train, n_features, pad_to, dtype))
+        estimate = None
+        if not streams:
+            # the estimate describes an actor that holds its samples; a streaming actor's memory
+            # is bounded by its chunk cache whatever the block
+            memory = _memory_model(config, n_train, n_features, dtype, mask, spec)
+            largest = _plan.largest_block(budget, info.n_neurons, info.neuron_chunk, **memory)
+            if block_size is None and largest < pad_to:
+                blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, largest, actors)
+                pad_to = _plan.padded_size(blocks)
+                block_strength = _strength_by_block(model, n_features, info.n_neurons, pad_to)
+                spec = core_fit.state_spec(config, n_train, n_features, pad_to, dtype, block_strength(blocks[0]))
+            elif largest < pad_to:
+                warnings.warn(f"blocks of {pad_to} neurons need about {_estimate(memory, pad_to)} per actor, more "
+                              f"than memory_per_actor={budget}; blocks of {largest} would fit", UserWarning,
+                              stacklevel=2)
+            estimate = _estimate(memory, pad_to)
         # a block size the planner accepts again: a single block's size rounded up to whole chunks
         fingerprint["block_size"] = (blocks[0].size if len(blocks) > 1
                                      else -(-pad_to // info.neuron_chunk) * info.neuron_chunk)
-        block_strength = _strength_by_block(model, n_features, info.n_neurons, pad_to)
-        spec = core_fit.state_spec(config, n_train, n_features, pad_to, dtype, block_strength(blocks[0]))
-        streams = history is not None or (not stochastic and _streams(stream, n_train, n_features, pad_to, dtype))
         if standard_errors and streams:
             raise UnsupportedOptionError("standard errors of a streamed fit are not computed (they need X whole in "
                                          "each actor): pass stream=False, or compute them in memory")
@@ -466,13 +523,18 @@ def fit(
             store.create_results(path, n_features=n_features, n_neurons=info.n_neurons,
                                  neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
                                  state_spec=spec, fingerprint=fingerprint, overwrite=not resume, name=name,
-                                 heldout=test_rows is not None, standard_errors=standard_errors)
+                                 heldout=test_rows is not None, standard_errors=standard_errors,
+                                 attributes=_results_attributes(model_config),
+                                 status_meanings=core_fit.STATUS_NAMES,
+                                 extra_features=None if history is None else history.feature_names(
+                                     store.read_coordinates(path)["neuron"]))
             done = store.done_blocks(path, name) if resume else set()
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
                                inverse_link=inverse_link, dropped_rows=np.flatnonzero(~train), n_samples=n_train,
                                stream=streams, fit_name=name, test_rows=test_rows, standard_errors=standard_errors,
+                               storage_options=storage_options, log_level=enabled_level(),
                                history=fingerprint.get("history"))
             del keep, train
             summaries, failed_blocks, n_retries = _dispatch(
@@ -487,7 +549,38 @@ def fit(
 
             ray.shutdown()
 
-    return _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared, name)
+    return dataclasses.replace(_report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start,
+                                       t_prepared, name), memory_estimate=estimate, memory_per_actor=int(budget))
+
+
+def _memory_per_cpu(ray) -> int:
+    """Memory Ray schedules per CPU on the cluster's tightest node, in bytes (one actor per CPU)."""
+    shares = [node["Resources"].get("memory", 0) / node["Resources"]["CPU"]
+              for node in ray.nodes() if node.get("Alive") and node["Resources"].get("CPU")]
+    if not shares:
+        resources = ray.cluster_resources()
+        shares = [resources.get("memory", 0) / max(resources.get("CPU", 1), 1)]
+    return max(int(min(shares)), 1)
+
+
+def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec) -> dict:
+    """Keyword arguments of ``plan.estimate_block_memory`` for an actor holding its samples."""
+    from .core import fit as core_fit
+
+    if config.preconditioned:
+        kind = core_fit.choose_preconditioner(np.ones((n_features, 1)) if mask is None else mask)
+    else:
+        kind = "none"
+    per_neuron = sum(int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt, per in spec.values() if per)
+    return dict(n_samples=core_fit.bucket_rows(n_samples, 1), n_features=n_features,
+                itemsize=np.dtype(dtype).itemsize,
+                preconditioner=kind, state_bytes_per_neuron=per_neuron, queued_blocks=_PIPELINE - 1,
+                base=_plan.ACTOR_BASE_BYTES)
+
+
+def _estimate(memory: dict, n_neurons: int) -> _plan.MemoryEstimate:
+    memory = dict(memory)
+    return _plan.estimate_block_memory(memory.pop("n_samples"), memory.pop("n_features"), n_neurons, **memory)
 
 
 def _check_history(history, info: store.InputsInfo, stream, stochastic: bool, test, standard_errors: bool):
@@ -533,6 +626,12 @@ def _test_mask(test_samples, n_samples: int) -> np.ndarray | None:
         raise InputTypeError(f"test_samples must be a slice or a boolean array of shape ({n_samples},), one per "
                              f"sample of the store; got {mask.dtype} of shape {mask.shape}")
     return mask
+
+
+def _results_attributes(model_config: dict) -> dict:
+    """What the results group tells its readers: the model fitted and the software that fitted it."""
+    return {"title": "results of a population GLM fit (distglm)", "model": model_config,
+            "software": store.software_versions()}
 
 
 def _streams(stream: bool | None, n_samples: int, n_features: int, pad_to: int, dtype) -> bool:
@@ -647,6 +746,7 @@ def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, blo
         else:
             failed_blocks[block.id] = f"{reason} (tried {tries[block.id]} times)"
 
+    progress_log = _ProgressLog(n_neurons, n_already)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -719,6 +819,7 @@ def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, blo
                 # an actor's first block compiles: the floor covers it, not the measured limit
                 slowest = max(slowest, summary["total_s"])
             summaries.append(summary)
+            progress_log.block_done(block, summary)
             if on_block is not None:
                 on_block(summary)
             if bar is not None:
@@ -733,6 +834,26 @@ def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, blo
         if dying:
             ray.wait(dying, num_returns=len(dying), timeout=_KILL_WAIT_S)
     return summaries, failed_blocks, n_retries
+
+
+class _ProgressLog:
+    """Logs the fit's progress after each block: neurons done, the rate of this run and the ETA."""
+
+    def __init__(self, n_neurons: int, n_already: int):
+        self.n_neurons, self.n_done, self.n_now = n_neurons, n_already, 0
+        self.t0 = time.monotonic()
+
+    def block_done(self, block, summary: dict) -> None:
+        self.n_done += summary["n_neurons"]
+        self.n_now += summary["n_neurons"]
+        elapsed = time.monotonic() - self.t0
+        rate = self.n_now / elapsed if elapsed > 0 else 0.0
+        left = self.n_neurons - self.n_done
+        eta = f"{left / rate:.0f} s" if rate > 0 else "unknown"
+        _log.info("fit: block %d done (%d converged of %d, %.2f s); %d/%d neurons (%.0f%%), %.1f neurons/s, "
+                  "elapsed %.0f s, ETA %s", block.id, summary["n_converged"], summary["n_neurons"],
+                  summary["total_s"], self.n_done, self.n_neurons, 100 * self.n_done / self.n_neurons, rate,
+                  elapsed, eta)
 
 
 def _short_reason(err: Exception) -> str:
@@ -769,9 +890,10 @@ def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_sta
         "first_solve": sum(s["solve_s"] for s in summaries if s["first_block"]),
         "write": sum(s["write_s"] for s in summaries),
     }
+    ids = store.read_coordinates(path)["neuron"]
     return FitReport(
         path=path, n_neurons=info.n_neurons, n_fitted=n_fitted, n_converged=n_converged,
-        failures=dict(sorted(failures.items())), failed_blocks=failed_blocks, n_blocks=len(blocks),
+        failures={ids[i].item(): reason for i, reason in sorted(failures.items())}, failed_blocks=failed_blocks, n_blocks=len(blocks),
         n_blocks_skipped=len(skipped), n_blocks_fitted=len(summaries), n_retries=n_retries,
         seconds=seconds, neurons_per_second=n_now / seconds if seconds > 0 else 0.0, timings=timings,
         heldout=(_heldout_scores(store.read_results(path, name=name))
@@ -786,11 +908,14 @@ def _heldout_scores(results: dict) -> dict | None:
     return {score_type: results[key] for score_type, key in store.HELDOUT_NAMES.items()}
 
 
-def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None):
+@store.with_storage_options
+def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None, *,
+                storage_options: dict | None = None):
     """A fitted ``PopulationGLM`` from the results in the store at ``path`` (of the fit ``name``, if given).
 
     A fit with a custom inverse link records only its name: give the function again as
     ``mapping_dict={"inverse_link_function": fn}``, as NeMoS's ``load_model`` takes it.
+    ``storage_options`` are fsspec options for a store at a URL.
 
     Raises :class:`StoreError` if the store holds no complete fit.
     """
@@ -843,7 +968,7 @@ def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None)
             or missing != sorted(set(range(n_blocks)) - store.done_blocks(path, name))):
         raise StoreError(f"{path}: the results changed while they were read (another fit is writing them); "
                          "load them again when it ends")
-    model._set_fitted(info.feature_groups, results, state)
+    model._set_fitted(info.feature_groups, results, state, neuron_ids=store.read_coordinates(path)["neuron"])
     model.heldout_scores_ = _heldout_scores(results)
     model.history_ = history
     if "coef_se" in results:

@@ -15,6 +15,7 @@ import nemos as nmo
 import numpy as np
 import pytest
 import ray
+import xarray as xr
 
 import distglm
 import distglm.history
@@ -170,6 +171,10 @@ def test_history_fit_equals_in_memory_fit_on_nemos_design(global_x64, coupled_st
             distglm.fit(path, PopulationGLM(**options), history=other, name=coupling, progress=False)
     if coupling != "neighbours":
         return
+    # the results name the history features beside the stored ones, and xarray opens them
+    ds = xr.open_zarr(path, group=f"results/{coupling}", consolidated=False)
+    assert list(ds["feature"].values[:2 + K + 1]) == ["0", "1"] + [f"0_history{k}" for k in range(K)] + ["1_history0"]
+    np.testing.assert_array_equal(ds["coef"].values, got.coef_)
     # and simulates from its own history (the store's spec) as the in-memory fit does from the declared one
     key = jax.random.PRNGKey(0)
     rates = distglm.history.simulate_recurrent(got, key, X[WINDOW:WINDOW + 50], y[:WINDOW])[1]
