@@ -20,6 +20,7 @@ import xarray as xr
 import distglm
 import distglm.history
 from distglm import store
+from distglm.cli import inspect_store
 from distglm.errors import InputError, InputTypeError, StoreError, UnsupportedOptionError
 from distglm.glm import PopulationGLM
 from distglm.history import HistorySpec, history_features, raised_cosine_log
@@ -175,6 +176,9 @@ def test_history_fit_equals_in_memory_fit_on_nemos_design(global_x64, coupled_st
     ds = xr.open_zarr(path, group=f"results/{coupling}", consolidated=False)
     assert list(ds["feature"].values[:2 + K + 1]) == ["0", "1"] + [f"0_history{k}" for k in range(K)] + ["1_history0"]
     np.testing.assert_array_equal(ds["coef"].values, got.coef_)
+    # distglm inspect scores the fit on the design with its history
+    r2 = inspect_store(path, name=coupling)["pseudo_r2"]
+    assert isinstance(r2, dict) and 0 < r2["median"] < 1, r2
     # and simulates from its own history (the store's spec) as the in-memory fit does from the declared one
     key = jax.random.PRNGKey(0)
     rates = distglm.history.simulate_recurrent(got, key, X[WINDOW:WINDOW + 50], y[:WINDOW])[1]
