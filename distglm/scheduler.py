@@ -643,9 +643,10 @@ def _streams(stream: bool | None, n_samples: int, n_features: int, pad_to: int, 
 
 def _check_resumable(path: str, stored: dict, fingerprint: dict, block_size) -> None:
     """Refuse to resume results of another fit, or of inputs that changed since they were fitted."""
-    # a history fit's results have more features: resuming them with another history, or none, is refused
-    differing = sorted(key for key in {*fingerprint, "history"}
-                       if key != "inputs" and stored.get(key) != fingerprint.get(key))
+    # keys on either side: an option the stored fit had and this one drops (a history, held-out
+    # samples, standard errors) makes another fit as surely as one it adds
+    differing = sorted(key for key in {*fingerprint, *stored}
+                       if key not in ("inputs", "block_size") and stored.get(key) != fingerprint.get(key))
     if differing:
         raise StoreError(f"{path} holds results of a different fit (fingerprint differs in {differing}); "
                          "pass resume=False (distglm fit PATH --no-resume) to replace them")
