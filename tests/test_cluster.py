@@ -152,7 +152,7 @@ def test_a_job_its_cluster_forgot(cluster, tmp_path):
 
 def test_submit_status_and_cancel(cluster, tmp_path):
     # enough blocks that a fit is still running when the command line cancels it
-    X, y, mask = make_inputs(480)
+    X, y, mask = make_inputs(480, n_samples=20_000)
     path = store.write_inputs(str(tmp_path / "cancel.zarr"), X, y, mask, neuron_chunk=16)
     job = submit(path, distglm.PopulationGLM(**MODEL), address=cluster.url, num_actors=2)
     assert store.read_attrs(path, "job")["history"][0][0] == "pending"
@@ -269,12 +269,14 @@ def test_a_store_the_cluster_cannot_read(cluster, s3):
 
 
 def test_fit_survives_its_submitter_and_a_lost_worker_node(cluster, tmp_path):
-    # blocks of a second or so each, so that the worker node is lost while its actor fits one
-    X, y, mask = make_inputs(96, n_samples=40_000)
+    # enough blocks of enough samples that the fit is still running, with an actor busy on a
+    # worker node, when that node is lost (fits have become fast: a few blocks end within a second)
+    n_blocks = 24
+    X, y, mask = make_inputs(16 * n_blocks, n_samples=100_000)
     path = store.write_inputs(str(tmp_path / "survivor.zarr"), X, y, mask, neuron_chunk=16)
     script = ("import distglm\n"
               f"job = distglm.submit({path!r}, distglm.PopulationGLM(**{MODEL!r}), address={cluster.url!r}, "
-              "num_actors=2)\n"
+              "num_actors=2, block_size=16)\n"
               "print(job.id)\n")
     submitter = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert submitter.returncode == 0, submitter.stderr
@@ -293,7 +295,7 @@ def test_fit_survives_its_submitter_and_a_lost_worker_node(cluster, tmp_path):
     # elsewhere) or, talking to the driver directly, finished its blocks before it noticed.
     record = store.read_attrs(path, "job")
     assert [s for s, _ in record["history"]] == ["pending", "running", "succeeded"]
-    assert store.done_blocks(path) == set(range(6))
+    assert store.done_blocks(path) == set(range(n_blocks))
     assert np.all(store.read_results(path)["status"] != store.STATUS_UNWRITTEN)
     assert_matches_in_memory_fit(job.result(), X, y, mask)
 
