@@ -24,7 +24,8 @@ from . import store
 from .compile_cache import enable_compilation_cache
 from .plan import Block
 
-__all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "fit_one_block", "slice_strength"]
+__all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "cross_validate_block", "fit_one_block",
+           "slice_strength"]
 
 # One XLA thread per actor: actors are the unit of parallelism, and several multi-threaded
 # XLA runtimes on one machine only fight over its cores. XLA's CPU client sizes its thread pool
@@ -72,6 +73,12 @@ class FitSpec:
         each neuron is scored on them and its scores written with its results.
     standard_errors : bool
         Whether each block also writes its neurons' standard errors (``core.inference``).
+    cv_grid : tuple of float or None
+        For a ``PopulationGLMCV``: the candidate strengths, largest first, the same for every
+        block (the default grid is computed by the driver from all the neurons).
+    cv_folds : int array of shape (n_samples,) or None
+        For a ``PopulationGLMCV``: the fold of each fitted sample (-1: never held out), see
+        :func:`distglm.cv.fold_labels`.
     """
 
     path: str
@@ -87,6 +94,8 @@ class FitSpec:
     fit_name: str | None = None
     test_rows: np.ndarray | None = dataclasses.field(default=None, compare=False)
     standard_errors: bool = False
+    cv_grid: tuple | None = None
+    cv_folds: np.ndarray | None = dataclasses.field(default=None, compare=False)
 
     def build_model(self):
         """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
@@ -258,9 +267,53 @@ class SampleReader:
             self._cached -= self._cache.pop(key).nbytes
 
 
+def cross_validate_block(data: SampleReader, block: Block, model, config, grid: np.ndarray, folds: np.ndarray,
+                         pad_to: int) -> tuple:
+    """Cross-validate the candidate strengths on one block of neurons and select each neuron's.
+
+    The same path as ``PopulationGLMCV.fit`` runs over all the neurons (``core.cv.cv_path``),
+    here over the block's, padded with empty neurons to ``pad_to``.
+
+    Parameters
+    ----------
+    data : SampleReader
+    block : Block
+    model : PopulationGLMCV
+        The model (its scoring and selection rule; ``per_neuron`` True).
+    config : FitConfig
+    grid : array of shape (n_strengths,), largest first
+    folds : int array of shape (n_samples,), the fold labels (``FitSpec.cv_folds``)
+    pad_to : int
+
+    Returns
+    -------
+    strength : the refit's strength arrays of shape (..., pad_to), each neuron at its selection
+    arrays : dict of :data:`distglm.store.CV_NAMES` arrays trimmed to the block's neurons
+    """
+    from .core import cv as core_cv
+    from .core import fit as core_fit
+    from .cv import make_folds
+
+    n_real, n_features = block.size, data.n_features
+    X = np.asarray(data.design(core_fit.bucket_neurons(pad_to)))[:data.n_samples]
+    y = data.responses(block.start, block.stop, data.n_samples, pad_to)
+    mask = np.zeros((n_features, pad_to), data.dtype)
+    mask[:, :n_real] = data.reader.mask_block(block.start, block.stop)
+    candidates = [model._selected_strength(s, n_features, pad_to) for s in grid]
+    path = core_cv.cv_path(X, y, mask, config, candidates, make_folds(folds, data.n_samples), model.scoring)
+    path = core_cv.PathScores(*(None if a is None else np.asarray(a)[..., :n_real] for a in path))
+    _, _, index = core_cv.select(path, model.scoring, True, model.selection)
+    strength = slice_strength(model._selected_strength(grid[index], n_features, n_real), 0, n_real, pad_to)
+    arrays = {"cv_model_terms": path.model, "cv_status": path.status, "cv_index": index,
+              "cv_strength": grid[index]}
+    if path.null is not None:
+        arrays["cv_null_terms"] = path.null
+    return strength, arrays
+
+
 def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block, config, strength, pad_to: int,
                   stream: bool = False, solve_lock=None, test_rows: np.ndarray | None = None,
-                  standard_errors: bool = False) -> dict:
+                  standard_errors: bool = False, cv_arrays: dict | None = None) -> dict:
     """Fit one block of neurons and write its results; returns a small summary.
 
     With ``solve_lock``, only the solve holds it: another thread can read the next block and
@@ -286,6 +339,9 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
         scored on them.
     standard_errors : bool
         Also write the neurons' standard errors, from the training samples (not when streaming).
+    cv_arrays : dict, optional
+        The block's cross-validation results (:func:`cross_validate_block`), written with the
+        refit's and covered by the same done marker.
     """
     import jax
 
@@ -340,6 +396,7 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
         X_test, y_test = data.samples_at(test_rows, block.start, block.stop)
         scores = core_cv.heldout_scores(config, X_test, y_test, arrays["coef"], arrays["intercept"], arrays["scale"])
         arrays.update({store.HELDOUT_NAMES[score_type]: value for score_type, value in scores.items()})
+    arrays.update(cv_arrays or {})
     writer.write(block, arrays, state)
     t_write = time.perf_counter() - t2
 
@@ -377,7 +434,8 @@ class BlockFitter:
         # and a resumed fit load the compiled block fit instead of compiling it again.
         enable_compilation_cache()
         self._spec = spec
-        self._config = spec.build_model()._fit_config()
+        self._model = spec.build_model()
+        self._config = self._model._fit_config()
         self._io = None
         self._n_blocks = 0
         # The scheduler gives an actor up to two blocks at once (it runs them in two threads):
@@ -389,7 +447,10 @@ class BlockFitter:
         return os.getpid()
 
     def fit(self, block: Block, strength) -> dict:
-        """Fit ``block`` with its strength arrays (shape (..., pad_to)) and write its results."""
+        """Fit ``block`` with its strength arrays (shape (..., pad_to)) and write its results.
+
+        A cross-validated fit (``spec.cv_grid``) takes None: each neuron's strength is selected here.
+        """
         t0 = time.perf_counter()
         with self._lock:
             if self._io is None:
@@ -400,9 +461,15 @@ class BlockFitter:
             # the first block of an actor pays for compilation; report it apart
             first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
         data, writer = self._io
-        summary = fit_one_block(data, writer, block, self._config, strength, self._spec.pad_to, self._spec.stream,
-                                self._solve_lock, test_rows=self._spec.test_rows,
-                                standard_errors=self._spec.standard_errors)
+        spec, cv_arrays = self._spec, None
+        if spec.cv_grid is not None:
+            # the path's solves take turns with the other block's like the refit's
+            with self._solve_lock:
+                strength, cv_arrays = cross_validate_block(data, block, self._model, self._config,
+                                                           np.asarray(spec.cv_grid), spec.cv_folds, spec.pad_to)
+        summary = fit_one_block(data, writer, block, self._config, strength, spec.pad_to, spec.stream,
+                                self._solve_lock, test_rows=spec.test_rows, standard_errors=spec.standard_errors,
+                                cv_arrays=cv_arrays)
         summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
         return summary

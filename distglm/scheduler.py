@@ -26,6 +26,7 @@ from . import store
 from . import validation as val
 from .actor import FitSpec
 from .connect import connect_ray
+from .cv import fold_labels
 from .errors import ClusterError, InputError, InputTypeError, StoreError, UnsupportedOptionError
 
 __all__ = ["DEFAULT_BLOCK_TIMEOUT_S", "STREAM_ABOVE_BYTES", "FitReport", "fit", "load_fitted", "stored_fingerprint"]
@@ -188,10 +189,45 @@ def _check_model(model):
     if not isinstance(model, PopulationGLM):
         raise InputTypeError(f"model must be a distglm PopulationGLM; got {type(model).__name__}")
     if isinstance(model, PopulationGLMCV):
-        raise UnsupportedOptionError("a store is fitted with one strength per model: cross-validate in memory with "
-                                     "PopulationGLMCV.fit(X, y), then fit the store with a PopulationGLM of its "
-                                     "selected strengths")
+        model._check_regularizer()
+        if not model.per_neuron:
+            raise UnsupportedOptionError("a distributed PopulationGLMCV selects a strength per neuron: per_neuron=False "
+                                         "pools the scores of all blocks, which distglm.fit does not do; cross-validate "
+                                         "in memory with PopulationGLMCV(per_neuron=False).fit(X, y), then fit the "
+                                         "store with a PopulationGLM of the selected strength")
+        model._cv_config()
     return model._fit_config()
+
+
+def _is_cv(model) -> bool:
+    from .glm import PopulationGLMCV
+
+    return isinstance(model, PopulationGLMCV)
+
+
+def _cv_grid(model, config, path: str, info: store.InputsInfo, train: np.ndarray, dtype) -> np.ndarray:
+    """The candidate strengths of a ``PopulationGLMCV`` on the store's training samples, largest first.
+
+    The default grid starts at the largest strength of any neuron (a population maximum), so it
+    is computed here from all the neurons, a stored chunk of neurons at a time, before any
+    block is dispatched: every block cross-validates the same candidates.
+    """
+    from .actor import SampleReader
+    from .core import cv as core_cv
+
+    def max_strengths(ratio):
+        data = SampleReader(store.InputsReader(path), FitSpec(path, {}, 1, dtype == np.float64,
+                                                              dropped_rows=np.flatnonzero(~train),
+                                                              n_samples=int(train.sum())), dtype)
+        X = np.asarray(data.design(1))[:data.n_samples]
+        tops = []
+        for start in range(0, info.n_neurons, info.neuron_chunk):
+            stop = min(start + info.neuron_chunk, info.n_neurons)
+            y = data.responses(start, stop, data.n_samples, stop - start)
+            tops.append(core_cv.max_strength(config, X, y, data.reader.mask_block(start, stop), ratio=ratio))
+        return np.concatenate(tops)
+
+    return model._grid(max_strengths)
 
 
 def _custom_link(model):
@@ -408,6 +444,14 @@ def fit(
     n_train = int(train.sum())
     if standard_errors:
         fingerprint["standard_errors"] = True
+    folds = grid = None
+    if _is_cv(model):
+        if stream:
+            raise UnsupportedOptionError("a PopulationGLMCV fits each fold's samples in memory and cannot stream them; "
+                                         "pass stream=False (or leave it out)")
+        folds = fold_labels(model.cv, train)
+        grid = _cv_grid(model, config, path, info, train, dtype)
+        fingerprint["cv_grid"] = grid.tolist()
 
     done = set()
     stored = stored_fingerprint(path, name) if resume else None
@@ -436,7 +480,10 @@ def fit(
                                      else -(-pad_to // info.neuron_chunk) * info.neuron_chunk)
         block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
         spec = core_fit.state_spec(config, n_train, info.n_features, pad_to, dtype, block_strength(blocks[0]))
-        streams = not stochastic and _streams(stream, n_train, info.n_features, pad_to, dtype)
+        if grid is not None:
+            # each block's strengths are selected by its actor
+            block_strength = _no_strength
+        streams = not stochastic and grid is None and _streams(stream, n_train, info.n_features, pad_to, dtype)
         if standard_errors and streams:
             raise UnsupportedOptionError("standard errors of a streamed fit are not computed (they need X whole in "
                                          "each actor): pass stream=False, or compute them in memory")
@@ -447,13 +494,17 @@ def fit(
             store.create_results(path, n_features=info.n_features, n_neurons=info.n_neurons,
                                  neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
                                  state_spec=spec, fingerprint=fingerprint, overwrite=not resume, name=name,
-                                 heldout=test_rows is not None, standard_errors=standard_errors)
+                                 heldout=test_rows is not None, standard_errors=standard_errors,
+                                 cv=None if grid is None else {"n_strengths": len(grid),
+                                                               "n_folds": int(folds.max()) + 1,
+                                                               "null": model.scoring != "log-likelihood"})
             done = store.done_blocks(path, name) if resume else set()
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
                                inverse_link=inverse_link, dropped_rows=np.flatnonzero(~train), n_samples=n_train,
-                               stream=streams, fit_name=name, test_rows=test_rows, standard_errors=standard_errors)
+                               stream=streams, fit_name=name, test_rows=test_rows, standard_errors=standard_errors,
+                               cv_grid=None if grid is None else tuple(grid.tolist()), cv_folds=folds)
             del keep, train
             summaries, failed_blocks, n_retries = _dispatch(
                 fit_spec, todo, block_strength, lease,
@@ -533,6 +584,10 @@ def _strength_by_block(model, n_features: int, n_neurons: int, pad_to: int) -> C
         return lambda block: slice_strength(full, block.start, block.stop, pad_to)
     model._expanded_strength(n_features, 1)
     return lambda block: model._expanded_strength(n_features, pad_to)
+
+
+def _no_strength(block):
+    return None
 
 
 def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, block_timeout, progress,
@@ -687,6 +742,14 @@ def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, blo
     return summaries, failed_blocks, n_retries
 
 
+def _set_cv_results(model, fingerprint: dict, results: dict) -> None:
+    """Set a loaded ``PopulationGLMCV``'s cross-validation attributes from its stored results."""
+    from .core.cv import PathScores
+
+    path = PathScores(results["cv_model_terms"], results.get("cv_null_terms"), results["cv_status"])
+    model._set_cv(np.asarray(fingerprint["cv_grid"], dtype=float), path, results["cv_index"])
+
+
 def _short_reason(err: Exception) -> str:
     text = str(err).strip().splitlines()
     tail = [line for line in text if line.strip()][-1:] or [type(err).__name__]
@@ -788,6 +851,8 @@ def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None)
         raise StoreError(f"{path}: the results changed while they were read (another fit is writing them); "
                          "load them again when it ends")
     model._set_fitted(info.feature_groups, results, state)
+    if _is_cv(model):
+        _set_cv_results(model, fingerprint, results)
     model.heldout_scores_ = _heldout_scores(results)
     if "coef_se" in results:
         model.coef_se_, model.intercept_se_ = model._user_coef(results["coef_se"]), results["intercept_se"]

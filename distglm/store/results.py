@@ -43,6 +43,7 @@ __all__ = [
     "discard_all_results",
     "HELDOUT_NAMES",
     "SE_NAMES",
+    "CV_NAMES",
 ]
 
 #: Per-neuron result arrays, in the order :func:`read_results` returns them.
@@ -65,6 +66,11 @@ HELDOUT_NAMES = {
 }
 #: Standard errors of a fit that computed them: ``coef_se`` shaped as ``coef``, ``intercept_se``.
 SE_NAMES = ("coef_se", "intercept_se")
+#: Cross-validation results of a fit that selected its strengths (``cv_null_terms`` only for the pseudo-R2
+#: scores): held-out score terms and fit status of shape (n_strengths, n_folds, n_neurons), each neuron's
+#: selected index into the candidates and its strength.
+CV_NAMES = ("cv_model_terms", "cv_null_terms", "cv_status", "cv_index", "cv_strength")
+_CV_PATH_NAMES = ("cv_model_terms", "cv_null_terms", "cv_status")
 #: ``results/status`` of a neuron whose block was never written.
 STATUS_UNWRITTEN = -1
 # Result arrays whose dtype does not follow the fit's float dtype, with their fill values.
@@ -72,12 +78,14 @@ _FIXED_RESULTS = {
     "n_iter": (np.dtype("int32"), 0),
     "converged": (np.dtype("bool"), False),
     "status": (np.dtype("int8"), STATUS_UNWRITTEN),
+    "cv_status": (np.dtype("int8"), STATUS_UNWRITTEN),
+    "cv_index": (np.dtype("int32"), -1),
 }
 
 
 # What a fit's group holds: a named fit's group beside them must not take one of these names.
-_RESERVED = frozenset(RESULT_NAMES) | frozenset(HELDOUT_NAMES.values()) | frozenset(SE_NAMES) | {"done",
-                                                                                              "solver_state"}
+_RESERVED = (frozenset(RESULT_NAMES) | frozenset(HELDOUT_NAMES.values()) | frozenset(SE_NAMES) | frozenset(CV_NAMES)
+             | {"done", "solver_state"})
 _NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -148,14 +156,36 @@ def _results(path: str, mode: str, name=None) -> zarr.Group:
 _COEF_SHAPED = ("coef", "coef_se")
 
 
-def _extra_names(heldout: bool, standard_errors: bool) -> tuple[str, ...]:
-    return (tuple(HELDOUT_NAMES.values()) if heldout else ()) + (SE_NAMES if standard_errors else ())
+def _check_cv(cv) -> dict | None:
+    if cv is None:
+        return None
+    if not isinstance(cv, dict) or set(cv) != {"n_strengths", "n_folds", "null"}:
+        raise InputTypeError(f"cv must be None or a dict with keys 'n_strengths', 'n_folds', 'null'; got {cv!r}")
+    if not isinstance(cv["null"], bool):
+        raise InputTypeError(f"cv['null'] must be a bool; got {cv['null']!r}")
+    return {"n_strengths": _check_int(cv["n_strengths"], "cv['n_strengths']", minimum=1),
+            "n_folds": _check_int(cv["n_folds"], "cv['n_folds']", minimum=1), "null": cv["null"]}
+
+
+def _extra_names(heldout: bool, standard_errors: bool, cv: dict | None = None) -> tuple[str, ...]:
+    cv_names = () if cv is None else tuple(name for name in CV_NAMES if cv["null"] or name != "cv_null_terms")
+    return (tuple(HELDOUT_NAMES.values()) if heldout else ()) + (SE_NAMES if standard_errors else ()) + cv_names
 
 
 def _names(results: zarr.Group) -> tuple[str, ...]:
-    """The per-neuron arrays of a fit: :data:`RESULT_NAMES`, then the held-out scores and the
-    standard errors if it has them."""
-    return RESULT_NAMES + _extra_names(bool(results.attrs.get("heldout")), bool(results.attrs.get("standard_errors")))
+    """The per-neuron arrays of a fit: :data:`RESULT_NAMES`, then the held-out scores, the standard
+    errors and the cross-validation results if it has them."""
+    return RESULT_NAMES + _extra_names(bool(results.attrs.get("heldout")), bool(results.attrs.get("standard_errors")),
+                                       results.attrs.get("cv"))
+
+
+def _leading_shape(name: str, n_features: int, cv: dict | None) -> tuple[int, ...]:
+    """The shape of a per-neuron array before its neuron axis."""
+    if name in _COEF_SHAPED:
+        return (n_features,)
+    if name in _CV_PATH_NAMES:
+        return (cv["n_strengths"], cv["n_folds"])
+    return ()
 
 
 def _result_array(results: zarr.Group, name: str, path: str) -> zarr.Array:
@@ -164,7 +194,7 @@ def _result_array(results: zarr.Group, name: str, path: str) -> zarr.Array:
 
 
 def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout,
-                        standard_errors, path):
+                        standard_errors, cv, path):
     coef, done = _result_array(results, "coef", path), _result_array(results, "done", path)
     expected = {
         "coef shape": (coef.shape, (n_features, n_neurons)),
@@ -174,6 +204,7 @@ def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, 
         "state_spec": (results.attrs.get("state_spec"), spec),
         "held-out scores": (bool(results.attrs.get("heldout")), heldout),
         "standard errors": (bool(results.attrs.get("standard_errors")), standard_errors),
+        "cross-validation": (results.attrs.get("cv"), cv),
     }
     return [
         f"{key} {got} instead of {want}" for key, (got, want) in expected.items() if got != want
@@ -194,6 +225,7 @@ def create_results(
     name=None,
     heldout=False,
     standard_errors=False,
+    cv=None,
 ) -> None:
     """Create every result array of a fit, before any block is written, or keep them to resume.
 
@@ -231,6 +263,10 @@ def create_results(
         scores (:data:`HELDOUT_NAMES`, NaN until written), covered by the done markers too.
     standard_errors : bool, optional
         Whether its blocks also write standard errors (:data:`SE_NAMES`), likewise.
+    cv : dict, optional
+        For a fit that selects its strengths by cross-validation, ``{"n_strengths": int,
+        "n_folds": int, "null": bool}``: its blocks also write :data:`CV_NAMES` (``cv_null_terms``
+        only with ``null``), the path arrays of shape (n_strengths, n_folds, n_neurons), likewise.
 
     Raises
     ------
@@ -265,6 +301,7 @@ def create_results(
     for flag, value in (("overwrite", overwrite), ("heldout", heldout), ("standard_errors", standard_errors)):
         if not isinstance(value, bool):
             raise InputTypeError(f"{flag} must be a bool; got {type(value).__name__}")
+    cv = _check_cv(cv)
     group = results_group(name)
 
     root = open_group(path, "r+")
@@ -282,7 +319,7 @@ def create_results(
                     "pass resume=False to replace them"
                 )
             differences = _layout_differences(
-                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout, standard_errors, path
+                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout, standard_errors, cv, path
             )
             if differences:
                 raise StoreError(
@@ -296,10 +333,10 @@ def create_results(
     results = root.require_group("results")
     if name is not None:
         results = results.create_group(name)
-    extra = _extra_names(heldout, standard_errors)
-    per_neuron = {name: (dtype, np.nan) for name in RESULT_NAMES + extra} | _FIXED_RESULTS
+    names = RESULT_NAMES + _extra_names(heldout, standard_errors, cv)
+    per_neuron = {name: _FIXED_RESULTS.get(name, (dtype, np.nan)) for name in names}
     for name, (array_dtype, fill) in per_neuron.items():
-        shape = (n_features, n_neurons) if name in _COEF_SHAPED else (n_neurons,)
+        shape = _leading_shape(name, n_features, cv) + (n_neurons,)
         results.create_array(
             name, shape=shape, dtype=array_dtype, fill_value=fill,
             chunks=shape[:-1] + (neuron_chunk,),
@@ -318,6 +355,7 @@ def create_results(
     results.attrs["state_spec"] = spec
     results.attrs["heldout"] = heldout
     results.attrs["standard_errors"] = standard_errors
+    results.attrs["cv"] = cv
     results.attrs["fingerprint"] = fingerprint
 
 
@@ -344,6 +382,7 @@ class ResultsWriter:
         self._fingerprint = results.attrs["fingerprint"]
         self._spec = results.attrs["state_spec"]
         self._names = _names(results)
+        self._cv = results.attrs.get("cv")
         self._arrays = {("arrays", name): _result_array(results, name, self.path) for name in self._names}
         self._arrays.update({("state", name): _result_array(results, f"solver_state/{name}", self.path)
                              for name in self._spec})
@@ -367,7 +406,7 @@ class ResultsWriter:
         if block.start % chunk or (block.stop % chunk and block.stop != self._n_neurons):
             raise PlanError(f"{block} is not aligned with the results' neuron chunk {chunk}: it would "
                             "share a chunk with another block")
-        shapes = {("arrays", name): (self._n_features, block.size) if name in _COEF_SHAPED else (block.size,)
+        shapes = {("arrays", name): _leading_shape(name, self._n_features, self._cv) + (block.size,)
                   for name in self._names}
         shapes.update({("state", name): tuple(shape) + (block.size,) if per_neuron else tuple(shape)
                        for name, (shape, _, per_neuron) in self._spec.items()})

@@ -1,0 +1,120 @@
+"""PopulationGLMCV fitted to a store on Ray actors against the same model fitted in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+from sklearn.model_selection import KFold
+
+import distglm
+from distglm import store
+from distglm.errors import InputError, UnsupportedOptionError
+from distglm.glm import PopulationGLMCV, model_from_config, model_to_config
+
+pytestmark = pytest.mark.usefixtures("x64")
+
+TIGHT = {"tol": 1e-10, "maxiter": 5000}
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture
+def population(tmp_path):
+    """10 Poisson neurons (2 per stored chunk), two NaN rows, a feature mask, one silent neuron."""
+    rng = np.random.default_rng(11)
+    n_samples, n_features, n_neurons = 300, 3, 10
+    X = 0.5 * rng.normal(size=(n_samples, n_features))
+    mask = np.ones((n_features, n_neurons))
+    mask[0, 1] = mask[2, 6] = 0
+    weights = rng.normal(size=(n_features, n_neurons)) * np.geomspace(1.0, 0.05, n_neurons) * mask
+    y = rng.poisson(np.exp(X @ weights)).astype(float)
+    y[:, 9] = 0.0
+    X[[4, 150]] = np.nan
+    path = store.write_inputs(str(tmp_path / "s.zarr"), X, y, feature_mask=mask, neuron_chunk=2)
+    return path, X, y, mask
+
+
+def _assert_same_selection(loaded, memory):
+    np.testing.assert_allclose(loaded.regularizer_strengths_, memory.regularizer_strengths_, rtol=1e-12)
+    np.testing.assert_array_equal(loaded.best_index_, memory.best_index_)
+    np.testing.assert_array_equal(loaded.regularizer_strength_, memory.regularizer_strength_)
+    np.testing.assert_allclose(loaded.cv_scores_, memory.cv_scores_, rtol=1e-5)
+    np.testing.assert_allclose(loaded.population_cv_scores_, memory.population_cv_scores_, rtol=1e-5)
+    np.testing.assert_array_equal(loaded.cv_status_, memory.cv_status_)
+    np.testing.assert_allclose(loaded.coef_, memory.coef_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(loaded.intercept_, memory.intercept_, rtol=1e-6, atol=1e-8)
+
+
+def test_a_cv_model_is_checked_before_the_store_is_touched(population):
+    path = population[0]
+    for model, error, match in (
+        (PopulationGLMCV(per_neuron=False), UnsupportedOptionError, "per_neuron=False"),
+        (PopulationGLMCV(cv=KFold(3)), UnsupportedOptionError, "splitter"),
+        (PopulationGLMCV(regularizer="UnRegularized"), InputError, "UnRegularized"),
+        (PopulationGLMCV(cv=np.zeros(299, int)), InputError, "one label per sample"),
+    ):
+        with pytest.raises(error, match=match):
+            distglm.fit(path, model, progress=False)
+    with pytest.raises(UnsupportedOptionError, match="cannot stream"):
+        distglm.fit(path, PopulationGLMCV(), stream=True, progress=False)
+    # a fold left with no sample once NaN rows are dropped
+    labels = np.zeros(300, int)
+    labels[[4, 150]] = [1, 1]
+    with pytest.raises(InputError, match="no sample left without NaN"):
+        distglm.fit(path, PopulationGLMCV(cv=labels), progress=False)
+    assert store.fit_names(path) == []
+
+
+def test_configuration_round_trip_keeps_the_cross_validation_settings():
+    labels = np.repeat([0, 1, -1], 4)
+    model = PopulationGLMCV(regularizer="Lasso", regularizer_strengths=[0.1, 1.0], cv=labels,
+                            scoring="pseudo-r2-Cohen", selection="1se")
+    back = model_from_config(model_to_config(model))
+    assert isinstance(back, PopulationGLMCV)
+    np.testing.assert_array_equal(back.cv, labels)
+    np.testing.assert_array_equal(back.regularizer_strengths, [0.1, 1.0])
+    assert (back.scoring, back.per_neuron, back.selection, back.regularizer.name) == \
+        ("pseudo-r2-Cohen", True, "1se", "Lasso")
+
+
+def test_fold_labels_restrict_contiguous_folds_of_the_stored_samples():
+    train = np.ones(10, bool)
+    train[[1, 7]] = False
+    labels = distglm.cv.fold_labels(3, train)
+    expected = [t for _, t in distglm.cv._kept_folds(distglm.cv.make_folds(3, 10), train)]
+    assert [np.flatnonzero(labels == k).tolist() for k in range(3)] == [t.tolist() for t in expected]
+
+
+@pytest.mark.ray
+def test_distributed_selection_equals_the_in_memory_one_and_resumes(population):
+    path, X, y, mask = population
+    # default grid (a population maximum over every block), pseudo-R2 scores pooled from terms
+    model = PopulationGLMCV(regularizer="Ridge", regularizer_strengths=5, cv=3, scoring="pseudo-r2-McFadden",
+                            solver_kwargs=TIGHT)
+    memory = PopulationGLMCV(**{**model.get_params(), "feature_mask": mask}).fit(X, y)
+    assert np.ptp(memory.best_index_[:9]) > 0, "the test needs neurons that select different strengths"
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        report = distglm.fit(path, model, num_actors=2, block_size=4, progress=False)
+        assert report.n_blocks == 3 and report.n_fitted == 10
+
+        # interrupted after its first block, then resumed
+        def interrupt(summary):
+            raise Interrupted
+
+        with pytest.raises(Interrupted):
+            distglm.fit(path, model, name="resumed", num_actors=1, block_size=4, progress=False, on_block=interrupt)
+        partial = store.done_blocks(path, name="resumed")
+        assert 1 <= len(partial) < 3
+        resumed = distglm.fit(path, model, name="resumed", num_actors=2, block_size=4, progress=False)
+        assert resumed.n_blocks_skipped == len(partial)
+    finally:
+        ray.shutdown()
+    for name in (None, "resumed"):
+        loaded = distglm.load_model(path, name=name)
+        assert isinstance(loaded, PopulationGLMCV)
+        _assert_same_selection(loaded, memory)
+    assert store.read_results(path)["cv_null_terms"].shape == (5, 3, 10)
