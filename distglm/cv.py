@@ -10,6 +10,7 @@ are fitted as a warm-started path, every fit one ``core.fit_block`` over all neu
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -355,8 +356,11 @@ class PopulationGLMCV(PopulationGLM):
         self.best_index_ = index
         self.regularizer_strength_ = grid[index]
         self.cv_scores_ = scores
-        self.cv_mean_ = np.nanmean(scores, axis=1)
-        self.cv_std_ = np.nanstd(scores, axis=1)
+        with warnings.catch_warnings():
+            # a neuron that failed on every fold (reported by the fit) has no mean
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.cv_mean_ = np.nanmean(scores, axis=1)
+            self.cv_std_ = np.nanstd(scores, axis=1)
         self.population_cv_scores_ = pooled
         self.cv_status_ = np.asarray(path.status)
 
