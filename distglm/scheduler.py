@@ -332,7 +332,10 @@ def fit(
         A store written by :func:`distglm.write_inputs` (or a group with ``inputs/X`` and
         ``inputs/y`` written by hand).
     model : PopulationGLM
-        The configuration to fit (its feature mask, if any, must equal the store's).
+        The configuration to fit (its feature mask, if any, must equal the store's). A
+        ``PopulationGLMCV`` is cross-validated block by block and each neuron refitted at its
+        selected strength, as ``PopulationGLMCV.fit`` does in memory (``per_neuron=True`` only,
+        ``cv`` a number of folds or one label per stored sample, never streamed).
     num_actors : int, optional
         Actors to start; default one per CPU of the cluster, at most one per block. More
         actors than the cluster has CPUs are capped to its CPUs, with a warning.

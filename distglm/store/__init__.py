@@ -13,6 +13,12 @@ A store is one Zarr group (a local directory or any URL Zarr accepts) laid out a
         coef                 (n_features, n_neurons), chunks (n_features, neuron_chunk)
         intercept, scale, dof_resid, loss, grad_norm, n_iter, converged, status
                              (n_neurons,), chunks (neuron_chunk,)
+        cv_model_terms, cv_null_terms, cv_status
+                             (n_strengths, n_folds, n_neurons), chunks (.., .., neuron_chunk):
+                             a PopulationGLMCV's held-out score terms and fit status (null
+                             terms for the pseudo-R2 scores only); attrs cv = their sizes
+        cv_index, cv_strength
+                             (n_neurons,): each neuron's selected candidate and strength
         done                 (n_blocks,) uint64, one chunk per block: 0, or the block's checksum
         solver_state/<name>  (*shape, n_neurons) per neuron, or (n_blocks, *shape) per block
         <fit name>/          a named fit (distglm.fit(..., name=...)): the same layout, its own
