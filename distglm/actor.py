@@ -24,8 +24,8 @@ from . import store
 from .compile_cache import enable_compilation_cache
 from .plan import Block
 
-__all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "cross_validate_block", "fit_one_block",
-           "slice_strength"]
+__all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "cv_path_arrays", "fit_one_block", "select_block",
+           "slice_strength", "stored_path"]
 
 # One XLA thread per actor: actors are the unit of parallelism, and several multi-threaded
 # XLA runtimes on one machine only fight over its cores. XLA's CPU client sizes its thread pool
@@ -79,6 +79,12 @@ class FitSpec:
     cv_folds : int array of shape (n_samples,) or None
         For a ``PopulationGLMCV``: the fold of each fitted sample (-1: never held out), see
         :func:`distglm.cv.fold_labels`.
+    cv_stage : {None, "path", "refit"}
+        None: each block is cross-validated, each neuron's strength selected and the block
+        refitted in one go. A strength shared by the population is selected in two stages:
+        "path" writes each block's path alone; "refit" refits each block at ``cv_index``.
+    cv_index : int or None
+        At the "refit" stage, the index in ``cv_grid`` of the strength the population selected.
     """
 
     path: str
@@ -96,6 +102,8 @@ class FitSpec:
     standard_errors: bool = False
     cv_grid: tuple | None = None
     cv_folds: np.ndarray | None = dataclasses.field(default=None, compare=False)
+    cv_stage: str | None = None
+    cv_index: int | None = None
 
     def build_model(self):
         """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
@@ -267,9 +275,9 @@ class SampleReader:
             self._cached -= self._cache.pop(key).nbytes
 
 
-def cross_validate_block(data: SampleReader, block: Block, model, config, grid: np.ndarray, folds: np.ndarray,
-                         pad_to: int) -> tuple:
-    """Cross-validate the candidate strengths on one block of neurons and select each neuron's.
+def cv_path_arrays(data: SampleReader, block: Block, model, config, grid: np.ndarray, folds: np.ndarray,
+                   pad_to: int) -> dict:
+    """Cross-validate the candidate strengths on one block of neurons: the block's path arrays.
 
     The same path as ``PopulationGLMCV.fit`` runs over all the neurons (``core.cv.cv_path``),
     here over the block's, padded with empty neurons to ``pad_to``.
@@ -279,7 +287,7 @@ def cross_validate_block(data: SampleReader, block: Block, model, config, grid: 
     data : SampleReader
     block : Block
     model : PopulationGLMCV
-        The model (its scoring and selection rule; ``per_neuron`` True).
+        The model (its scoring).
     config : FitConfig
     grid : array of shape (n_strengths,), largest first
     folds : int array of shape (n_samples,), the fold labels (``FitSpec.cv_folds``)
@@ -287,8 +295,9 @@ def cross_validate_block(data: SampleReader, block: Block, model, config, grid: 
 
     Returns
     -------
-    strength : the refit's strength arrays of shape (..., pad_to), each neuron at its selection
-    arrays : dict of :data:`distglm.store.CV_NAMES` arrays trimmed to the block's neurons
+    dict
+        ``cv_model_terms``, ``cv_status`` (and ``cv_null_terms`` for the pseudo-R2 scores), of
+        shape (n_strengths, n_folds, block.size): the path arrays of :data:`distglm.store.CV_NAMES`.
     """
     from .core import cv as core_cv
     from .core import fit as core_fit
@@ -301,14 +310,36 @@ def cross_validate_block(data: SampleReader, block: Block, model, config, grid: 
     mask[:, :n_real] = data.reader.mask_block(block.start, block.stop)
     candidates = [model._selected_strength(s, n_features, pad_to) for s in grid]
     path = core_cv.cv_path(X, y, mask, config, candidates, make_folds(folds, data.n_samples), model.scoring)
-    path = core_cv.PathScores(*(None if a is None else np.asarray(a)[..., :n_real] for a in path))
-    _, _, index = core_cv.select(path, model.scoring, True, model.selection)
-    strength = slice_strength(model._selected_strength(grid[index], n_features, n_real), 0, n_real, pad_to)
-    arrays = {"cv_model_terms": path.model, "cv_status": path.status, "cv_index": index,
-              "cv_strength": grid[index]}
+    arrays = {"cv_model_terms": np.asarray(path.model)[..., :n_real], "cv_status": np.asarray(path.status)[..., :n_real]}
     if path.null is not None:
-        arrays["cv_null_terms"] = path.null
-    return strength, arrays
+        arrays["cv_null_terms"] = np.asarray(path.null)[..., :n_real]
+    return arrays
+
+
+def stored_path(arrays: dict):
+    """The ``core.cv.PathScores`` of stored path arrays (:func:`cv_path_arrays`' or a store's results)."""
+    from .core.cv import PathScores
+
+    return PathScores(arrays["cv_model_terms"], arrays.get("cv_null_terms"), arrays["cv_status"])
+
+
+def select_block(model, grid: np.ndarray, path: dict, n_features: int, pad_to: int, index: int | None = None):
+    """Each neuron's selected strength: its own (``index`` None) or the population's ``index``.
+
+    Returns the refit's strength arrays of shape (..., pad_to) and the block's cross-validation
+    arrays (``path`` with ``cv_index`` and ``cv_strength`` of shape (block.size,)).
+    """
+    from .core import cv as core_cv
+
+    n_real = path["cv_status"].shape[-1]
+    if index is None:
+        _, _, selected = core_cv.select(stored_path(path), model.scoring, True, model.selection)
+        strength = slice_strength(model._selected_strength(grid[selected], n_features, n_real), 0, n_real, pad_to)
+    else:
+        # one strength for all (GroupLasso's is one per group, never sliced by neuron)
+        selected = np.full(n_real, index)
+        strength = model._selected_strength(grid[index], n_features, pad_to)
+    return strength, {**path, "cv_index": selected, "cv_strength": grid[selected]}
 
 
 def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block, config, strength, pad_to: int,
@@ -340,7 +371,7 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
     standard_errors : bool
         Also write the neurons' standard errors, from the training samples (not when streaming).
     cv_arrays : dict, optional
-        The block's cross-validation results (:func:`cross_validate_block`), written with the
+        The block's cross-validation results (:func:`select_block`), written with the
         refit's and covered by the same done marker.
     """
     import jax
@@ -463,10 +494,22 @@ class BlockFitter:
         data, writer = self._io
         spec, cv_arrays = self._spec, None
         if spec.cv_grid is not None:
-            # the path's solves take turns with the other block's like the refit's
-            with self._solve_lock:
-                strength, cv_arrays = cross_validate_block(data, block, self._model, self._config,
-                                                           np.asarray(spec.cv_grid), spec.cv_folds, spec.pad_to)
+            grid = np.asarray(spec.cv_grid)
+            if spec.cv_stage == "refit":
+                stored = store.read_results(spec.path, block.start, block.stop, spec.fit_name)
+                path = {key: stored[key] for key in store.CV_PATH_NAMES if key in stored}
+            else:
+                t1 = time.perf_counter()
+                # the path's solves take turns with the other block's like the refit's
+                with self._solve_lock:
+                    path = cv_path_arrays(data, block, self._model, self._config, grid, spec.cv_folds, spec.pad_to)
+                if spec.cv_stage == "path":
+                    t2 = time.perf_counter()
+                    writer.write_path(block, path)
+                    return {"block": block.id, "n_neurons": block.size, "n_converged": 0, "failures": {},
+                            "read_s": 0.0, "solve_s": t2 - t1, "write_s": time.perf_counter() - t2,
+                            "pid": os.getpid(), "first_block": first, "total_s": time.perf_counter() - t0}
+            strength, cv_arrays = select_block(self._model, grid, path, data.n_features, spec.pad_to, spec.cv_index)
         summary = fit_one_block(data, writer, block, self._config, strength, spec.pad_to, spec.stream,
                                 self._solve_lock, test_rows=spec.test_rows, standard_errors=spec.standard_errors,
                                 cv_arrays=cv_arrays)

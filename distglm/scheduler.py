@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -190,11 +191,6 @@ def _check_model(model):
         raise InputTypeError(f"model must be a distglm PopulationGLM; got {type(model).__name__}")
     if isinstance(model, PopulationGLMCV):
         model._check_regularizer()
-        if not model.per_neuron:
-            raise UnsupportedOptionError("a distributed PopulationGLMCV selects a strength per neuron: per_neuron=False "
-                                         "pools the scores of all blocks, which distglm.fit does not do; cross-validate "
-                                         "in memory with PopulationGLMCV(per_neuron=False).fit(X, y), then fit the "
-                                         "store with a PopulationGLM of the selected strength")
         model._cv_config()
     return model._fit_config()
 
@@ -500,7 +496,8 @@ def fit(
                                  heldout=test_rows is not None, standard_errors=standard_errors,
                                  cv=None if grid is None else {"n_strengths": len(grid),
                                                                "n_folds": int(folds.max()) + 1,
-                                                               "null": model.scoring != "log-likelihood"})
+                                                               "null": model.scoring != "log-likelihood",
+                                                               "pooled": not model.per_neuron})
             done = store.done_blocks(path, name) if resume else set()
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
@@ -509,12 +506,28 @@ def fit(
                                stream=streams, fit_name=name, test_rows=test_rows, standard_errors=standard_errors,
                                cv_grid=None if grid is None else tuple(grid.tolist()), cv_folds=folds)
             del keep, train
-            summaries, failed_blocks, n_retries = _dispatch(
-                fit_spec, todo, block_strength, lease,
-                num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0, max_retries=max_retries,
-                block_timeout=float(block_timeout), progress=progress, n_neurons=info.n_neurons,
-                n_already=sum(b.size for b in blocks if b.id in done), on_block=on_block,
-            )
+            dispatch = functools.partial(
+                _dispatch, lease=lease, max_retries=max_retries, block_timeout=float(block_timeout),
+                progress=progress, n_neurons=info.n_neurons, on_block=on_block)
+            n_retries = 0
+            if grid is not None and not model.per_neuron:
+                # one strength for all: every block's path first, then the refits at the pooled choice
+                path_done = store.cv_path_done_blocks(path, name)
+                path_todo = [b for b in todo if b.id not in path_done]
+                _, failed_blocks, n_retries = dispatch(
+                    dataclasses.replace(fit_spec, cv_stage="path"), path_todo, block_strength,
+                    num_actors=min(num_actors or max(cpus, 1), len(path_todo)) if path_todo else 0,
+                    n_already=sum(b.size for b in blocks if b.id in done or b.id in path_done))
+                if failed_blocks:
+                    return _report(path, info, blocks, done, [], failed_blocks, n_retries, t_start,
+                                   t_prepared, name)
+                fit_spec = dataclasses.replace(fit_spec, cv_stage="refit",
+                                               cv_index=_pooled_index(model, store.read_results(path, name=name)))
+            summaries, failed_blocks, retried = dispatch(
+                fit_spec, todo, block_strength,
+                num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0,
+                n_already=sum(b.size for b in blocks if b.id in done))
+            n_retries += retried
     finally:
         if started:
             import ray
@@ -736,21 +749,33 @@ def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, blo
     finally:
         if bar is not None:
             bar.close()
-        for actor in actors.values():
+        busy = {slot for slot, *_ in in_flight.values()}
+        for slot, actor in actors.items():
             ray.kill(actor)
-        # Killed actors may still be writing a block: the lease is given back only when they are
-        # gone, so that the next writer of the store never races them.
+            if slot in busy:
+                dying.append(actor.pid.remote())
+        # Killed actors may still be writing a block (an interrupted fit leaves blocks in
+        # flight): the lease is given back only when they are gone, so that the next writer of
+        # the store never races them.
         if dying:
             ray.wait(dying, num_returns=len(dying), timeout=_KILL_WAIT_S)
     return summaries, failed_blocks, n_retries
 
 
+def _pooled_index(model, results: dict) -> int:
+    """The index of the strength the population's pooled score selects, from every block's stored path."""
+    from .actor import stored_path
+    from .core import cv as core_cv
+
+    _, _, index = core_cv.select(stored_path(results), model.scoring, False, model.selection)
+    return int(index[0])
+
+
 def _set_cv_results(model, fingerprint: dict, results: dict) -> None:
     """Set a loaded ``PopulationGLMCV``'s cross-validation attributes from its stored results."""
-    from .core.cv import PathScores
+    from .actor import stored_path
 
-    path = PathScores(results["cv_model_terms"], results.get("cv_null_terms"), results["cv_status"])
-    model._set_cv(np.asarray(fingerprint["cv_grid"], dtype=float), path, results["cv_index"])
+    model._set_cv(np.asarray(fingerprint["cv_grid"], dtype=float), stored_path(results), results["cv_index"])
 
 
 def _short_reason(err: Exception) -> str:

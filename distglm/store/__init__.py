@@ -20,6 +20,8 @@ A store is one Zarr group (a local directory or any URL Zarr accepts) laid out a
         cv_index, cv_strength
                              (n_neurons,): each neuron's selected candidate and strength
         done                 (n_blocks,) uint64, one chunk per block: 0, or the block's checksum
+        cv_done              the same for the cross-validation paths alone, written first when
+                             one strength is selected from the scores of every block
         solver_state/<name>  (*shape, n_neurons) per neuron, or (n_blocks, *shape) per block
         <fit name>/          a named fit (distglm.fit(..., name=...)): the same layout, its own
                              fingerprint and done markers
@@ -73,9 +75,11 @@ from .results import (
     RESULT_NAMES,
     SE_NAMES,
     CV_NAMES,
+    CV_PATH_NAMES,
     STATUS_UNWRITTEN,
     ResultsWriter,
     create_results,
+    cv_path_done_blocks,
     done_blocks,
     fit_names,
     read_fingerprint,
@@ -90,7 +94,9 @@ __all__ = [
     "HELDOUT_NAMES",
     "SE_NAMES",
     "CV_NAMES",
+    "CV_PATH_NAMES",
     "STATUS_UNWRITTEN",
+    "cv_path_done_blocks",
     "InputsInfo",
     "InputsReader",
     "ResultsWriter",
