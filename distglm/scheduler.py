@@ -330,8 +330,10 @@ def fit(
     model : PopulationGLM
         The configuration to fit (its feature mask, if any, must equal the store's). A
         ``PopulationGLMCV`` is cross-validated block by block and each neuron refitted at its
-        selected strength, as ``PopulationGLMCV.fit`` does in memory (``per_neuron=True`` only,
-        ``cv`` a number of folds or one label per stored sample, never streamed).
+        selected strength, as ``PopulationGLMCV.fit`` does in memory (``cv`` a number of folds
+        or one label per stored sample, never streamed); with ``per_neuron=False``, every
+        block's path is written before the driver selects the shared strength and the blocks
+        are refitted at it.
     num_actors : int, optional
         Actors to start; default one per CPU of the cluster, at most one per block. More
         actors than the cluster has CPUs are capped to its CPUs, with a warning.
