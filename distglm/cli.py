@@ -303,6 +303,9 @@ def _cmd_inspect(args) -> int:
         for score_type, key in store.HELDOUT_NAMES.items():
             if key in res:
                 print(f"  held-out {score_type} per neuron: {_quantiles(res[key][written], '.4g')}")
+        if "cv_strength" in res:
+            print(f"  cross-validated strength per neuron: {_quantiles(res['cv_strength'][written], '.3g')} "
+                  f"(of {res['cv_model_terms'].shape[0]} candidates, {res['cv_model_terms'].shape[1]} folds)")
     print(f"  pseudo-R2 (McFadden) per neuron: {_inspect_pseudo_r2(args, info, path, len(done) == n_blocks)}")
     return 0
 

@@ -9,6 +9,7 @@ from sklearn.model_selection import KFold
 
 import distglm
 from distglm import store
+from distglm.cli import main
 from distglm.core.fit import STATUS_NONFINITE_INIT
 from distglm.errors import InputError, UnsupportedOptionError
 from distglm.glm import PopulationGLMCV, model_from_config, model_to_config
@@ -94,7 +95,7 @@ def test_fold_labels_restrict_contiguous_folds_of_the_stored_samples():
 
 
 @pytest.mark.ray
-def test_distributed_selection_equals_the_in_memory_one_and_resumes(population):
+def test_distributed_selection_equals_the_in_memory_one_and_resumes(population, capsys):
     path, X, y, mask = population
     # per neuron: the default grid (a population maximum over every block), pseudo-R2 scores
     per_neuron = PopulationGLMCV(regularizer="Ridge", regularizer_strengths=5, cv=3, scoring="pseudo-r2-McFadden",
@@ -133,3 +134,5 @@ def test_distributed_selection_equals_the_in_memory_one_and_resumes(population):
         _assert_same_selection(loaded, memory[name])
     assert store.read_results(path)["cv_null_terms"].shape == (5, 3, 10)
     assert "cv_null_terms" not in store.read_results(path, name="shared")
+    assert main(["inspect", path, "--no-pseudo-r2"]) == 0
+    assert "cross-validated strength per neuron" in capsys.readouterr().out
