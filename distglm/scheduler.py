@@ -353,7 +353,8 @@ def fit(
         Extra tries for a block whose actor died or was stuck. A block whose actor raised
         (a corrupted chunk, say) fails at once: trying it again would fail the same way.
     on_block : callable, optional
-        Called in the driver with each finished block's summary (used to record progress).
+        Called in the driver with each finished block's summary (used to record progress); for
+        a shared strength selected by cross-validation, with each refitted block's.
     connect_timeout : float, optional
         Seconds to wait for the cluster at ``address``; default ``DISTGLM_CONNECT_TIMEOUT``
         or 30.
@@ -516,8 +517,9 @@ def fit(
                 # one strength for all: every block's path first, then the refits at the pooled choice
                 path_done = store.cv_path_done_blocks(path, name)
                 path_todo = [b for b in todo if b.id not in path_done]
+                # on_block hears of refitted blocks only: a block's neurons are counted once
                 _, failed_blocks, n_retries = dispatch(
-                    dataclasses.replace(fit_spec, cv_stage="path"), path_todo, block_strength,
+                    dataclasses.replace(fit_spec, cv_stage="path"), path_todo, block_strength, on_block=None,
                     num_actors=min(num_actors or max(cpus, 1), len(path_todo)) if path_todo else 0,
                     n_already=sum(b.size for b in blocks if b.id in done or b.id in path_done))
                 if failed_blocks:
