@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import ray
+import zarr
 from sklearn.model_selection import KFold
 
 import distglm
 from distglm import store
 from distglm.cli import main
 from distglm.core.fit import STATUS_NONFINITE_INIT
-from distglm.errors import InputError, UnsupportedOptionError
+from distglm.errors import InputError, StoreError, UnsupportedOptionError
 from distglm.glm import PopulationGLMCV, model_from_config, model_to_config
+from distglm.plan import Block
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -92,6 +94,33 @@ def test_fold_labels_restrict_contiguous_folds_of_the_stored_samples():
     labels = distglm.cv.fold_labels(3, train)
     expected = [t for _, t in distglm.cv._kept_folds(distglm.cv.make_folds(3, 10), train)]
     assert [np.flatnonzero(labels == k).tolist() for k in range(3)] == [t.tolist() for t in expected]
+
+
+def test_path_markers_count_only_the_paths_written_whole(tmp_path):
+    path = store.write_inputs(str(tmp_path / "s.zarr"), np.ones((6, 2)), np.ones((6, 4)), neuron_chunk=2)
+    cv = {"n_strengths": 3, "n_folds": 2, "null": True, "pooled": True}
+    store.create_results(path, n_features=2, n_neurons=4, neuron_chunk=2, n_blocks=2, dtype="float64",
+                         state_spec={}, fingerprint={"fit": 1}, cv=cv)
+    writer = store.ResultsWriter(path)
+    block_path = {"cv_model_terms": np.ones((3, 2, 2)), "cv_null_terms": np.ones((3, 2, 2)),
+                  "cv_status": np.zeros((3, 2, 2), np.int8)}
+    with pytest.raises(InputError, match=r"shape \(3, 2, 2\)"):
+        writer.write_path(Block(0, 0, 2), {**block_path, "cv_model_terms": np.ones((2, 2, 2))})
+    with pytest.raises(InputError, match="missing \\['cv_null_terms'\\]"):
+        writer.write_path(Block(0, 0, 2), {k: v for k, v in block_path.items() if k != "cv_null_terms"})
+    writer.write_path(Block(0, 0, 2), block_path)
+    writer.write_path(Block(1, 2, 4), block_path)
+    assert store.cv_path_done_blocks(path) == {0, 1} and store.done_blocks(path) == set()
+    # a block's path altered after its marker no longer counts
+    zarr.open_group(path, mode="r+")["results/cv_model_terms"][0, 0, 3] = 5.0
+    assert store.cv_path_done_blocks(path) == {0}
+    # results of a per-neuron selection have no path markers
+    store.create_results(path, n_features=2, n_neurons=4, neuron_chunk=2, n_blocks=2, dtype="float64",
+                         state_spec={}, fingerprint={"fit": 2}, cv={**cv, "pooled": False}, overwrite=True)
+    with pytest.raises(StoreError, match="without a pooled cross-validation"):
+        store.cv_path_done_blocks(path)
+    with pytest.raises(StoreError, match="no pooled"):
+        store.ResultsWriter(path).write_path(Block(0, 0, 2), block_path)
 
 
 @pytest.mark.ray
