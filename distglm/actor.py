@@ -161,6 +161,8 @@ class SampleReader:
         self._design = None
         # an actor's two block threads may both ask for the design first
         self._design_lock = threading.Lock()
+        self._gram = None
+        self._gram_lock = threading.Lock()
 
     def _kept(self, row: int, stop: int) -> np.ndarray:
         """Bool array of shape (stop - row,): which stored samples ``[row, stop)`` are fitted."""
@@ -197,6 +199,16 @@ class SampleReader:
                     at += len(values)
                 self._design = jax.device_put(X)
         return self._design
+
+    def gram(self, n_cols: int):
+        """The Gram matrix of the design (``core.fit.DesignGram``), computed once for every block."""
+        X = self.design(n_cols)
+        with self._gram_lock:
+            if self._gram is None:
+                from .core.fit import DesignGram
+
+                self._gram = DesignGram(np.asarray(X), self.n_samples)
+        return self._gram
 
     def responses(self, start: int, stop: int, n_rows: int, n_cols: int) -> np.ndarray:
         """The y of neurons ``[start, stop)`` without NaN rows, in a zero buffer of shape (n_rows, n_cols)."""
@@ -405,7 +417,8 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
         else:
             # on the device now, so the host buffer goes before the solve's memory is taken
             y = jax.device_put(y)
-            result = core_fit.fit_block(X, y, mask, config, strength=strength, n_samples=data.n_samples)
+            gram = data.gram(n_cols) if config.preconditioned else None
+            result = core_fit.fit_block(X, y, mask, config, strength=strength, n_samples=data.n_samples, gram=gram)
             del y
         jax.block_until_ready(result.state)
         t_solve = time.perf_counter() - t1

@@ -97,6 +97,8 @@ def _fit_options(args) -> dict:
         options["num_actors"] = args.num_actors
     if args.block_size is not None:
         options["block_size"] = args.block_size
+    if args.memory_per_actor is not None:
+        options["memory_per_actor"] = int(args.memory_per_actor * 1e9)
     if args.stream is not None:
         options["stream"] = args.stream
     return options
@@ -364,6 +366,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--num-actors", type=_positive_int, help="Ray actors (default: one per CPU of the cluster)")
         sub.add_argument("--block-size", type=_positive_int, help="neurons per block, a multiple of the store's "
                                                                   "neuron chunk")
+        sub.add_argument("--memory-per-actor", type=_positive_float, metavar="GB",
+                         help="memory an actor may use; blocks are sized to fit (default: the memory Ray "
+                              "schedules per CPU)")
         sub.add_argument("--no-resume", action="store_true", help="refit every block, replacing earlier results")
         sub.add_argument("--block-timeout", type=_positive_float, metavar="SECONDS",
                          help="seconds a block may run at least before its actor is taken for stuck and the block "

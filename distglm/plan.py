@@ -5,6 +5,13 @@ writes to *different* chunks, so every block boundary except the population's en
 multiple of the store's neuron chunk: two blocks never share a chunk, and actors can write
 their blocks at the same time without locks.
 
+It also estimates the peak memory of a process fitting a block (:func:`estimate_block_memory`)
+so that the plan can choose the largest block that fits a memory budget
+(:func:`largest_block`). The constants of the estimate were measured with real fits (peak RSS
+of a fresh process fitting one block with LBFGS, float32, 20,000 to 100,000 samples, 50 to
+2,000 features, 32 to 128 neurons, each preconditioner); ``benchmarks/bench_wide.py`` records
+the estimate beside the measured peak.
+
 This module knows nothing of Zarr, JAX or Ray; it works on integers only.
 """
 
@@ -15,11 +22,186 @@ from typing import NamedTuple
 
 from distglm.errors import InputError, InputTypeError, PlanError
 
-__all__ = ["Block", "plan_blocks", "padded_size", "TARGET_BLOCK_NEURONS"]
+__all__ = ["Block", "MemoryEstimate", "estimate_block_memory", "largest_block", "plan_blocks", "padded_size",
+           "TARGET_BLOCK_NEURONS", "PROCESS_BASE_BYTES", "ACTOR_BASE_BYTES"]
 
 #: Neurons per block the default plan aims for: large enough that one compiled solve does
 #: real work, small enough that a lost block is cheap to redo.
 TARGET_BLOCK_NEURONS = 256
+
+
+#: Peak RSS of a fresh Python process that imports distglm and JAX and fits a tiny block
+#: (compiled solve included), measured; the actors of a Ray fit add Ray's worker on top.
+PROCESS_BASE_BYTES = 450_000_000
+#: The same for a Ray actor (``ray::BlockFitter``), measured with the actors of a fit of a tiny
+#: population (200 samples, 128 neurons; ``benchmarks/results/bench_large.md``).
+ACTOR_BASE_BYTES = 660_000_000
+
+# Copies of each array a block's fit holds at its peak, fitted to the peak RSS of real fits
+# (least squares over 12 fits, rounded up; the Gram matrix's checked again up to 4,000 features
+# by benchmarks/bench_wide.py): the design (the caller's X, the padded copy, the device copy), a
+# block of y (the caller's, the padded float copy, the device copy and the (n_samples,
+# n_neurons) predictions of the scale estimate), the preconditioner (the target, its factor and
+# the inverse), the solver state (the loop's two states), and the Gram matrix (numpy's product,
+# the device copy, the restricted matrix and its eigenbasis).
+_DESIGN_COPIES = 4
+_RESPONSE_COPIES = 4
+_PRECONDITIONER_COPIES = 5
+_STATE_COPIES = 2
+_GRAM_COPIES = 4
+# A block queued on an actor beside the one being solved holds its stored and padded y.
+_QUEUED_RESPONSE_COPIES = 2
+# Arrays of (n_features + 1) per neuron in the default LBFGS state: ten pairs of history
+# vectors and the iterate's gradient and direction (the scalars per neuron are negligible).
+_LBFGS_STATE_VECTORS = 22
+
+
+class MemoryEstimate(NamedTuple):
+    """Estimated peak resident memory, in bytes, of a process fitting one block of neurons.
+
+    Attributes
+    ----------
+    total : int
+        The sum of the parts below.
+    base : int
+        Python, JAX, the compiled solve (and Ray's worker, for an actor).
+    design : int
+        ``X``, its copies and its Gram matrix.
+    responses : int
+        The block's ``y``, its copies and the per-sample temporaries.
+    preconditioner : int
+        The change of variables and its factorisation.
+    solver : int
+        The solver state and its copies.
+    """
+
+    total: int
+    base: int
+    design: int
+    responses: int
+    preconditioner: int
+    solver: int
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{name} {getattr(self, name) / 1e9:.2f}"
+                          for name in ("base", "design", "responses", "preconditioner", "solver"))
+        return f"{self.total / 1e9:.2f} GB ({parts})"
+
+
+def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preconditioner="cholesky",
+                          state_bytes_per_neuron=None, queued_blocks=0,
+                          base=PROCESS_BASE_BYTES) -> MemoryEstimate:
+    """Estimate the peak resident memory of a process fitting one block of ``n_neurons``.
+
+    Parameters
+    ----------
+    n_samples, n_features, n_neurons : int
+        Shape of the block's fit: ``X`` is (n_samples, n_features), ``y`` (n_samples, n_neurons).
+    itemsize : int
+        Bytes per float (4 for float32, 8 for float64).
+    preconditioner : {"cholesky", "shared", "diagonal", "none"}
+        The change of variables the fit uses (``distglm.core.choose_preconditioner``); "none"
+        for solvers that are not preconditioned.
+    state_bytes_per_neuron : int, optional
+        Bytes of the solver state per neuron (``distglm.core.state_spec``); default the
+        default LBFGS's.
+    queued_blocks : int
+        Further blocks held while this one is solved (an actor reads the next block and writes
+        the last one meanwhile).
+    base : int
+        Memory of the process before the data: ``PROCESS_BASE_BYTES`` or ``ACTOR_BASE_BYTES``.
+
+    Returns
+    -------
+    MemoryEstimate
+
+    Examples
+    --------
+    >>> est = estimate_block_memory(20_000, 1000, 128, preconditioner="shared")
+    >>> round(est.total / 1e9, 2), round(est.design / 1e9, 2)
+    (0.87, 0.34)
+    """
+    n_samples = _check_int(n_samples, "n_samples", minimum=1)
+    n_features = _check_int(n_features, "n_features", minimum=1)
+    n_neurons = _check_int(n_neurons, "n_neurons", minimum=1)
+    itemsize = _check_int(itemsize, "itemsize", minimum=1)
+    queued_blocks = _check_int(queued_blocks, "queued_blocks", minimum=0)
+    base = _check_int(base, "base", minimum=0)
+    params = n_features + 1
+    if preconditioner not in _PRECONDITIONER_SIZES:
+        raise InputError(f"preconditioner must be one of {tuple(_PRECONDITIONER_SIZES)}; got {preconditioner!r}")
+    if state_bytes_per_neuron is None:
+        state_bytes_per_neuron = _LBFGS_STATE_VECTORS * params * itemsize
+    state_bytes_per_neuron = _check_int(state_bytes_per_neuron, "state_bytes_per_neuron", minimum=0)
+    gram = params * params * itemsize if preconditioner != "none" else 0
+    design = _DESIGN_COPIES * n_samples * n_features * itemsize + _GRAM_COPIES * gram
+    responses = (_RESPONSE_COPIES + _QUEUED_RESPONSE_COPIES * queued_blocks) * n_samples * n_neurons * itemsize
+    pre = _PRECONDITIONER_COPIES * _PRECONDITIONER_SIZES[preconditioner](params, n_neurons) * itemsize
+    solver = _STATE_COPIES * state_bytes_per_neuron * n_neurons
+    return MemoryEstimate(base + design + responses + pre + solver, base, design, responses, pre, solver)
+
+
+_PRECONDITIONER_SIZES = {
+    "cholesky": lambda params, n: n * params * params,
+    "shared": lambda params, n: params * params + params * n,
+    "diagonal": lambda params, n: params * n,
+    "none": lambda params, n: 0,
+}
+
+
+def largest_block(budget, n_neurons, neuron_chunk, n_samples, n_features, **estimate) -> int:
+    """The largest block (a multiple of ``neuron_chunk``) whose estimated peak fits ``budget``.
+
+    Parameters
+    ----------
+    budget : int
+        Bytes a process fitting a block may use.
+    n_neurons, neuron_chunk : int
+        As in :func:`plan_blocks`; the answer is at most ``n_neurons`` rounded up to whole chunks.
+    n_samples, n_features : int
+        Shape of ``X``.
+    **estimate
+        Keyword arguments of :func:`estimate_block_memory`.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    PlanError
+        If not even one chunk of neurons fits: the message gives the estimate and the budget.
+
+    Examples
+    --------
+    >>> largest_block(2_000_000_000, 1000, 64, 20_000, 1000, preconditioner="shared")
+    1024
+    >>> largest_block(1_000_000_000, 1000, 64, 20_000, 1000, preconditioner="shared")
+    320
+    """
+    budget = _check_int(budget, "budget", minimum=1)
+    n_neurons = _check_int(n_neurons, "n_neurons", minimum=1)
+    neuron_chunk = _check_int(neuron_chunk, "neuron_chunk", minimum=1)
+    most = -(-n_neurons // neuron_chunk)
+
+    def fits(chunks: int) -> bool:
+        return estimate_block_memory(n_samples, n_features, chunks * neuron_chunk, **estimate).total <= budget
+
+    if not fits(1):
+        one = estimate_block_memory(n_samples, n_features, neuron_chunk, **estimate)
+        raise PlanError(
+            f"a block of one chunk ({neuron_chunk} neurons) of {n_samples} samples x {n_features} features needs "
+            f"about {one}, more than the {budget / 1e9:.2f} GB a process may use; give each actor more memory "
+            f"(memory_per_actor=, or fewer actors per node), store y in smaller neuron chunks, or use fewer samples"
+        )
+    low, high = 1, most
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low * neuron_chunk
 
 
 class Block(NamedTuple):

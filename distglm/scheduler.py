@@ -77,6 +77,13 @@ class FitReport:
     timings : dict
         Seconds summed over actors: ``read``, ``solve``, ``write``, and ``first_solve`` (the
         first block of each actor, which includes compilation); ``prepare`` in the driver.
+    memory_estimate : MemoryEstimate or None
+        The planner's estimate of an actor's peak memory with the plan's blocks
+        (:func:`distglm.plan.estimate_block_memory`); None when nothing was left to fit or the
+        actors stream their samples (their memory is then bounded by their chunk cache).
+    memory_per_actor : int or None
+        The budget in bytes the blocks were sized for (``memory_per_actor``, or the cluster's
+        memory per CPU on its tightest node); None when nothing was left to fit.
     heldout : dict or None
         For a fit with ``test_samples``: NeMoS score type -> each neuron's held-out score, array
         of shape (n_neurons,) (NaN for a neuron without results).
@@ -95,6 +102,8 @@ class FitReport:
     seconds: float
     neurons_per_second: float
     timings: dict
+    memory_estimate: _plan.MemoryEstimate | None = None
+    memory_per_actor: int | None = None
     heldout: dict | None = None
 
     @property
@@ -110,6 +119,8 @@ class FitReport:
             f"{len(self.failed_blocks)} failed, {self.n_retries} retries)",
             f"  {self.seconds:.1f} s, {self.neurons_per_second:.1f} neurons/s",
         ]
+        if self.memory_estimate is not None:
+            lines.append(f"  memory per actor: about {self.memory_estimate} of {self.memory_per_actor / 1e9:.2f} GB")
         for bid, reason in list(self.failed_blocks.items())[:5]:
             lines.append(f"  block {bid} failed: {reason}")
         if self.heldout is not None:
@@ -283,7 +294,7 @@ def check_fit_options(**options) -> dict:
     retries = options.get("max_retries", 0)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise InputError(f"max_retries must be a non-negative integer; got {retries!r}")
-    for name in ("num_actors", "block_size"):
+    for name in ("num_actors", "block_size", "memory_per_actor"):
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise InputError(f"{name} must be a positive integer or None; got {value!r}")
@@ -314,6 +325,7 @@ def fit(
     test_samples=None,
     standard_errors: bool = False,
     stream: bool | None = None,
+    memory_per_actor: int | None = None,
 ) -> FitReport:
     """Fit ``model`` to the inputs of the store at ``path`` on Ray actors.
 
@@ -339,6 +351,8 @@ def fit(
         actors than the cluster has CPUs are capped to its CPUs, with a warning.
     block_size : int, optional
         Neurons per block, a multiple of the store's neuron chunk; see :func:`distglm.plan.plan_blocks`.
+        By default the plan's block, made smaller (whole chunks at a time) until an actor's
+        estimated peak memory fits ``memory_per_actor``.
     address : str, optional
         A Ray cluster's address, ``HOST:6379`` or ``ray://HOST:10001`` (or ``RAY_ADDRESS``);
         default a local Ray started and stopped here. If Ray is already initialised in this
@@ -383,6 +397,12 @@ def fit(
         Default: stream when X and two blocks of y would take more than
         ``STREAM_ABOVE_BYTES`` (1 GiB) in an actor. SVRG and ProxSVRG draw rows at random
         from all the samples and never stream (``stream=True`` with them is refused).
+    memory_per_actor : int, optional
+        Bytes an actor may use; default the memory Ray schedules per CPU on the cluster's
+        tightest node. The planner estimates an actor's peak
+        (:func:`distglm.plan.estimate_block_memory`) and sizes the blocks to fit; a fit whose
+        smallest block (one neuron chunk) does not fit is refused before any actor starts, and
+        an explicit ``block_size`` over the budget gets a warning.
 
     Returns
     -------
@@ -393,6 +413,8 @@ def fit(
     StoreError
         If the store is unreadable or damaged, another process holds its lease, or it holds
         results of another fit or of other inputs while ``resume`` is True.
+    PlanError
+        If not even a block of one neuron chunk fits ``memory_per_actor``.
     ClusterError
         If the cluster cannot be reached, or no actor can start on it.
 
@@ -415,7 +437,8 @@ def fit(
     if not isinstance(path, str):
         raise InputTypeError(f"path must be a string or path-like; got {type(path).__name__}")
     check_fit_options(resume=resume, progress=progress, max_retries=max_retries, num_actors=num_actors,
-                      block_size=block_size, block_timeout=block_timeout, on_block=on_block, stream=stream)
+                      block_size=block_size, block_timeout=block_timeout, on_block=on_block, stream=stream,
+                      memory_per_actor=memory_per_actor)
     store.results_group(name)
     if not isinstance(standard_errors, bool):
         raise InputTypeError(f"standard_errors must be True or False; got {standard_errors!r}")
@@ -475,17 +498,35 @@ def fit(
             warnings.warn(f"num_actors={num_actors} but the cluster has {cpus} CPUs, so only {cpus} actors can run; "
                           f"using {cpus}", UserWarning, stacklevel=2)
             num_actors = cpus
-        blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size, num_actors or max(cpus, 1))
+        actors = num_actors or max(cpus, 1)
+        blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size, actors)
         pad_to = _plan.padded_size(blocks)
+        block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
+        spec = core_fit.state_spec(config, n_train, info.n_features, pad_to, dtype, block_strength(blocks[0]))
+        budget = memory_per_actor or _memory_per_cpu(ray)
+        streams = not stochastic and grid is None and _streams(stream, n_train, info.n_features, pad_to, dtype)
+        estimate = None
+        if not streams:
+            # the estimate describes an actor that holds its samples; a streaming actor's memory
+            # is bounded by its chunk cache whatever the block
+            memory = _memory_model(config, n_train, info.n_features, dtype, mask, spec)
+            largest = _plan.largest_block(budget, info.n_neurons, info.neuron_chunk, **memory)
+            if block_size is None and largest < pad_to:
+                blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, largest, actors)
+                pad_to = _plan.padded_size(blocks)
+                block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
+                spec = core_fit.state_spec(config, n_train, info.n_features, pad_to, dtype, block_strength(blocks[0]))
+            elif largest < pad_to:
+                warnings.warn(f"blocks of {pad_to} neurons need about {_estimate(memory, pad_to)} per actor, more "
+                              f"than memory_per_actor={budget}; blocks of {largest} would fit", UserWarning,
+                              stacklevel=2)
+            estimate = _estimate(memory, pad_to)
         # a block size the planner accepts again: a single block's size rounded up to whole chunks
         fingerprint["block_size"] = (blocks[0].size if len(blocks) > 1
                                      else -(-pad_to // info.neuron_chunk) * info.neuron_chunk)
-        block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
-        spec = core_fit.state_spec(config, n_train, info.n_features, pad_to, dtype, block_strength(blocks[0]))
         if grid is not None:
             # each block's strengths are selected by its actor
             block_strength = _no_strength
-        streams = not stochastic and grid is None and _streams(stream, n_train, info.n_features, pad_to, dtype)
         if standard_errors and streams:
             raise UnsupportedOptionError("standard errors of a streamed fit are not computed (they need X whole in "
                                          "each actor): pass stream=False, or compute them in memory")
@@ -512,7 +553,7 @@ def fit(
             dispatch = functools.partial(
                 _dispatch, lease=lease, max_retries=max_retries, block_timeout=float(block_timeout),
                 progress=progress, n_neurons=info.n_neurons, on_block=on_block)
-            n_retries = 0
+            summaries, failed_blocks, n_retries = [], {}, 0
             if grid is not None and not model.per_neuron:
                 # one strength for all: every block's path first, then the refits at the pooled choice
                 path_done = store.cv_path_done_blocks(path, name)
@@ -520,25 +561,56 @@ def fit(
                 # on_block hears of refitted blocks only: a block's neurons are counted once
                 _, failed_blocks, n_retries = dispatch(
                     dataclasses.replace(fit_spec, cv_stage="path"), path_todo, block_strength, on_block=None,
-                    num_actors=min(num_actors or max(cpus, 1), len(path_todo)) if path_todo else 0,
+                    num_actors=min(actors, len(path_todo)) if path_todo else 0,
                     n_already=sum(b.size for b in blocks if b.id in done or b.id in path_done))
-                if failed_blocks:
-                    return _report(path, info, blocks, done, [], failed_blocks, n_retries, t_start,
-                                   t_prepared, name)
-                fit_spec = dataclasses.replace(fit_spec, cv_stage="refit",
-                                               cv_index=_pooled_index(model, store.read_results(path, name=name)))
-            summaries, failed_blocks, retried = dispatch(
-                fit_spec, todo, block_strength,
-                num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0,
-                n_already=sum(b.size for b in blocks if b.id in done))
-            n_retries += retried
+                if not failed_blocks:
+                    fit_spec = dataclasses.replace(fit_spec, cv_stage="refit",
+                                                   cv_index=_pooled_index(model, store.read_results(path, name=name)))
+            # without every block's path there is no shared strength to refit at
+            if not failed_blocks:
+                summaries, failed_blocks, retried = dispatch(
+                    fit_spec, todo, block_strength,
+                    num_actors=min(actors, len(todo)) if todo else 0,
+                    n_already=sum(b.size for b in blocks if b.id in done))
+                n_retries += retried
     finally:
         if started:
             import ray
 
             ray.shutdown()
 
-    return _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start, t_prepared, name)
+    return dataclasses.replace(_report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_start,
+                                       t_prepared, name), memory_estimate=estimate, memory_per_actor=int(budget))
+
+
+def _memory_per_cpu(ray) -> int:
+    """Memory Ray schedules per CPU on the cluster's tightest node, in bytes (one actor per CPU)."""
+    shares = [node["Resources"].get("memory", 0) / node["Resources"]["CPU"]
+              for node in ray.nodes() if node.get("Alive") and node["Resources"].get("CPU")]
+    if not shares:
+        resources = ray.cluster_resources()
+        shares = [resources.get("memory", 0) / max(resources.get("CPU", 1), 1)]
+    return max(int(min(shares)), 1)
+
+
+def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec) -> dict:
+    """Keyword arguments of ``plan.estimate_block_memory`` for an actor holding its samples."""
+    from .core import fit as core_fit
+
+    if config.preconditioned:
+        kind = core_fit.choose_preconditioner(np.ones((n_features, 1)) if mask is None else mask)
+    else:
+        kind = "none"
+    per_neuron = sum(int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt, per in spec.values() if per)
+    return dict(n_samples=core_fit.bucket_rows(n_samples, 1), n_features=n_features,
+                itemsize=np.dtype(dtype).itemsize,
+                preconditioner=kind, state_bytes_per_neuron=per_neuron, queued_blocks=_PIPELINE - 1,
+                base=_plan.ACTOR_BASE_BYTES)
+
+
+def _estimate(memory: dict, n_neurons: int) -> _plan.MemoryEstimate:
+    memory = dict(memory)
+    return _plan.estimate_block_memory(memory.pop("n_samples"), memory.pop("n_features"), n_neurons, **memory)
 
 
 def _test_mask(test_samples, n_samples: int) -> np.ndarray | None:

@@ -53,7 +53,7 @@ __all__ = ["JOB_STATES", "Job", "JobStatus", "submit", "get_job", "dashboard_url
 JOB_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 _FINAL = frozenset(JOB_STATES[2:])
 _GROUP = "job"
-_FIT_OPTIONS = ("num_actors", "block_size", "resume", "max_retries", "block_timeout", "stream")
+_FIT_OPTIONS = ("num_actors", "block_size", "resume", "max_retries", "block_timeout", "stream", "memory_per_actor")
 _PATH_METADATA = "distglm_path"
 # Bound on each request to the cluster, so that an unreachable address fails instead of hanging.
 _REQUEST_TIMEOUT_S = 15.0
@@ -269,8 +269,8 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
         Ray runtime environment of the job, for example
         ``{"env_vars": {"AWS_ENDPOINT_URL": ...}}`` to give the cluster the store's endpoint.
     **fit_options
-        ``num_actors``, ``block_size``, ``resume``, ``max_retries``, ``block_timeout``, ``stream`` of
-        :func:`distglm.fit`.
+        ``num_actors``, ``block_size``, ``resume``, ``max_retries``, ``block_timeout``, ``stream``,
+        ``memory_per_actor`` of :func:`distglm.fit`.
 
     Returns
     -------

@@ -181,6 +181,19 @@ def test_streamed_checks_name_the_stored_sample(tmp_path):
         distglm.fit(path, PopulationGLM(), progress=False)
 
 
+def test_stream_option_is_checked_and_chosen_by_size(long_store):
+    from distglm.errors import InputTypeError
+    from distglm.scheduler import STREAM_ABOVE_BYTES, _streams
+
+    with pytest.raises(InputTypeError, match="stream must be True, False or None; got 'yes'"):
+        distglm.fit(long_store[0], PopulationGLM(), stream="yes", progress=False)
+    # X and two blocks of y, in the fit's float type, against the threshold
+    rows = STREAM_ABOVE_BYTES // ((100 + 2 * 256) * 4)
+    assert not _streams(None, rows, 100, 256, np.float32)
+    assert _streams(None, rows + 1, 100, 256, np.float32)
+    assert _streams(True, 10, 1, 1, np.float32) and not _streams(False, 10**9, 100, 256, np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # Memory
 

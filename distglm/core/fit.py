@@ -7,13 +7,22 @@ own optimum; convergence is judged neuron by neuron (each neuron's optimality er
 below ``tol``), so blocks of any size stop at the same per-neuron precision.
 
 Smooth problems are solved in preconditioned coordinates: for neuron ``n`` the parameters
-``theta_n = [coef_n, intercept_n]`` are written ``theta_n = L_n^{-T} v_n`` where
-``L_n L_n^T`` is the Hessian of its loss at the starting point (exact for canonical links,
-``h_n * [X 1]^T [X 1] / n_samples`` restricted to the neuron's unmasked features, plus the
-ridge curvature). The solver then sees a problem whose Hessian starts at the identity, so
-quasi-Newton methods take near-Newton steps from the first iteration. The change of
-variables costs ``n_neurons * (n_features + 1)**2`` flops per evaluation, negligible next to
-the matrix products, and leaves the optimum unchanged.
+``theta_n = [coef_n, intercept_n]`` are written ``theta_n = M_n v_n`` where ``M_n M_n^T``
+approximates the inverse Hessian of its loss at the starting point (``h_n * G`` restricted to
+the neuron's unmasked features, plus the ridge curvature, with ``G = [X 1]^T [X 1] / n_samples``
+the design's Gram matrix, computed once by ``DesignGram``). The solver then sees a problem
+whose Hessian starts near the identity, so quasi-Newton methods take near-Newton steps from the
+first iteration; the optimum is unchanged. Three kinds (``choose_preconditioner``):
+
+- ``cholesky``: ``M_n = L_n^{-T}`` from each neuron's own Cholesky factor, exact. It holds
+  ``n_neurons * (p + 1)**2`` numbers and costs as many flops per evaluation, so it is kept for
+  narrow designs (``p + 1 <= CHOLESKY_MAX_PARAMS``).
+- ``shared``: when the block's neurons share their mask, one eigendecomposition ``G = U S U^T``
+  serves all of them, ``M_n = U diag(h_n S + r_n)^{-1/2}`` (``r_n`` the neuron's mean ridge,
+  also given to the intercept): ``(p + 1)**2 + n_neurons * (p + 1)`` numbers, and the change of
+  variables is one matrix product each way.
+- ``diagonal``: Jacobi scaling by the diagonal of each neuron's Hessian, for wide blocks whose
+  masks differ; more iterations, no extra memory.
 
 With the default LBFGS (``solvers.PopulationLBFGS``) each neuron stops once the 2-norm of its
 gradient in these coordinates is at most ``tol`` (default 3e-6). That norm is the neuron's
@@ -47,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import InputError
 from . import solvers as _solvers
 from .observations import Observations, initial_intercept, resolve_link
 from .regularizers import Regularizer
@@ -74,6 +84,10 @@ __all__ = [
     "dof_resid",
     "bucket_rows",
     "bucket_neurons",
+    "DesignGram",
+    "choose_preconditioner",
+    "PRECONDITIONERS",
+    "CHOLESKY_MAX_PARAMS",
 ]
 
 STATUS_OK = 0
@@ -432,26 +446,174 @@ def _gram(chunks: _Chunks, p: int, dtype):
     return _reduce(chunks, body, jnp.zeros((p + 1, p + 1), dtype)) / chunks.n_valid.astype(dtype)
 
 
-def _preconditioner(gram, mask, h, ridge):
-    """Cholesky factor L (n_neurons, p+1, p+1) with L L^T the block Hessian at the start.
+# Above this many parameters per neuron (features + intercept) a per-neuron factor of the
+# Hessian costs n_neurons * (p + 1)**2 memory and memory-bound products every evaluation, so
+# wide blocks share one factorisation (equal masks) or use the diagonal (differing masks).
+CHOLESKY_MAX_PARAMS = 256
 
-    ``gram`` (p+1, p+1) is ``[X 1]^T [X 1] / n_samples`` (see ``_gram``).
+#: The preconditioners ``fit_block`` can use; ``"auto"`` picks one (see ``choose_preconditioner``).
+PRECONDITIONERS = ("auto", "cholesky", "shared", "diagonal")
+
+
+class _Cholesky(NamedTuple):
+    """Exact per-neuron factor: ``theta_n = tri_n^{-T} v_n``, ``tri`` of shape (n_neurons, p+1, p+1)."""
+
+    tri: Any
+
+
+class _Shared(NamedTuple):
+    """One eigenbasis for the block: ``Theta = basis @ (scale * V)``, ``Theta`` of shape (p+1, n_neurons).
+
+    ``basis`` (p+1, p+1) is orthogonal; ``scale`` (p+1, n_neurons) is each neuron's
+    ``(h_n * lambda + ridge_n)^{-1/2}`` in that basis.
     """
-    p = mask.shape[0]
-    m = jnp.concatenate([mask, jnp.ones((1, mask.shape[1]), gram.dtype)], axis=0).T  # (N, p+1)
+
+    basis: Any
+    scale: Any
+
+
+class _Diagonal(NamedTuple):
+    """Jacobi scaling ``Theta = scale * V``, ``scale`` of shape (p+1, n_neurons)."""
+
+    scale: Any
+
+
+class DesignGram:
+    """The Gram matrix of a design ``[X 1]``, and what each preconditioner needs of it.
+
+    Computed once per design and shared by every block fitted on it: ``X`` is not copied (the
+    column of ones enters as column sums). The eigendecomposition the shared preconditioner
+    uses is computed once per mask column and kept for the next block (the last one only).
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+        Rows past ``n_valid`` must be zero (padding).
+    n_valid : int, optional
+        Number of data rows; default ``n_samples``.
+
+    Attributes
+    ----------
+    matrix : numpy array of shape (n_features + 1, n_features + 1)
+        ``[X 1]^T [X 1] / n_valid``, in X's float dtype.
+
+    Examples
+    --------
+    >>> DesignGram(np.array([[1.0, 2.0], [3.0, 4.0]])).matrix
+    array([[ 5.,  7.,  2.],
+           [ 7., 10.,  3.],
+           [ 2.,  3.,  1.]])
+    """
+
+    def __init__(self, X, n_valid=None):
+        X = np.asarray(X)
+        n = X.shape[0] if n_valid is None else int(n_valid)
+        p = X.shape[1]
+        gram = np.empty((p + 1, p + 1), dtype=X.dtype)
+        gram[:p, :p] = X.T @ X
+        gram[:p, p] = gram[p, :p] = X.sum(axis=0)
+        gram[p, p] = n
+        gram /= np.asarray(max(n, 1), X.dtype)
+        self.matrix = gram
+        self._eigen = (None, None)
+
+    def for_preconditioner(self, kind: str, mask, active):
+        """What ``kind`` needs: the matrix (cholesky), its diagonal (diagonal), or the
+        eigendecomposition of its restriction to the first active neuron's mask (shared)."""
+        if kind == "cholesky":
+            return self.matrix
+        if kind == "diagonal":
+            return np.diagonal(self.matrix).copy()
+        active = np.asarray(active, bool)
+        column = np.ones(self.matrix.shape[0], self.matrix.dtype)
+        if active.any():
+            column[:-1] = np.asarray(mask)[:, int(np.argmax(active))]
+        key = column.tobytes()
+        if self._eigen[0] != key:
+            self._eigen = (key, _Eigen(*_restricted_eigh(self.matrix, column)))
+        return self._eigen[1]
+
+
+class _Eigen(NamedTuple):
+    """``S = basis @ diag(values) @ basis.T``, S the Gram matrix restricted to a mask."""
+
+    values: Any
+    basis: Any
+
+
+@jax.jit
+def _restricted_eigh(gram, column):
+    # masked features get an identity block, so they stay out of the unmasked ones' basis
+    return jnp.linalg.eigh(gram * column[:, None] * column[None, :] + jnp.diag(1.0 - column))
+
+
+def choose_preconditioner(mask, active=None) -> str:
+    """The preconditioner ``"auto"`` picks for a block: ``"cholesky"``, ``"shared"`` or ``"diagonal"``.
+
+    Narrow blocks (at most ``CHOLESKY_MAX_PARAMS - 1`` features) get the exact per-neuron
+    Cholesky factor; wider blocks whose active neurons share one mask column get one
+    eigendecomposition shared by all of them (exact up to the ridge of the intercept); wider
+    blocks with differing masks get the diagonal (Jacobi) scaling.
+
+    Parameters
+    ----------
+    mask : array of shape (n_features, n_neurons)
+    active : bool array of shape (n_neurons,), optional
+        Neurons that enter the solve; the others' mask columns are ignored. Default all.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> choose_preconditioner(np.ones((10, 4))), choose_preconditioner(np.ones((300, 4)))
+    ('cholesky', 'shared')
+    >>> m = np.ones((300, 4)); m[0, 1] = 0
+    >>> choose_preconditioner(m)
+    'diagonal'
+    """
+    mask = np.asarray(mask)
+    if mask.shape[0] + 1 <= CHOLESKY_MAX_PARAMS:
+        return "cholesky"
+    cols = mask if active is None else mask[:, np.asarray(active, bool)]
+    if cols.shape[1] == 0 or np.all(cols == cols[:, :1]):
+        return "shared"
+    return "diagonal"
+
+
+def _preconditioner(kind: str, design, mask, h, ridge):
+    """The block's preconditioner of kind ``kind``; ``design`` is ``DesignGram.for_preconditioner(kind, ...)``.
+
+    The target for neuron ``n`` is its Hessian at the start, ``h_n * G`` (G the Gram matrix)
+    restricted to its unmasked features plus the ridge curvature (masked features get
+    curvature 1: they never move, since their gradient is zero).
+    """
+    p1, n_neurons = mask.shape[0] + 1, mask.shape[1]
+    dtype = mask.dtype
+    m = jnp.concatenate([mask, jnp.ones((1, n_neurons), dtype)], axis=0)  # (p+1, N)
     h = jnp.where(jnp.isfinite(h) & (h > 0), h, 1.0)
-    P = h[:, None, None] * gram[None] * m[:, :, None] * m[:, None, :]
-    diag = 1.0 - m
-    if ridge is not None:
-        diag = diag + jnp.concatenate([ridge * mask, jnp.zeros((1, mask.shape[1]), gram.dtype)], axis=0).T
-    eye = jnp.eye(p + 1, dtype=gram.dtype)
-    P = P + diag[:, :, None] * eye
-    # a rank-deficient design would make P singular; a relative jitter keeps Cholesky defined
-    jitter = 1e-7 if gram.dtype == jnp.float32 else 1e-12
-    P = P + jitter * jnp.trace(P, axis1=1, axis2=2)[:, None, None] / (p + 1) * eye
+    ridge = jnp.zeros_like(mask) if ridge is None else jnp.broadcast_to(ridge, mask.shape) * mask
+    ridge = jnp.concatenate([ridge, jnp.zeros((1, n_neurons), dtype)], axis=0)  # (p+1, N)
+    # a rank-deficient design would make the target singular; a jitter relative to its mean
+    # diagonal keeps it definite
+    rel = 1e-7 if dtype == jnp.float32 else 1e-12
+    if kind == "diagonal":
+        d = h * design[:, None] * m + (1.0 - m) + ridge
+        return _Diagonal(jax.lax.rsqrt(d + rel * jnp.mean(d, axis=0)))
+    if kind == "shared":
+        # every active neuron has this mask, so in the eigenbasis of its restricted Gram matrix
+        # each neuron's h_n * G + ridge_n is diagonal (ridge_n: its mean ridge curvature, also
+        # given to the intercept, so the basis stays exact for a uniform ridge)
+        lam = jnp.maximum(design.values, 0.0)
+        lam = lam + rel * jnp.sum(lam) / p1
+        r = jnp.sum(ridge, axis=0) / jnp.maximum(jnp.sum(m[:-1], axis=0), 1.0)
+        return _Shared(design.basis, jax.lax.rsqrt(lam[:, None] * h[None, :] + r[None, :]))
+    mt = m.T  # (N, p+1)
+    P = h[:, None, None] * design[None] * mt[:, :, None] * mt[:, None, :]
+    eye = jnp.eye(p1, dtype=dtype)
+    P = P + ((1.0 - mt) + ridge.T)[:, :, None] * eye
+    P = P + rel * jnp.trace(P, axis1=1, axis2=2)[:, None, None] / p1 * eye
     L = jnp.linalg.cholesky(P)
     good = jnp.all(jnp.isfinite(L), axis=(1, 2))
-    return jnp.where(good[:, None, None], L, eye)
+    return _Cholesky(jnp.where(good[:, None, None], L, eye))
 
 
 class _Problem(NamedTuple):
@@ -463,7 +625,7 @@ class _Problem(NamedTuple):
     error: Callable
 
 
-def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _Problem:
+def _build(chunks: _Chunks, mask, strength, active, precond, config: FitConfig) -> _Problem:
     """The solver and coordinate maps for a block (traced inside jit).
 
     The objective returns each neuron's value and the gradient together, from one chunked pass
@@ -480,21 +642,37 @@ def _build(chunks: _Chunks, mask, strength, active, tri, config: FitConfig) -> _
     def penalty(theta: Params):
         return reg.penalty(theta.coef * mask, strength)
 
-    if config.preconditioned:
+    def stacked(theta: Params):
+        return jnp.concatenate([theta.coef, theta.intercept[None]], axis=0)  # (p+1, N)
+
+    def split(T) -> Params:
+        return Params(T[:p], T[p])
+
+    if isinstance(precond, _Cholesky):
         # L^{-1} once, so that each evaluation maps coordinates by a batched product (cheap to
         # run and to compile, with a product for its transpose) rather than a triangular solve
+        tri = precond.tri
         eye = jnp.broadcast_to(jnp.eye(p + 1, dtype=tri.dtype), tri.shape)
         tri_inv = jax.scipy.linalg.solve_triangular(tri, eye, lower=True)
 
         def to_theta(v: Params) -> Params:
-            V = jnp.concatenate([v.coef, v.intercept[None]], axis=0).T  # (N, p+1)
-            T = jnp.einsum("nji,nj->ni", tri_inv, V)
-            return Params(T[:, :p].T, T[:, p])
+            return split(jnp.einsum("nji,jn->in", tri_inv, stacked(v)))
 
         def to_solver(theta: Params) -> Params:
-            T = jnp.concatenate([theta.coef, theta.intercept[None]], axis=0).T
-            V = jnp.einsum("nji,nj->ni", tri, T)
-            return Params(V[:, :p].T, V[:, p])
+            return split(jnp.einsum("nji,jn->in", tri, stacked(theta)))
+    elif isinstance(precond, _Shared):
+        # one GEMM with the shared basis each way
+        def to_theta(v: Params) -> Params:
+            return split(precond.basis @ (precond.scale * stacked(v)))
+
+        def to_solver(theta: Params) -> Params:
+            return split((precond.basis.T @ stacked(theta)) / precond.scale)
+    elif isinstance(precond, _Diagonal):
+        def to_theta(v: Params) -> Params:
+            return split(precond.scale * stacked(v))
+
+        def to_solver(theta: Params) -> Params:
+            return split(stacked(theta) / precond.scale)
     else:
         def to_theta(v):
             return v
@@ -609,12 +787,25 @@ def _safe_start(config: FitConfig, init: Params, active) -> Params:
     return Params(coef, intercept)
 
 
-def _tri(chunks: _Chunks, mask, theta0: Params, strength, config: FitConfig):
+def _precondition(kind: str, design, chunks: _Chunks, mask, theta0: Params, strength, active, config: FitConfig):
+    """The block's preconditioner (None when the solver is not preconditioned).
+
+    ``design`` is ``DesignGram.for_preconditioner(kind, ...)`` when the caller computed the Gram
+    matrix once for several blocks; None computes it here from the row chunks.
+    """
     if not config.preconditioned:
-        return jnp.zeros((0,), mask.dtype)
+        return None
+    if design is None:
+        gram = _gram(chunks, mask.shape[0], mask.dtype)
+        if kind == "cholesky":
+            design = gram
+        elif kind == "diagonal":
+            design = jnp.diagonal(gram)
+        else:
+            column = jnp.concatenate([mask[:, jnp.argmax(active)], jnp.ones((1,), mask.dtype)])
+            design = _Eigen(*_restricted_eigh(gram, column))
     h = _curvature(chunks, theta0.coef * mask, theta0.intercept, _elementwise(config.observation, config.link, 2))
-    gram = _gram(chunks, mask.shape[0], mask.dtype)
-    return _preconditioner(gram, mask, h, config.regularizer.ridge_diagonal(strength))
+    return _preconditioner(kind, design, mask, h, config.regularizer.ridge_diagonal(strength))
 
 
 def _extra_args(config: FitConfig) -> tuple:
@@ -667,14 +858,16 @@ def _scale(config: FitConfig, chunks: _Chunks, coef, intercept, dof):
     return total / dof + obs.estimate_scale(rate, rate, dof)
 
 
-@partial(jax.jit, static_argnames=("config", "host"))
-def _solve(X, y, mask, init: Params, strength, active, n_valid, config: FitConfig, host: HostLayout | None = None):
+@partial(jax.jit, static_argnames=("config", "kind", "host"))
+def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: FitConfig, kind: str,
+           host: HostLayout | None = None):
     """The one solve loop of every fit. With ``host``, ``X`` is the token of a registered reader
-    and ``y`` is None: the samples are fed from the host chunk by chunk."""
+    and ``y`` is None: the samples are fed from the host chunk by chunk. ``kind`` and ``design``
+    choose the preconditioner (see ``_precondition``)."""
     theta0 = _safe_start(config, init, active)
     chunks = _chunk(X, y, n_valid) if host is None else _host_chunk(host, X, n_valid)
-    tri = _tri(chunks, mask, theta0, strength, config)
-    prob = _build(chunks, mask, strength, active, tri, config)
+    precond = _precondition(kind, design, chunks, mask, theta0, strength, active, config)
+    prob = _build(chunks, mask, strength, active, precond, config)
     solver = prob.solver
     v0 = prob.to_solver(theta0)
     extra = _extra_args(config)
@@ -710,7 +903,7 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, config: FitConfi
 
 
 def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strength=None,
-              n_samples: int | None = None) -> BlockResult:
+              n_samples: int | None = None, gram=None, preconditioner: str = "auto") -> BlockResult:
     """Fit a block of neurons sharing the design ``X``; compiled once per shape and config.
 
     Parameters
@@ -732,6 +925,14 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         padded to ``bucket_rows(n_samples, bucket_neurons(n_neurons))`` rows (and ``y`` to
         ``bucket_neurons(n_neurons)`` columns) are used as given, without a copy; JAX arrays
         then stay on their device. Default: every row is data.
+    gram : DesignGram, optional
+        ``DesignGram(X)``, when the caller fits several blocks on one ``X`` and computes it
+        once; default computed here for a numpy ``X``, inside the solve for a JAX array (only
+        preconditioned solvers use it).
+    preconditioner : {"auto", "cholesky", "shared", "diagonal"}
+        Change of variables of preconditioned solvers; ``"auto"`` is
+        ``choose_preconditioner(mask)``. ``"shared"`` assumes the active neurons share one mask
+        column (it uses the first active neuron's). Every choice reaches the same optimum.
 
     Returns
     -------
@@ -754,6 +955,11 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     X, y = (a if isinstance(a, jax.Array) and a.dtype == dtype else np.asarray(a, dtype=dtype) for a in (X, y))
     n_features, n_neurons = X.shape[1], y.shape[1]
     n_samples = X.shape[0] if n_samples is None else int(n_samples)
+    if gram is not None and (not isinstance(gram, DesignGram) or gram.matrix.shape != (n_features + 1,) * 2
+                             or gram.matrix.dtype != dtype):
+        got = gram.matrix.shape if isinstance(gram, DesignGram) else type(gram).__name__
+        raise InputError(f"gram must be the DesignGram of X, of shape {(n_features + 1,) * 2} and dtype {dtype}; "
+                         f"got {got}")
     if init is None:
         init = _init_for_mean(config, np.sum(np.asarray(y)[:n_samples], axis=0, dtype=dtype) / n_samples,
                               n_features, dtype)
@@ -766,14 +972,18 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     if y.shape != (n_rows, n_cols):
         y = np.pad(np.asarray(y)[:n_samples], ((0, n_rows - n_samples), (0, n_cols - n_neurons)))
 
-    def solve(mask, init, strength, active):
-        return _solve(X, y, mask, init, strength, active, np.int32(n_samples), config)
+    if gram is None and config.preconditioned and isinstance(X, np.ndarray):
+        # on the host, one BLAS product; device arrays get theirs inside the solve
+        gram = DesignGram(X, n_samples)
 
-    return _run(solve, mask, init, strength, config, dtype)
+    def solve(mask, init, strength, active, design, kind):
+        return _solve(X, y, mask, init, strength, active, np.int32(n_samples), design, config, kind)
+
+    return _run(solve, mask, init, strength, config, dtype, preconditioner, gram)
 
 
 def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | None = None,
-                 strength=None) -> BlockResult:
+                 strength=None, preconditioner: str = "auto") -> BlockResult:
     """Fit a block of neurons whose samples are fed from the host, one chunk of rows at a time.
 
     The same solve as :func:`fit_block` (and the same results, to rounding): every pass over
@@ -789,10 +999,18 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
     init : Params, optional
         Default zeros and the intercepts matching each neuron's mean response (one extra pass).
     strength : per-neuron strength arrays, optional
+    preconditioner : {"auto", "cholesky", "shared", "diagonal"}
+        As in :func:`fit_block`; the Gram matrix is accumulated over the chunks in the solve.
 
     Returns
     -------
     BlockResult
+
+    Notes
+    -----
+    The chunks are read in a callback that JAX runs on one of its own threads, so float64 must
+    be set globally (``jax.config.update("jax_enable_x64", True)``, as actors do): the
+    thread-local ``jax.enable_x64()`` context does not reach that thread.
 
     Examples
     --------
@@ -839,22 +1057,26 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
     token = next(_TOKENS)
     _READERS[token] = read
     try:
-        def solve(mask, init, strength, active):
-            return _solve(np.int32(token), None, mask, init, strength, active, np.int32(source.n_valid), config,
-                          host=layout)
+        def solve(mask, init, strength, active, design, kind):
+            return _solve(np.int32(token), None, mask, init, strength, active, np.int32(source.n_valid), design,
+                          config, kind, host=layout)
 
-        return _run(solve, mask, init, strength, config, dtype)
+        return _run(solve, mask, init, strength, config, dtype, preconditioner, None)
     finally:
         del _READERS[token]
 
 
-def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype) -> BlockResult:
+def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype, preconditioner: str,
+         gram) -> BlockResult:
     """Pad the neurons to their bucket, run ``solve`` (retrying without neurons that diverge), and
     gather the block's results without the padding.
 
     Padding neurons have a NaN intercept, so they are inactive from the start and never enter
-    the solve.
+    the solve. The preconditioner ``preconditioner`` ("auto": ``choose_preconditioner``) is
+    built from ``gram`` (a ``DesignGram``), or inside the solve when it is None.
     """
+    if preconditioner not in PRECONDITIONERS:
+        raise InputError(f"preconditioner must be one of {PRECONDITIONERS}; got {preconditioner!r}")
     n_neurons = np.shape(init.intercept)[0]
     n_cols = bucket_neurons(n_neurons)
 
@@ -867,9 +1089,13 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
     strength = jax.tree_util.tree_map(lambda s: pad_neurons(s, mode="edge"), strength)
 
     status = np.where(np.isfinite(np.asarray(init.intercept)), STATUS_OK, STATUS_NONFINITE_INIT).astype(np.int8)
+    kind = choose_preconditioner(mask, status == STATUS_OK) if preconditioner == "auto" else preconditioner
+    design = None
+    if config.preconditioned and gram is not None:
+        design = gram.for_preconditioner(kind, mask, status == STATUS_OK)
     for _ in range(_MAX_RETRIES):
         active = status == STATUS_OK
-        coef, intercept, scale, dof, n_iter, err, loss, finite, state = solve(mask, init, strength, active)
+        coef, intercept, scale, dof, n_iter, err, loss, finite, state = solve(mask, init, strength, active, design, kind)
         newly_bad = np.asarray(active) & ~np.asarray(finite)
         if not newly_bad.any():
             break
@@ -950,8 +1176,10 @@ def state_spec(config: FitConfig, n_samples: int, n_features: int, n_neurons: in
         jax.tree_util.tree_map(lambda a: sds(np.shape(a), dtype), strength),
         sds((n_neurons,), np.dtype(bool)),
         sds((), np.dtype(np.int32)),
+        sds((n_features + 1,), dtype) if config.preconditioned else None,
     )
-    out = jax.eval_shape(partial(_solve, config=config), *args)
+    # the solver state does not depend on the preconditioner
+    out = jax.eval_shape(partial(_solve, config=config, kind="diagonal"), *args)
     spec = {}
     for name, leaf, per_neuron in _flatten_state(out[-1]):
         shape = tuple(leaf.shape[:-1]) if per_neuron else tuple(leaf.shape)
@@ -965,23 +1193,33 @@ class UpdateState(NamedTuple):
     Attributes
     ----------
     solver_state : the jaxopt solver state
-    tri : Cholesky factors of shape (n_neurons, n_features + 1, n_features + 1) of the
-        preconditioner fixed at initialisation (empty when the solver is not preconditioned)
+    precond : the preconditioner fixed at initialisation (a NamedTuple of arrays whose type
+        says its kind), or None when the solver is not preconditioned
     """
 
     solver_state: Any
-    tri: Any
+    precond: Any
 
 
-@partial(jax.jit, static_argnames=("config",))
-def init_update_state(X, y, mask, params: Params, strength, config: FitConfig) -> UpdateState:
-    """Set up step-by-step fitting (``update_step``) from ``params`` on the data ``X``, ``y``."""
+def init_update_state(X, y, mask, params: Params, strength, config: FitConfig, preconditioner: str = "auto"):
+    """Set up step-by-step fitting (``update_step``) from ``params`` on the data ``X``, ``y``.
+
+    ``preconditioner`` as in ``fit_block``; ``"auto"`` needs a concrete ``mask``.
+    """
+    if preconditioner not in PRECONDITIONERS:
+        raise InputError(f"preconditioner must be one of {PRECONDITIONERS}; got {preconditioner!r}")
+    kind = choose_preconditioner(np.asarray(mask)) if preconditioner == "auto" else preconditioner
+    return _init_update_state(X, y, mask, params, strength, config, kind)
+
+
+@partial(jax.jit, static_argnames=("config", "kind"))
+def _init_update_state(X, y, mask, params: Params, strength, config: FitConfig, kind: str) -> UpdateState:
     active = jnp.ones(y.shape[1], dtype=bool)
     chunks = _chunk(X, y)
-    tri = _tri(chunks, mask, params, strength, config)
-    prob = _build(chunks, mask, strength, active, tri, config)
+    precond = _precondition(kind, None, chunks, mask, params, strength, active, config)
+    prob = _build(chunks, mask, strength, active, precond, config)
     extra = _extra_args(config)
-    return UpdateState(prob.solver.init_state(prob.to_solver(params), *extra), tri)
+    return UpdateState(prob.solver.init_state(prob.to_solver(params), *extra), precond)
 
 
 @partial(jax.jit, static_argnames=("config",))
@@ -992,11 +1230,11 @@ def update_step(X, y, mask, params: Params, ustate: UpdateState, strength, confi
     over samples, so rows to ignore (NaN rows) are dropped with weight 0 under ``jax.jit`` too.
     """
     active = jnp.ones(y.shape[1], dtype=bool)
-    prob = _build(_chunk(X, y, weight=weight), mask, strength, active, ustate.tri, config)
+    prob = _build(_chunk(X, y, weight=weight), mask, strength, active, ustate.precond, config)
     extra = _extra_args(config)
     v, state = prob.solver.update(prob.to_solver(params), ustate.solver_state, *extra)
     theta = prob.to_theta(v)
-    return Params(theta.coef * mask, theta.intercept), UpdateState(state, ustate.tri)
+    return Params(theta.coef * mask, theta.intercept), UpdateState(state, ustate.precond)
 
 
 def dof_resid(config: FitConfig, X, coef):
