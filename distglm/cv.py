@@ -175,7 +175,10 @@ def fold_labels(cv, train: np.ndarray) -> np.ndarray:
     if hasattr(cv, "split"):
         raise UnsupportedOptionError("a distributed fit defines its folds on the store's samples: give cv as a number "
                                      f"of folds or an array of fold labels, one per stored sample; got {cv!r}")
-    train = np.asarray(train, dtype=bool)
+    train = np.asarray(train)
+    if train.dtype != bool or train.ndim != 1:
+        raise InputTypeError(f"train must be a 1-D boolean array, one flag per stored sample; got {train.dtype} of "
+                             f"shape {train.shape}")
     folds = _kept_folds(make_folds(cv, train.size), train)
     labels = np.full(int(train.sum()), -1, dtype=np.int64)
     for k, (_, test) in enumerate(folds):

@@ -12,7 +12,7 @@ import distglm
 from distglm import store
 from distglm.cli import main
 from distglm.core.fit import STATUS_NONFINITE_INIT
-from distglm.errors import InputError, StoreError, UnsupportedOptionError
+from distglm.errors import InputError, InputTypeError, StoreError, UnsupportedOptionError
 from distglm.glm import PopulationGLMCV, model_from_config, model_to_config
 from distglm.plan import Block
 
@@ -94,6 +94,8 @@ def test_fold_labels_restrict_contiguous_folds_of_the_stored_samples():
     labels = distglm.cv.fold_labels(3, train)
     expected = [t for _, t in distglm.cv._kept_folds(distglm.cv.make_folds(3, 10), train)]
     assert [np.flatnonzero(labels == k).tolist() for k in range(3)] == [t.tolist() for t in expected]
+    with pytest.raises(InputTypeError, match="1-D boolean array"):
+        distglm.cv.fold_labels(3, train.astype(int))
 
 
 def test_path_markers_count_only_the_paths_written_whole(tmp_path):
