@@ -72,11 +72,12 @@ def fit(path, model, **options):
 
 
 
-def load_model(path, mapping_dict=None, name=None):
+def load_model(path, mapping_dict=None, name=None, *, storage_options=None):
     """A fitted model from a store (a fit's results) or from a ``.npz`` file (``save_params``).
 
     ``name`` picks a named fit of the store (``distglm.fit(path, model, name=...)``); None, the
-    store's unnamed fit.
+    store's unnamed fit. ``storage_options`` are fsspec options (credentials, endpoint) for a
+    store at a URL.
 
     Examples
     --------
@@ -96,4 +97,4 @@ def load_model(path, mapping_dict=None, name=None):
         return _load_npz(target, mapping_dict)
     from .scheduler import load_fitted
 
-    return load_fitted(target, mapping_dict, name)
+    return load_fitted(target, mapping_dict, name, storage_options=storage_options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -22,10 +23,13 @@ import numpy as np
 
 from . import store
 from .compile_cache import enable_compilation_cache
+from .logs import log_to_stderr
 from .plan import Block
 
 __all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "cv_path_arrays", "fit_one_block", "select_block",
            "slice_strength", "stored_path"]
+
+_log = logging.getLogger(__name__)
 
 # One XLA thread per actor: actors are the unit of parallelism, and several multi-threaded
 # XLA runtimes on one machine only fight over its cores. XLA's CPU client sizes its thread pool
@@ -85,6 +89,12 @@ class FitSpec:
         "path" writes each block's path alone; "refit" refits each block at ``cv_index``.
     cv_index : int or None
         At the "refit" stage, the index in ``cv_grid`` of the strength the population selected.
+    storage_options : dict or None
+        fsspec options (credentials) for a store at a URL; held in memory only, left out of
+        the spec's repr so that no log shows them.
+    log_level : int or None
+        The level at which the actors log a line per block to stderr (Ray forwards it to the
+        driver and the job's log); None: they do not log.
     """
 
     path: str
@@ -104,6 +114,8 @@ class FitSpec:
     cv_folds: np.ndarray | None = dataclasses.field(default=None, compare=False)
     cv_stage: str | None = None
     cv_index: int | None = None
+    storage_options: dict | None = dataclasses.field(default=None, repr=False)
+    log_level: int | None = None
 
     def build_model(self):
         """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
@@ -477,6 +489,8 @@ class BlockFitter:
         # A persistent compilation cache lets a replacement actor, the second actor on a node
         # and a resumed fit load the compiled block fit instead of compiling it again.
         enable_compilation_cache()
+        if spec.log_level is not None:
+            log_to_stderr(spec.log_level)
         self._spec = spec
         self._model = spec.build_model()
         self._config = self._model._fit_config()
@@ -499,9 +513,10 @@ class BlockFitter:
         with self._lock:
             if self._io is None:
                 # Opened at the first block, once the driver has created the results.
-                dtype = np.float64 if self._spec.x64 else np.float32
-                self._io = (SampleReader(store.InputsReader(self._spec.path), self._spec, dtype),
-                            store.ResultsWriter(self._spec.path, self._spec.fit_name))
+                with store.using_storage_options(self._spec.path, self._spec.storage_options):
+                    dtype = np.float64 if self._spec.x64 else np.float32
+                    self._io = (SampleReader(store.InputsReader(self._spec.path), self._spec, dtype),
+                                store.ResultsWriter(self._spec.path, self._spec.fit_name))
             # the first block of an actor pays for compilation; report it apart
             first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
         data, writer = self._io
@@ -509,7 +524,8 @@ class BlockFitter:
         if spec.cv_grid is not None:
             grid = np.asarray(spec.cv_grid)
             if spec.cv_stage == "refit":
-                stored = store.read_results(spec.path, block.start, block.stop, spec.fit_name)
+                with store.using_storage_options(spec.path, spec.storage_options):
+                    stored = store.read_results(spec.path, block.start, block.stop, spec.fit_name)
                 path = {key: stored[key] for key in store.CV_PATH_NAMES if key in stored}
             else:
                 t1 = time.perf_counter()
@@ -528,4 +544,8 @@ class BlockFitter:
                                 cv_arrays=cv_arrays)
         summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
+        _log.info("block %d: neurons %d-%d, %d converged, %d failed or not converged, %.2f s (read %.2f, "
+                  "solve %.2f%s, write %.2f)", block.id, block.start, block.stop - 1, summary["n_converged"],
+                  len(summary["failures"]), summary["total_s"], summary["read_s"], summary["solve_s"],
+                  " with compilation" if first else "", summary["write_s"])
         return summary

@@ -136,6 +136,13 @@ def dashboard_url(address: str | None = None) -> str:
     return f"http://{host}:{port}"
 
 
+def _actor_lines_wanted() -> bool:
+    # Actors' output reaches this process (and a job's log) only when it logs distglm's progress.
+    from .logs import enabled_level
+
+    return enabled_level() is not None
+
+
 def _driver_address(address: str) -> tuple[str, str, int]:
     """``(address for ray.init, host, port)`` of a cluster address given to ``distglm.fit``."""
     if not isinstance(address, str) or not address.strip():
@@ -222,7 +229,7 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None, time
     timeout = _timeout(timeout)
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=_actor_lines_wanted())
         return True
     if address == "auto":
         # Ray finds the cluster this machine belongs to; there is no address to probe.
@@ -248,7 +255,7 @@ def connect_ray(address: str | None = None, *, num_cpus: int | None = None, time
                             "DISTGLM_CONNECT_TIMEOUT or connect_timeout= to wait longer)")
 
     try:
-        bounded(lambda: ray.init(address=full, log_to_driver=False), timeout, on_timeout)
+        bounded(lambda: ray.init(address=full, log_to_driver=_actor_lines_wanted()), timeout, on_timeout)
     except ClusterError:
         raise
     except AuthenticationError as err:

@@ -156,16 +156,27 @@ def _time_series_of(X):
     return None
 
 
-def _on_time_axis(array, X):
-    """``array`` as a pynapple ``Tsd``/``TsdFrame`` on X's time axis when X is a time series, else as is."""
+def _column_labels(y):
+    """The column labels of a pynapple ``TsdFrame`` y (its neurons' unit ids); None for other inputs."""
+    columns = getattr(y, "columns", None) if _time_series_of(y) is not None else None
+    return None if columns is None else np.asarray(columns)
+
+
+def _on_time_axis(array, X, columns=None):
+    """``array`` as a pynapple ``Tsd``/``TsdFrame`` on X's time axis when X is a time series, else as is.
+
+    A ``TsdFrame``'s columns are labelled by ``columns`` (the neurons' ids) when given.
+    """
     series = _time_series_of(X)
     if series is None:
         return array
     import pynapple as nap  # installed: X is one of its objects
 
     array = np.asarray(array)
-    cls = nap.Tsd if array.ndim == 1 else nap.TsdFrame
-    return cls(t=series.times(), d=array, time_support=series.time_support)
+    if array.ndim == 1:
+        return nap.Tsd(t=series.times(), d=array, time_support=series.time_support)
+    labels = columns if columns is not None and len(columns) == array.shape[1] else None
+    return nap.TsdFrame(t=series.times(), d=array, time_support=series.time_support, columns=labels)
 
 
 class GLM:
@@ -377,6 +388,10 @@ class GLM:
         params = {**self.get_params(deep=False), **self._raw, "regularizer_strength": self._strength}
         return type(self)(**params)
 
+    def __sklearn_is_fitted__(self) -> bool:
+        # coef_ exists (as None) before fit, as in NeMoS 0.2.8; scikit-learn's check_is_fitted asks this
+        return getattr(self, "coef_", None) is not None
+
     def __sklearn_tags__(self):
         from sklearn.utils import RegressorTags, Tags, TargetTags
 
@@ -410,6 +425,9 @@ class GLM:
         self.heldout_scores_ = None
         self._groups = None
         self._step_args = None
+        self._neuron_ids = None
+        # scikit-learn's fitted attribute: present only once the model is fitted
+        self.__dict__.pop("n_features_in_", None)
 
     def _mask_for(self, groups, n_features: int, n_neurons: int) -> np.ndarray:
         return np.ones((n_features, n_neurons))
@@ -468,7 +486,8 @@ class GLM:
                 raise InputError(f"coef_ must have shape {expected}; got shape {np.shape(coef)}")
             matrix = self._coef_matrix()
         if matrix.shape[0] != n_features:
-            raise InputError(f"X has {n_features} features but coef_ has {matrix.shape[0]}")
+            raise InputError(f"X has {n_features} features, but {type(self).__name__} is expecting "
+                             f"{matrix.shape[0]} features as input (the rows of coef_)")
         intercept = np.asarray(self.intercept_).reshape(-1)
         if intercept.shape != (matrix.shape[1],):
             raise InputError(f"intercept_ must have shape ({matrix.shape[1]},), one per neuron of coef_; "
@@ -520,9 +539,11 @@ class GLM:
         FitError
             When every neuron's solution is NaN.
         """
+        if y is None:
+            raise InputTypeError(f"{type(self).__name__} requires y to be passed, but the target y is None")
         result, groups = self._solve(X, y, init_params)
         val.check_solution(result.coef, result.intercept)
-        self._set_fitted(groups, result._asdict(), result.state)
+        self._set_fitted(groups, result._asdict(), result.state, neuron_ids=_column_labels(y))
         self._warn_about(result)
         return self
 
@@ -542,13 +563,17 @@ class GLM:
             init = _fit.Params(coef0.reshape(n_features, n_neurons), intercept0.reshape(n_neurons))
         return _fit.fit_block(Xa, ya, mask, config, init=init, strength=strength), groups
 
-    def _set_fitted(self, groups, arrays, state=None):
+    def _set_fitted(self, groups, arrays, state=None, neuron_ids=None):
         """Set the fitted attributes from arrays named as :class:`~distglm.core.BlockResult`'s fields.
 
         ``arrays["coef"]`` has shape (n_features, n_neurons); the other per-neuron arrays
         (``scale``, ``dof_resid``, ``n_iter``, ``converged``, ``status``) may be absent or empty.
+        ``neuron_ids`` of shape (n_neurons,) name the neurons in ``failure_reasons_`` and label
+        the columns of predictions on a time axis (positions when None).
         """
         self._groups = groups
+        self._neuron_ids = neuron_ids
+        self.n_features_in_ = int(np.shape(arrays["coef"])[0])
         self.coef_se_ = self.intercept_se_ = self.heldout_scores_ = None
         self.coef_ = self._user_coef(np.asarray(arrays["coef"]))
         self.intercept_ = np.asarray(arrays["intercept"])
@@ -561,7 +586,8 @@ class GLM:
     def failure_reasons_(self) -> dict[int, str]:
         """Neurons that failed or did not converge, with the reason."""
         self._check_is_fit()
-        return {int(i): _fit.STATUS_REASONS[int(s)] for i, s in enumerate(self.status_) if s != _fit.STATUS_OK}
+        ids = np.arange(np.size(self.status_)) if self._neuron_ids is None else self._neuron_ids
+        return {ids[i].item(): _fit.STATUS_REASONS[int(s)] for i, s in enumerate(self.status_) if s != _fit.STATUS_OK}
 
     def _warn_about(self, result):
         status = np.asarray(result.status)
@@ -636,7 +662,7 @@ class GLM:
         >>> GLM().fit(X, y).predict(X).shape
         (50,)
         """
-        return _on_time_axis(self._predict_array(X), X)
+        return _on_time_axis(self._predict_array(X), X, self._neuron_ids)
 
     def _predict_array(self, X) -> np.ndarray:
         Xa, _, groups = self._prepare(X, drop_nans=False)
@@ -691,7 +717,8 @@ class GLM:
         rate = jnp.asarray(self._predict_array(feedforward_input))
         scale = jnp.asarray(self._scale_vector(np.size(self.intercept_)), rate.dtype)
         samples = self._observation_model.sample(random_key, rate, scale)
-        return _on_time_axis(samples, feedforward_input), _on_time_axis(rate, feedforward_input)
+        return (_on_time_axis(samples, feedforward_input, self._neuron_ids),
+                _on_time_axis(rate, feedforward_input, self._neuron_ids))
 
     # ----------------------------------------------------------------- step-by-step fitting
     def initialize_params(self, X, y):
@@ -935,6 +962,54 @@ class PopulationGLM(GLM):
         if self._feature_mask is None:
             return np.ones((n_features, n_neurons))
         return val.as_feature_mask(self._feature_mask, groups, n_features, n_neurons)
+
+
+# ---------------------------------------------------------------------- NeMoS models
+def from_nemos(model) -> PopulationGLM:
+    """A distglm ``PopulationGLM`` configured as a NeMoS 0.2.8 ``GLM`` or ``PopulationGLM`` is.
+
+    The observation model, inverse link, regularizer (GroupLasso's mask included), strength,
+    solver and solver settings carry over, and a PopulationGLM's feature mask; fitted
+    parameters do not (the model is to be fitted). A distglm ``PopulationGLM`` is returned as it
+    is.
+
+    Parameters
+    ----------
+    model : nemos.glm.GLM, nemos.glm.PopulationGLM, or a distglm PopulationGLM
+
+    Returns
+    -------
+    PopulationGLM
+
+    Raises
+    ------
+    InputTypeError
+        If ``model`` is none of those (a distglm ``GLM`` included: it is the in-memory model of
+        one neuron; ``PopulationGLM(**glm.get_params())`` is its population version).
+    InputError
+        If NeMoS's solver is one distglm lacks (a solver registered with NeMoS by the user); the
+        message lists distglm's solvers.
+    UnknownSolverArgumentError
+        If a NeMoS solver setting has no distglm counterpart.
+
+    Examples
+    --------
+    >>> import nemos as nmo
+    >>> model = from_nemos(nmo.glm.PopulationGLM(regularizer="Ridge", regularizer_strength=0.1))
+    >>> type(model).__name__, model.regularizer.name, model.regularizer_strength
+    ('PopulationGLM', 'Ridge', 0.1)
+    """
+    if isinstance(model, PopulationGLM):
+        return model
+    if isinstance(model, GLM):
+        raise InputTypeError("model must be a distglm PopulationGLM: a GLM is one neuron's in-memory model "
+                             "(PopulationGLM(**model.get_params()) is its population version)")
+    if not (type(model).__module__.startswith("nemos") and type(model).__name__ in ("GLM", "PopulationGLM")):
+        raise InputTypeError("model must be a distglm PopulationGLM, or a NeMoS 0.2.8 GLM or PopulationGLM; got "
+                             f"{type(model).__module__}.{type(model).__name__}")
+    params = model.get_params(deep=False)
+    return PopulationGLM(**{name: params[name] for name in GLM._CONFIG_NAMES},
+                         feature_mask=params.get("feature_mask"))
 
 
 # ---------------------------------------------------------------------- configuration I/O

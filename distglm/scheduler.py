@@ -15,6 +15,7 @@ import functools
 import hashlib
 import itertools
 import json
+import logging
 import os
 import time
 import warnings
@@ -29,11 +30,15 @@ from .actor import FitSpec
 from .connect import connect_ray
 from .cv import fold_labels
 from .errors import ClusterError, InputError, InputTypeError, StoreError, UnsupportedOptionError
+from .logs import enabled_level
 
 __all__ = ["DEFAULT_BLOCK_TIMEOUT_S", "STREAM_ABOVE_BYTES", "FitReport", "fit", "load_fitted", "stored_fingerprint"]
 
 #: Bytes of X and two blocks of y above which actors stream the samples by default (see ``fit``).
 STREAM_ABOVE_BYTES = 2**30
+
+_log = logging.getLogger(__name__)
+
 #: Seconds a block may run at least before its actor is taken for stuck (see ``fit``).
 DEFAULT_BLOCK_TIMEOUT_S = 900.0
 # How long blocks wait for an actor to start when no actor runs at all.
@@ -64,7 +69,9 @@ class FitReport:
         Of those, neurons that met the solver's tolerance (counted over this run's blocks
         and the stored results of skipped blocks).
     failures : dict
-        Neuron index -> reason, for neurons that failed or did not converge.
+        Neuron id -> reason, for neurons that failed or did not converge; the ids are those the
+        store records (``write_inputs(neuron_ids=...)`` or a pynapple y's column labels), by
+        default the neurons' positions.
     failed_blocks : dict
         Block id -> reason, for blocks that failed on every try (their neurons have no result).
     n_blocks, n_blocks_skipped, n_blocks_fitted : int
@@ -199,7 +206,8 @@ def _check_model(model):
     from .glm import PopulationGLM, PopulationGLMCV
 
     if not isinstance(model, PopulationGLM):
-        raise InputTypeError(f"model must be a distglm PopulationGLM; got {type(model).__name__}")
+        raise InputTypeError(f"model must be a distglm PopulationGLM (from_nemos converts a NeMoS model); got "
+                             f"{type(model).__name__}")
     if isinstance(model, PopulationGLMCV):
         model._check_regularizer()
         model._cv_config()
@@ -308,6 +316,7 @@ def check_fit_options(**options) -> dict:
     return options
 
 
+@store.with_storage_options
 def fit(
     path,
     model,
@@ -326,6 +335,7 @@ def fit(
     standard_errors: bool = False,
     stream: bool | None = None,
     memory_per_actor: int | None = None,
+    storage_options: dict | None = None,
 ) -> FitReport:
     """Fit ``model`` to the inputs of the store at ``path`` on Ray actors.
 
@@ -339,13 +349,13 @@ def fit(
     path : str or path-like
         A store written by :func:`distglm.write_inputs` (or a group with ``inputs/X`` and
         ``inputs/y`` written by hand).
-    model : PopulationGLM
-        The configuration to fit (its feature mask, if any, must equal the store's). A
-        ``PopulationGLMCV`` is cross-validated block by block and each neuron refitted at its
-        selected strength, as ``PopulationGLMCV.fit`` does in memory (``cv`` a number of folds
-        or one label per stored sample, never streamed); with ``per_neuron=False``, every
-        block's path is written before the driver selects the shared strength and the blocks
-        are refitted at it.
+    model : PopulationGLM, or a NeMoS 0.2.8 GLM or PopulationGLM
+        The configuration to fit (its feature mask, if any, must equal the store's); a NeMoS
+        model is converted with :func:`distglm.glm.from_nemos`. A ``PopulationGLMCV`` is
+        cross-validated block by block and each neuron refitted at its selected strength, as
+        ``PopulationGLMCV.fit`` does in memory (``cv`` a number of folds or one label per stored
+        sample, never streamed); with ``per_neuron=False``, every block's path is written
+        before the driver selects the shared strength and the blocks are refitted at it.
     num_actors : int, optional
         Actors to start; default one per CPU of the cluster, at most one per block. More
         actors than the cluster has CPUs are capped to its CPUs, with a warning.
@@ -403,6 +413,10 @@ def fit(
         (:func:`distglm.plan.estimate_block_memory`) and sizes the blocks to fit; a fit whose
         smallest block (one neuron chunk) does not fit is refused before any actor starts, and
         an explicit ``block_size`` over the budget gets a warning.
+    storage_options : dict, optional
+        fsspec options for a store at a URL (``{"key": ..., "secret": ..., "client_kwargs":
+        {"endpoint_url": ...}}`` for S3), used by this process and sent to the actors in
+        memory; never written into the store.
 
     Returns
     -------
@@ -430,7 +444,7 @@ def fit(
 
     from .core import fit as core_fit
     from .core.solvers import is_stochastic
-    from .glm import model_to_config
+    from .glm import from_nemos, model_to_config
 
     t_start = time.perf_counter()
     path = os.fspath(path) if isinstance(path, os.PathLike) else path
@@ -444,6 +458,7 @@ def fit(
         raise InputTypeError(f"standard_errors must be True or False; got {standard_errors!r}")
 
     info = store.open_inputs(path)
+    model = from_nemos(model)
     test = _test_mask(test_samples, info.n_samples)
     config = _check_model(model)
     stochastic = is_stochastic(config.solver_name)
@@ -541,14 +556,17 @@ def fit(
                                  cv=None if grid is None else {"n_strengths": len(grid),
                                                                "n_folds": int(folds.max()) + 1,
                                                                "null": model.scoring != "log-likelihood",
-                                                               "pooled": not model.per_neuron})
+                                                               "pooled": not model.per_neuron},
+                                 attributes=_results_attributes(model_config),
+                                 status_meanings=core_fit.STATUS_NAMES)
             done = store.done_blocks(path, name) if resume else set()
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
                                inverse_link=inverse_link, dropped_rows=np.flatnonzero(~train), n_samples=n_train,
                                stream=streams, fit_name=name, test_rows=test_rows, standard_errors=standard_errors,
-                               cv_grid=None if grid is None else tuple(grid.tolist()), cv_folds=folds)
+                               cv_grid=None if grid is None else tuple(grid.tolist()), cv_folds=folds,
+                               storage_options=storage_options, log_level=enabled_level())
             del keep, train
             dispatch = functools.partial(
                 _dispatch, lease=lease, max_retries=max_retries, block_timeout=float(block_timeout),
@@ -630,6 +648,12 @@ def _test_mask(test_samples, n_samples: int) -> np.ndarray | None:
         raise InputTypeError(f"test_samples must be a slice or a boolean array of shape ({n_samples},), one per "
                              f"sample of the store; got {mask.dtype} of shape {mask.shape}")
     return mask
+
+
+def _results_attributes(model_config: dict) -> dict:
+    """What the results group tells its readers: the model fitted and the software that fitted it."""
+    return {"title": "results of a population GLM fit (distglm)", "model": model_config,
+            "software": store.software_versions()}
 
 
 def _streams(stream: bool | None, n_samples: int, n_features: int, pad_to: int, dtype) -> bool:
@@ -746,6 +770,7 @@ def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, blo
         else:
             failed_blocks[block.id] = f"{reason} (tried {tries[block.id]} times)"
 
+    progress_log = _ProgressLog(n_neurons, n_already)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -818,6 +843,7 @@ def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, blo
                 # an actor's first block compiles: the floor covers it, not the measured limit
                 slowest = max(slowest, summary["total_s"])
             summaries.append(summary)
+            progress_log.block_done(block, summary)
             if on_block is not None:
                 on_block(summary)
             if bar is not None:
@@ -854,6 +880,26 @@ def _set_cv_results(model, fingerprint: dict, results: dict) -> None:
     model._set_cv(np.asarray(fingerprint["cv_grid"], dtype=float), stored_path(results), results["cv_index"])
 
 
+class _ProgressLog:
+    """Logs the fit's progress after each block: neurons done, the rate of this run and the ETA."""
+
+    def __init__(self, n_neurons: int, n_already: int):
+        self.n_neurons, self.n_done, self.n_now = n_neurons, n_already, 0
+        self.t0 = time.monotonic()
+
+    def block_done(self, block, summary: dict) -> None:
+        self.n_done += summary["n_neurons"]
+        self.n_now += summary["n_neurons"]
+        elapsed = time.monotonic() - self.t0
+        rate = self.n_now / elapsed if elapsed > 0 else 0.0
+        left = self.n_neurons - self.n_done
+        eta = f"{left / rate:.0f} s" if rate > 0 else "unknown"
+        _log.info("fit: block %d done (%d converged of %d, %.2f s); %d/%d neurons (%.0f%%), %.1f neurons/s, "
+                  "elapsed %.0f s, ETA %s", block.id, summary["n_converged"], summary["n_neurons"],
+                  summary["total_s"], self.n_done, self.n_neurons, 100 * self.n_done / self.n_neurons, rate,
+                  elapsed, eta)
+
+
 def _short_reason(err: Exception) -> str:
     text = str(err).strip().splitlines()
     tail = [line for line in text if line.strip()][-1:] or [type(err).__name__]
@@ -888,9 +934,10 @@ def _report(path, info, blocks, done, summaries, failed_blocks, n_retries, t_sta
         "first_solve": sum(s["solve_s"] for s in summaries if s["first_block"]),
         "write": sum(s["write_s"] for s in summaries),
     }
+    ids = store.read_coordinates(path)["neuron"]
     return FitReport(
         path=path, n_neurons=info.n_neurons, n_fitted=n_fitted, n_converged=n_converged,
-        failures=dict(sorted(failures.items())), failed_blocks=failed_blocks, n_blocks=len(blocks),
+        failures={ids[i].item(): reason for i, reason in sorted(failures.items())}, failed_blocks=failed_blocks, n_blocks=len(blocks),
         n_blocks_skipped=len(skipped), n_blocks_fitted=len(summaries), n_retries=n_retries,
         seconds=seconds, neurons_per_second=n_now / seconds if seconds > 0 else 0.0, timings=timings,
         heldout=(_heldout_scores(store.read_results(path, name=name))
@@ -905,11 +952,14 @@ def _heldout_scores(results: dict) -> dict | None:
     return {score_type: results[key] for score_type, key in store.HELDOUT_NAMES.items()}
 
 
-def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None):
+@store.with_storage_options
+def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None, *,
+                storage_options: dict | None = None):
     """A fitted ``PopulationGLM`` from the results in the store at ``path`` (of the fit ``name``, if given).
 
     A fit with a custom inverse link records only its name: give the function again as
     ``mapping_dict={"inverse_link_function": fn}``, as NeMoS's ``load_model`` takes it.
+    ``storage_options`` are fsspec options for a store at a URL.
 
     Raises :class:`StoreError` if the store holds no complete fit.
     """
@@ -954,7 +1004,7 @@ def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None)
             or missing != sorted(set(range(n_blocks)) - store.done_blocks(path, name))):
         raise StoreError(f"{path}: the results changed while they were read (another fit is writing them); "
                          "load them again when it ends")
-    model._set_fitted(info.feature_groups, results, state)
+    model._set_fitted(info.feature_groups, results, state, neuron_ids=store.read_coordinates(path)["neuron"])
     if _is_cv(model):
         _set_cv_results(model, fingerprint, results)
     model.heldout_scores_ = _heldout_scores(results)

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
+import json
 import os
 import shlex
 import sys
@@ -60,10 +62,19 @@ _REQUEST_TIMEOUT_S = 15.0
 # How long wait() keeps polling a job the cluster no longer answers for.
 _UNREACHABLE_GRACE_S = 60.0
 _STOP_TIMEOUT_S = 60.0
+# How a job's storage_options reach it: its runtime environment, not the store or the job record.
+_STORAGE_OPTIONS_ENV = "DISTGLM_STORAGE_OPTIONS"
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _parse_time(text: str | None) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromisoformat(text) if text else None
+    except (TypeError, ValueError):
+        return None  # a record edited by hand: no derived times rather than an error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +99,8 @@ class JobStatus:
         cluster has no job of this id, or None when it could not be reached.
     submitted_at, updated_at : str or None
         ISO 8601 times (UTC) of the submission and of the record's last change.
+    started_at, finished_at : str or None
+        ISO 8601 times (UTC) at which the fit started on the cluster and ended.
 
     Examples
     --------
@@ -107,11 +120,45 @@ class JobStatus:
     cluster_status: str | None
     submitted_at: str | None
     updated_at: str | None
+    started_at: str | None = None
+    finished_at: str | None = None
 
     @property
     def finished(self) -> bool:
         """Whether the job is in a final state (succeeded, failed or cancelled)."""
         return self.state in _FINAL
+
+    @property
+    def elapsed_s(self) -> float | None:
+        """Seconds since the fit started on the cluster (until it ended, once it has); None before."""
+        start = _parse_time(self.started_at)
+        if start is None:
+            return None
+        end = _parse_time(self.finished_at) if self.finished else None
+        return max(0.0, ((end or datetime.datetime.now(datetime.timezone.utc)) - start).total_seconds())
+
+    @property
+    def neurons_per_second(self) -> float | None:
+        """Neurons fitted per second, from the start to the record's last progress; None before any."""
+        start, last = _parse_time(self.started_at), _parse_time(self.finished_at or self.updated_at)
+        if start is None or last is None or not self.neurons_done or last <= start:
+            return None
+        return self.neurons_done / (last - start).total_seconds()
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds until the neurons left are fitted at the rate so far; 0 once finished, None if unknown."""
+        if self.finished:
+            return 0.0
+        rate = self.neurons_per_second
+        if rate is None or self.neurons_total is None:
+            return None
+        return max(0, self.neurons_total - self.neurons_done) / rate
+
+    def as_dict(self) -> dict:
+        """Every field and the derived progress (elapsed_s, neurons_per_second, eta_s), for JSON."""
+        return {**dataclasses.asdict(self), "finished": self.finished, "elapsed_s": self.elapsed_s,
+                "neurons_per_second": self.neurons_per_second, "eta_s": self.eta_s}
 
     def __str__(self) -> str:
         cluster = self.cluster_status or "cluster not reachable"
@@ -121,6 +168,10 @@ class JobStatus:
                          f"converged, {self.neurons_failed} failed or not converged")
         if self.submitted_at:
             lines.append(f"  submitted {self.submitted_at}, updated {self.updated_at}")
+        if self.elapsed_s is not None:
+            rate, eta = self.neurons_per_second, self.eta_s
+            lines.append(f"  elapsed {self.elapsed_s:.0f} s, " + (f"{rate:.1f} neurons/s" if rate else "rate unknown")
+                         + ("" if self.finished else f", ETA {eta:.0f} s" if eta is not None else ", ETA unknown"))
         if self.error:
             lines.append(f"  error: {self.error}")
         return "\n".join(lines)
@@ -249,7 +300,9 @@ def _check_fit_options(options: dict) -> dict:
 # Public API
 
 
-def submit(path, model, *, address: str | None = None, runtime_env: dict | None = None, **fit_options) -> "Job":
+@store.with_storage_options
+def submit(path, model, *, address: str | None = None, runtime_env: dict | None = None,
+           storage_options: dict | None = None, **fit_options) -> "Job":
     """Start a distributed fit on a running Ray cluster and return at once.
 
     The fit runs as a Ray job: it goes on after this process exits, and :func:`get_job` finds
@@ -261,13 +314,20 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
         A store written by :func:`distglm.write_inputs`, at a place both this process and the
         cluster can read (a shared directory, or an object store URL such as ``s3://bucket/x.zarr``).
         A relative local path is made absolute.
-    model : PopulationGLM
-        The configuration to fit (its feature mask, if any, must equal the store's).
+    model : PopulationGLM, or a NeMoS 0.2.8 GLM or PopulationGLM
+        The configuration to fit (its feature mask, if any, must equal the store's); a NeMoS
+        model is converted with :func:`distglm.glm.from_nemos`.
     address : str, optional
         The cluster's dashboard, ``http://HEAD:8265``; see :func:`dashboard_url`.
     runtime_env : dict, optional
         Ray runtime environment of the job, for example
         ``{"env_vars": {"AWS_ENDPOINT_URL": ...}}`` to give the cluster the store's endpoint.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint) for a store at a URL. This process uses them, the
+        returned :class:`Job` keeps them in memory, and the job gets them through its runtime
+        environment (the variable ``DISTGLM_STORAGE_OPTIONS``, which Ray shows to those who can
+        see the job's runtime environment); they are never written into the store or its job
+        record. Without them the cluster uses its own credentials.
     **fit_options
         ``num_actors``, ``block_size``, ``resume``, ``max_retries``, ``block_timeout``, ``stream``,
         ``memory_per_actor`` of :func:`distglm.fit`.
@@ -292,15 +352,17 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
     >>> job.wait().state  # doctest: +SKIP
     'succeeded'
     """
-    from .glm import PopulationGLM, check_link_portable
+    from .glm import check_link_portable, from_nemos
     from .scheduler import _check_mask, _check_model
 
     path = _store_path(path)
-    if not isinstance(model, PopulationGLM):
-        raise InputTypeError(f"model must be a distglm PopulationGLM; got {type(model).__name__}")
+    model = from_nemos(model)
     options = _check_fit_options(fit_options)
     if runtime_env is not None and not isinstance(runtime_env, dict):
         raise InputTypeError(f"runtime_env must be a dict or None; got {type(runtime_env).__name__}")
+    if storage_options:
+        env_vars = {**(runtime_env or {}).get("env_vars", {}), _STORAGE_OPTIONS_ENV: json.dumps(storage_options)}
+        runtime_env = {**(runtime_env or {}), "env_vars": env_vars}
     try:
         info = store.open_inputs(path)
     except DistGLMError:
@@ -335,10 +397,10 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
     except JobError as err:
         _record_state(path, "failed", error=str(err), finished_at=_now())
         raise
-    return Job(job_id, path, url, cluster)
+    return Job(job_id, path, url, cluster, _storage_options=storage_options)
 
 
-def get_job(id_or_path, address: str | None = None) -> "Job":
+def get_job(id_or_path, address: str | None = None, *, storage_options: dict | None = None) -> "Job":
     """The handle of a submitted job, by its id or by its store.
 
     Parameters
@@ -349,6 +411,8 @@ def get_job(id_or_path, address: str | None = None) -> "Job":
     address : str, optional
         The cluster's dashboard; by default, for a store the address recorded at submission,
         for an id as in :func:`dashboard_url`.
+    storage_options : dict, optional
+        fsspec options for a store at a URL, kept in memory by the returned :class:`Job`.
 
     Returns
     -------
@@ -372,10 +436,12 @@ def get_job(id_or_path, address: str | None = None) -> "Job":
         raise InputTypeError(f"id_or_path must be a job id or a store path; got {id_or_path!r}")
     if "/" in id_or_path or os.sep in id_or_path or os.path.exists(id_or_path):
         path = _store_path(id_or_path)
-        record = _read_record(path)
+        with store.using_storage_options(path, storage_options):
+            record = _read_record(path)
         if not record.get("id"):
             raise JobError(f"{path} holds no job record: no fit was submitted for this store")
-        return Job(record["id"], path, dashboard_url(address or record.get("address")))
+        return Job(record["id"], path, dashboard_url(address or record.get("address")),
+                   _storage_options=storage_options)
     url = dashboard_url(address)
     cluster = _Cluster(url)
     info = cluster.job_info(id_or_path)
@@ -384,7 +450,18 @@ def get_job(id_or_path, address: str | None = None) -> "Job":
     path = (info.metadata or {}).get(_PATH_METADATA)
     if not path:
         raise JobError(f"job {id_or_path!r} on the Ray cluster at {url} was not submitted by distglm")
-    return Job(id_or_path, path, url, cluster)
+    return Job(id_or_path, path, url, cluster, _storage_options=storage_options)
+
+
+def _with_store(method):
+    """Run a :class:`Job` method with the job's store opened with its storage options."""
+
+    @functools.wraps(method)
+    def opened(self, *args, **kwargs):
+        with store.using_storage_options(self.path, self._storage_options):
+            return method(self, *args, **kwargs)
+
+    return opened
 
 
 class Job:
@@ -405,9 +482,11 @@ class Job:
     Job(id='distglm-3f2a9c41d07e', path='s3://bucket/rec.zarr', address='http://head:8265')
     """
 
-    def __init__(self, id: str, path: str, address: str, _cluster: _Cluster | None = None):  # noqa: A002
+    def __init__(self, id: str, path: str, address: str, _cluster: _Cluster | None = None,  # noqa: A002
+                 _storage_options: dict | None = None):
         self.id, self.path, self.address = id, path, address
         self._cluster = _cluster
+        self._storage_options = _storage_options
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, path={self.path!r}, address={self.address!r})"
@@ -438,6 +517,7 @@ class Job:
             return "UNKNOWN", None
         return str(getattr(info.status, "value", info.status)), info.message
 
+    @_with_store
     def status(self) -> JobStatus:
         """The job's state and progress, from its store record and the cluster.
 
@@ -488,7 +568,25 @@ class Job:
             neurons_converged=record.get("neurons_converged"), neurons_failed=record.get("neurons_failed"),
             error=error, cluster_status=cluster_status,
             submitted_at=record.get("submitted_at"), updated_at=record.get("updated_at"),
+            started_at=record.get("started_at"), finished_at=record.get("finished_at"),
         )
+
+    def logs(self) -> str:
+        """The job's log as the cluster keeps it (the driver's output and its actors' lines).
+
+        Raises
+        ------
+        JobError
+            If the cluster cannot be reached or no longer has the job.
+        """
+        cluster = self._cluster_or_none()
+        if cluster is None:
+            raise JobError(f"cannot read the log of job {self.id}: the Ray cluster at {self.address} cannot be "
+                           "reached")
+        if cluster.job_info(self.id) is None:
+            raise JobError(f"the Ray cluster at {self.address} has no job {self.id} (it keeps the logs of its own "
+                           "jobs only)")
+        return cluster.call("get_job_logs", self.id)
 
     def _failure_reason(self, message: str | None) -> str:
         """Why the job failed, when the store could not record it: the job's last ``error:`` line.
@@ -547,6 +645,7 @@ class Job:
                                       f"({status.neurons_done}/{status.neurons_total} neurons fitted)")
             time.sleep(poll_interval if deadline is None else max(0.0, min(poll_interval, deadline - now)))
 
+    @_with_store
     def result(self):
         """The fitted :class:`~distglm.glm.PopulationGLM`, read from the store.
 
@@ -563,6 +662,7 @@ class Job:
             raise JobError(f"job {self.id} has no result: it is {status.state}{detail}")
         return load_model(self.path)
 
+    @_with_store
     def cancel(self) -> JobStatus:
         """Stop the job on the cluster and record it cancelled; a finished job is left as it is.
 
@@ -608,13 +708,20 @@ def run_job(path: str, job_id: str) -> int:
     """Run the fit of the job recorded in the store (the job's entrypoint on the cluster).
 
     Records the job running, its progress after every block, and its end. Returns 0 if every
-    block was fitted, else 1; an error that stops the fit is recorded, then raised.
+    block was fitted, else 1; an error that stops the fit is recorded, then raised. The store
+    is opened with the storage options :func:`submit` put in the job's environment, if any.
 
     Examples
     --------
     >>> run_job("s3://bucket/rec.zarr", "distglm-3f2a9c41d07e")  # doctest: +SKIP
     0
     """
+    storage_options = json.loads(os.environ.get(_STORAGE_OPTIONS_ENV) or "null")
+    with store.using_storage_options(path, storage_options):
+        return _run_job(path, job_id, storage_options)
+
+
+def _run_job(path: str, job_id: str, storage_options: dict | None) -> int:
     import jax
 
     from .glm import model_from_config
@@ -638,7 +745,8 @@ def run_job(path: str, job_id: str) -> int:
 
     try:
         model = model_from_config(record["model"])
-        report = fit(path, model, progress=False, on_block=on_block, **record.get("fit_options", {}))
+        report = fit(path, model, progress=False, on_block=on_block, storage_options=storage_options,
+                     **record.get("fit_options", {}))
     except Exception as err:
         try:
             _record_state(path, "failed", error=one_line(err), finished_at=_now())

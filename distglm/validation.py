@@ -51,12 +51,17 @@ def _describe(value) -> str:
 def _as_numeric(value, name: str) -> np.ndarray:
     if isinstance(value, (str, bytes, dict)) or value is None:
         raise InputTypeError(f"{name} must be array-like of numbers; got {_describe(value)}")
+    if hasattr(value, "toarray") and hasattr(value, "nnz"):
+        raise InputTypeError(f"{name} is a sparse matrix, which distglm does not take: pass a dense array "
+                             f"({name}.toarray())")
     try:
         arr = np.asarray(value)
     except Exception as err:  # noqa: BLE001 - any failure to convert is the user's input
         raise InputTypeError(f"{name} must be array-like of numbers; got {_describe(value)}") from err
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
+    if np.iscomplexobj(arr):
+        raise InputTypeError(f"{name} must hold real numbers: Complex data not supported (got dtype {arr.dtype})")
     if not (np.issubdtype(arr.dtype, np.number)):
         raise InputTypeError(f"{name} must be array-like of numbers; got an array of dtype {arr.dtype}")
     return arr
@@ -93,10 +98,12 @@ def as_design(X, dtype=None) -> Design:
     else:
         arr = _as_numeric(X, "X")
         if arr.ndim != 2:
-            raise InputError(f"X must be 2-D of shape (n_samples, n_features); got shape {arr.shape}")
+            raise InputError(f"X must be 2-D of shape (n_samples, n_features); got shape {arr.shape}. Reshape your "
+                             "data: X.reshape(-1, 1) for a single feature, X.reshape(1, -1) for a single sample")
         groups = None
     if 0 in arr.shape:
-        raise InputError(f"X must have at least one sample and one feature; got shape {arr.shape}")
+        raise InputError(f"X must have at least one sample and one feature; got shape {arr.shape}: "
+                         f"{arr.shape[1]} feature(s) (shape={arr.shape}) while a minimum of 1 is required.")
     if dtype is None:
         dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
     return Design(arr.astype(dtype, copy=False), groups)

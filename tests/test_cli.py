@@ -36,7 +36,8 @@ def small_store(tmp_path):
 # Arguments and messages
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["fit"], ["submit"], ["status"], ["cancel"], ["inspect"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["fit"], ["submit"], ["status"], ["cancel"], ["inspect"],
+                                     ["logs"], ["unlock"]])
 def test_help_of_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -44,6 +45,62 @@ def test_help_of_every_command(command, capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: distglm")
     assert "_run-job" not in out
+    # every command prints JSON on request
+    assert ("--json" in out) == bool(command)
+
+
+def test_version_names_distglm_and_its_libraries(capsys):
+    import jax
+    import zarr
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"distglm {distglm.__version__} (")
+    assert f"jax {jax.__version__}" in out and f"zarr {zarr.__version__}" in out
+
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["fitt", "x.zarr"], "did you mean 'fit'?"),
+    (["stats", "x.zarr"], "did you mean 'status'?"),
+    (["fit", "x.zarr", "--no-resme"], "did you mean '--no-resume'?"),
+    (["inspect", "x.zarr", "--faliures", "3"], "did you mean '--failures'?"),
+])
+def test_mistyped_commands_and_options_suggest_the_nearest(argv, suggestion, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert suggestion in capsys.readouterr().err
+
+
+def test_hints_name_the_command_line_flags(tmp_path, capsys):
+    from distglm.cli import cli_hint
+
+    assert cli_hint("refit with resume=False (distglm fit PATH --no-resume)") == "refit with --no-resume"
+    assert cli_hint("resume with block_size=64 (or leave it out)") == "resume with --block-size 64 (or leave it out)"
+    rng = np.random.default_rng(0)
+    path = store.write_inputs(str(tmp_path / "s.zarr"), rng.normal(size=(50, 3)), rng.poisson(1.0, size=(50, 8)))
+    store.create_results(path, n_features=3, n_neurons=8, neuron_chunk=8, n_blocks=1, dtype="float64",
+                         state_spec={}, fingerprint={"other": 1})
+    # a fit refused because of another fit's results: the hint is the flag
+    assert main(["fit", path, "--json"]) == 1
+    captured = capsys.readouterr()
+    assert "resume=False" not in captured.err and "--no-resume" in captured.err
+    assert json.loads(captured.out)["error"] == captured.err.removeprefix("error: ").strip()
+
+
+def test_json_of_inspect_and_unlock(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    path = store.write_inputs(str(tmp_path / "s.zarr"), rng.normal(size=(50, 3)), rng.poisson(1.0, size=(50, 8)),
+                              neuron_ids=[f"u{i}" for i in range(8)])
+    assert main(["inspect", path, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["inputs"]["n_neurons"] == 8 and summary["job"] is None and "model" not in summary
+    assert main(["unlock", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"path": path, "unlocked": False, "holder": None}
+    assert main(["logs", "distglm-0123456789ab", "--address", "http://127.0.0.1:9", "--json"]) == 1
+    assert "cannot reach the Ray cluster" in json.loads(capsys.readouterr().out)["error"]
 
 
 @pytest.mark.parametrize("argv", [
@@ -161,13 +218,15 @@ def test_inspect_of_store_without_results(small_store, capsys):
     assert "results: none" in out
 
 
-def test_inspect_lists_failures_by_reason(tmp_path, capsys):
+@pytest.mark.parametrize("ids, named", [(None, ["1", "2"]), ([f"unit{i}" for i in range(8)], ["unit1", "unit2"])],
+                         ids=["positions", "neuron-ids"])
+def test_inspect_lists_failures_by_reason(tmp_path, capsys, ids, named):
     from distglm.core.fit import STATUS_REASONS
     from distglm.plan import Block
 
     rng = np.random.default_rng(0)
     small_store = store.write_inputs(str(tmp_path / "s.zarr"), rng.normal(size=(50, 3)),
-                                     rng.poisson(1.0, size=(50, 8)), neuron_chunk=4)
+                                     rng.poisson(1.0, size=(50, 8)), neuron_chunk=4, neuron_ids=ids)
     # results as a fit leaves them: two blocks of 4 neurons, the second not done yet
     store.create_results(small_store, n_features=3, n_neurons=8, neuron_chunk=4, n_blocks=2, dtype="float64",
                          state_spec={}, fingerprint={"model": distglm.glm.model_to_config(distglm.PopulationGLM()),
@@ -181,8 +240,8 @@ def test_inspect_lists_failures_by_reason(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "blocks: 1/2 done" in out
     assert "neurons: 4/8 fitted, 1 converged, 3 failed or not converged" in out
-    assert f"    {STATUS_REASONS[1]}: neurons 2\n" in out
-    assert f"    {STATUS_REASONS[2]}: neurons 1, ... (2 in all)\n" in out
+    assert f"    {STATUS_REASONS[1]}: neurons {named[1]}\n" in out
+    assert f"    {STATUS_REASONS[2]}: neurons {named[0]}, ... (2 in all)\n" in out
     assert "iterations: min 0, quartiles 0 / 2 / 29, max 100" in out
     assert "pseudo-R2 (McFadden) per neuron: not computed: the fit is unfinished" in out
 
@@ -274,6 +333,12 @@ def test_demo_then_inspect_and_refit_from_the_command_line(tmp_path):
     assert refit.returncode == 0, refit.stderr
     assert "neurons: 48 (48 fitted" in refit.stdout
     assert distglm.load_model(path).regularizer.name == "Ridge"
+    # without a progress bar, the driver logs the progress of every block, with the rate and the ETA
+    progress = [line for line in refit.stderr.splitlines() if "distglm.scheduler: fit: block" in line]
+    summary = json.loads(run_cli("inspect", path, "--json", "--no-pseudo-r2").stdout)
+    assert len(progress) == summary["n_blocks"]
+    assert (summary["neurons"]["fitted"], summary["neurons"]["total"]) == (48, 48)
+    assert "48/48 neurons (100%)" in progress[-1] and "neurons/s" in progress[-1] and "ETA 0 s" in progress[-1]
 
     inspect = run_cli("inspect", path)
     assert inspect.returncode == 0, inspect.stderr

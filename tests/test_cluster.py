@@ -5,6 +5,7 @@ One cluster for the module: a head node and two worker nodes of one CPU each, ev
 cancel, use a store on an S3-compatible server, and kill a worker node in the middle of a fit.
 """
 
+import json
 import os
 import shutil
 import socket
@@ -220,6 +221,37 @@ def test_fit_with_the_store_on_s3(cluster, s3):
     assert "recording.zarr/results/coef/zarr.json" in keys
     assert any(key.startswith("recording.zarr/results/coef/c/") for key in keys)
     assert_matches_in_memory_fit(job.result(), X, y, mask)
+
+
+def test_a_job_given_storage_options_and_its_log(cluster, s3):
+    env, client = s3
+    X, y, mask = make_inputs(32)
+    # credentials of their own, which neither the nodes nor the job's runtime environment are given
+    options = {"key": "AKIDFROMOPTIONS", "secret": "secret-from-options",
+               "client_kwargs": {"endpoint_url": env["AWS_ENDPOINT_URL"], "region_name": "us-east-1"}}
+    path = store.write_inputs("s3://distglm-test/options.zarr", X, y, mask, neuron_chunk=16,
+                              storage_options=options)
+    job = submit(path, distglm.PopulationGLM(**MODEL), address=cluster.url, num_actors=2, storage_options=options)
+    status = job.wait(timeout=240)
+    assert status.state == "succeeded", status
+    assert status.elapsed_s > 0 and status.neurons_per_second > 0 and status.eta_s == 0
+    assert "neurons/s" in str(status) and "elapsed" in str(status)
+    assert_matches_in_memory_fit(job.result(), X, y, mask)
+    # the job's log, as ray job logs shows it: a line per block from the actors and the driver
+    log = job.logs()
+    assert "distglm.actor: block 0: neurons 0-15, " in log and "distglm.actor: block 1: neurons 16-31, " in log
+    progress = [line for line in log.splitlines() if "distglm.scheduler: fit: block" in line]
+    assert len(progress) == 2 and "32/32 neurons (100%)" in progress[-1] and "ETA 0 s" in progress[-1]
+    tail = run_cli("logs", job.id, "--address", cluster.url, "--tail", "3")
+    assert tail.returncode == 0, tail.stderr
+    assert tail.stdout.splitlines() == log.rstrip("\n").splitlines()[-3:]
+    as_json = run_cli("status", job.id, "--address", cluster.url, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["state"] == "succeeded" and json.loads(as_json.stdout)["eta_s"] == 0
+    # the credentials are in no object of the store (the job record included)
+    for obj in client.list_objects_v2(Bucket="distglm-test", Prefix="options.zarr/")["Contents"]:
+        body = client.get_object(Bucket="distglm-test", Key=obj["Key"])["Body"].read()
+        assert b"secret-from-options" not in body and b"AKIDFROMOPTIONS" not in body, obj["Key"]
 
 
 def test_a_store_the_cluster_cannot_read(cluster, s3):

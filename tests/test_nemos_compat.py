@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from distglm.core.observations import check_inverse_link, initial_intercept
+import distglm
 from distglm.glm import GLM, PopulationGLM, check_link_portable, load_model
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -508,3 +509,95 @@ def test_single_neuron_files_load_in_either_library(tmp_path, small):
         np.testing.assert_allclose(loaded.predict(X), saved.predict(X), rtol=1e-6)
         np.testing.assert_allclose(float(loaded.score(X, y["Gaussian"][:, 0])), float(saved.score(X, y["Gaussian"][:, 0])),
                                    rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# NeMoS models given to distglm, and scikit-learn's conventions
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"regularizer": "Ridge", "regularizer_strength": 0.3, "solver_name": "LBFGS", "solver_kwargs": {"tol": 1e-10}},
+    {"observation_model": "Gamma", "inverse_link_function": jax.numpy.exp, "regularizer": "Lasso",
+     "regularizer_strength": 0.01},
+    {"observation_model": "Gaussian", "regularizer": "ElasticNet", "regularizer_strength": (0.1, 0.4),
+     "solver_name": "ProximalGradient[jaxopt]"},
+], ids=["ridge-lbfgs", "gamma-exp-lasso", "gaussian-elasticnet"])
+def test_a_nemos_model_converts_with_its_settings(kwargs):
+    nemos_model = nmo.glm.PopulationGLM(**kwargs)
+    ours = distglm.glm.from_nemos(nemos_model)
+    direct = distglm.PopulationGLM(**kwargs)
+    assert type(ours) is distglm.PopulationGLM
+    assert ours.observation_model.name == direct.observation_model.name
+    assert ours.regularizer.name == direct.regularizer.name
+    assert ours.regularizer_strength == direct.regularizer_strength
+    assert ours.solver_name == direct.solver_name and ours.solver_kwargs == direct.solver_kwargs
+    assert ours.inverse_link_function(2.0) == direct.inverse_link_function(2.0)
+
+
+def test_a_nemos_group_lasso_keeps_its_groups_and_a_glm_becomes_a_population():
+    groups = np.array([[1, 1, 0], [0, 0, 1]])
+    ours = distglm.glm.from_nemos(nmo.glm.PopulationGLM(regularizer=nmo.regularizer.GroupLasso(mask=groups),
+                                                        regularizer_strength=0.2,
+                                                        feature_mask=np.ones((3, 2))))
+    np.testing.assert_array_equal(ours.regularizer.mask, groups)
+    np.testing.assert_array_equal(ours.feature_mask, np.ones((3, 2)))
+    assert type(distglm.glm.from_nemos(nmo.glm.GLM(observation_model="Bernoulli"))) is distglm.PopulationGLM
+
+
+@pytest.mark.parametrize("name", nmo.solvers.list_available_algorithms())
+def test_every_nemos_solver_converts(name):
+    regularizer = "Lasso" if name in ("ProximalGradient", "ProxSVRG") else "Ridge"
+    ours = distglm.glm.from_nemos(nmo.glm.PopulationGLM(regularizer=regularizer, regularizer_strength=0.1,
+                                                        solver_name=name))
+    assert ours.solver_name == name
+
+
+def test_models_that_are_not_nemos_glms_are_refused():
+    with pytest.raises(distglm.InputTypeError, match="NeMoS 0.2.8 GLM or PopulationGLM"):
+        distglm.glm.from_nemos(object())
+    with pytest.raises(distglm.InputTypeError, match="one neuron's in-memory model"):
+        distglm.glm.from_nemos(distglm.GLM())
+
+
+def test_sklearn_fitted_attributes_and_check_is_fitted(poisson_population):
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    X, y, mask = poisson_population
+    model = distglm.PopulationGLM(feature_mask=mask)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(model)
+    assert not hasattr(model, "n_features_in_")
+    model.fit(X, y)
+    check_is_fitted(model)
+    assert model.n_features_in_ == X.shape[1]
+    with pytest.raises(distglm.InputError, match="X has 3 features, but PopulationGLM is expecting 4"):
+        model.predict(X[:, :3])
+
+
+# Checks of scikit-learn's suite a GLM fails by design, and why. GLM with a Gaussian observation
+# model is a plain regressor, so every other check runs as scikit-learn means it.
+EXPECTED_FAILED_CHECKS = {
+    "check_no_attributes_set_in_init": "coef_, intercept_, ... are None before fit, as in NeMoS 0.2.8",
+    "check_estimators_unfitted": "distglm's NotFittedError is not scikit-learn's class (scikit-learn is optional)",
+    "check_do_not_raise_errors_in_init_or_set_params": "parameters are checked when set, as in NeMoS 0.2.8",
+    "check_dtype_object": "X of dtype object is refused: distglm takes numbers only",
+    "check_estimators_nan_inf": "rows holding NaN are dropped from the fit, as NeMoS does",
+    "check_regressors_train": "score is the log-likelihood (NeMoS), not R2",
+    "check_supervised_y_2d": "a GLM is one neuron: y must be 1-D, as in NeMoS (PopulationGLM takes 2-D y)",
+    "check_parameters_default_constructible": "get_params gives the defaults in effect (the link), as NeMoS",
+    "check_set_params": "get_params gives the strength as the regularizer uses it, as NeMoS",
+}
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_sklearn_check_estimator_fails_only_the_checks_expected():
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(distglm.GLM(observation_model="Gaussian"), on_fail=None,
+                              expected_failed_checks=EXPECTED_FAILED_CHECKS)
+    failed = {result["check_name"] for result in results if result["status"] == "failed"}
+    assert failed == set(), failed
+    expected = {result["check_name"] for result in results if result["status"] == "xfail"}
+    assert expected == set(EXPECTED_FAILED_CHECKS)
+    assert sum(result["status"] == "passed" for result in results) >= 40

@@ -352,7 +352,7 @@ def test_bad_solver_kwargs_values(data):
 def test_solver_not_allowed_for_the_regularizer(data, regularizer, solver):
     X, y, _ = data
     with pytest.raises(InputError, match=rf"solver '{solver}' cannot fit the {regularizer} regularizer; "
-                                         r"allowed solvers are \['ProximalGradient'\]"):
+                                         r"allowed solvers are \['ProximalGradient', 'ProxSVRG'\]"):
         PopulationGLM(regularizer=regularizer, solver_name=solver)
 
 
@@ -399,7 +399,7 @@ def test_negative_binomial_scale():
 def test_inputs_after_fit(data):
     X, y, mask = data
     model = PopulationGLM(feature_mask=mask).fit(X, y)
-    with pytest.raises(InputError, match="X has 2 features but coef_ has 3"):
+    with pytest.raises(InputError, match="X has 2 features, but PopulationGLM is expecting 3 features"):
         model.predict(X[:, :2])
     with pytest.raises(InputError, match="y has 1 neurons but coef_ has 2"):
         model.score(X, y[:, :1])

@@ -70,6 +70,7 @@ __all__ = [
     "STATUS_NONFINITE_INIT",
     "STATUS_NONFINITE_SOLUTION",
     "STATUS_REASONS",
+    "STATUS_NAMES",
     "fit_block",
     "fit_streamed",
     "ChunkSource",
@@ -101,6 +102,14 @@ STATUS_REASONS = {
     STATUS_NONFINITE_INIT: "initial intercept is not finite (a neuron with no events, or a mean response "
     "outside the inverse link's range)",
     STATUS_NONFINITE_SOLUTION: "the solver returned a non-finite solution",
+}
+
+#: One word per status, as the store records them (CF ``flag_meanings``).
+STATUS_NAMES = {
+    STATUS_OK: "ok",
+    STATUS_NOT_CONVERGED: "not_converged",
+    STATUS_NONFINITE_INIT: "nonfinite_initial_intercept",
+    STATUS_NONFINITE_SOLUTION: "nonfinite_solution",
 }
 
 _MAX_RETRIES = 3

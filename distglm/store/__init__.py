@@ -2,27 +2,30 @@
 
 A store is one Zarr group (a local directory or any URL Zarr accepts) laid out as::
 
-    inputs/                  attrs: generation, complete, feature_groups = [[name, k], ...]
-        X                    (n_samples, n_features) float, one chunk along features, chunks
-                             of at most 2**16 samples
-        y                    (n_samples, n_neurons), chunks (row_chunk, neuron_chunk) with
+    inputs/                  attrs: generation, complete, feature_groups = [[name, k], ...], software
+        X                    (time, feature) float, one chunk along features, chunks of at most
+                             2**16 samples
+        y                    (time, neuron), chunks (row_chunk, neuron_chunk) with
                              row_chunk = min(n_samples, 2**16)
-        feature_mask         (n_features, n_neurons) uint8 0/1, chunks (n_features, neuron_chunk);
+        feature_mask         (feature, neuron) uint8 0/1, chunks (n_features, neuron_chunk);
                              absent means every feature predicts every neuron
-    results/                 attrs: fingerprint (written last), state_spec
-        coef                 (n_features, n_neurons), chunks (n_features, neuron_chunk)
+        time, feature, neuron  coordinates: seconds (or the sample index), feature names, neuron ids
+        neuron_<name>        per-neuron metadata of a pynapple y (auxiliary coordinates)
+    results/                 attrs: fingerprint (written last), state_spec, model, software
+        coef                 (feature, neuron), chunks (n_features, neuron_chunk)
         intercept, scale, dof_resid, loss, grad_norm, n_iter, converged, status
-                             (n_neurons,), chunks (neuron_chunk,)
+                             (neuron,), chunks (neuron_chunk,); status with CF flag_values/flag_meanings
         cv_model_terms, cv_null_terms, cv_status
-                             (n_strengths, n_folds, n_neurons), chunks (.., .., neuron_chunk):
-                             a PopulationGLMCV's held-out score terms and fit status (null
-                             terms for the pseudo-R2 scores only); attrs cv = their sizes
+                             (strength, fold, neuron), chunks (.., .., neuron_chunk): a
+                             PopulationGLMCV's held-out score terms and fit status (null terms
+                             for the pseudo-R2 scores only); attrs cv = their sizes
         cv_index, cv_strength
-                             (n_neurons,): each neuron's selected candidate and strength
-        done                 (n_blocks,) uint64, one chunk per block: 0, or the block's checksum
+                             (neuron,): each neuron's selected candidate and strength
+        feature, neuron      coordinates, copied from the inputs
+        done                 (block, marker) uint64, one chunk per block: 0, or the block's checksum
         cv_done              the same for the cross-validation paths alone, written first when
                              one strength is selected from the scores of every block
-        solver_state/<name>  (*shape, n_neurons) per neuron, or (n_blocks, *shape) per block
+        solver_state/<name>  (*shape, neuron) per neuron, or (block, *shape) per block
         <fit name>/          a named fit (distglm.fit(..., name=...)): the same layout, its own
                              fingerprint and done markers
     job/                     attrs: the record of a fit submitted to a cluster
@@ -31,6 +34,11 @@ A store is one Zarr group (a local directory or any URL Zarr accepts) laid out a
 The parts live in three modules, by what they hold: :mod:`~distglm.store.inputs` (what the user
 wrote), :mod:`~distglm.store.results` (what fits write) and :mod:`~distglm.store.records` (job
 records and the lease). Their public functions are gathered here.
+
+Every array names its dimensions (Zarr v3 ``dimension_names``) and says what it holds
+(``long_name``, ``description``, ``units`` where there are units), so
+``xarray.open_zarr(path, group="inputs")`` and ``group="results"`` open labelled Datasets.
+Stores written before the coordinates existed read as before, with positions for ids.
 
 How the store stays true to its data:
 
@@ -54,6 +62,7 @@ from .inputs import (
     inputs_generation,
     nan_rows,
     open_inputs,
+    read_coordinates,
     read_mask_block,
     read_X,
     read_y_block,
@@ -61,6 +70,7 @@ from .inputs import (
     scan_y,
     write_inputs,
 )
+from ._zarr import software_versions, using_storage_options, with_storage_options
 from .records import (
     Lease,
     acquire_lease,
@@ -104,6 +114,7 @@ __all__ = [
     "write_inputs",
     "open_inputs",
     "inputs_generation",
+    "read_coordinates",
     "read_X",
     "read_y_block",
     "read_mask_block",
@@ -124,4 +135,7 @@ __all__ = [
     "read_lease",
     "break_lease",
     "describe_holder",
+    "software_versions",
+    "using_storage_options",
+    "with_storage_options",
 ]

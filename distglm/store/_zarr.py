@@ -9,8 +9,12 @@ as raw keys of the store through :func:`get_key`, :func:`put_key` and :func:`del
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import threading
+from importlib import metadata as package_metadata
 
 import numpy as np
 import zarr
@@ -28,7 +32,11 @@ _SAFE_CODECS = frozenset({
     "zlib", "lz4", "bz2", "lzma", "shuffle", "delta", "bitround", "numcodecs.zstd",
     "numcodecs.gzip", "numcodecs.blosc", "numcodecs.zlib", "numcodecs.lz4", "numcodecs.bz2",
     "numcodecs.lzma", "numcodecs.shuffle", "numcodecs.delta", "numcodecs.crc32",
+    # UTF-8 strings of coordinate arrays (neuron ids, feature names): decoded as text, never as objects
+    "vlen-utf8",
 })
+# Data types of coordinate arrays besides numbers: Zarr v3's variable-length UTF-8 string.
+_LABEL_DTYPES = frozenset({"string"})
 
 
 def as_path(path) -> str:
@@ -46,10 +54,65 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
 
 
+# fsspec options (credentials, endpoints) for store URLs, held by this process only: never written
+# into a store, a job record or a log.
+_STORAGE_OPTIONS: dict[str, dict] = {}
+_STORAGE_OPTIONS_LOCK = threading.Lock()
+
+
+def check_storage_options(storage_options) -> dict | None:
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise InputTypeError("storage_options must be a dict of fsspec options (as for fsspec.filesystem) or "
+                             f"None; got {type(storage_options).__name__}")
+    return storage_options or None
+
+
+@contextlib.contextmanager
+def using_storage_options(path, options):
+    """Open the store at URL ``path`` with the fsspec ``options`` in this process while inside.
+
+    Every store function opens the store anew by its path; this is how the options reach them
+    without being stored anywhere. Local paths take no options.
+    """
+    options = check_storage_options(options)
+    path = as_path(path)
+    if options is not None and "://" not in path:
+        raise InputError(f"storage_options are for URLs of fsspec stores (s3://, gs://, ...); got the local path {path}")
+    if options is None:
+        yield
+        return
+    with _STORAGE_OPTIONS_LOCK:
+        previous = _STORAGE_OPTIONS.get(path)
+        _STORAGE_OPTIONS[path] = options
+    try:
+        yield
+    finally:
+        with _STORAGE_OPTIONS_LOCK:
+            if previous is None:
+                _STORAGE_OPTIONS.pop(path, None)
+            else:
+                _STORAGE_OPTIONS[path] = previous
+
+
+def with_storage_options(function):
+    """Decorate ``function(path, ..., storage_options=None)`` to run with the store opened with them."""
+
+    @functools.wraps(function)
+    def opened(path, *args, storage_options=None, **kwargs):
+        path = os.fspath(path) if isinstance(path, os.PathLike) else path
+        with using_storage_options(path, storage_options):
+            return function(path, *args, storage_options=storage_options, **kwargs)
+
+    return opened
+
+
 def open_group(path: str, mode: str) -> zarr.Group:
+    with _STORAGE_OPTIONS_LOCK:
+        options = _STORAGE_OPTIONS.get(path)
     try:
         # Consolidated metadata would go stale as soon as results are added, so never use it.
-        return zarr.open_group(path, mode=mode, use_consolidated=False)
+        return zarr.open_group(path, mode=mode, use_consolidated=False,
+                               **({} if options is None else {"storage_options": options}))
     except (OSError, KeyError, BaseZarrError) as err:
         raise StoreError(
             f"{path} is not a distglm store: no Zarr group at {path} ({err})"
@@ -148,6 +211,52 @@ def array(group: zarr.Group, name: str, path: str, hint: str) -> zarr.Array:
     if np.dtype(found.dtype).kind not in NUMERIC_KINDS:
         raise StoreError(f"{path}: {name} must be numeric; got dtype {found.dtype}")
     return found
+
+
+def labels(group: zarr.Group, name: str, path: str, length: int) -> np.ndarray | None:
+    """A coordinate array (numbers or strings) of ``length`` entries, or None when the store has none.
+
+    Stores written before coordinates were recorded have none; callers fall back to positions.
+    """
+    if node(group, name, path) is None:
+        return None
+    check_safe(group, name, path)
+    found = node(group, name, path)
+    kind = np.dtype(found.dtype).kind if isinstance(found, zarr.Array) else None
+    data_types = {str(document.get("data_type")) for document in _raw_metadata(group, name)}
+    if kind is None or not (kind in NUMERIC_KINDS or data_types <= _LABEL_DTYPES):
+        raise StoreError(f"{path}: {name} must be a 1-D array of numbers or strings; got {found!r}")
+    if found.shape != (length,):
+        raise StoreError(f"{path}: {name} must have shape ({length},), one entry per index; got {found.shape}")
+    values = read(found, Ellipsis, name, path)
+    return np.array(values.tolist(), dtype=str) if kind not in NUMERIC_KINDS else values
+
+
+def write_coordinate(group: zarr.Group, name: str, values, attributes: dict, dimension: str | None = None) -> None:
+    """Write a 1-D coordinate array ``name`` along ``dimension`` (by default the dimension ``name``).
+
+    xarray takes an array named as its only dimension for that dimension's index. Strings are
+    stored as Zarr v3 variable-length UTF-8 strings, numbers as they are.
+    """
+    values = np.asarray(values)
+    dtype = str if values.dtype.kind in "OUST" else values.dtype
+    # chunks of at most a million entries: a long recording's time index is read in pieces
+    coordinate = group.create_array(name, shape=values.shape, dtype=dtype, chunks=(min(values.size, 2**20),),
+                                     dimension_names=(dimension or name,), attributes=attributes)
+    coordinate[...] = values.astype(str) if dtype is str else values
+
+
+def software_versions() -> dict:
+    """The versions of distglm and of the libraries whose behaviour a store depends on."""
+    import distglm
+
+    versions = {"distglm": distglm.__version__, "zarr": zarr.__version__, "numpy": np.__version__}
+    # read from the package metadata: the store never imports JAX
+    try:
+        versions["jax"] = package_metadata.version("jax")
+    except package_metadata.PackageNotFoundError:
+        versions["jax"] = None
+    return versions
 
 
 def read(values: zarr.Array, selection, name: str, path: str) -> np.ndarray:

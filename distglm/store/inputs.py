@@ -10,6 +10,7 @@ incomplete, so an interrupted ``write_inputs`` is never fitted. Groups written b
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from typing import Callable, NamedTuple
 
@@ -30,6 +31,7 @@ __all__ = [
     "write_inputs",
     "open_inputs",
     "inputs_generation",
+    "read_coordinates",
     "read_X",
     "read_y_block",
     "read_mask_block",
@@ -94,6 +96,76 @@ class InputsInfo(NamedTuple):
 # Inputs
 
 
+def _is_time_series(value) -> bool:
+    # pynapple's Tsd, TsdFrame and TsdTensor, recognised by their attributes: the store never
+    # imports pynapple.
+    return all(hasattr(value, attr) for attr in ("times", "values", "time_support"))
+
+
+def _unwrap_series(value, what: str) -> tuple:
+    """``(array, times, column labels, metadata)`` of a pynapple object; ``(value, None, None, {})`` otherwise.
+
+    A ``Tsd`` is one column and a ``TsdTensor`` has its trailing axes flattened into columns, so
+    that each is the 2-D array the store holds.
+    """
+    if not _is_time_series(value):
+        return value, None, None, {}
+    array = np.asarray(value.values)
+    if array.ndim == 0:
+        raise InputError(f"{what} must hold one value per time bin; got a scalar time series")
+    array = array.reshape(array.shape[0], -1)
+    columns = getattr(value, "columns", None)
+    columns = None if columns is None else np.asarray(columns)
+    table = getattr(value, "metadata", None)
+    meta = {}
+    if table is not None and len(getattr(table, "columns", ())):
+        # a "/" would nest the array in a subgroup, and CF lists coordinates separated by spaces
+        meta = {re.sub(r"[/\s]", "_", str(name)): _plain(np.asarray(table[name])) for name in table.columns}
+    return array, np.asarray(value.times(), dtype=np.float64), columns, meta
+
+
+def _plain(values: np.ndarray) -> np.ndarray:
+    """Numbers as they are, anything else (pandas' object columns) as strings."""
+    return values if values.dtype.kind in "biuf" else values.astype(str)
+
+
+def _check_labels(values, length: int, what: str) -> np.ndarray:
+    """1-D, ``length`` unique numbers or strings, as an array (strings as str)."""
+    try:
+        values = np.asarray(values)
+    except (TypeError, ValueError) as err:
+        raise InputTypeError(f"{what} must be a 1-D sequence of numbers or strings; {err}") from None
+    values = _plain(values) if values.dtype.kind == "O" else values
+    if values.dtype.kind not in "biuUST":
+        raise InputTypeError(f"{what} must hold integers or strings; got dtype {values.dtype}")
+    if values.shape != (length,):
+        raise InputError(f"{what} must have shape ({length},), one entry each; got shape {values.shape}")
+    if len(np.unique(values)) != length:
+        raise InputError(f"{what} must be unique; got repeated entries")
+    return values
+
+
+def _check_time(values, n_samples: int) -> np.ndarray:
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputTypeError(f"time must be a 1-D array of numbers (seconds); {err}") from None
+    if values.shape != (n_samples,):
+        raise InputError(f"time must have shape ({n_samples},), one entry per sample of X; got shape {values.shape}")
+    if not np.all(np.isfinite(values)) or np.any(np.diff(values) <= 0):
+        raise InputError("time must be finite and strictly increasing (the time of each sample, in seconds)")
+    return values
+
+
+def _labels_of(given, derived, default, length: int, what: str) -> np.ndarray:
+    """The labels given by the caller, else those of the data, else ``default``; checked."""
+    if given is not None and derived is not None and not np.array_equal(np.asarray(given), derived):
+        raise InputError(f"{what} was given but differs from the labels of the data ({list(derived[:5])}...); "
+                         "give one or the other")
+    return _check_labels(default if given is None and derived is None else
+                         (given if given is not None else derived), length, what)
+
+
 def _validate_y(y, n_samples: int):
     # Objects with a shape and a dtype (numpy memmaps, zarr or h5py arrays) are sliced, never
     # loaded whole; anything else is small enough to be an in-memory array.
@@ -141,11 +213,16 @@ def _refuse_foreign_directory(path: str) -> None:
         )
 
 
-def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=False) -> str:
+@_zarr.with_storage_options
+def write_inputs(path, X, y, feature_mask=None, *, time=None, neuron_ids=None, feature_names=None,
+                 neuron_chunk=None, overwrite=False, storage_options=None) -> str:
     """Write a fit's inputs to a Zarr store, ``y`` and the mask chunked along neurons.
 
     Every argument is checked before the store is touched, so a refused call leaves the store
-    as it was.
+    as it was. The store describes itself: every array names its dimensions (``time``,
+    ``feature``, ``neuron``) and says what it holds, and the time of each sample, the name of
+    each feature and the id of each neuron are stored as coordinates, so
+    ``xarray.open_zarr(path, group="inputs")`` opens it as a labelled Dataset.
 
     Parameters
     ----------
@@ -155,15 +232,29 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
         Design matrix shared by all neurons. A dict of feature groups is stored concatenated in
         dict order, with the groups' names and sizes in the ``inputs`` attributes. Must be
         finite except for NaN, which marks a time bin dropped from the fit. Stored as float
-        (integer X becomes float64).
+        (integer X becomes float64). A pynapple ``TsdFrame``, ``Tsd`` (one feature) or
+        ``TsdTensor`` (trailing axes flattened into features) gives its time index and column
+        labels.
     y : array of shape (n_samples, n_neurons)
         Responses, any numeric dtype; integer counts stay integer and bool becomes uint8. Any
         object with ``shape``, ``dtype`` and numpy slicing (a ``numpy.memmap``, a Zarr array)
-        is copied a few chunks at a time, never loaded whole.
+        is copied a few chunks at a time, never loaded whole. A pynapple ``TsdFrame`` (or
+        ``Tsd``, one neuron) gives its time index, its column labels as neuron ids and its
+        metadata columns as per-neuron coordinates (``neuron_<name>``).
     feature_mask : array of shape (n_features, n_neurons) or dict, optional
         0/1 entries: feature ``i`` predicts neuron ``j`` iff ``feature_mask[i, j] == 1``. When X
         is a dict, a dict with the same keys of arrays of shape (n_neurons,), each repeated over
         its group's columns. Absent means all ones.
+    time : array of shape (n_samples,), optional
+        Time of each sample in seconds, strictly increasing; by default that of a pynapple X or
+        y, else the sample index (stored without units).
+    neuron_ids : array of shape (n_neurons,), optional
+        Unique integer or string id of each neuron; by default the column labels of a pynapple
+        y, else 0 .. n_neurons - 1. Reports, ``distglm inspect`` and the xarray view name
+        neurons by these ids.
+    feature_names : array of shape (n_features,), optional
+        Unique name (or integer label) of each column of X; by default the column labels of a
+        pynapple X, ``"<group>[i]"`` for a dict of feature groups, else 0 .. n_features - 1.
     neuron_chunk : int, optional
         Chunk length along neurons, at most n_neurons. By default the largest length whose
         chunk of y holds at most 32 MiB, capped at 64 neurons so that populations of a few
@@ -174,6 +265,9 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
         the old ones. Interrupted at any point, the store is left with inputs marked incomplete
         (refused by every reader until written again), never with old results over new inputs.
         By default a store that holds inputs is refused.
+    storage_options : dict, optional
+        fsspec options (credentials, endpoint) for a store at a URL, as ``fsspec.filesystem``
+        takes them; used by this call only, never written into the store.
 
     Returns
     -------
@@ -203,10 +297,31 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
     path = as_path(path)
     if not isinstance(overwrite, bool):
         raise InputTypeError(f"overwrite must be a bool; got {type(overwrite).__name__}")
+    if isinstance(X, dict):
+        unwrapped = {name: _unwrap_series(value, f"X[{name!r}]") for name, value in X.items()}
+        X = {name: parts[0] for name, parts in unwrapped.items()}
+        x_times = next((parts[1] for parts in unwrapped.values() if parts[1] is not None), None)
+        x_columns = None
+    else:
+        X, x_times, x_columns, _ = _unwrap_series(X, "X")
+    y, y_times, y_columns, neuron_meta = _unwrap_series(y, "y")
     X, groups = val.as_design(X)
     val.check_finite(X)
     n_samples, n_features = X.shape
     y, n_neurons, y_dtype = _validate_y(y, n_samples)
+    if x_times is not None and y_times is not None and not np.array_equal(x_times, y_times):
+        raise InputError("X and y are time series on different time indexes; restrict them to the same "
+                         "time bins first (pynapple: y.restrict(...) or y.bin_average(..., ep=...))")
+    series_times = x_times if x_times is not None else y_times
+    time_units = time is not None or series_times is not None
+    time = _check_time(time if time is not None else
+                       series_times if series_times is not None else np.arange(n_samples), n_samples)
+    if series_times is not None and not np.array_equal(time, series_times):
+        raise InputError("time was given but differs from the time index of the pynapple input; give one or the other")
+    default_names = (np.arange(n_features) if groups is None else
+                     np.array([f"{name}[{i}]" for name, size in groups for i in range(size)]))
+    feature_names = _labels_of(feature_names, x_columns, default_names, n_features, "feature_names")
+    neuron_ids = _labels_of(neuron_ids, y_columns, np.arange(n_neurons), n_neurons, "neuron_ids")
     mask = (None if feature_mask is None
             else val.as_feature_mask(feature_mask, groups, n_features, n_neurons).astype(np.uint8))
     if neuron_chunk is None:
@@ -237,17 +352,22 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
         discard_all_results(root)
         _zarr.delete_node(root, "inputs")
 
-        attributes = {"complete": False, "generation": uuid.uuid4().hex}
+        attributes = {"complete": False, "generation": uuid.uuid4().hex,
+                      "title": "inputs of a population GLM fit (distglm)",
+                      "software": _zarr.software_versions()}
         if groups:
             attributes["feature_groups"] = [list(group) for group in groups]
         inputs = root.create_group("inputs", attributes=attributes)
+        _write_coordinates(inputs, time, time_units, feature_names, neuron_ids, neuron_meta)
         row_chunk = min(n_samples, _ROW_CHUNK)
         x_rows = max(1, _X_CHUNK_BYTES // (n_features * X.dtype.itemsize))
         inputs.create_array(
-            "X", shape=X.shape, dtype=X.dtype, chunks=(min(row_chunk, x_rows), n_features)
+            "X", shape=X.shape, dtype=X.dtype, chunks=(min(row_chunk, x_rows), n_features),
+            dimension_names=("time", "feature"), attributes=_X_ATTRIBUTES,
         )[...] = X
         y_store = inputs.create_array(
-            "y", shape=(n_samples, n_neurons), dtype=y_dtype, chunks=(row_chunk, neuron_chunk)
+            "y", shape=(n_samples, n_neurons), dtype=y_dtype, chunks=(row_chunk, neuron_chunk),
+            dimension_names=("time", "neuron"), attributes=_y_attributes(y_dtype, neuron_meta),
         )
         # Whole chunks per slice: each chunk is written once, with no read-modify-write.
         chunk_bytes = row_chunk * neuron_chunk * y_dtype.itemsize
@@ -259,11 +379,47 @@ def write_inputs(path, X, y, feature_mask=None, *, neuron_chunk=None, overwrite=
                 y_store[rows, start:stop] = np.asarray(y[rows, start:stop]).astype(y_dtype, copy=False)
         if mask is not None:
             inputs.create_array(
-                "feature_mask", shape=mask.shape, dtype=np.uint8, chunks=(n_features, neuron_chunk)
+                "feature_mask", shape=mask.shape, dtype=np.uint8, chunks=(n_features, neuron_chunk),
+                dimension_names=("feature", "neuron"), attributes=_MASK_ATTRIBUTES,
             )[...] = mask
         lease.check()
         inputs.attrs["complete"] = True
     return path
+
+
+_X_ATTRIBUTES = {
+    "long_name": "design matrix",
+    "description": "predictors shared by every neuron, one row per time bin; a row holding NaN is left "
+                   "out of the fit",
+}
+_MASK_ATTRIBUTES = {
+    "long_name": "feature mask",
+    "description": "whether a feature is a predictor of a neuron",
+    "flag_values": [0, 1],
+    "flag_meanings": "excluded included",
+}
+
+
+def _y_attributes(dtype: np.dtype, neuron_meta: dict) -> dict:
+    attributes = {"long_name": "responses",
+                  "description": "activity of each neuron in each time bin, the variable the model predicts"}
+    if dtype.kind in "iu":
+        attributes["units"] = "count"
+    if neuron_meta:
+        # CF: the names of auxiliary coordinates along this variable's dimensions
+        attributes["coordinates"] = " ".join(f"neuron_{name}" for name in neuron_meta)
+    return attributes
+
+
+def _write_coordinates(inputs, time, time_units: bool, feature_names, neuron_ids, neuron_meta: dict) -> None:
+    time_attributes = ({"long_name": "time", "units": "s"} if time_units
+                       else {"long_name": "sample index", "description": "no time index was given"})
+    _zarr.write_coordinate(inputs, "time", time, time_attributes)
+    _zarr.write_coordinate(inputs, "feature", feature_names, {"long_name": "feature (column of X)"})
+    _zarr.write_coordinate(inputs, "neuron", neuron_ids, {"long_name": "neuron id"})
+    for name, values in neuron_meta.items():
+        _zarr.write_coordinate(inputs, f"neuron_{name}", values,
+                               {"long_name": f"{name} of each neuron (pynapple metadata)"}, "neuron")
 
 
 def _open_inputs(path: str):
@@ -358,6 +514,42 @@ def open_inputs(path) -> InputsInfo:
     (('a', 2), ('b', 1))
     """
     return _open_inputs(as_path(path))[0]
+
+
+def read_coordinates(path) -> dict[str, np.ndarray]:
+    """The time of each sample, the name of each feature and the id of each neuron.
+
+    Stores written before coordinates were recorded (or by hand with Zarr) give positions:
+    0 .. n - 1 along each dimension.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+
+    Returns
+    -------
+    dict
+        ``"time"`` of shape (n_samples,), ``"feature"`` of shape (n_features,) and ``"neuron"``
+        of shape (n_neurons,); numbers, or strings for string labels.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((3, 1)), np.ones((3, 2)),
+    ...                     neuron_ids=["unit7", "unit9"])
+    >>> read_coordinates(path)["neuron"]
+    array(['unit7', 'unit9'], dtype='<U5')
+    """
+    path = as_path(path)
+    info = open_inputs(path)
+    inputs = open_group(path, "r")["inputs"]
+    lengths = {"time": info.n_samples, "feature": info.n_features, "neuron": info.n_neurons}
+    coordinates = {}
+    for name, length in lengths.items():
+        found = _zarr.labels(inputs, name, path, length)
+        coordinates[name] = np.arange(length) if found is None else found
+    return coordinates
 
 
 def inputs_generation(path) -> str | None:

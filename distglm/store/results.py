@@ -84,11 +84,41 @@ _FIXED_RESULTS = {
     "cv_status": (np.dtype("int8"), STATUS_UNWRITTEN),
     "cv_index": (np.dtype("int32"), -1),
 }
+# What each result array holds, for readers of the store who never read distglm's code.
+_DESCRIPTIONS = {
+    "coef": {"long_name": "coefficients", "description": "weight of each feature in each neuron's linear "
+             "predictor; 0 where the feature mask excludes the feature"},
+    "intercept": {"long_name": "intercept", "description": "constant term of each neuron's linear predictor"},
+    "scale": {"long_name": "scale", "description": "estimated scale (dispersion) of each neuron's "
+              "observation model"},
+    "dof_resid": {"long_name": "residual degrees of freedom", "units": "1"},
+    "loss": {"long_name": "final objective", "description": "mean negative log-likelihood per time bin "
+             "plus the penalty, at the solution"},
+    "grad_norm": {"long_name": "gradient norm", "description": "norm of the objective's gradient at the "
+                  "solution, the solver's stopping measure"},
+    "n_iter": {"long_name": "solver iterations", "units": "1"},
+    "converged": {"long_name": "converged", "description": "whether the solver met its tolerance"},
+    "done": {"long_name": "block done markers", "description": "per block: checksum of its results (0 "
+             "until the block is written), first neuron, one past the last neuron"},
+    "cv_done": {"long_name": "block path markers", "description": "per block: checksum of its "
+                "cross-validation path (0 until written), first neuron, one past the last neuron"},
+    "cv_model_terms": {"long_name": "held-out score terms", "description": "per candidate strength and fold: "
+                       "mean over the fold's held-out samples of the model's score terms"},
+    "cv_null_terms": {"long_name": "held-out null score terms", "description": "the same for the null model "
+                      "(pseudo-R2 scores)"},
+    "cv_index": {"long_name": "selected candidate", "description": "index of the selected strength among the "
+                 "candidates, largest first"},
+    "cv_strength": {"long_name": "selected regularizer strength"},
+}
+# Dimensions of the per-neuron arrays other than (neuron,).
+_DIMENSIONS = {"coef": ("feature", "neuron"), "coef_se": ("feature", "neuron"),
+               "cv_model_terms": ("strength", "fold", "neuron"), "cv_null_terms": ("strength", "fold", "neuron"),
+               "cv_status": ("strength", "fold", "neuron")}
 
 
 # What a fit's group holds: a named fit's group beside them must not take one of these names.
 _RESERVED = (frozenset(RESULT_NAMES) | frozenset(HELDOUT_NAMES.values()) | frozenset(SE_NAMES) | frozenset(CV_NAMES)
-             | {"done", "cv_done", "solver_state"})
+             | {"done", "cv_done", "solver_state", "feature", "neuron"})
 _NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -232,6 +262,8 @@ def create_results(
     heldout=False,
     standard_errors=False,
     cv=None,
+    attributes=None,
+    status_meanings=None,
 ) -> None:
     """Create every result array of a fit, before any block is written, or keep them to resume.
 
@@ -276,6 +308,16 @@ def create_results(
         n_neurons), likewise. With ``pooled`` (one strength selected from every block's scores),
         the path arrays are written first, each block marked in ``cv_done`` as ``done`` marks a
         block (see :meth:`ResultsWriter.write_path`), and the whole block again with the refit.
+    attributes : dict, optional
+        JSON-serialisable attributes of the ``results`` group (the model, software versions), for
+        readers; the fingerprint alone decides whether results are resumed.
+    status_meanings : dict of int to str, optional
+        Meaning of each ``status`` code, one word each (``"not_converged"``), recorded as CF
+        ``flag_values``/``flag_meanings``; :data:`STATUS_UNWRITTEN` is always ``"unwritten"``.
+
+    Every array names its dimensions (``feature``, ``neuron``, ``block``) and the store's neuron
+    ids and feature names (:func:`~distglm.store.read_coordinates`) are copied beside them, so
+    ``xarray.open_zarr(path, group="results")`` opens the results as a labelled Dataset.
 
     Raises
     ------
@@ -312,6 +354,10 @@ def create_results(
             raise InputTypeError(f"{flag} must be a bool; got {type(value).__name__}")
     cv = _check_cv(cv)
     group = results_group(name)
+    attributes = _zarr.json_like({} if attributes is None else attributes, "attributes")
+    if not isinstance(attributes, dict) or {"fingerprint", "state_spec"} & set(attributes):
+        raise InputError(f"attributes must be a dict without the keys fingerprint and state_spec; got {attributes!r}")
+    flags = _status_flags(status_meanings)
 
     root = open_group(path, "r+")
     results = _zarr.node(root, group, path)
@@ -342,6 +388,8 @@ def create_results(
     results = root.require_group("results")
     if name is not None:
         results = results.create_group(name)
+    results.attrs.update(attributes)
+    _copy_coordinates(root, results, n_features, n_neurons, path)
     names = RESULT_NAMES + _extra_names(heldout, standard_errors, cv)
     per_neuron = {name: _FIXED_RESULTS.get(name, (dtype, np.nan)) for name in names}
     for name, (array_dtype, fill) in per_neuron.items():
@@ -349,24 +397,55 @@ def create_results(
         results.create_array(
             name, shape=shape, dtype=array_dtype, fill_value=fill,
             chunks=shape[:-1] + (neuron_chunk,),
+            dimension_names=_DIMENSIONS.get(name, ("neuron",)),
+            attributes=(flags if name in ("status", "cv_status")
+                        else _DESCRIPTIONS.get(name, {"long_name": name.replace("_", " ")})),
         )
     # (checksum, start, stop) per block, each block's row one chunk: written in one put.
     for marker in ("done", "cv_done") if cv is not None and cv["pooled"] else ("done",):
-        results.create_array(marker, shape=(n_blocks, 3), dtype=np.uint64, chunks=(1, 3), fill_value=0)
+        results.create_array(marker, shape=(n_blocks, 3), dtype=np.uint64, chunks=(1, 3), fill_value=0,
+                             dimension_names=("block", "marker"), attributes=_DESCRIPTIONS[marker])
     state = results.create_group("solver_state")
     for name, (shape, state_dtype, is_per_neuron) in spec.items():
         # Zarr refuses zero-length chunks, so an empty dimension gets a chunk of one.
         chunk_shape = tuple(max(1, n) for n in shape)
+        inner = tuple(f"{name}_{axis}" for axis in range(len(shape)))
         if is_per_neuron:
-            full, chunks = (*shape, n_neurons), (*chunk_shape, neuron_chunk)
+            full, chunks, dimensions = (*shape, n_neurons), (*chunk_shape, neuron_chunk), (*inner, "neuron")
         else:
-            full, chunks = (n_blocks, *shape), (1, *chunk_shape)
-        state.create_array(name, shape=full, dtype=state_dtype, chunks=chunks, fill_value=0)
+            full, chunks, dimensions = (n_blocks, *shape), (1, *chunk_shape), ("block", *inner)
+        state.create_array(name, shape=full, dtype=state_dtype, chunks=chunks, fill_value=0,
+                           dimension_names=dimensions, attributes={"long_name": f"solver state: {name}"})
     results.attrs["state_spec"] = spec
     results.attrs["heldout"] = heldout
     results.attrs["standard_errors"] = standard_errors
     results.attrs["cv"] = cv
     results.attrs["fingerprint"] = fingerprint
+
+
+def _status_flags(status_meanings) -> dict:
+    """The ``status`` array's attributes: CF flag values and one-word meanings."""
+    meanings = {STATUS_UNWRITTEN: "unwritten"}
+    if status_meanings is not None:
+        if not isinstance(status_meanings, dict):
+            raise InputTypeError(f"status_meanings must be a dict of int to str; got {type(status_meanings).__name__}")
+        for code, meaning in status_meanings.items():
+            if not isinstance(meaning, str) or not meaning or any(c.isspace() for c in meaning):
+                raise InputError(f"status_meanings[{code!r}] must be one word (CF flag_meanings are "
+                                 f"space-separated); got {meaning!r}")
+            meanings[_check_int(code, "status code", minimum=-128)] = meaning
+    return {"long_name": "fit status", "description": "outcome of each neuron's fit",
+            "flag_values": sorted(meanings), "flag_meanings": " ".join(meanings[c] for c in sorted(meanings))}
+
+
+def _copy_coordinates(root: zarr.Group, results: zarr.Group, n_features: int, n_neurons: int, path: str) -> None:
+    """Copy the inputs' feature names and neuron ids beside the results (positions if they have none)."""
+    inputs = _zarr.node(root, "inputs", path)
+    for name, length, long_name in (("feature", n_features, "feature (column of X)"),
+                                    ("neuron", n_neurons, "neuron id")):
+        found = None if inputs is None else _zarr.labels(inputs, name, path, length)
+        _zarr.write_coordinate(results, name, np.arange(length) if found is None else found,
+                               {"long_name": long_name})
 
 
 class ResultsWriter:
@@ -556,8 +635,9 @@ def discard_results(root: zarr.Group, name=None) -> None:
     for member in sorted(_RESERVED):
         _zarr.delete_node(root, f"{group}/{member}")
     results = root[group]
-    if "state_spec" in results.attrs:
-        results.attrs.pop("state_spec")
+    for key in ("state_spec", "title", "model", "software"):
+        if key in results.attrs:
+            results.attrs.pop(key)
 
 
 def discard_all_results(root: zarr.Group) -> None:
