@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import ray
+import xarray as xr
 import zarr
 from sklearn.model_selection import KFold
 
@@ -161,5 +162,8 @@ def test_distributed_selection_equals_the_in_memory_one_and_resumes(population, 
         _assert_same_selection(loaded, memory[name])
     assert store.read_results(path)["cv_null_terms"].shape == (5, 3, 10)
     assert "cv_null_terms" not in store.read_results(path, name="shared")
+    ds = xr.open_zarr(path, group="results", consolidated=False)
+    assert ds["cv_model_terms"].dims == ("strength", "fold", "neuron")
+    np.testing.assert_array_equal(ds["cv_strength"].values, memory[None].regularizer_strength_)
     assert main(["inspect", path, "--no-pseudo-r2"]) == 0
     assert "cross-validated strength per neuron" in capsys.readouterr().out
