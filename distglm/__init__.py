@@ -31,6 +31,7 @@ from .errors import (
     UnsupportedOptionError,
 )
 from .glm import GLM, PopulationGLM, PopulationGLMCV
+from .history import HistorySpec
 from .store import write_inputs
 # Imported now rather than on first call: importing the submodule ``distglm.submit`` later would
 # rebind the package's ``submit`` from the function to the module. It imports Ray only when used.
@@ -42,6 +43,7 @@ __all__ = [
     "GLM",
     "PopulationGLM",
     "PopulationGLMCV",
+    "HistorySpec",
     "write_inputs",
     "fit",
     "load_model",

@@ -95,6 +95,9 @@ class FitSpec:
     log_level : int or None
         The level at which the actors log a line per block to stderr (Ray forwards it to the
         driver and the job's log); None: they do not log.
+    history : dict or None
+        The fit's history features (``HistorySpec.to_json()``): each actor builds them, a chunk
+        of samples at a time, from the stored y of every neuron, after the stored X's columns.
     """
 
     path: str
@@ -116,6 +119,7 @@ class FitSpec:
     cv_index: int | None = None
     storage_options: dict | None = dataclasses.field(default=None, repr=False)
     log_level: int | None = None
+    history: dict | None = None
 
     def build_model(self):
         """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
@@ -163,6 +167,12 @@ class SampleReader:
         self.reader, self.dtype = reader, np.dtype(dtype)
         info = reader.info
         self.n_stored, self.n_features = info.n_samples, info.n_features
+        self.history = None
+        if spec.history is not None:
+            from .history import HistorySpec
+
+            self.history = HistorySpec.from_json(spec.history)
+            self.n_features += info.n_neurons * self.history.n_basis_funcs
         self.n_samples = info.n_samples if spec.n_samples is None else spec.n_samples
         self.dropped = np.zeros(0, np.int64) if spec.dropped_rows is None else np.asarray(spec.dropped_rows)
         # one stored chunk of samples per read; a recording stored in one chunk is read in
@@ -191,6 +201,33 @@ class SampleReader:
         """``values`` (the stored samples from ``row`` on) without the dropped ones; no copy when none is."""
         keep = self._kept(row, row + len(values))
         return values if keep.all() else values[keep]
+
+    def mask_block(self, start: int, stop: int) -> np.ndarray:
+        """The 0/1 mask of neurons ``[start, stop)``, of shape (n_features, stop - start): the stored
+        mask, then the history features' (coupling mask repeated for each kernel)."""
+        stored = self.reader.mask_block(start, stop)
+        if self.history is None:
+            return stored
+        coupling = self.history.coupling_mask(self.reader.info.n_neurons)[:, start:stop]
+        return np.concatenate([stored, np.repeat(coupling, self.history.n_basis_funcs, axis=0)])
+
+    def _history_rows(self, row: int, stop: int) -> np.ndarray:
+        """History features of the stored samples ``[row, stop)``, of shape (stop - row, n_neurons * K).
+
+        Read from the ``window_size`` samples before ``row`` on: a window may reach into the
+        previous stored chunk. Samples before the first have no history (zeros here; the
+        driver drops every sample whose window is not whole, or holds a NaN).
+        """
+        from .history import history_rows
+
+        window = self.history.window_size
+        first = max(row - window, 0)
+        past = np.zeros((stop - 1 - (row - window), self.reader.info.n_neurons), np.float64)
+        if stop - 1 > first:
+            past[first - (row - window):] = self.reader.y_block(0, self.reader.info.n_neurons,
+                                                                slice(first, stop - 1))
+        np.nan_to_num(past, copy=False, nan=0.0)
+        return history_rows(past, self.history.kernels)
 
     def design(self, n_cols: int):
         """X without its NaN rows, padded with zero rows to the fit's bucket: a JAX array, read once.
@@ -262,7 +299,10 @@ class SampleReader:
         def read_X(i):
             row, end, keep = rows_of(i)
             X = np.zeros((rows, self.n_features), self.dtype)
-            X[:end - row] = self.reader.X_rows(slice(row, end))
+            n_stored = self.reader.info.n_features
+            X[:end - row, :n_stored] = self.reader.X_rows(slice(row, end))
+            if self.history is not None:
+                X[:end - row, n_stored:] = self._history_rows(row, end)
             X[~keep] = 0.0
             return X
 
@@ -411,7 +451,7 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
     # the padded shape the core compiles for, so it uses them without a copy.
     n_cols = core_fit.bucket_neurons(pad_to)
     mask = np.zeros((data.n_features, n_cols), data.dtype)
-    mask[:, :n_real] = data.reader.mask_block(block.start, block.stop)
+    mask[:, :n_real] = data.mask_block(block.start, block.stop)
     y = None
     if not stream:
         X = data.design(n_cols)

@@ -494,6 +494,10 @@ def _inspect_pseudo_r2(wanted: bool, info, path: str, name: str | None, complete
     if info.feature_groups:
         starts = np.cumsum([0] + [size for _, size in info.feature_groups])
         X = {name: X[:, s:s + size] for (name, size), s in zip(info.feature_groups, starts)}
+    if model.history_ is not None:
+        from .history import design
+
+        X = design(X, y, model.history_)
     return _stats(pseudo_r2(model, X, y))
 
 

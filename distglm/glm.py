@@ -423,6 +423,8 @@ class GLM:
         self.coef_se_ = None
         self.intercept_se_ = None
         self.heldout_scores_ = None
+        # the declared history features of a fit loaded from a store (distglm.history)
+        self.history_ = None
         self._groups = None
         self._step_args = None
         self._neuron_ids = None
@@ -574,7 +576,7 @@ class GLM:
         self._groups = groups
         self._neuron_ids = neuron_ids
         self.n_features_in_ = int(np.shape(arrays["coef"])[0])
-        self.coef_se_ = self.intercept_se_ = self.heldout_scores_ = None
+        self.coef_se_ = self.intercept_se_ = self.heldout_scores_ = self.history_ = None
         self.coef_ = self._user_coef(np.asarray(arrays["coef"]))
         self.intercept_ = np.asarray(arrays["intercept"])
         for name in ("scale", "dof_resid", "n_iter", "converged", "status"):

@@ -334,6 +334,7 @@ def fit(
     test_samples=None,
     standard_errors: bool = False,
     stream: bool | None = None,
+    history=None,
     memory_per_actor: int | None = None,
     storage_options: dict | None = None,
 ) -> FitReport:
@@ -417,6 +418,14 @@ def fit(
         fsspec options for a store at a URL (``{"key": ..., "secret": ..., "client_kwargs":
         {"endpoint_url": ...}}`` for S3), used by this process and sent to the actors in
         memory; never written into the store.
+    history : HistorySpec, optional
+        Spike-history and coupling features (:class:`distglm.history.HistorySpec`), built by
+        the actors from the stored y a chunk of samples at a time, never whole: the fitted
+        design is ``[X, history features]`` with ``n_features + n_neurons * K`` columns, its
+        mask the stored mask over the coupling mask repeated for each kernel. The spec is
+        recorded with the fit. The first ``window_size`` samples, and every sample whose
+        window holds a dropped sample (NaN in X or y), are dropped. Always streamed; not with
+        SVRG, ``test_samples``, ``standard_errors`` or X stored as feature groups.
 
     Returns
     -------
@@ -467,12 +476,28 @@ def fit(
                                      "cannot fit streamed samples; pass stream=False or a full-batch solver")
     inverse_link = _custom_link(model)
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
+    history = _check_history(history, info, stream, stochastic, test, standard_errors)
+    if _is_cv(model) and (stream or history is not None):
+        raise UnsupportedOptionError(
+            "a PopulationGLMCV fits each fold's samples in memory, and cannot stream them"
+            + (": pass stream=False (or leave it out)" if history is None else
+               " nor build history features, which only streaming actors do: fit the store with a PopulationGLM "
+               "at a strength cross-validated in memory"))
     keep, mask, digest = _scan_inputs(path, info, config.observation, dtype)
     _check_mask(model, info, mask)
+    n_features = info.n_features
+    if history is not None:
+        keep = _history_keep(keep, history.window_size)
+        n_features += info.n_neurons * history.n_basis_funcs
+        if not keep.any():
+            raise InputError(f"no sample has a whole history window of {history.window_size} samples without NaN "
+                             f"among the {info.n_samples} stored")
     n_kept = int(keep.sum())
     model_config = {**model_to_config(model), "feature_mask": None}
     fingerprint = {"model": model_config, "n_samples": n_kept, "dtype": np.dtype(dtype).str,
                    "inputs": {"generation": info.generation, "digest": digest}}
+    if history is not None:
+        fingerprint["history"] = history.to_json()
     # training samples: kept and not held out; held-out ones as stored sample indices
     train, test_rows = keep, None
     if test is not None:
@@ -486,9 +511,6 @@ def fit(
         fingerprint["standard_errors"] = True
     folds = grid = None
     if _is_cv(model):
-        if stream:
-            raise UnsupportedOptionError("a PopulationGLMCV fits each fold's samples in memory and cannot stream them; "
-                                         "pass stream=False (or leave it out)")
         folds = fold_labels(model.cv, train)
         grid = _cv_grid(model, config, path, info, train, dtype)
         fingerprint["cv_grid"] = grid.tolist()
@@ -516,21 +538,22 @@ def fit(
         actors = num_actors or max(cpus, 1)
         blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size, actors)
         pad_to = _plan.padded_size(blocks)
-        block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
-        spec = core_fit.state_spec(config, n_train, info.n_features, pad_to, dtype, block_strength(blocks[0]))
+        block_strength = _strength_by_block(model, n_features, info.n_neurons, pad_to)
+        spec = core_fit.state_spec(config, n_train, n_features, pad_to, dtype, block_strength(blocks[0]))
         budget = memory_per_actor or _memory_per_cpu(ray)
-        streams = not stochastic and grid is None and _streams(stream, n_train, info.n_features, pad_to, dtype)
+        streams = history is not None or (not stochastic and grid is None
+                                          and _streams(stream, n_train, n_features, pad_to, dtype))
         estimate = None
         if not streams:
             # the estimate describes an actor that holds its samples; a streaming actor's memory
             # is bounded by its chunk cache whatever the block
-            memory = _memory_model(config, n_train, info.n_features, dtype, mask, spec)
+            memory = _memory_model(config, n_train, n_features, dtype, mask, spec)
             largest = _plan.largest_block(budget, info.n_neurons, info.neuron_chunk, **memory)
             if block_size is None and largest < pad_to:
                 blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, largest, actors)
                 pad_to = _plan.padded_size(blocks)
-                block_strength = _strength_by_block(model, info.n_features, info.n_neurons, pad_to)
-                spec = core_fit.state_spec(config, n_train, info.n_features, pad_to, dtype, block_strength(blocks[0]))
+                block_strength = _strength_by_block(model, n_features, info.n_neurons, pad_to)
+                spec = core_fit.state_spec(config, n_train, n_features, pad_to, dtype, block_strength(blocks[0]))
             elif largest < pad_to:
                 warnings.warn(f"blocks of {pad_to} neurons need about {_estimate(memory, pad_to)} per actor, more "
                               f"than memory_per_actor={budget}; blocks of {largest} would fit", UserWarning,
@@ -549,7 +572,7 @@ def fit(
             if store.inputs_generation(path) != info.generation:
                 raise StoreError(f"{path}: the inputs were written again while this fit checked them; run the "
                                  "fit again")
-            store.create_results(path, n_features=info.n_features, n_neurons=info.n_neurons,
+            store.create_results(path, n_features=n_features, n_neurons=info.n_neurons,
                                  neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
                                  state_spec=spec, fingerprint=fingerprint, overwrite=not resume, name=name,
                                  heldout=test_rows is not None, standard_errors=standard_errors,
@@ -558,7 +581,9 @@ def fit(
                                                                "null": model.scoring != "log-likelihood",
                                                                "pooled": not model.per_neuron},
                                  attributes=_results_attributes(model_config),
-                                 status_meanings=core_fit.STATUS_NAMES)
+                                 status_meanings=core_fit.STATUS_NAMES,
+                                 extra_features=None if history is None else history.feature_names(
+                                     store.read_coordinates(path)["neuron"]))
             done = store.done_blocks(path, name) if resume else set()
             todo = [b for b in blocks if b.id not in done]
             t_prepared = time.perf_counter() - t_start
@@ -566,7 +591,8 @@ def fit(
                                inverse_link=inverse_link, dropped_rows=np.flatnonzero(~train), n_samples=n_train,
                                stream=streams, fit_name=name, test_rows=test_rows, standard_errors=standard_errors,
                                cv_grid=None if grid is None else tuple(grid.tolist()), cv_folds=folds,
-                               storage_options=storage_options, log_level=enabled_level())
+                               storage_options=storage_options, log_level=enabled_level(),
+                               history=fingerprint.get("history"))
             del keep, train
             dispatch = functools.partial(
                 _dispatch, lease=lease, max_retries=max_retries, block_timeout=float(block_timeout),
@@ -631,6 +657,32 @@ def _estimate(memory: dict, n_neurons: int) -> _plan.MemoryEstimate:
     return _plan.estimate_block_memory(memory.pop("n_samples"), memory.pop("n_features"), n_neurons, **memory)
 
 
+def _check_history(history, info: store.InputsInfo, stream, stochastic: bool, test, standard_errors: bool):
+    """``history`` checked against the store and the other options: a HistorySpec or None."""
+    if history is None:
+        return None
+    from .history import HistorySpec
+
+    if not isinstance(history, HistorySpec):
+        raise InputTypeError(f"history must be a distglm.history.HistorySpec or None; got {type(history).__name__}")
+    history.coupling_mask(info.n_neurons)
+    refused = [name for name, on in (("stream=False", stream is False), ("an SVRG solver", stochastic),
+                                     ("test_samples", test is not None), ("standard_errors", standard_errors),
+                                     ("X stored as feature groups", info.feature_groups is not None)) if on]
+    if refused:
+        raise UnsupportedOptionError(f"history features are built by streaming actors and cannot be fitted with "
+                                     f"{', '.join(refused)}")
+    return history
+
+
+def _history_keep(keep: np.ndarray, window: int) -> np.ndarray:
+    """``keep`` less the samples whose ``window`` preceding samples are not all kept (the first ``window`` too)."""
+    dropped = np.concatenate([[0], np.cumsum(~keep)])
+    t = np.arange(len(keep))
+    whole = (t >= window) & (dropped[t] == dropped[np.maximum(t - window, 0)])
+    return keep & whole
+
+
 def _test_mask(test_samples, n_samples: int) -> np.ndarray | None:
     """``test_samples`` as a bool mask of shape (n_samples,) over the store's samples, or None."""
     if test_samples is None:
@@ -665,7 +717,10 @@ def _streams(stream: bool | None, n_samples: int, n_features: int, pad_to: int, 
 
 def _check_resumable(path: str, stored: dict, fingerprint: dict, block_size) -> None:
     """Refuse to resume results of another fit, or of inputs that changed since they were fitted."""
-    differing = sorted(key for key in fingerprint if key != "inputs" and stored.get(key) != fingerprint[key])
+    # keys on either side: an option the stored fit had and this one drops (a history, held-out
+    # samples, standard errors) makes another fit as surely as one it adds
+    differing = sorted(key for key in {*fingerprint, *stored}
+                       if key not in ("inputs", "block_size") and stored.get(key) != fingerprint.get(key))
     if differing:
         raise StoreError(f"{path} holds results of a different fit (fingerprint differs in {differing}); "
                          "pass resume=False (distglm fit PATH --no-resume) to replace them")
@@ -991,7 +1046,15 @@ def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None,
             raise InputError(f"{path} was fitted with the custom inverse link {stored_link[7:]!r}, which a store "
                              "cannot hold: load it with mapping_dict={'inverse_link_function': the function}")
     model = FitSpec(path, fingerprint["model"], 0, False, link).build_model()
-    if info.has_mask:
+    history = None
+    if "history" in fingerprint:
+        from .history import HistorySpec
+
+        history = HistorySpec.from_json(fingerprint["history"])
+        stored = (store.read_mask_block(path, 0, info.n_neurons) if info.has_mask
+                  else np.ones((info.n_features, info.n_neurons)))
+        model.feature_mask = np.concatenate([stored, history.feature_mask(info.n_neurons)])
+    elif info.has_mask:
         mask = store.read_mask_block(path, 0, info.n_neurons)
         if info.feature_groups is None:
             model.feature_mask = mask
@@ -1008,6 +1071,7 @@ def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None,
     if _is_cv(model):
         _set_cv_results(model, fingerprint, results)
     model.heldout_scores_ = _heldout_scores(results)
+    model.history_ = history
     if "coef_se" in results:
         model.coef_se_, model.intercept_se_ = model._user_coef(results["coef_se"]), results["intercept_se"]
     return model

@@ -69,6 +69,8 @@ def test_a_cv_model_is_checked_before_the_store_is_touched(population):
             distglm.fit(path, model, progress=False)
     with pytest.raises(UnsupportedOptionError, match="cannot stream"):
         distglm.fit(path, PopulationGLMCV(), stream=True, progress=False)
+    with pytest.raises(UnsupportedOptionError, match="nor build history features"):
+        distglm.fit(path, PopulationGLMCV(), history=distglm.HistorySpec.raised_cosine_log(3, 5), progress=False)
     # a fold left with no sample once NaN rows are dropped
     labels = np.zeros(300, int)
     labels[[4, 150]] = [1, 1]

@@ -56,6 +56,11 @@ def test_actors_score_held_out_samples_and_compute_standard_errors(inputs, capsy
         with pytest.raises(StoreError, match="different fit"):
             distglm.fit(path, PopulationGLM(**MODEL), test_samples=~test, name="heldout", num_actors=1,
                         progress=False)
+        # and so is dropping an option the stored fit had: no held-out set, or no standard errors
+        for dropped in ({"standard_errors": True}, {"test_samples": test}):
+            with pytest.raises(StoreError, match=r"fingerprint differs in \['%s'\]" % next(
+                    name for name in ("standard_errors", "test_samples") if name not in dropped)):
+                distglm.fit(path, PopulationGLM(**MODEL), name="heldout", num_actors=1, progress=False, **dropped)
     finally:
         ray.shutdown()
     ok = ~np.isnan(X).any(axis=1)

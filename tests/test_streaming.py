@@ -199,7 +199,7 @@ def test_stream_option_is_checked_and_chosen_by_size(long_store):
 
 
 PEAK_SCRIPT = """
-import json, resource, sys
+import json, sys
 import numpy as np
 from distglm.core import ChunkSource, FitConfig, fit_streamed
 from distglm.core.observations import GaussianObservations
@@ -218,7 +218,9 @@ def read(i):
 source = ChunkSource(read, n_chunks=n_chunks, rows=rows, n_features=p, n_neurons=N, n_valid=n_chunks * rows)
 config = FitConfig(GaussianObservations(), "identity", Ridge(), "LBFGS")
 result = fit_streamed(source, np.ones((p, N), np.float32), config, strength=Ridge().expand_strength(0.01, p, N))
-print("PEAK " + json.dumps({"kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+# VmHWM is this process's own peak; getrusage's ru_maxrss keeps the forking parent's across exec
+hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print("PEAK " + json.dumps({"kb": hwm_kb,
                             "converged": bool(result.converged.all())}))
 """
 

@@ -264,6 +264,7 @@ def create_results(
     cv=None,
     attributes=None,
     status_meanings=None,
+    extra_features=None,
 ) -> None:
     """Create every result array of a fit, before any block is written, or keep them to resume.
 
@@ -311,6 +312,9 @@ def create_results(
     attributes : dict, optional
         JSON-serialisable attributes of the ``results`` group (the model, software versions), for
         readers; the fingerprint alone decides whether results are resumed.
+    extra_features : sequence of str, optional
+        Names of the fitted features after the stored X's columns (features the actors build,
+        such as history features): the last ``len(extra_features)`` of the ``n_features``.
     status_meanings : dict of int to str, optional
         Meaning of each ``status`` code, one word each (``"not_converged"``), recorded as CF
         ``flag_values``/``flag_meanings``; :data:`STATUS_UNWRITTEN` is always ``"unwritten"``.
@@ -389,7 +393,7 @@ def create_results(
     if name is not None:
         results = results.create_group(name)
     results.attrs.update(attributes)
-    _copy_coordinates(root, results, n_features, n_neurons, path)
+    _copy_coordinates(root, results, n_features, n_neurons, path, extra_features)
     names = RESULT_NAMES + _extra_names(heldout, standard_errors, cv)
     per_neuron = {name: _FIXED_RESULTS.get(name, (dtype, np.nan)) for name in names}
     for name, (array_dtype, fill) in per_neuron.items():
@@ -438,14 +442,19 @@ def _status_flags(status_meanings) -> dict:
             "flag_values": sorted(meanings), "flag_meanings": " ".join(meanings[c] for c in sorted(meanings))}
 
 
-def _copy_coordinates(root: zarr.Group, results: zarr.Group, n_features: int, n_neurons: int, path: str) -> None:
-    """Copy the inputs' feature names and neuron ids beside the results (positions if they have none)."""
+def _copy_coordinates(root: zarr.Group, results: zarr.Group, n_features: int, n_neurons: int, path: str,
+                      extra_features=None) -> None:
+    """Copy the inputs' feature names and neuron ids beside the results (positions if they have none),
+    the stored features' names followed by ``extra_features``, as strings, when there are any."""
     inputs = _zarr.node(root, "inputs", path)
-    for name, length, long_name in (("feature", n_features, "feature (column of X)"),
+    extra = [] if extra_features is None else [str(name) for name in extra_features]
+    for name, length, long_name in (("feature", n_features - len(extra), "feature (column of X)"),
                                     ("neuron", n_neurons, "neuron id")):
         found = None if inputs is None else _zarr.labels(inputs, name, path, length)
-        _zarr.write_coordinate(results, name, np.arange(length) if found is None else found,
-                               {"long_name": long_name})
+        values = np.arange(length) if found is None else found
+        if name == "feature" and extra:
+            values = np.array([str(v) for v in values] + extra)
+        _zarr.write_coordinate(results, name, values, {"long_name": long_name})
 
 
 class ResultsWriter:
