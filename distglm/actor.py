@@ -26,7 +26,8 @@ from .compile_cache import enable_compilation_cache
 from .logs import log_to_stderr
 from .plan import Block
 
-__all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "fit_one_block", "slice_strength"]
+__all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "cv_path_arrays", "fit_one_block", "select_block",
+           "slice_strength", "stored_path"]
 
 _log = logging.getLogger(__name__)
 
@@ -76,6 +77,18 @@ class FitSpec:
         each neuron is scored on them and its scores written with its results.
     standard_errors : bool
         Whether each block also writes its neurons' standard errors (``core.inference``).
+    cv_grid : tuple of float or None
+        For a ``PopulationGLMCV``: the candidate strengths, largest first, the same for every
+        block (the default grid is computed by the driver from all the neurons).
+    cv_folds : int array of shape (n_samples,) or None
+        For a ``PopulationGLMCV``: the fold of each fitted sample (-1: never held out), see
+        :func:`distglm.cv.fold_labels`.
+    cv_stage : {None, "path", "refit"}
+        None: each block is cross-validated, each neuron's strength selected and the block
+        refitted in one go. A strength shared by the population is selected in two stages:
+        "path" writes each block's path alone; "refit" refits each block at ``cv_index``.
+    cv_index : int or None
+        At the "refit" stage, the index in ``cv_grid`` of the strength the population selected.
     storage_options : dict or None
         fsspec options (credentials) for a store at a URL; held in memory only, left out of
         the spec's repr so that no log shows them.
@@ -100,6 +113,10 @@ class FitSpec:
     fit_name: str | None = None
     test_rows: np.ndarray | None = dataclasses.field(default=None, compare=False)
     standard_errors: bool = False
+    cv_grid: tuple | None = None
+    cv_folds: np.ndarray | None = dataclasses.field(default=None, compare=False)
+    cv_stage: str | None = None
+    cv_index: int | None = None
     storage_options: dict | None = dataclasses.field(default=None, repr=False)
     log_level: int | None = None
     history: dict | None = None
@@ -322,9 +339,76 @@ class SampleReader:
             self._cached -= self._cache.pop(key).nbytes
 
 
+def cv_path_arrays(data: SampleReader, block: Block, model, config, grid: np.ndarray, folds: np.ndarray,
+                   pad_to: int) -> dict:
+    """Cross-validate the candidate strengths on one block of neurons: the block's path arrays.
+
+    The same path as ``PopulationGLMCV.fit`` runs over all the neurons (``core.cv.cv_path``),
+    here over the block's, padded with empty neurons to ``pad_to``.
+
+    Parameters
+    ----------
+    data : SampleReader
+    block : Block
+    model : PopulationGLMCV
+        The model (its scoring).
+    config : FitConfig
+    grid : array of shape (n_strengths,), largest first
+    folds : int array of shape (n_samples,), the fold labels (``FitSpec.cv_folds``)
+    pad_to : int
+
+    Returns
+    -------
+    dict
+        ``cv_model_terms``, ``cv_status`` (and ``cv_null_terms`` for the pseudo-R2 scores), of
+        shape (n_strengths, n_folds, block.size): the path arrays of :data:`distglm.store.CV_NAMES`.
+    """
+    from .core import cv as core_cv
+    from .core import fit as core_fit
+    from .cv import make_folds
+
+    n_real, n_features = block.size, data.n_features
+    X = np.asarray(data.design(core_fit.bucket_neurons(pad_to)))[:data.n_samples]
+    y = data.responses(block.start, block.stop, data.n_samples, pad_to)
+    mask = np.zeros((n_features, pad_to), data.dtype)
+    mask[:, :n_real] = data.reader.mask_block(block.start, block.stop)
+    candidates = [model._selected_strength(s, n_features, pad_to) for s in grid]
+    path = core_cv.cv_path(X, y, mask, config, candidates, make_folds(folds, data.n_samples), model.scoring)
+    arrays = {"cv_model_terms": np.asarray(path.model)[..., :n_real], "cv_status": np.asarray(path.status)[..., :n_real]}
+    if path.null is not None:
+        arrays["cv_null_terms"] = np.asarray(path.null)[..., :n_real]
+    return arrays
+
+
+def stored_path(arrays: dict):
+    """The ``core.cv.PathScores`` of stored path arrays (:func:`cv_path_arrays`' or a store's results)."""
+    from .core.cv import PathScores
+
+    return PathScores(arrays["cv_model_terms"], arrays.get("cv_null_terms"), arrays["cv_status"])
+
+
+def select_block(model, grid: np.ndarray, path: dict, n_features: int, pad_to: int, index: int | None = None):
+    """Each neuron's selected strength: its own (``index`` None) or the population's ``index``.
+
+    Returns the refit's strength arrays of shape (..., pad_to) and the block's cross-validation
+    arrays (``path`` with ``cv_index`` and ``cv_strength`` of shape (block.size,)).
+    """
+    from .core import cv as core_cv
+
+    n_real = path["cv_status"].shape[-1]
+    if index is None:
+        _, _, selected = core_cv.select(stored_path(path), model.scoring, True, model.selection)
+        strength = slice_strength(model._selected_strength(grid[selected], n_features, n_real), 0, n_real, pad_to)
+    else:
+        # one strength for all (GroupLasso's is one per group, never sliced by neuron)
+        selected = np.full(n_real, index)
+        strength = model._selected_strength(grid[index], n_features, pad_to)
+    return strength, {**path, "cv_index": selected, "cv_strength": grid[selected]}
+
+
 def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block, config, strength, pad_to: int,
                   stream: bool = False, solve_lock=None, test_rows: np.ndarray | None = None,
-                  standard_errors: bool = False) -> dict:
+                  standard_errors: bool = False, cv_arrays: dict | None = None) -> dict:
     """Fit one block of neurons and write its results; returns a small summary.
 
     With ``solve_lock``, only the solve holds it: another thread can read the next block and
@@ -350,6 +434,9 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
         scored on them.
     standard_errors : bool
         Also write the neurons' standard errors, from the training samples (not when streaming).
+    cv_arrays : dict, optional
+        The block's cross-validation results (:func:`select_block`), written with the
+        refit's and covered by the same done marker.
     """
     import jax
 
@@ -405,6 +492,7 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
         X_test, y_test = data.samples_at(test_rows, block.start, block.stop)
         scores = core_cv.heldout_scores(config, X_test, y_test, arrays["coef"], arrays["intercept"], arrays["scale"])
         arrays.update({store.HELDOUT_NAMES[score_type]: value for score_type, value in scores.items()})
+    arrays.update(cv_arrays or {})
     writer.write(block, arrays, state)
     t_write = time.perf_counter() - t2
 
@@ -444,7 +532,8 @@ class BlockFitter:
         if spec.log_level is not None:
             log_to_stderr(spec.log_level)
         self._spec = spec
-        self._config = spec.build_model()._fit_config()
+        self._model = spec.build_model()
+        self._config = self._model._fit_config()
         self._io = None
         self._n_blocks = 0
         # The scheduler gives an actor up to two blocks at once (it runs them in two threads):
@@ -456,7 +545,10 @@ class BlockFitter:
         return os.getpid()
 
     def fit(self, block: Block, strength) -> dict:
-        """Fit ``block`` with its strength arrays (shape (..., pad_to)) and write its results."""
+        """Fit ``block`` with its strength arrays (shape (..., pad_to)) and write its results.
+
+        A cross-validated fit (``spec.cv_grid``) takes None: each neuron's strength is selected here.
+        """
         t0 = time.perf_counter()
         with self._lock:
             if self._io is None:
@@ -468,9 +560,28 @@ class BlockFitter:
             # the first block of an actor pays for compilation; report it apart
             first, self._n_blocks = self._n_blocks == 0, self._n_blocks + 1
         data, writer = self._io
-        summary = fit_one_block(data, writer, block, self._config, strength, self._spec.pad_to, self._spec.stream,
-                                self._solve_lock, test_rows=self._spec.test_rows,
-                                standard_errors=self._spec.standard_errors)
+        spec, cv_arrays = self._spec, None
+        if spec.cv_grid is not None:
+            grid = np.asarray(spec.cv_grid)
+            if spec.cv_stage == "refit":
+                with store.using_storage_options(spec.path, spec.storage_options):
+                    stored = store.read_results(spec.path, block.start, block.stop, spec.fit_name)
+                path = {key: stored[key] for key in store.CV_PATH_NAMES if key in stored}
+            else:
+                t1 = time.perf_counter()
+                # the path's solves take turns with the other block's like the refit's
+                with self._solve_lock:
+                    path = cv_path_arrays(data, block, self._model, self._config, grid, spec.cv_folds, spec.pad_to)
+                if spec.cv_stage == "path":
+                    t2 = time.perf_counter()
+                    writer.write_path(block, path)
+                    return {"block": block.id, "n_neurons": block.size, "n_converged": 0, "failures": {},
+                            "read_s": 0.0, "solve_s": t2 - t1, "write_s": time.perf_counter() - t2,
+                            "pid": os.getpid(), "first_block": first, "total_s": time.perf_counter() - t0}
+            strength, cv_arrays = select_block(self._model, grid, path, data.n_features, spec.pad_to, spec.cv_index)
+        summary = fit_one_block(data, writer, block, self._config, strength, spec.pad_to, spec.stream,
+                                self._solve_lock, test_rows=spec.test_rows, standard_errors=spec.standard_errors,
+                                cv_arrays=cv_arrays)
         summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
         _log.info("block %d: neurons %d-%d, %d converged, %d failed or not converged, %.2f s (read %.2f, "

@@ -413,6 +413,10 @@ def inspect_store(path: str, name: str | None = None, failures_shown: int = 10, 
         out[key] = _stats(res[array][written]) if written.any() else None
     out["heldout"] = {score_type: _stats(res[key][written]) for score_type, key in store.HELDOUT_NAMES.items()
                       if key in res and written.any()}
+    if "cv_strength" in res:
+        n_strengths, n_folds = res["cv_model_terms"].shape[:2]
+        out["cross_validation"] = {"strengths": n_strengths, "folds": n_folds,
+                                   "selected_strength": _stats(res["cv_strength"][written])}
     out["pseudo_r2"] = _inspect_pseudo_r2(pseudo_r2_wanted, info, path, name,
                                           out["blocks_done"] == out["n_blocks"])
     return out
@@ -458,6 +462,10 @@ def _inspect_text(summary: dict, failures_shown: int) -> str:
             lines.append(f"  {label}: {_format_stats(summary[key], fmt)}")
     for score_type, stats in summary["heldout"].items():
         lines.append(f"  held-out {score_type} per neuron: {_format_stats(stats, '.4g')}")
+    cv = summary.get("cross_validation")
+    if cv is not None:
+        lines.append(f"  cross-validated strength per neuron: {_format_stats(cv['selected_strength'], '.3g')} (of "
+                     f"{cv['strengths']} candidates, {cv['folds']} folds)")
     r2 = summary["pseudo_r2"]
     lines.append("  pseudo-R2 (McFadden) per neuron: " + (r2 if isinstance(r2, str) else _format_stats(r2, ".3f")))
     return "\n".join(lines)

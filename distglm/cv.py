@@ -10,6 +10,7 @@ are fitted as a warm-started path, every fit one ``core.fit_block`` over all neu
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -23,7 +24,7 @@ from .core.scoring import SCORE_TYPES
 from .errors import InputError, InputTypeError, UnsupportedOptionError
 from .glm import PopulationGLM
 
-__all__ = ["PopulationGLMCV", "make_folds"]
+__all__ = ["PopulationGLMCV", "fold_labels", "make_folds"]
 
 DEFAULT_N_STRENGTHS = 12
 SELECTION_RULES = ("min", "1se")
@@ -146,6 +147,45 @@ def _kept_folds(folds, keep: np.ndarray):
     return out
 
 
+def fold_labels(cv, train: np.ndarray) -> np.ndarray:
+    """Folds over a store's samples as labels of its training samples, for the actors of a distributed fit.
+
+    The folds are defined on all the stored samples, as :func:`make_folds` defines them, and
+    then restricted to the training samples (``train``, the samples neither NaN nor held out),
+    as ``PopulationGLMCV.fit`` restricts them to the samples without NaN. ``cv`` must be a
+    number of folds or labels: a splitter needs the samples themselves.
+
+    Parameters
+    ----------
+    cv : int or array of shape (n_samples,)
+    train : bool array of shape (n_samples,)
+
+    Returns
+    -------
+    int array of shape (n_train,)
+        Fold ``f`` holds out the samples labelled ``f``; -1: never held out.
+        ``make_folds(labels, n_train)`` gives the folds back.
+
+    Examples
+    --------
+    >>> fold_labels(3, np.array([True, True, False, True, True, True, True])).tolist()
+    [0, 0, 1, 1, 2, 2]
+    """
+    cv = _check_cv(cv)
+    if hasattr(cv, "split"):
+        raise UnsupportedOptionError("a distributed fit defines its folds on the store's samples: give cv as a number "
+                                     f"of folds or an array of fold labels, one per stored sample; got {cv!r}")
+    train = np.asarray(train)
+    if train.dtype != bool or train.ndim != 1:
+        raise InputTypeError(f"train must be a 1-D boolean array, one flag per stored sample; got {train.dtype} of "
+                             f"shape {train.shape}")
+    folds = _kept_folds(make_folds(cv, train.size), train)
+    labels = np.full(int(train.sum()), -1, dtype=np.int64)
+    for k, (_, test) in enumerate(folds):
+        labels[test] = k
+    return labels
+
+
 class PopulationGLMCV(PopulationGLM):
     """A :class:`~distglm.glm.PopulationGLM` whose regularizer strength is selected by cross-validation.
 
@@ -225,6 +265,34 @@ class PopulationGLMCV(PopulationGLM):
         self.per_neuron = per_neuron
         self.selection = selection
 
+    def _cv_config(self) -> dict:
+        """The cross-validation settings as JSON (for ``glm.model_to_config``)."""
+        strengths, cv = self.regularizer_strengths, self.cv
+        if hasattr(cv, "split"):
+            raise UnsupportedOptionError(f"a cv splitter ({cv!r}) cannot be written to a model configuration: give cv as "
+                                         "a number of folds or an array of fold labels")
+        return {
+            "regularizer_strengths": (None if strengths is None else int(strengths)
+                                      if isinstance(strengths, numbers.Integral) else
+                                      np.asarray(strengths, dtype=float).tolist()),
+            "cv": int(cv) if isinstance(cv, numbers.Integral) else np.asarray(cv, dtype=int).tolist(),
+            "scoring": self.scoring,
+            "per_neuron": bool(self.per_neuron),
+            "selection": self.selection,
+        }
+
+    @staticmethod
+    def _cv_kwargs(config: dict) -> dict:
+        """The constructor's cross-validation arguments from :meth:`_cv_config`'s output."""
+        unknown = set(config) - set(_CV_CHECKS)
+        if unknown:
+            raise InputError(f"unknown keys in the cross-validation configuration: {sorted(unknown)}")
+        kwargs = dict(config)
+        for name in ("regularizer_strengths", "cv"):
+            if isinstance(kwargs.get(name), list):
+                kwargs[name] = np.asarray(kwargs[name], dtype=float if name == "regularizer_strengths" else int)
+        return kwargs
+
     def __setattr__(self, name, value):
         # the cross-validation settings are checked when set, as the model's other arguments are
         if name in _CV_CHECKS:
@@ -262,16 +330,42 @@ class PopulationGLMCV(PopulationGLM):
             return (coef_shaped, float(self.regularizer_strength[1]))
         return coef_shaped
 
-    def _grid(self, config, X, y, mask) -> np.ndarray:
+    def _grid(self, max_strengths: Callable[[float], np.ndarray]) -> np.ndarray:
+        """The candidate strengths, largest first.
+
+        ``max_strengths(ratio)`` gives every neuron's largest useful strength
+        (:func:`distglm.core.cv.max_strength`); it is called only for the default grid.
+        """
         given = self.regularizer_strengths
         if given is not None and not isinstance(given, numbers.Integral):
             return np.sort(np.asarray(given, dtype=float))[::-1]
         ratio = float(self.regularizer_strength[1]) if self.regularizer.name == "ElasticNet" else 0.5
-        top = _cv.max_strength(config, X, y, mask, ratio=ratio)
+        top = np.asarray(max_strengths(ratio))
         # neurons without events have no gradient to bound; 1.0 when no neuron has one
         top = top[np.isfinite(top) & (top > 0)]
         return _cv.strength_grid(float(top.max()) if top.size else 1.0,
                                  DEFAULT_N_STRENGTHS if given is None else int(given))
+
+    def _selected_strength(self, strengths, n_features: int, n_neurons: int):
+        """The per-neuron strength arrays of the refit at ``strengths`` (shape (n_neurons,), or a scalar)."""
+        return self.regularizer.expand_strength(self._candidate(strengths, n_features, n_neurons), n_features,
+                                                n_neurons)
+
+    def _set_cv(self, grid: np.ndarray, path: _cv.PathScores, index: np.ndarray | None = None) -> None:
+        """Set the cross-validation attributes from the path's scores (``index``: the selection made)."""
+        scores, pooled, selected = _cv.select(path, self.scoring, self.per_neuron, self.selection)
+        index = selected if index is None else np.asarray(index)
+        self.regularizer_strengths_ = grid
+        self.best_index_ = index
+        self.regularizer_strength_ = grid[index]
+        self.cv_scores_ = scores
+        with warnings.catch_warnings():
+            # a neuron that failed on every fold (reported by the fit) has no mean
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.cv_mean_ = np.nanmean(scores, axis=1)
+            self.cv_std_ = np.nanstd(scores, axis=1)
+        self.population_cv_scores_ = pooled
+        self.cv_status_ = np.asarray(path.status)
 
     def fit(self, X, y, init_params=None):
         """Cross-validate the candidate strengths, select, and refit on all samples.
@@ -297,11 +391,10 @@ class PopulationGLMCV(PopulationGLM):
         val.check_support(self._observation_model, ya)
         n_features, n_neurons = Xa.shape[1], ya.shape[1]
         mask = self._mask_for(groups, n_features, n_neurons)
-        grid = self._grid(config, Xa, ya, mask)
-        candidates = [self.regularizer.expand_strength(self._candidate(s, n_features, n_neurons),
-                                                       n_features, n_neurons) for s in grid]
+        grid = self._grid(lambda ratio: _cv.max_strength(config, Xa, ya, mask, ratio=ratio))
+        candidates = [self._selected_strength(s, n_features, n_neurons) for s in grid]
         path = _cv.cv_path(Xa, ya, mask, config, candidates, folds, self.scoring)
-        scores, pooled, index = _cv.select(path, self.scoring, self.per_neuron, self.selection)
+        _, _, index = _cv.select(path, self.scoring, self.per_neuron, self.selection)
 
         params = {name: value for name, value in PopulationGLM.get_params(self).items()}
         params["regularizer_strength"] = self._candidate(grid[index] if self.per_neuron else grid[index[0]],
@@ -310,12 +403,5 @@ class PopulationGLMCV(PopulationGLM):
         for name in ("coef_", "intercept_", "scale_", "dof_resid_", "solver_state_", "n_iter_", "converged_",
                      "status_", "_groups"):
             setattr(self, name, getattr(refit, name))
-        self.regularizer_strengths_ = grid
-        self.best_index_ = index
-        self.regularizer_strength_ = grid[index]
-        self.cv_scores_ = scores
-        self.cv_mean_ = np.nanmean(scores, axis=1)
-        self.cv_std_ = np.nanstd(scores, axis=1)
-        self.population_cv_scores_ = pooled
-        self.cv_status_ = path.status
+        self._set_cv(grid, path, index)
         return self

@@ -1064,7 +1064,7 @@ def model_to_config(model: GLM) -> dict:
         mask = {"dict": {k: np.asarray(v).tolist() for k, v in mask.items()}}
     elif mask is not None:
         mask = np.asarray(mask).tolist()
-    return {
+    config = {
         "class": type(model).__name__,
         "observation_model": obs.name,
         "observation_scale": obs.fixed_scale,
@@ -1076,19 +1076,22 @@ def model_to_config(model: GLM) -> dict:
         "solver_kwargs": model.solver_kwargs,
         "feature_mask": mask,
     }
+    if isinstance(model, PopulationGLMCV):
+        config["cv"] = model._cv_config()
+    return config
 
 
 def model_from_config(config: dict) -> GLM:
     """Rebuild an unfitted model from :func:`model_to_config`'s output."""
     if not isinstance(config, dict):
         raise InputTypeError(f"a model configuration must be a dict; got {type(config).__name__}")
-    known = {"GLM": GLM, "PopulationGLM": PopulationGLM}
+    known = {"GLM": GLM, "PopulationGLM": PopulationGLM, "PopulationGLMCV": PopulationGLMCV}
     cls = known.get(config.get("class", "PopulationGLM"))
     if cls is None:
         raise InputError(f"model class must be one of {list(known)}; got {config.get('class')!r}")
     unknown = set(config) - {"class", "observation_model", "observation_scale", "inverse_link_function",
                              "regularizer", "group_mask", "regularizer_strength", "solver_name", "solver_kwargs",
-                             "feature_mask", "feature_groups"}
+                             "feature_mask", "feature_groups", "cv"}
     if unknown:
         raise InputError(f"unknown keys in model configuration: {sorted(unknown)}")
 
@@ -1121,7 +1124,9 @@ def model_from_config(config: dict) -> GLM:
         solver_name=config.get("solver_name"),
         solver_kwargs=config.get("solver_kwargs") or {},
     )
-    if cls is PopulationGLM:
+    if cls is PopulationGLMCV:
+        kwargs.update(PopulationGLMCV._cv_kwargs(config.get("cv") or {}))
+    if issubclass(cls, PopulationGLM):
         mask = config.get("feature_mask")
         if isinstance(mask, dict) and "dict" in mask:
             mask = {k: np.asarray(v) for k, v in mask["dict"].items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -27,6 +28,7 @@ from . import store
 from . import validation as val
 from .actor import FitSpec
 from .connect import connect_ray
+from .cv import fold_labels
 from .errors import ClusterError, InputError, InputTypeError, StoreError, UnsupportedOptionError
 from .logs import enabled_level
 
@@ -207,10 +209,40 @@ def _check_model(model):
         raise InputTypeError(f"model must be a distglm PopulationGLM (from_nemos converts a NeMoS model); got "
                              f"{type(model).__name__}")
     if isinstance(model, PopulationGLMCV):
-        raise UnsupportedOptionError("a store is fitted with one strength per model: cross-validate in memory with "
-                                     "PopulationGLMCV.fit(X, y), then fit the store with a PopulationGLM of its "
-                                     "selected strengths")
+        model._check_regularizer()
+        model._cv_config()
     return model._fit_config()
+
+
+def _is_cv(model) -> bool:
+    from .glm import PopulationGLMCV
+
+    return isinstance(model, PopulationGLMCV)
+
+
+def _cv_grid(model, config, path: str, info: store.InputsInfo, train: np.ndarray, dtype) -> np.ndarray:
+    """The candidate strengths of a ``PopulationGLMCV`` on the store's training samples, largest first.
+
+    The default grid starts at the largest strength of any neuron (a population maximum), so it
+    is computed here from all the neurons, a stored chunk of neurons at a time, before any
+    block is dispatched: every block cross-validates the same candidates.
+    """
+    from .actor import SampleReader
+    from .core import cv as core_cv
+
+    def max_strengths(ratio):
+        data = SampleReader(store.InputsReader(path), FitSpec(path, {}, 1, dtype == np.float64,
+                                                              dropped_rows=np.flatnonzero(~train),
+                                                              n_samples=int(train.sum())), dtype)
+        X = np.asarray(data.design(1))[:data.n_samples]
+        tops = []
+        for start in range(0, info.n_neurons, info.neuron_chunk):
+            stop = min(start + info.neuron_chunk, info.n_neurons)
+            y = data.responses(start, stop, data.n_samples, stop - start)
+            tops.append(core_cv.max_strength(config, X, y, data.reader.mask_block(start, stop), ratio=ratio))
+        return np.concatenate(tops)
+
+    return model._grid(max_strengths)
 
 
 def _custom_link(model):
@@ -320,7 +352,11 @@ def fit(
         ``inputs/y`` written by hand).
     model : PopulationGLM, or a NeMoS 0.2.8 GLM or PopulationGLM
         The configuration to fit (its feature mask, if any, must equal the store's); a NeMoS
-        model is converted with :func:`distglm.glm.from_nemos`.
+        model is converted with :func:`distglm.glm.from_nemos`. A ``PopulationGLMCV`` is
+        cross-validated block by block and each neuron refitted at its selected strength, as
+        ``PopulationGLMCV.fit`` does in memory (``cv`` a number of folds or one label per stored
+        sample, never streamed); with ``per_neuron=False``, every block's path is written
+        before the driver selects the shared strength and the blocks are refitted at it.
     num_actors : int, optional
         Actors to start; default one per CPU of the cluster, at most one per block. More
         actors than the cluster has CPUs are capped to its CPUs, with a warning.
@@ -342,7 +378,8 @@ def fit(
         Extra tries for a block whose actor died or was stuck. A block whose actor raised
         (a corrupted chunk, say) fails at once: trying it again would fail the same way.
     on_block : callable, optional
-        Called in the driver with each finished block's summary (used to record progress).
+        Called in the driver with each finished block's summary (used to record progress); for
+        a shared strength selected by cross-validation, with each refitted block's.
     connect_timeout : float, optional
         Seconds to wait for the cluster at ``address``; default ``DISTGLM_CONNECT_TIMEOUT``
         or 30.
@@ -440,6 +477,12 @@ def fit(
     inverse_link = _custom_link(model)
     dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
     history = _check_history(history, info, stream, stochastic, test, standard_errors)
+    if _is_cv(model) and (stream or history is not None):
+        raise UnsupportedOptionError(
+            "a PopulationGLMCV fits each fold's samples in memory, and cannot stream them"
+            + (": pass stream=False (or leave it out)" if history is None else
+               " nor build history features, which only streaming actors do: fit the store with a PopulationGLM "
+               "at a strength cross-validated in memory"))
     keep, mask, digest = _scan_inputs(path, info, config.observation, dtype)
     _check_mask(model, info, mask)
     n_features = info.n_features
@@ -466,6 +509,11 @@ def fit(
     n_train = int(train.sum())
     if standard_errors:
         fingerprint["standard_errors"] = True
+    folds = grid = None
+    if _is_cv(model):
+        folds = fold_labels(model.cv, train)
+        grid = _cv_grid(model, config, path, info, train, dtype)
+        fingerprint["cv_grid"] = grid.tolist()
 
     done = set()
     stored = stored_fingerprint(path, name) if resume else None
@@ -493,7 +541,8 @@ def fit(
         block_strength = _strength_by_block(model, n_features, info.n_neurons, pad_to)
         spec = core_fit.state_spec(config, n_train, n_features, pad_to, dtype, block_strength(blocks[0]))
         budget = memory_per_actor or _memory_per_cpu(ray)
-        streams = history is not None or (not stochastic and _streams(stream, n_train, n_features, pad_to, dtype))
+        streams = history is not None or (not stochastic and grid is None
+                                          and _streams(stream, n_train, n_features, pad_to, dtype))
         estimate = None
         if not streams:
             # the estimate describes an actor that holds its samples; a streaming actor's memory
@@ -513,6 +562,9 @@ def fit(
         # a block size the planner accepts again: a single block's size rounded up to whole chunks
         fingerprint["block_size"] = (blocks[0].size if len(blocks) > 1
                                      else -(-pad_to // info.neuron_chunk) * info.neuron_chunk)
+        if grid is not None:
+            # each block's strengths are selected by its actor
+            block_strength = _no_strength
         if standard_errors and streams:
             raise UnsupportedOptionError("standard errors of a streamed fit are not computed (they need X whole in "
                                          "each actor): pass stream=False, or compute them in memory")
@@ -524,6 +576,10 @@ def fit(
                                  neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
                                  state_spec=spec, fingerprint=fingerprint, overwrite=not resume, name=name,
                                  heldout=test_rows is not None, standard_errors=standard_errors,
+                                 cv=None if grid is None else {"n_strengths": len(grid),
+                                                               "n_folds": int(folds.max()) + 1,
+                                                               "null": model.scoring != "log-likelihood",
+                                                               "pooled": not model.per_neuron},
                                  attributes=_results_attributes(model_config),
                                  status_meanings=core_fit.STATUS_NAMES,
                                  extra_features=None if history is None else history.feature_names(
@@ -534,15 +590,33 @@ def fit(
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
                                inverse_link=inverse_link, dropped_rows=np.flatnonzero(~train), n_samples=n_train,
                                stream=streams, fit_name=name, test_rows=test_rows, standard_errors=standard_errors,
+                               cv_grid=None if grid is None else tuple(grid.tolist()), cv_folds=folds,
                                storage_options=storage_options, log_level=enabled_level(),
                                history=fingerprint.get("history"))
             del keep, train
-            summaries, failed_blocks, n_retries = _dispatch(
-                fit_spec, todo, block_strength, lease,
-                num_actors=min(num_actors or max(cpus, 1), len(todo)) if todo else 0, max_retries=max_retries,
-                block_timeout=float(block_timeout), progress=progress, n_neurons=info.n_neurons,
-                n_already=sum(b.size for b in blocks if b.id in done), on_block=on_block,
-            )
+            dispatch = functools.partial(
+                _dispatch, lease=lease, max_retries=max_retries, block_timeout=float(block_timeout),
+                progress=progress, n_neurons=info.n_neurons, on_block=on_block)
+            summaries, failed_blocks, n_retries = [], {}, 0
+            if grid is not None and not model.per_neuron:
+                # one strength for all: every block's path first, then the refits at the pooled choice
+                path_done = store.cv_path_done_blocks(path, name)
+                path_todo = [b for b in todo if b.id not in path_done]
+                # on_block hears of refitted blocks only: a block's neurons are counted once
+                _, failed_blocks, n_retries = dispatch(
+                    dataclasses.replace(fit_spec, cv_stage="path"), path_todo, block_strength, on_block=None,
+                    num_actors=min(actors, len(path_todo)) if path_todo else 0,
+                    n_already=sum(b.size for b in blocks if b.id in done or b.id in path_done))
+                if not failed_blocks:
+                    fit_spec = dataclasses.replace(fit_spec, cv_stage="refit",
+                                                   cv_index=_pooled_index(model, store.read_results(path, name=name)))
+            # without every block's path there is no shared strength to refit at
+            if not failed_blocks:
+                summaries, failed_blocks, retried = dispatch(
+                    fit_spec, todo, block_strength,
+                    num_actors=min(actors, len(todo)) if todo else 0,
+                    n_already=sum(b.size for b in blocks if b.id in done))
+                n_retries += retried
     finally:
         if started:
             import ray
@@ -681,6 +755,10 @@ def _strength_by_block(model, n_features: int, n_neurons: int, pad_to: int) -> C
         return lambda block: slice_strength(full, block.start, block.stop, pad_to)
     model._expanded_strength(n_features, 1)
     return lambda block: model._expanded_strength(n_features, pad_to)
+
+
+def _no_strength(block):
+    return None
 
 
 def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, block_timeout, progress,
@@ -828,13 +906,33 @@ def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, blo
     finally:
         if bar is not None:
             bar.close()
-        for actor in actors.values():
+        busy = {slot for slot, *_ in in_flight.values()}
+        for slot, actor in actors.items():
             ray.kill(actor)
-        # Killed actors may still be writing a block: the lease is given back only when they are
-        # gone, so that the next writer of the store never races them.
+            if slot in busy:
+                dying.append(actor.pid.remote())
+        # Killed actors may still be writing a block (an interrupted fit leaves blocks in
+        # flight): the lease is given back only when they are gone, so that the next writer of
+        # the store never races them.
         if dying:
             ray.wait(dying, num_returns=len(dying), timeout=_KILL_WAIT_S)
     return summaries, failed_blocks, n_retries
+
+
+def _pooled_index(model, results: dict) -> int:
+    """The index of the strength the population's pooled score selects, from every block's stored path."""
+    from .actor import stored_path
+    from .core import cv as core_cv
+
+    _, _, index = core_cv.select(stored_path(results), model.scoring, False, model.selection)
+    return int(index[0])
+
+
+def _set_cv_results(model, fingerprint: dict, results: dict) -> None:
+    """Set a loaded ``PopulationGLMCV``'s cross-validation attributes from its stored results."""
+    from .actor import stored_path
+
+    model._set_cv(np.asarray(fingerprint["cv_grid"], dtype=float), stored_path(results), results["cv_index"])
 
 
 class _ProgressLog:
@@ -970,6 +1068,8 @@ def load_fitted(path, mapping_dict: dict | None = None, name: str | None = None,
         raise StoreError(f"{path}: the results changed while they were read (another fit is writing them); "
                          "load them again when it ends")
     model._set_fitted(info.feature_groups, results, state, neuron_ids=store.read_coordinates(path)["neuron"])
+    if _is_cv(model):
+        _set_cv_results(model, fingerprint, results)
     model.heldout_scores_ = _heldout_scores(results)
     model.history_ = history
     if "coef_se" in results:

@@ -219,9 +219,9 @@ def test_examples_in_the_docstrings_run():
         assert doctest.testmod(module).failed == 0, module.__name__
 
 
-def test_a_store_refuses_a_cross_validated_model_before_writing_anything(tmp_path):
+def test_a_store_refuses_a_splitter_before_writing_anything(tmp_path):
     X, y, _ = _population(10, 60, 3, 2)
     path = distglm.write_inputs(str(tmp_path / "s.zarr"), X, y.astype(int))
-    with pytest.raises(UnsupportedOptionError, match="cross-validate in memory"):
-        distglm.fit(path, PopulationGLMCV())
+    with pytest.raises(UnsupportedOptionError, match="splitter"):
+        distglm.fit(path, PopulationGLMCV(cv=KFold(3)))
     assert distglm.store.read_fingerprint(path) is None

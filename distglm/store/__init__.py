@@ -15,8 +15,16 @@ A store is one Zarr group (a local directory or any URL Zarr accepts) laid out a
         coef                 (feature, neuron), chunks (n_features, neuron_chunk)
         intercept, scale, dof_resid, loss, grad_norm, n_iter, converged, status
                              (neuron,), chunks (neuron_chunk,); status with CF flag_values/flag_meanings
+        cv_model_terms, cv_null_terms, cv_status
+                             (strength, fold, neuron), chunks (.., .., neuron_chunk): a
+                             PopulationGLMCV's held-out score terms and fit status (null terms
+                             for the pseudo-R2 scores only); attrs cv = their sizes
+        cv_index, cv_strength
+                             (neuron,): each neuron's selected candidate and strength
         feature, neuron      coordinates, copied from the inputs
         done                 (block, marker) uint64, one chunk per block: 0, or the block's checksum
+        cv_done              the same for the cross-validation paths alone, written first when
+                             one strength is selected from the scores of every block
         solver_state/<name>  (*shape, neuron) per neuron, or (block, *shape) per block
         <fit name>/          a named fit (distglm.fit(..., name=...)): the same layout, its own
                              fingerprint and done markers
@@ -76,9 +84,12 @@ from .results import (
     HELDOUT_NAMES,
     RESULT_NAMES,
     SE_NAMES,
+    CV_NAMES,
+    CV_PATH_NAMES,
     STATUS_UNWRITTEN,
     ResultsWriter,
     create_results,
+    cv_path_done_blocks,
     done_blocks,
     fit_names,
     read_fingerprint,
@@ -92,7 +103,10 @@ __all__ = [
     "RESULT_NAMES",
     "HELDOUT_NAMES",
     "SE_NAMES",
+    "CV_NAMES",
+    "CV_PATH_NAMES",
     "STATUS_UNWRITTEN",
+    "cv_path_done_blocks",
     "InputsInfo",
     "InputsReader",
     "ResultsWriter",

@@ -43,6 +43,9 @@ __all__ = [
     "discard_all_results",
     "HELDOUT_NAMES",
     "SE_NAMES",
+    "CV_NAMES",
+    "CV_PATH_NAMES",
+    "cv_path_done_blocks",
 ]
 
 #: Per-neuron result arrays, in the order :func:`read_results` returns them.
@@ -65,6 +68,12 @@ HELDOUT_NAMES = {
 }
 #: Standard errors of a fit that computed them: ``coef_se`` shaped as ``coef``, ``intercept_se``.
 SE_NAMES = ("coef_se", "intercept_se")
+#: Cross-validation results of a fit that selected its strengths (``cv_null_terms`` only for the pseudo-R2
+#: scores): held-out score terms and fit status of shape (n_strengths, n_folds, n_neurons), each neuron's
+#: selected index into the candidates and its strength.
+CV_NAMES = ("cv_model_terms", "cv_null_terms", "cv_status", "cv_index", "cv_strength")
+#: The path arrays of :data:`CV_NAMES`, of shape (n_strengths, n_folds, n_neurons).
+CV_PATH_NAMES = ("cv_model_terms", "cv_null_terms", "cv_status")
 #: ``results/status`` of a neuron whose block was never written.
 STATUS_UNWRITTEN = -1
 # Result arrays whose dtype does not follow the fit's float dtype, with their fill values.
@@ -72,6 +81,8 @@ _FIXED_RESULTS = {
     "n_iter": (np.dtype("int32"), 0),
     "converged": (np.dtype("bool"), False),
     "status": (np.dtype("int8"), STATUS_UNWRITTEN),
+    "cv_status": (np.dtype("int8"), STATUS_UNWRITTEN),
+    "cv_index": (np.dtype("int32"), -1),
 }
 # What each result array holds, for readers of the store who never read distglm's code.
 _DESCRIPTIONS = {
@@ -89,13 +100,25 @@ _DESCRIPTIONS = {
     "converged": {"long_name": "converged", "description": "whether the solver met its tolerance"},
     "done": {"long_name": "block done markers", "description": "per block: checksum of its results (0 "
              "until the block is written), first neuron, one past the last neuron"},
+    "cv_done": {"long_name": "block path markers", "description": "per block: checksum of its "
+                "cross-validation path (0 until written), first neuron, one past the last neuron"},
+    "cv_model_terms": {"long_name": "held-out score terms", "description": "per candidate strength and fold: "
+                       "mean over the fold's held-out samples of the model's score terms"},
+    "cv_null_terms": {"long_name": "held-out null score terms", "description": "the same for the null model "
+                      "(pseudo-R2 scores)"},
+    "cv_index": {"long_name": "selected candidate", "description": "index of the selected strength among the "
+                 "candidates, largest first"},
+    "cv_strength": {"long_name": "selected regularizer strength"},
 }
+# Dimensions of the per-neuron arrays other than (neuron,).
+_DIMENSIONS = {"coef": ("feature", "neuron"), "coef_se": ("feature", "neuron"),
+               "cv_model_terms": ("strength", "fold", "neuron"), "cv_null_terms": ("strength", "fold", "neuron"),
+               "cv_status": ("strength", "fold", "neuron")}
 
 
 # What a fit's group holds: a named fit's group beside them must not take one of these names.
-_RESERVED = frozenset(RESULT_NAMES) | frozenset(HELDOUT_NAMES.values()) | frozenset(SE_NAMES) | {"done",
-                                                                                              "solver_state",
-                                                                                              "feature", "neuron"}
+_RESERVED = (frozenset(RESULT_NAMES) | frozenset(HELDOUT_NAMES.values()) | frozenset(SE_NAMES) | frozenset(CV_NAMES)
+             | {"done", "cv_done", "solver_state", "feature", "neuron"})
 _NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -166,14 +189,39 @@ def _results(path: str, mode: str, name=None) -> zarr.Group:
 _COEF_SHAPED = ("coef", "coef_se")
 
 
-def _extra_names(heldout: bool, standard_errors: bool) -> tuple[str, ...]:
-    return (tuple(HELDOUT_NAMES.values()) if heldout else ()) + (SE_NAMES if standard_errors else ())
+def _check_cv(cv) -> dict | None:
+    if cv is None:
+        return None
+    if not isinstance(cv, dict) or set(cv) != {"n_strengths", "n_folds", "null", "pooled"}:
+        raise InputTypeError("cv must be None or a dict with keys 'n_strengths', 'n_folds', 'null', 'pooled'; "
+                             f"got {cv!r}")
+    for flag in ("null", "pooled"):
+        if not isinstance(cv[flag], bool):
+            raise InputTypeError(f"cv[{flag!r}] must be a bool; got {cv[flag]!r}")
+    return {"n_strengths": _check_int(cv["n_strengths"], "cv['n_strengths']", minimum=1),
+            "n_folds": _check_int(cv["n_folds"], "cv['n_folds']", minimum=1), "null": cv["null"],
+            "pooled": cv["pooled"]}
+
+
+def _extra_names(heldout: bool, standard_errors: bool, cv: dict | None = None) -> tuple[str, ...]:
+    cv_names = () if cv is None else tuple(name for name in CV_NAMES if cv["null"] or name != "cv_null_terms")
+    return (tuple(HELDOUT_NAMES.values()) if heldout else ()) + (SE_NAMES if standard_errors else ()) + cv_names
 
 
 def _names(results: zarr.Group) -> tuple[str, ...]:
-    """The per-neuron arrays of a fit: :data:`RESULT_NAMES`, then the held-out scores and the
-    standard errors if it has them."""
-    return RESULT_NAMES + _extra_names(bool(results.attrs.get("heldout")), bool(results.attrs.get("standard_errors")))
+    """The per-neuron arrays of a fit: :data:`RESULT_NAMES`, then the held-out scores, the standard
+    errors and the cross-validation results if it has them."""
+    return RESULT_NAMES + _extra_names(bool(results.attrs.get("heldout")), bool(results.attrs.get("standard_errors")),
+                                       results.attrs.get("cv"))
+
+
+def _leading_shape(name: str, n_features: int, cv: dict | None) -> tuple[int, ...]:
+    """The shape of a per-neuron array before its neuron axis."""
+    if name in _COEF_SHAPED:
+        return (n_features,)
+    if name in CV_PATH_NAMES:
+        return (cv["n_strengths"], cv["n_folds"])
+    return ()
 
 
 def _result_array(results: zarr.Group, name: str, path: str) -> zarr.Array:
@@ -182,7 +230,7 @@ def _result_array(results: zarr.Group, name: str, path: str) -> zarr.Array:
 
 
 def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout,
-                        standard_errors, path):
+                        standard_errors, cv, path):
     coef, done = _result_array(results, "coef", path), _result_array(results, "done", path)
     expected = {
         "coef shape": (coef.shape, (n_features, n_neurons)),
@@ -192,6 +240,7 @@ def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, 
         "state_spec": (results.attrs.get("state_spec"), spec),
         "held-out scores": (bool(results.attrs.get("heldout")), heldout),
         "standard errors": (bool(results.attrs.get("standard_errors")), standard_errors),
+        "cross-validation": (results.attrs.get("cv"), cv),
     }
     return [
         f"{key} {got} instead of {want}" for key, (got, want) in expected.items() if got != want
@@ -212,6 +261,7 @@ def create_results(
     name=None,
     heldout=False,
     standard_errors=False,
+    cv=None,
     attributes=None,
     status_meanings=None,
     extra_features=None,
@@ -252,6 +302,13 @@ def create_results(
         scores (:data:`HELDOUT_NAMES`, NaN until written), covered by the done markers too.
     standard_errors : bool, optional
         Whether its blocks also write standard errors (:data:`SE_NAMES`), likewise.
+    cv : dict, optional
+        For a fit that selects its strengths by cross-validation, ``{"n_strengths": int,
+        "n_folds": int, "null": bool, "pooled": bool}``: its blocks also write :data:`CV_NAMES`
+        (``cv_null_terms`` only with ``null``), the path arrays of shape (n_strengths, n_folds,
+        n_neurons), likewise. With ``pooled`` (one strength selected from every block's scores),
+        the path arrays are written first, each block marked in ``cv_done`` as ``done`` marks a
+        block (see :meth:`ResultsWriter.write_path`), and the whole block again with the refit.
     attributes : dict, optional
         JSON-serialisable attributes of the ``results`` group (the model, software versions), for
         readers; the fingerprint alone decides whether results are resumed.
@@ -299,6 +356,7 @@ def create_results(
     for flag, value in (("overwrite", overwrite), ("heldout", heldout), ("standard_errors", standard_errors)):
         if not isinstance(value, bool):
             raise InputTypeError(f"{flag} must be a bool; got {type(value).__name__}")
+    cv = _check_cv(cv)
     group = results_group(name)
     attributes = _zarr.json_like({} if attributes is None else attributes, "attributes")
     if not isinstance(attributes, dict) or {"fingerprint", "state_spec"} & set(attributes):
@@ -320,7 +378,7 @@ def create_results(
                     "pass resume=False to replace them"
                 )
             differences = _layout_differences(
-                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout, standard_errors, path
+                results, n_features, n_neurons, neuron_chunk, n_blocks, dtype, spec, heldout, standard_errors, cv, path
             )
             if differences:
                 raise StoreError(
@@ -336,19 +394,21 @@ def create_results(
         results = results.create_group(name)
     results.attrs.update(attributes)
     _copy_coordinates(root, results, n_features, n_neurons, path, extra_features)
-    extra = _extra_names(heldout, standard_errors)
-    per_neuron = {name: (dtype, np.nan) for name in RESULT_NAMES + extra} | _FIXED_RESULTS
+    names = RESULT_NAMES + _extra_names(heldout, standard_errors, cv)
+    per_neuron = {name: _FIXED_RESULTS.get(name, (dtype, np.nan)) for name in names}
     for name, (array_dtype, fill) in per_neuron.items():
-        shape = (n_features, n_neurons) if name in _COEF_SHAPED else (n_neurons,)
+        shape = _leading_shape(name, n_features, cv) + (n_neurons,)
         results.create_array(
             name, shape=shape, dtype=array_dtype, fill_value=fill,
             chunks=shape[:-1] + (neuron_chunk,),
-            dimension_names=("feature", "neuron") if name in _COEF_SHAPED else ("neuron",),
-            attributes=flags if name == "status" else _DESCRIPTIONS.get(name, {"long_name": name.replace("_", " ")}),
+            dimension_names=_DIMENSIONS.get(name, ("neuron",)),
+            attributes=(flags if name in ("status", "cv_status")
+                        else _DESCRIPTIONS.get(name, {"long_name": name.replace("_", " ")})),
         )
     # (checksum, start, stop) per block, each block's row one chunk: written in one put.
-    results.create_array("done", shape=(n_blocks, 3), dtype=np.uint64, chunks=(1, 3), fill_value=0,
-                         dimension_names=("block", "marker"), attributes=_DESCRIPTIONS["done"])
+    for marker in ("done", "cv_done") if cv is not None and cv["pooled"] else ("done",):
+        results.create_array(marker, shape=(n_blocks, 3), dtype=np.uint64, chunks=(1, 3), fill_value=0,
+                             dimension_names=("block", "marker"), attributes=_DESCRIPTIONS[marker])
     state = results.create_group("solver_state")
     for name, (shape, state_dtype, is_per_neuron) in spec.items():
         # Zarr refuses zero-length chunks, so an empty dimension gets a chunk of one.
@@ -363,6 +423,7 @@ def create_results(
     results.attrs["state_spec"] = spec
     results.attrs["heldout"] = heldout
     results.attrs["standard_errors"] = standard_errors
+    results.attrs["cv"] = cv
     results.attrs["fingerprint"] = fingerprint
 
 
@@ -419,14 +480,17 @@ class ResultsWriter:
         self._fingerprint = results.attrs["fingerprint"]
         self._spec = results.attrs["state_spec"]
         self._names = _names(results)
+        self._cv = results.attrs.get("cv")
         self._arrays = {("arrays", name): _result_array(results, name, self.path) for name in self._names}
         self._arrays.update({("state", name): _result_array(results, f"solver_state/{name}", self.path)
                              for name in self._spec})
         self._done = _result_array(results, "done", self.path)
+        self._cv_done = (_result_array(results, "cv_done", self.path)
+                         if self._cv is not None and self._cv["pooled"] else None)
         self._n_features, self._n_neurons = self._arrays[("arrays", "coef")].shape
         self._neuron_chunk = _zarr.neuron_chunk(self._arrays[("arrays", "coef")])
 
-    def _check(self, block, arrays: dict, state: dict) -> tuple[Block, dict]:
+    def _check(self, block, arrays: dict, state: dict, path_only: bool = False) -> tuple[Block, dict]:
         try:
             block = Block(*block)
         except TypeError:
@@ -442,10 +506,12 @@ class ResultsWriter:
         if block.start % chunk or (block.stop % chunk and block.stop != self._n_neurons):
             raise PlanError(f"{block} is not aligned with the results' neuron chunk {chunk}: it would "
                             "share a chunk with another block")
-        shapes = {("arrays", name): (self._n_features, block.size) if name in _COEF_SHAPED else (block.size,)
-                  for name in self._names}
-        shapes.update({("state", name): tuple(shape) + (block.size,) if per_neuron else tuple(shape)
-                       for name, (shape, _, per_neuron) in self._spec.items()})
+        names = [name for name in self._names if name in CV_PATH_NAMES] if path_only else self._names
+        shapes = {("arrays", name): _leading_shape(name, self._n_features, self._cv) + (block.size,)
+                  for name in names}
+        if not path_only:
+            shapes.update({("state", name): tuple(shape) + (block.size,) if per_neuron else tuple(shape)
+                           for name, (shape, _, per_neuron) in self._spec.items()})
         values = {}
         for what, given in (("arrays", arrays), ("state", state)):
             wanted = [name for kind, name in shapes if kind == what]
@@ -476,6 +542,23 @@ class ResultsWriter:
         # readers check that claim against the data.
         checksum = _checksum(self._fingerprint, block, values)
         self._done[block.id] = np.array([checksum, block.start, block.stop], dtype=np.uint64)
+
+    def write_path(self, block, arrays: dict) -> None:
+        """Write one block's cross-validation path (first phase of a pooled selection), then mark it in ``cv_done``.
+
+        ``arrays`` holds exactly the path arrays of the fit (``cv_model_terms``, ``cv_status``,
+        and ``cv_null_terms`` for the pseudo-R2 scores), each of shape (n_strengths, n_folds,
+        block.size). The block's refit later writes them again, with the same bytes, together
+        with its other results.
+        """
+        if self._cv is None or not self._cv["pooled"]:
+            raise StoreError(f"{self.path}: these results select no pooled strength; a block's cross-validation path "
+                             "is written with its other results by write")
+        block, values = self._check(block, arrays, {}, path_only=True)
+        for (_, name), value in values.items():
+            self._arrays[("arrays", name)][..., block.start:block.stop] = value
+        checksum = _checksum(self._fingerprint, block, values)
+        self._cv_done[block.id] = np.array([checksum, block.start, block.stop], dtype=np.uint64)
 
 
 def write_block(path, block, arrays: dict, state: dict, name=None) -> None:
@@ -631,22 +714,53 @@ def done_blocks(path, name=None) -> set[int]:
     >>> done_blocks(path)
     set()
     """
+    return _verified_blocks(as_path(path), name, "done")
+
+
+def cv_path_done_blocks(path, name=None) -> set[int]:
+    """The ids of the blocks whose cross-validation path is written (``cv_done``), checked against it.
+
+    Only for the results of a pooled selection (``create_results(..., cv={..., "pooled": True})``),
+    whose blocks write their path first (:meth:`ResultsWriter.write_path`).
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
+    >>> create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1, dtype="float64",
+    ...                state_spec={}, fingerprint={}, cv={"n_strengths": 2, "n_folds": 2, "null": False,
+    ...                                                   "pooled": True})
+    >>> ResultsWriter(path).write_path(Block(0, 0, 3), {"cv_model_terms": np.zeros((2, 2, 3)),
+    ...                                                 "cv_status": np.zeros((2, 2, 3), np.int8)})
+    >>> cv_path_done_blocks(path), done_blocks(path)
+    ({0}, set())
+    """
     path = as_path(path)
+    cv = _results(path, "r", name).attrs.get("cv")
+    if cv is None or not cv["pooled"]:
+        raise StoreError(f"{path} holds {_fit_label(name)} without a pooled cross-validation (no cv_done markers)")
+    return _verified_blocks(path, name, "cv_done")
+
+
+def _verified_blocks(path: str, name, marker: str) -> set[int]:
+    """Blocks whose ``marker`` (``done``: every array; ``cv_done``: the path arrays) checksum matches the data."""
     results = _results(path, "r", name)
     group = results_group(name)
-    markers = _zarr.read(_result_array(results, "done", path), Ellipsis, f"{group}/done", path)
+    markers = _zarr.read(_result_array(results, marker, path), Ellipsis, f"{group}/{marker}", path)
     if markers.ndim != 2:
         raise StoreError(f"{path}: the results were written by an older distglm, whose done markers cannot be "
                          "checked against the data; refit with resume=False (distglm fit PATH --no-resume)")
     candidates = [int(i) for i in np.flatnonzero(markers[:, 0])]
     if not candidates:
         return set()
-    spec = results.attrs["state_spec"]
+    path_only = marker == "cv_done"
+    spec = {} if path_only else results.attrs["state_spec"]
+    names = [key for key in _names(results) if not path_only or key in CV_PATH_NAMES]
     arrays = {key: _zarr.read(_result_array(results, key, path), Ellipsis, f"{group}/{key}", path)
-              for key in _names(results)}
+              for key in names}
     state = {key: _zarr.read(_result_array(results, f"solver_state/{key}", path), Ellipsis,
                              f"{group}/solver_state/{key}", path) for key in spec}
-    n_neurons = arrays["intercept"].shape[0]
+    n_neurons = _result_array(results, "coef", path).shape[-1]
     done = set()
     for block_id in candidates:
         checksum, start, stop = (int(v) for v in markers[block_id])
