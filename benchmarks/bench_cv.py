@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_vs_nemos import RESULT_TAG, feature_mask, machine_info, publish, simulate  # noqa: E402
+from bench_vs_nemos import RESULT_TAG, run_for_result, feature_mask, machine_info, publish, simulate  # noqa: E402
 
 FULL = dict(n_samples=20_000, n_features=50, n_neurons=500)
 QUICK = dict(n_samples=2_000, n_features=50, n_neurons=50)
@@ -97,12 +96,7 @@ def run_worker(lib: str, sizes: dict, nemos_strengths: int) -> dict:
     # the same environment for both; distglm's persistent compilation cache off, as JAX's is
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env["DISTGLM_COMPILATION_CACHE"] = ""
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise RuntimeError(f"{lib} worker failed with exit code {proc.returncode}")
-    return json.loads(lines[-1][len(RESULT_TAG):])
+    return run_for_result(cmd, env, f"{lib} worker")
 
 
 def markdown(report: dict) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_vs_nemos import RESULT_TAG, feature_mask, machine_info, publish, simulate  # noqa: E402
+from bench_vs_nemos import RESULT_TAG, run_for_result, feature_mask, machine_info, publish, simulate  # noqa: E402
 
 FULL = dict(n_samples=5_000, n_features=20, n_neurons=128, actors=2, block_size=32)
 QUICK = dict(n_samples=1_000, n_features=10, n_neurons=16, actors=2, block_size=8)
@@ -78,12 +77,7 @@ def run_worker(side: str, per_neuron: bool, sizes: dict) -> dict:
            *[arg for key, value in sizes.items() for arg in (f"--{key.replace('_', '-')}", str(value))]]
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env["DISTGLM_COMPILATION_CACHE"] = ""
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise RuntimeError(f"{side} worker failed with exit code {proc.returncode}")
-    return json.loads(lines[-1][len(RESULT_TAG):])
+    return run_for_result(cmd, env, f"{side} worker")
 
 
 def agreement(report: dict) -> dict:

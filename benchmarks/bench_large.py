@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +36,7 @@ import numpy as np
 import psutil
 
 from bench_scaling import OtherCPU, wait_for_others, wait_for_quiet
-from bench_vs_nemos import RESULT_TAG, machine_info, publish
+from bench_vs_nemos import RESULT_TAG, machine_info, publish, run_for_result
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -175,12 +174,7 @@ def run_fit(path: str, cache: str, options: dict | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "fit", path, json.dumps(options or {})]
     # compiling takes memory of its own: every fit, the baseline's included, compiles afresh
     env = dict(os.environ, DISTGLM_COMPILATION_CACHE=cache)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-5000:])
-        raise RuntimeError(f"fit of {path} failed with exit code {proc.returncode}")
-    return json.loads(lines[-1][len(RESULT_TAG):])
+    return run_for_result(cmd, env, f"fit of {path}")
 
 
 def write_store(path: str, n_samples: int, n_features: int, n_neurons: int) -> dict:

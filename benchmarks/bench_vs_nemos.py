@@ -296,6 +296,20 @@ def worker(lib: str, n_samples: int, n_features: int, n_neurons: int, matmul_rep
 
 
 # ------------------------------------------------------------------ parent
+def run_for_result(cmd: list[str], env: dict, what: str) -> dict:
+    """Run a benchmark worker in a fresh process and return the result it printed last.
+
+    The worker prints its result as one line, ``RESULT_TAG`` followed by JSON; a worker that
+    fails or prints none raises, after its output is shown.
+    """
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-5000:])
+        raise RuntimeError(f"{what} failed with exit code {proc.returncode}" + ("" if lines else ", printing no result"))
+    return json.loads(lines[-1][len(RESULT_TAG):])
+
+
 def run_worker(lib: str, sizes: dict, matmul_reps: int, repeats: int, cache_dir: str | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib,
            "--n-samples", str(sizes["n_samples"]), "--n-features", str(sizes["n_features"]),
@@ -305,15 +319,7 @@ def run_worker(lib: str, sizes: dict, matmul_reps: int, repeats: int, cache_dir:
     # compilation cache stays off (as a NeMoS user meets it), distglm's goes to cache_dir
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env["DISTGLM_COMPILATION_CACHE"] = cache_dir or ""
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        raise RuntimeError(f"{lib} worker failed with exit code {proc.returncode}")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
-    if not lines:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise RuntimeError(f"{lib} worker printed no result")
-    return json.loads(lines[-1][len(RESULT_TAG):])
+    return run_for_result(cmd, env, f"{lib} worker")
 
 
 def publish(name: str, report: dict, text: str, quick: bool) -> None:
