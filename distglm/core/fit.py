@@ -60,6 +60,7 @@ from ..errors import InputError
 from . import solvers as _solvers
 from .observations import Observations, initial_intercept, resolve_link
 from .regularizers import Regularizer
+from .svrg import neuron_norm as _neuron_norm
 
 __all__ = [
     "Params",
@@ -202,12 +203,6 @@ def default_init(config: FitConfig, y, n_features: int, dtype) -> Params:
 def _init_for_mean(config: FitConfig, mean_y, n_features: int, dtype) -> Params:
     intercept = np.asarray(initial_intercept(config.inverse_link, np.asarray(mean_y, dtype)), dtype=dtype)
     return Params(np.zeros((n_features, intercept.shape[0]), dtype), intercept)
-
-
-def _neuron_norm(tree):
-    """2-norm per neuron of a pytree whose leaves have the neuron axis last, shape (n_neurons,)."""
-    squares = [jnp.sum(leaf**2, axis=tuple(range(leaf.ndim - 1))) for leaf in jax.tree_util.tree_leaves(tree)]
-    return jnp.sqrt(sum(squares))
 
 
 # Row chunks of about this many elements (n_rows * n_neurons): every per-sample intermediate

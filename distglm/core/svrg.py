@@ -140,7 +140,7 @@ class PopulationSVRGState(NamedTuple):
                          "since_best", "stalled")
 
 
-def _norm(tree):
+def neuron_norm(tree):
     """2-norm per neuron of a pytree whose leaves have the neuron axis last, shape (n_neurons,)."""
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.sqrt(sum(jnp.sum(leaf**2, axis=tuple(range(leaf.ndim - 1))) for leaf in leaves))
@@ -211,7 +211,7 @@ class PopulationSVRG:
     >>> for _ in range(100):
     ...     x, state = update(x, state)
     >>> expected = jnp.linalg.lstsq(A, b)[0]
-    >>> bool(jnp.allclose(x, expected, atol=1e-4)), bool(jnp.all(_norm(state.grad) <= 1e-5))
+    >>> bool(jnp.allclose(x, expected, atol=1e-4)), bool(jnp.all(neuron_norm(state.grad) <= 1e-5))
     (True, True)
     """
 
@@ -288,7 +288,7 @@ class PopulationSVRG:
         else:
             moved = self._prox(_axpy(-stepsize, full_grad, anchor), stepsize)
             grad = jax.tree_util.tree_map(lambda a, m: (a - m) / stepsize, anchor, moved)
-        error = _norm(grad)
+        error = neuron_norm(grad)
         better = error < state.best_grad_norm
         since_best = jnp.where(better, 0, state.since_best + accept)
         stalled = (state.stalled | (rejected > self.max_rejections)
