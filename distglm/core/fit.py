@@ -214,8 +214,9 @@ class HostLayout(NamedTuple):
     """The static shape of samples fed from the host: ``n_chunks`` chunks of ``rows`` rows.
 
     Each chunk holds ``X`` rows of shape (rows, n_features), ``y`` rows of shape
-    (rows, n_neurons) and a bool row mask of shape (rows,); ``dtype`` names the float type.
-    Hashable, so a fit compiles once per layout whatever source feeds it.
+    (rows, n_neurons), with ``n_own`` > 0 the per-neuron features of shape
+    (rows, n_own, n_neurons), and a bool row mask of shape (rows,); ``dtype`` names the float
+    type. Hashable, so a fit compiles once per layout whatever source feeds it.
     """
 
     n_chunks: int
@@ -223,6 +224,7 @@ class HostLayout(NamedTuple):
     n_features: int
     n_neurons: int
     dtype: str
+    n_own: int = 0
 
 
 class _Chunks(NamedTuple):
@@ -236,6 +238,9 @@ class _Chunks(NamedTuple):
     Fed from the host, ``X`` and ``y`` are None, ``host`` gives the layout and ``token`` (traced)
     names the registered reader that returns each chunk (see ``ChunkSource``); ``n_valid`` is
     the number of data rows over all chunks.
+
+    ``own`` (n, K, N), in memory, holds each neuron's own features (see ``fit_block``); None
+    when the block has none (fed from the host, ``host.n_own`` says).
     """
 
     X: Any
@@ -245,6 +250,7 @@ class _Chunks(NamedTuple):
     weight: Any = None
     host: HostLayout | None = None
     token: Any = None
+    own: Any = None
 
 
 def _chunk_rows(n_samples: int, n_neurons: int) -> int:
@@ -252,10 +258,17 @@ def _chunk_rows(n_samples: int, n_neurons: int) -> int:
     return min(rows, n_samples)
 
 
-def _chunk(X, y, n_valid=None, weight=None) -> _Chunks:
+def _chunk(X, y, n_valid=None, weight=None, own=None) -> _Chunks:
     n_valid = X.shape[0] if n_valid is None else n_valid
     n_neurons = 1 if y is None else y.shape[1]
-    return _Chunks(X, y, _chunk_rows(X.shape[0], n_neurons), jnp.asarray(n_valid, jnp.int32), weight)
+    return _Chunks(X, y, _chunk_rows(X.shape[0], n_neurons), jnp.asarray(n_valid, jnp.int32), weight, own=own)
+
+
+def _n_own(chunks: _Chunks) -> int:
+    """Own features per neuron (K) of the chunks' samples; 0 when they have none."""
+    if chunks.host is not None:
+        return chunks.host.n_own
+    return 0 if chunks.own is None else chunks.own.shape[1]
 
 
 def _host_chunk(layout: HostLayout, token, n_valid) -> _Chunks:
@@ -263,8 +276,8 @@ def _host_chunk(layout: HostLayout, token, n_valid) -> _Chunks:
     return _Chunks(None, None, rows, jnp.asarray(n_valid, jnp.int32), None, layout, token)
 
 
-def _fold(X, y, rows: int, valid: Callable, weight, body: Callable, carry):
-    """Fold ``body`` over the row chunks of in-memory ``X``, ``y``, slicing in place.
+def _fold(X, own, y, rows: int, valid: Callable, weight, body: Callable, carry):
+    """Fold ``body`` over the row chunks of in-memory ``X``, ``own``, ``y``, slicing in place.
 
     ``valid(start, size)`` is the bool array of shape (size, 1) of the chunk's data rows.
     """
@@ -276,19 +289,20 @@ def _fold(X, y, rows: int, valid: Callable, weight, body: Callable, carry):
 
     def step(carry, i):
         start = i * rows
-        return body(carry, rows_of(X, start, rows), rows_of(y, start, rows), valid(start, rows),
-                    rows_of(weight, start, rows)), None
+        return body(carry, rows_of(X, start, rows), rows_of(own, start, rows), rows_of(y, start, rows),
+                    valid(start, rows), rows_of(weight, start, rows)), None
 
     carry, _ = jax.lax.scan(step, carry, jnp.arange(k))
     if rem:
-        carry = body(carry, X[k * rows:], y if y is None else y[k * rows:], valid(k * rows, rem),
-                     None if weight is None else weight[k * rows:])
+        carry = body(carry, X[k * rows:], None if own is None else own[k * rows:], y if y is None else y[k * rows:],
+                     valid(k * rows, rem), None if weight is None else weight[k * rows:])
     return carry
 
 
 def _reduce(chunks: _Chunks, body: Callable, init):
-    """Fold ``body(carry, x_chunk, y_chunk, valid, w_chunk)`` over the row chunks.
+    """Fold ``body(carry, x_chunk, own_chunk, y_chunk, valid, w_chunk)`` over the row chunks.
 
+    ``own_chunk`` is the chunk's own features (rows, K, N), or None when the block has none;
     ``valid`` is a bool array of shape (rows, 1): which of the chunk's rows are data;
     ``w_chunk`` is the chunk's row weights, or None when ``chunks.weight`` is None. Samples fed
     from the host arrive one host chunk at a time (a callback inside the loop), and each host
@@ -300,19 +314,21 @@ def _reduce(chunks: _Chunks, body: Callable, init):
         def valid(start, size):
             return (start + jnp.arange(size)[:, None]) < n_valid
 
-        return _fold(chunks.X, chunks.y, chunks.rows, valid, chunks.weight, body, init)
+        return _fold(chunks.X, chunks.own, chunks.y, chunks.rows, valid, chunks.weight, body, init)
 
     layout = chunks.host
     dtype = np.dtype(layout.dtype)
     shapes = (jax.ShapeDtypeStruct((layout.rows, layout.n_features), dtype),
               jax.ShapeDtypeStruct((layout.rows, layout.n_neurons), dtype),
               jax.ShapeDtypeStruct((layout.rows,), np.dtype(bool)))
+    if layout.n_own:
+        shapes = shapes + (jax.ShapeDtypeStruct((layout.rows, layout.n_own, layout.n_neurons), dtype),)
 
     def outer(carry, i):
-        x, yy, ok = jax.pure_callback(_read_registered, shapes, chunks.token, i, vmap_method="sequential")
+        x, yy, ok, *own = jax.pure_callback(_read_registered, shapes, chunks.token, i, vmap_method="sequential")
         ok = ok[:, None]
-        return _fold(x, yy, chunks.rows, lambda start, size: jax.lax.dynamic_slice_in_dim(ok, start, size),
-                     None, body, carry), None
+        return _fold(x, own[0] if own else None, yy, chunks.rows,
+                     lambda start, size: jax.lax.dynamic_slice_in_dim(ok, start, size), None, body, carry), None
 
     return jax.lax.scan(outer, init, jnp.arange(layout.n_chunks))[0]
 
@@ -336,11 +352,15 @@ class ChunkSource:
         ``read(i) -> (X_rows, y_rows, keep)`` for chunk ``i`` in ``range(n_chunks)``: arrays of
         shape (rows, n_features) and (rows, n_neurons) and a bool array of shape (rows,) that
         is False for rows that are not data (NaN rows, padding past the last sample). Rows
-        that are not data must hold finite values (zeros, say).
+        that are not data must hold finite values (zeros, say). With ``n_own`` > 0,
+        ``read(i) -> (X_rows, y_rows, keep, own_rows)``, ``own_rows`` the neurons' own features
+        of shape (rows, n_own, n_neurons) (see :func:`fit_block`).
     n_chunks, rows, n_features, n_neurons : int
         The layout; every chunk has ``rows`` rows.
     n_valid : int
         Data rows over all chunks.
+    n_own : int, optional
+        Own features per neuron (K); default 0, none.
 
     Examples
     --------
@@ -352,21 +372,25 @@ class ChunkSource:
     HostLayout(n_chunks=2, rows=5, n_features=2, n_neurons=3, dtype='float32')
     """
 
-    def __init__(self, read: Callable, *, n_chunks: int, rows: int, n_features: int, n_neurons: int, n_valid: int):
+    def __init__(self, read: Callable, *, n_chunks: int, rows: int, n_features: int, n_neurons: int, n_valid: int,
+                 n_own: int = 0):
         if not callable(read):
             raise TypeError(f"read must be callable; got {type(read).__name__}")
         for name, value in (("n_chunks", n_chunks), ("rows", rows), ("n_features", n_features),
                             ("n_neurons", n_neurons), ("n_valid", n_valid)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive int; got {value!r}")
+        if isinstance(n_own, bool) or not isinstance(n_own, (int, np.integer)) or n_own < 0:
+            raise ValueError(f"n_own must be a non-negative int; got {n_own!r}")
         if n_valid > n_chunks * rows:
             raise ValueError(f"n_valid={n_valid} exceeds the {n_chunks} x {rows} rows of the chunks")
         self.read, self.n_chunks, self.rows = read, int(n_chunks), int(rows)
         self.n_features, self.n_neurons, self.n_valid = int(n_features), int(n_neurons), int(n_valid)
+        self.n_own = int(n_own)
 
     def layout(self, dtype, n_neurons: int | None = None) -> HostLayout:
         return HostLayout(self.n_chunks, self.rows, self.n_features,
-                          self.n_neurons if n_neurons is None else n_neurons, np.dtype(dtype).name)
+                          self.n_neurons if n_neurons is None else n_neurons, np.dtype(dtype).name, self.n_own)
 
 
 def _bucket(n: int) -> int:
@@ -410,23 +434,42 @@ def _elementwise(obs: Observations, link: Callable, order: int):
     return second
 
 
+def _linear(x, own, weights, intercept):
+    """The linear predictor of a row chunk, shape (rows, N): ``x @ weights[:p] + intercept``, plus
+    with own features ``own`` (rows, K, N) each neuron's ``sum_k own[:, k, n] * weights[p + k, n]``."""
+    p = x.shape[1]
+    eta = x @ weights[:p] + intercept
+    if own is None:
+        return eta
+    return eta + jnp.einsum("rkn,kn->rn", own, weights[p:])
+
+
+def _linear_transpose(x, own, d):
+    """The gradient of ``sum(_linear(...) * d)`` w.r.t. the weights, shape (p [+ K], N)."""
+    g = x.T @ d
+    if own is None:
+        return g
+    return jnp.concatenate([g, jnp.einsum("rkn,rn->kn", own, d)], axis=0)
+
+
 def _data_pass(chunks: _Chunks, weights, intercept, fn, with_grad: bool):
     """Per-neuron mean loss (N,), and its gradients (p, N), (N,) w.r.t. weights and intercept.
 
     One pass over row chunks: each chunk costs one product ``X_c @ weights`` and, for the
-    gradient, one ``X_c.T @ d``; nothing of size (n_samples, n_neurons) is materialised.
+    gradient, one ``X_c.T @ d``; nothing of size (n_samples, n_neurons) is materialised. Own
+    features add ``K`` multiply-adds per sample and neuron each way (``_linear``).
     """
     scale = 1.0 / chunks.n_valid.astype(weights.dtype)
     zeros_n = jnp.zeros((weights.shape[1],), weights.dtype)
 
-    def body(carry, x, yy, valid, w):
-        value, deriv = fn(yy, x @ weights + intercept)
+    def body(carry, x, own, yy, valid, w):
+        value, deriv = fn(yy, _linear(x, own, weights, intercept))
         w = scale if w is None else w[:, None]
         loss = carry[0] + jnp.sum(jnp.where(valid, w * value, 0.0), axis=0)
         if not with_grad:
             return (loss,)
         d = jnp.where(valid, w * deriv, 0.0)
-        return (loss, carry[1] + x.T @ d, carry[2] + jnp.sum(d, axis=0))
+        return (loss, carry[1] + _linear_transpose(x, own, d), carry[2] + jnp.sum(d, axis=0))
 
     init = (zeros_n, jnp.zeros_like(weights), zeros_n) if with_grad else (zeros_n,)
     return _reduce(chunks, body, init)
@@ -434,8 +477,8 @@ def _data_pass(chunks: _Chunks, weights, intercept, fn, with_grad: bool):
 
 def _curvature(chunks: _Chunks, weights, intercept, fn2):
     """Mean over samples of d^2 nll / d eta^2 at the given parameters, shape (n_neurons,)."""
-    def body(acc, x, yy, valid, w):
-        curvature = jnp.where(valid, fn2(yy, x @ weights + intercept), 0.0)
+    def body(acc, x, own, yy, valid, w):
+        curvature = jnp.where(valid, fn2(yy, _linear(x, own, weights, intercept)), 0.0)
         return acc + jnp.sum(curvature, axis=0) / chunks.n_valid.astype(weights.dtype)
 
     return _reduce(chunks, body, jnp.zeros(weights.shape[1], weights.dtype))
@@ -443,11 +486,37 @@ def _curvature(chunks: _Chunks, weights, intercept, fn2):
 
 def _gram(chunks: _Chunks, p: int, dtype):
     """``[X 1]^T [X 1] / n_valid`` over the data rows, shape (p+1, p+1), one row chunk at a time."""
-    def body(acc, x, yy, valid, w):
+    def body(acc, x, own, yy, valid, w):
         a = jnp.where(valid, jnp.concatenate([x, jnp.ones((x.shape[0], 1), dtype)], axis=1), 0.0)
         return acc + a.T @ a
 
     return _reduce(chunks, body, jnp.zeros((p + 1, p + 1), dtype)) / chunks.n_valid.astype(dtype)
+
+
+def _own_gram(chunks: _Chunks, p: int, n_neurons: int, dtype):
+    """Each neuron's ``[X F_n 1]^T [X F_n 1] / n_valid`` (F_n its own features), shape (N, p+K+1, p+K+1).
+
+    The shared block ``[X 1]^T [X 1]`` is one product; the own features add ``X^T F_n`` and
+    ``F_n^T F_n`` per neuron (``(p + 1) * K + K**2`` multiply-adds per sample and neuron).
+    """
+    k = _n_own(chunks)
+
+    def body(acc, x, own, yy, valid, w):
+        a = jnp.where(valid, jnp.concatenate([x, jnp.ones((x.shape[0], 1), dtype)], axis=1), 0.0)
+        f = jnp.where(valid[:, :, None], own, 0.0)
+        return acc[0] + a.T @ a, acc[1] + jnp.einsum("ra,rkn->nak", a, f), acc[2] + jnp.einsum("rkn,rjn->nkj", f, f)
+
+    init = (jnp.zeros((p + 1, p + 1), dtype), jnp.zeros((n_neurons, p + 1, k), dtype),
+            jnp.zeros((n_neurons, k, k), dtype))
+    shared, cross, own = (a / chunks.n_valid.astype(dtype) for a in _reduce(chunks, body, init))
+    # in the order of the parameters: [X, F_n, 1]
+    xs, one = shared[:p], shared[p:]
+    top = jnp.concatenate([jnp.broadcast_to(xs[:, :p], (n_neurons, p, p)), cross[:, :p],
+                           jnp.broadcast_to(xs[:, p:], (n_neurons, p, 1))], axis=2)
+    middle = jnp.concatenate([jnp.swapaxes(cross[:, :p], 1, 2), own, jnp.swapaxes(cross[:, p:], 1, 2)], axis=2)
+    bottom = jnp.concatenate([jnp.broadcast_to(one[:, :p], (n_neurons, 1, p)), cross[:, p:],
+                              jnp.broadcast_to(one[:, p:], (n_neurons, 1, 1))], axis=2)
+    return jnp.concatenate([top, middle, bottom], axis=1)
 
 
 # Above this many parameters per neuron (features + intercept) a per-neuron factor of the
@@ -551,7 +620,7 @@ def _restricted_eigh(gram, column):
     return jnp.linalg.eigh(gram * column[:, None] * column[None, :] + jnp.diag(1.0 - column))
 
 
-def choose_preconditioner(mask, active=None) -> str:
+def choose_preconditioner(mask, active=None, own: bool = False) -> str:
     """The preconditioner ``"auto"`` picks for a block: ``"cholesky"``, ``"shared"`` or ``"diagonal"``.
 
     Narrow blocks (at most ``CHOLESKY_MAX_PARAMS - 1`` features) get the exact per-neuron
@@ -564,6 +633,9 @@ def choose_preconditioner(mask, active=None) -> str:
     mask : array of shape (n_features, n_neurons)
     active : bool array of shape (n_neurons,), optional
         Neurons that enter the solve; the others' mask columns are ignored. Default all.
+    own : bool
+        Whether the block has own features (``fit_block``'s ``own``): each neuron then has its
+        own Gram matrix, so wide blocks get the diagonal, never the shared eigenbasis.
 
     Examples
     --------
@@ -577,6 +649,8 @@ def choose_preconditioner(mask, active=None) -> str:
     mask = np.asarray(mask)
     if mask.shape[0] + 1 <= CHOLESKY_MAX_PARAMS:
         return "cholesky"
+    if own:
+        return "diagonal"
     cols = mask if active is None else mask[:, np.asarray(active, bool)]
     if cols.shape[1] == 0 or np.all(cols == cols[:, :1]):
         return "shared"
@@ -600,7 +674,8 @@ def _preconditioner(kind: str, design, mask, h, ridge):
     # diagonal keeps it definite
     rel = 1e-7 if dtype == jnp.float32 else 1e-12
     if kind == "diagonal":
-        d = h * design[:, None] * m + (1.0 - m) + ridge
+        # design: the Gram matrix's diagonal, shared (p+1,) or per neuron (p+1, N)
+        d = h * (design if design.ndim == 2 else design[:, None]) * m + (1.0 - m) + ridge
         return _Diagonal(jax.lax.rsqrt(d + rel * jnp.mean(d, axis=0)))
     if kind == "shared":
         # every active neuron has this mask, so in the eigenbasis of its restricted Gram matrix
@@ -611,7 +686,8 @@ def _preconditioner(kind: str, design, mask, h, ridge):
         r = jnp.sum(ridge, axis=0) / jnp.maximum(jnp.sum(m[:-1], axis=0), 1.0)
         return _Shared(design.basis, jax.lax.rsqrt(lam[:, None] * h[None, :] + r[None, :]))
     mt = m.T  # (N, p+1)
-    P = h[:, None, None] * design[None] * mt[:, :, None] * mt[:, None, :]
+    # design: the Gram matrix, shared (p+1, p+1) or per neuron (N, p+1, p+1)
+    P = h[:, None, None] * (design if design.ndim == 3 else design[None]) * mt[:, :, None] * mt[:, None, :]
     eye = jnp.eye(p1, dtype=dtype)
     P = P + ((1.0 - mt) + ridge.T)[:, :, None] * eye
     P = P + rel * jnp.trace(P, axis1=1, axis2=2)[:, None, None] / p1 * eye
@@ -763,7 +839,7 @@ def _svrg_smoothness(chunks: _Chunks, mask, theta: Params, config: FitConfig):
     fn2 = _elementwise(config.observation, config.link, 2)
     weights, intercept = theta.coef * mask, theta.intercept
 
-    def body(carry, x, yy, valid, w):
+    def body(carry, x, own, yy, valid, w):
         h = jnp.where(valid, fn2(yy, x @ weights + intercept), 0.0)
         a = jnp.concatenate([x, jnp.ones((x.shape[0], 1), dtype)], axis=1)
         q = jnp.sum((a @ form) * a, axis=1)
@@ -799,7 +875,11 @@ def _precondition(kind: str, design, chunks: _Chunks, mask, theta0: Params, stre
     """
     if not config.preconditioned:
         return None
-    if design is None:
+    if design is None and _n_own(chunks):
+        # each neuron's Gram matrix of [X, F_n, 1]; "shared" is refused with own features
+        gram = _own_gram(chunks, mask.shape[0] - _n_own(chunks), mask.shape[1], mask.dtype)
+        design = gram if kind == "cholesky" else jnp.diagonal(gram, axis1=1, axis2=2).T
+    elif design is None:
         gram = _gram(chunks, mask.shape[0], mask.dtype)
         if kind == "cholesky":
             design = gram
@@ -823,7 +903,7 @@ def _rank(chunks: _Chunks, p: int, dtype):
     The triangular factor R of X (X = QR) has X's singular values; it is updated one row chunk
     at a time by the QR of R stacked on the chunk.
     """
-    def body(R, x, yy, valid, w):
+    def body(R, x, own, yy, valid, w):
         return jnp.linalg.qr(jnp.concatenate([R, jnp.where(valid, x, 0.0)]), mode="r")
 
     s = jnp.linalg.svd(_reduce(chunks, body, jnp.zeros((p, p), dtype)), compute_uv=False)
@@ -831,7 +911,14 @@ def _rank(chunks: _Chunks, p: int, dtype):
     return jnp.sum(s > tol)
 
 
-def _dof_resid(config: FitConfig, chunks: _Chunks, coef):
+def _dof_resid(config: FitConfig, chunks: _Chunks, coef, n_other=0):
+    """NeMoS's residual degrees of freedom, shape (n_neurons,).
+
+    ``n_other`` counts the columns of the full design that the block's view leaves out (the
+    other neurons' own features, masked out for all of its neurons): NeMoS counts every column.
+    Unregularised, the rank of the full design is taken as the rank of X plus one for each own
+    feature column (exact when those columns are independent of each other and of X).
+    """
     p, n_neurons = coef.shape
     n, dtype = chunks.n_valid, coef.dtype
     name = config.regularizer.name
@@ -839,8 +926,9 @@ def _dof_resid(config: FitConfig, chunks: _Chunks, coef):
         nnz = jnp.sum(~jnp.isclose(coef, 0.0), axis=0)
         return (n - nnz - 1).astype(dtype)
     if name == "Ridge":
-        return jnp.full((n_neurons,), n - p - 1, dtype)
-    return jnp.full((n_neurons,), n - _rank(chunks, p, dtype) - 1, dtype)
+        return jnp.full((n_neurons,), n - p - n_other - 1, dtype)
+    k = _n_own(chunks)
+    return jnp.full((n_neurons,), n - _rank(chunks, p - k, dtype) - k - n_other - 1, dtype)
 
 
 def _scale(config: FitConfig, chunks: _Chunks, coef, intercept, dof):
@@ -852,8 +940,8 @@ def _scale(config: FitConfig, chunks: _Chunks, coef, intercept, dof):
     """
     obs, link = config.observation, config.link
 
-    def body(acc, x, yy, valid, w):
-        rate = predict_rate(link, x, coef, intercept)
+    def body(acc, x, own, yy, valid, w):
+        rate = link(_linear(x, own, coef, intercept))
         ones = jnp.ones_like(dof)
         return acc + obs.estimate_scale(jnp.where(valid, yy, rate), rate, ones) - obs.estimate_scale(rate, rate, ones)
 
@@ -864,12 +952,13 @@ def _scale(config: FitConfig, chunks: _Chunks, coef, intercept, dof):
 
 @partial(jax.jit, static_argnames=("config", "kind", "host"))
 def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: FitConfig, kind: str,
-           host: HostLayout | None = None):
+           host: HostLayout | None = None, own=None, n_other=0):
     """The one solve loop of every fit. With ``host``, ``X`` is the token of a registered reader
     and ``y`` is None: the samples are fed from the host chunk by chunk. ``kind`` and ``design``
-    choose the preconditioner (see ``_precondition``)."""
+    choose the preconditioner (see ``_precondition``). ``own`` (in memory) and ``n_other``: the
+    block's own features, see ``fit_block``."""
     theta0 = _safe_start(config, init, active)
-    chunks = _chunk(X, y, n_valid) if host is None else _host_chunk(host, X, n_valid)
+    chunks = _chunk(X, y, n_valid, own=own) if host is None else _host_chunk(host, X, n_valid)
     precond = _precondition(kind, design, chunks, mask, theta0, strength, active, config)
     prob = _build(chunks, mask, strength, active, precond, config)
     solver = prob.solver
@@ -900,15 +989,23 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: 
     loss = _solvers.neuron_values(state)
     if loss is None:
         loss = prob.data_loss(theta) + prob.penalty(theta)
-    dof = _dof_resid(config, chunks, coef)
+    dof = _dof_resid(config, chunks, coef, n_other)
     scale = _scale(config, chunks, coef, intercept, dof)
     finite = jnp.all(jnp.isfinite(coef), axis=0) & jnp.isfinite(intercept) & jnp.isfinite(loss)
     return coef, intercept, scale, dof, n_iter, err, loss, finite, state
 
 
 def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strength=None,
-              n_samples: int | None = None, gram=None, preconditioner: str = "auto") -> BlockResult:
+              n_samples: int | None = None, gram=None, preconditioner: str = "auto", own=None,
+              n_other: int = 0) -> BlockResult:
     """Fit a block of neurons sharing the design ``X``; compiled once per shape and config.
+
+    Besides the shared ``X``, each neuron may have ``K`` features of its own (``own``, e.g. its
+    spike history): neuron ``n``'s linear predictor is then
+    ``X[t] @ (coef * mask)[:p, n] + sum_k own[t, k, n] * (coef * mask)[p + k, n] + intercept[n]``,
+    the coefficients of shape (p + K, n_neurons). This is the masked product over the full
+    design ``[X, F_0, ..., F_{N-1}]`` whose mask lets neuron ``n`` see only ``F_n``, at
+    ``K`` rather than ``N * K`` multiply-adds per sample and neuron.
 
     Parameters
     ----------
@@ -916,14 +1013,15 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         Design matrix, NaN rows already removed.
     y : array of shape (n_samples, n_neurons)
         Responses of the block's neurons.
-    mask : array of shape (n_features, n_neurons)
-        1 where a feature predicts a neuron, 0 where it does not.
+    mask : array of shape (n_features [+ K], n_neurons)
+        1 where a feature predicts a neuron, 0 where it does not (own features last).
     config : FitConfig
     init : Params, optional
-        Starting coefficients (n_features, n_neurons) and intercepts (n_neurons,); default zeros
-        and the intercepts matching each neuron's mean response.
+        Starting coefficients (n_features [+ K], n_neurons) and intercepts (n_neurons,); default
+        zeros and the intercepts matching each neuron's mean response.
     strength : per-neuron strength arrays, optional
-        As returned by ``config.regularizer.expand_strength`` (neuron axis last).
+        As returned by ``config.regularizer.expand_strength`` (neuron axis last) for
+        ``n_features [+ K]`` features.
     n_samples : int, optional
         Data rows of ``X`` and ``y``: the rows after them are zero padding. Arrays already
         padded to ``bucket_rows(n_samples, bucket_neurons(n_neurons))`` rows (and ``y`` to
@@ -937,6 +1035,16 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         Change of variables of preconditioned solvers; ``"auto"`` is
         ``choose_preconditioner(mask)``. ``"shared"`` assumes the active neurons share one mask
         column (it uses the first active neuron's). Every choice reaches the same optimum.
+        With ``own``, each neuron's Gram matrix includes its own features, computed inside
+        the solve: ``"cholesky"`` factors each neuron's ``[X F_n 1]`` Gram matrix,
+        ``"diagonal"`` scales by its diagonal, and ``"shared"`` (one matrix for the block) is
+        refused.
+    own : array of shape (n_samples, K, n_neurons), optional
+        Each neuron's own features (rows padded like ``y``'s); default none. Not with a
+        ``gram`` (the Gram matrix then differs by neuron) nor with a stochastic solver.
+    n_other : int
+        Columns of the full design outside this block's view (the other neurons' own
+        features): counted in the residual degrees of freedom as NeMoS counts every column.
 
     Returns
     -------
@@ -959,6 +1067,10 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     X, y = (a if isinstance(a, jax.Array) and a.dtype == dtype else np.asarray(a, dtype=dtype) for a in (X, y))
     n_features, n_neurons = X.shape[1], y.shape[1]
     n_samples = X.shape[0] if n_samples is None else int(n_samples)
+    n_own = _check_own(own, X.shape[0], n_neurons, config, n_other)
+    if n_own and gram is not None:
+        raise InputError("gram must be None with own features: each neuron's Gram matrix includes its own features, "
+                         "computed in the solve")
     if gram is not None and (not isinstance(gram, DesignGram) or gram.matrix.shape != (n_features + 1,) * 2
                              or gram.matrix.dtype != dtype):
         got = gram.matrix.shape if isinstance(gram, DesignGram) else type(gram).__name__
@@ -966,7 +1078,7 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
                          f"got {got}")
     if init is None:
         init = _init_for_mean(config, np.sum(np.asarray(y)[:n_samples], axis=0, dtype=dtype) / n_samples,
-                              n_features, dtype)
+                              n_features + n_own, dtype)
 
     # Pad to the shape bucket: zero rows past n_samples count for nothing.
     n_cols = bucket_neurons(n_neurons)
@@ -975,19 +1087,40 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         X = np.pad(np.asarray(X)[:n_samples], ((0, n_rows - n_samples), (0, 0)))
     if y.shape != (n_rows, n_cols):
         y = np.pad(np.asarray(y)[:n_samples], ((0, n_rows - n_samples), (0, n_cols - n_neurons)))
+    if n_own:
+        own = np.asarray(own, dtype)
+        if own.shape != (n_rows, n_own, n_cols):
+            own = np.pad(own[:n_samples], ((0, n_rows - n_samples), (0, 0), (0, n_cols - n_neurons)))
 
-    if gram is None and config.preconditioned and isinstance(X, np.ndarray):
+    if gram is None and config.preconditioned and isinstance(X, np.ndarray) and not n_own:
         # on the host, one BLAS product; device arrays get theirs inside the solve
         gram = DesignGram(X, n_samples)
 
     def solve(mask, init, strength, active, design, kind):
-        return _solve(X, y, mask, init, strength, active, np.int32(n_samples), design, config, kind)
+        return _solve(X, y, mask, init, strength, active, np.int32(n_samples), design, config, kind, own=own,
+                      n_other=np.int32(n_other))
 
-    return _run(solve, mask, init, strength, config, dtype, preconditioner, gram)
+    return _run(solve, mask, init, strength, config, dtype, preconditioner, gram, own=bool(n_own))
+
+
+def _check_own(own, n_rows: int, n_neurons: int, config: FitConfig, n_other) -> int:
+    """``own`` checked against the block (shape (n_rows, K, n_neurons)): its K, 0 for None."""
+    if isinstance(n_other, bool) or not isinstance(n_other, (int, np.integer)) or n_other < 0:
+        raise InputError(f"n_other must be a non-negative int; got {n_other!r}")
+    if own is None:
+        return 0
+    shape = np.shape(own)
+    if len(shape) != 3 or shape[0] != n_rows or shape[2] != n_neurons or shape[1] < 1:
+        raise InputError(f"own must be of shape (n_samples, K, n_neurons) = ({n_rows}, K, {n_neurons}); "
+                         f"got shape {shape}")
+    if _solvers.is_stochastic(config.solver_name):
+        raise InputError(f"solver {config.solver_name!r} samples rows at random and takes no own features; "
+                         "choose a full-batch solver")
+    return shape[1]
 
 
 def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | None = None,
-                 strength=None, preconditioner: str = "auto") -> BlockResult:
+                 strength=None, preconditioner: str = "auto", n_other: int = 0) -> BlockResult:
     """Fit a block of neurons whose samples are fed from the host, one chunk of rows at a time.
 
     The same solve as :func:`fit_block` (and the same results, to rounding): every pass over
@@ -1005,6 +1138,8 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
     strength : per-neuron strength arrays, optional
     preconditioner : {"auto", "cholesky", "shared", "diagonal"}
         As in :func:`fit_block`; the Gram matrix is accumulated over the chunks in the solve.
+    n_other : int
+        As in :func:`fit_block`, for a source with own features (``source.n_own``).
 
     Returns
     -------
@@ -1039,48 +1174,55 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
     dtype = jax.dtypes.canonicalize_dtype(np.float64)
     n_cols = bucket_neurons(source.n_neurons)
     layout = source.layout(dtype, n_cols)
+    _check_own(None, 0, 0, config, n_other)
     expected = ((layout.rows, layout.n_features), (layout.rows, source.n_neurons), (layout.rows,))
+    if source.n_own:
+        expected = expected + ((layout.rows, source.n_own, source.n_neurons),)
 
     def read(i):
-        x, yy, keep = source.read(i)
-        shapes = (np.shape(x), np.shape(yy), np.shape(keep))
+        x, yy, keep, *own = source.read(i)
+        shapes = tuple(np.shape(a) for a in (x, yy, keep, *own))
         if shapes != expected:
             raise ValueError(f"chunk {i} of the source must have shapes {expected}; got {shapes}")
-        yy = np.asarray(yy, dtype)
-        if n_cols > source.n_neurons:
-            yy = np.pad(yy, ((0, 0), (0, n_cols - source.n_neurons)))
-        return np.asarray(x, dtype), yy, np.asarray(keep, bool)
+        pad = n_cols - source.n_neurons
+        yy = np.pad(np.asarray(yy, dtype), ((0, 0), (0, pad))) if pad else np.asarray(yy, dtype)
+        own = [np.pad(np.asarray(a, dtype), ((0, 0), (0, 0), (0, pad))) if pad else np.asarray(a, dtype) for a in own]
+        return (np.asarray(x, dtype), yy, np.asarray(keep, bool), *own)
 
     if init is None:
         total = np.zeros(source.n_neurons, dtype)
         for i in range(source.n_chunks):
-            _, yy, keep = source.read(i)
+            _, yy, keep, *_ = source.read(i)
             total += np.sum(np.asarray(yy)[np.asarray(keep, bool)], axis=0, dtype=dtype)
-        init = _init_for_mean(config, total / source.n_valid, source.n_features, dtype)
+        init = _init_for_mean(config, total / source.n_valid, source.n_features + source.n_own, dtype)
 
     token = next(_TOKENS)
     _READERS[token] = read
     try:
         def solve(mask, init, strength, active, design, kind):
             return _solve(np.int32(token), None, mask, init, strength, active, np.int32(source.n_valid), design,
-                          config, kind, host=layout)
+                          config, kind, host=layout, n_other=np.int32(n_other))
 
-        return _run(solve, mask, init, strength, config, dtype, preconditioner, None)
+        return _run(solve, mask, init, strength, config, dtype, preconditioner, None, own=bool(source.n_own))
     finally:
         del _READERS[token]
 
 
 def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype, preconditioner: str,
-         gram) -> BlockResult:
+         gram, own: bool = False) -> BlockResult:
     """Pad the neurons to their bucket, run ``solve`` (retrying without neurons that diverge), and
     gather the block's results without the padding.
 
     Padding neurons have a NaN intercept, so they are inactive from the start and never enter
     the solve. The preconditioner ``preconditioner`` ("auto": ``choose_preconditioner``) is
-    built from ``gram`` (a ``DesignGram``), or inside the solve when it is None.
+    built from ``gram`` (a ``DesignGram``), or inside the solve when it is None; ``own``: the
+    block has own features.
     """
     if preconditioner not in PRECONDITIONERS:
         raise InputError(f"preconditioner must be one of {PRECONDITIONERS}; got {preconditioner!r}")
+    if own and preconditioner == "shared":
+        raise InputError("the shared preconditioner needs one Gram matrix for the whole block, and own features give "
+                         "each neuron its own: choose 'auto', 'cholesky' or 'diagonal'")
     n_neurons = np.shape(init.intercept)[0]
     n_cols = bucket_neurons(n_neurons)
 
@@ -1093,7 +1235,7 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
     strength = jax.tree_util.tree_map(lambda s: pad_neurons(s, mode="edge"), strength)
 
     status = np.where(np.isfinite(np.asarray(init.intercept)), STATUS_OK, STATUS_NONFINITE_INIT).astype(np.int8)
-    kind = choose_preconditioner(mask, status == STATUS_OK) if preconditioner == "auto" else preconditioner
+    kind = choose_preconditioner(mask, status == STATUS_OK, own) if preconditioner == "auto" else preconditioner
     design = None
     if config.preconditioned and gram is not None:
         design = gram.for_preconditioner(kind, mask, status == STATUS_OK)
