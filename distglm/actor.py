@@ -167,12 +167,17 @@ class SampleReader:
         self.reader, self.dtype = reader, np.dtype(dtype)
         info = reader.info
         self.n_stored, self.n_features = info.n_samples, info.n_features
-        self.history = None
+        self.history, self.own = None, False
         if spec.history is not None:
             from .history import HistorySpec
 
             self.history = HistorySpec.from_json(spec.history)
             self.n_features += info.n_neurons * self.history.n_basis_funcs
+            # each neuron driven by its own past alone: the core's own features (K per neuron)
+            # instead of the masked product over every neuron's K columns; a group lasso's groups
+            # are laid out over the full feature axis, so it keeps the product
+            self.own = (spec.model.get("regularizer") != "GroupLasso"
+                        and np.array_equal(self.history.coupling_mask(info.n_neurons), np.eye(info.n_neurons)))
         self.n_samples = info.n_samples if spec.n_samples is None else spec.n_samples
         self.dropped = np.zeros(0, np.int64) if spec.dropped_rows is None else np.asarray(spec.dropped_rows)
         # one stored chunk of samples per read; a recording stored in one chunk is read in
@@ -185,6 +190,7 @@ class SampleReader:
         self._design_lock = threading.Lock()
         self._gram = None
         self._gram_lock = threading.Lock()
+        self._coef_shaped = None
 
     def _kept(self, row: int, stop: int) -> np.ndarray:
         """Bool array of shape (stop - row,): which stored samples ``[row, stop)`` are fitted."""
@@ -202,17 +208,69 @@ class SampleReader:
         keep = self._kept(row, row + len(values))
         return values if keep.all() else values[keep]
 
+    @property
+    def n_fit_features(self) -> int:
+        """Coefficients per neuron in the solve: ``n_features``, or with own history features the
+        stored features and the neuron's own K."""
+        if self.own:
+            return self.reader.info.n_features + self.history.n_basis_funcs
+        return self.n_features
+
     def mask_block(self, start: int, stop: int) -> np.ndarray:
-        """The 0/1 mask of neurons ``[start, stop)``, of shape (n_features, stop - start): the stored
-        mask, then the history features' (coupling mask repeated for each kernel)."""
+        """The 0/1 mask of neurons ``[start, stop)``, of shape (n_fit_features, stop - start): the stored
+        mask, then the history features' (coupling mask repeated for each kernel; ones for own features)."""
         stored = self.reader.mask_block(start, stop)
         if self.history is None:
             return stored
+        if self.own:
+            return np.concatenate([stored, np.ones((self.history.n_basis_funcs, stop - start), stored.dtype)])
         coupling = self.history.coupling_mask(self.reader.info.n_neurons)[:, start:stop]
         return np.concatenate([stored, np.repeat(coupling, self.history.n_basis_funcs, axis=0)])
 
-    def _history_rows(self, row: int, stop: int) -> np.ndarray:
-        """History features of the stored samples ``[row, stop)``, of shape (stop - row, n_neurons * K).
+    def own_rows(self, a: np.ndarray, start: int) -> np.ndarray:
+        """Rows of ``a`` (..., n_features, n) laid out over the full feature axis, taken for the
+        solve with own features: the stored features' and neuron ``start + j``'s own K, shape
+        (..., n_fit_features, n). Neurons past the store (padding) take the last neuron's."""
+        n_stored, k = self.reader.info.n_features, self.history.n_basis_funcs
+        neurons = np.minimum(start + np.arange(a.shape[-1]), self.reader.info.n_neurons - 1)
+        own = a[..., n_stored + neurons[None, :] * k + np.arange(k)[:, None], np.arange(a.shape[-1])]
+        return np.concatenate([a[..., :n_stored, :], own], axis=-2)
+
+    def full_rows(self, a: np.ndarray, start: int) -> np.ndarray:
+        """The inverse of :meth:`own_rows`: ``a`` (..., n_fit_features, n) over the full feature axis,
+        zeros at the other neurons' history features. An array of the solver's stacked
+        parameters (..., n_fit_features + 1, n) keeps its last row (the intercepts') last."""
+        n_stored, k = self.reader.info.n_features, self.history.n_basis_funcs
+        extra = a.shape[-2] - self.n_fit_features
+        out = np.zeros(a.shape[:-2] + (self.n_features + extra, a.shape[-1]), a.dtype)
+        out[..., :n_stored, :] = a[..., :n_stored, :]
+        neurons = start + np.arange(a.shape[-1])
+        out[..., n_stored + neurons[None, :] * k + np.arange(k)[:, None], np.arange(a.shape[-1])] = \
+            a[..., n_stored:n_stored + k, :]
+        out[..., self.n_features:, :] = a[..., self.n_fit_features:, :]
+        return out
+
+    def coef_shaped(self, config, strength, n_cols: int) -> frozenset:
+        """Names of the solver state's leaves laid out over the features (coefficient-shaped, or
+        stacked with the intercepts), which :meth:`full_rows` lays out for the store: those whose
+        shape changes with the number of features. Found once, from the state's shapes alone."""
+        if self._coef_shaped is None:
+            import jax
+
+            from .core.fit import state_spec
+
+            def like(n):
+                # the strength arrays (coefficient-shaped: (n_fit_features, n_cols)) for n features
+                return jax.tree_util.tree_map(lambda a: np.ones((n,) + np.shape(a)[1:]), strength)
+
+            specs = [state_spec(config, 8, n, n_cols, self.dtype, like(n))
+                     for n in (self.n_fit_features, self.n_fit_features + 1)]
+            self._coef_shaped = frozenset(name for name in specs[0] if specs[0][name][0] != specs[1][name][0])
+        return self._coef_shaped
+
+    def _history_rows(self, row: int, stop: int, first_neuron: int = 0, last_neuron: int | None = None) -> np.ndarray:
+        """History features of the stored samples ``[row, stop)`` of neurons ``[first_neuron, last_neuron)``
+        (default all), of shape (stop - row, n * K), neuron-major.
 
         Read from the ``window_size`` samples before ``row`` on: a window may reach into the
         previous stored chunk. Samples before the first have no history (zeros here; the
@@ -220,12 +278,12 @@ class SampleReader:
         """
         from .history import history_rows
 
+        last_neuron = self.reader.info.n_neurons if last_neuron is None else last_neuron
         window = self.history.window_size
         first = max(row - window, 0)
-        past = np.zeros((stop - 1 - (row - window), self.reader.info.n_neurons), np.float64)
+        past = np.zeros((stop - 1 - (row - window), last_neuron - first_neuron), np.float64)
         if stop - 1 > first:
-            past[first - (row - window):] = self.reader.y_block(0, self.reader.info.n_neurons,
-                                                                slice(first, stop - 1))
+            past[first - (row - window):] = self.reader.y_block(first_neuron, last_neuron, slice(first, stop - 1))
         np.nan_to_num(past, copy=False, nan=0.0)
         return history_rows(past, self.history.kernels)
 
@@ -296,15 +354,27 @@ class SampleReader:
             keep[:end - row] = self._kept(row, end)
             return row, end, keep
 
+        n_stored = self.reader.info.n_features
+        n_X = n_stored if self.own else self.n_features
+
         def read_X(i):
             row, end, keep = rows_of(i)
-            X = np.zeros((rows, self.n_features), self.dtype)
-            n_stored = self.reader.info.n_features
+            X = np.zeros((rows, n_X), self.dtype)
             X[:end - row, :n_stored] = self.reader.X_rows(slice(row, end))
-            if self.history is not None:
+            if self.history is not None and not self.own:
                 X[:end - row, n_stored:] = self._history_rows(row, end)
             X[~keep] = 0.0
             return X
+
+        def read_own(i):
+            # the block's neurons' own history, (rows, K, n_cols)
+            row, end, keep = rows_of(i)
+            k = self.history.n_basis_funcs
+            own = np.zeros((rows, k, n_cols), self.dtype)
+            own[:end - row, :, :stop - start] = self._history_rows(row, end, start, stop).reshape(
+                end - row, stop - start, k).transpose(0, 2, 1)
+            own[~keep] = 0.0
+            return own
 
         def read_y(i):
             row, end, keep = rows_of(i)
@@ -314,11 +384,13 @@ class SampleReader:
             return y
 
         def read(i):
-            return self._chunk(("X", i), lambda: read_X(i)), self._chunk(("y", start, i), lambda: read_y(i)), \
-                rows_of(i)[2]
+            chunk = (self._chunk(("X", i), lambda: read_X(i)), self._chunk(("y", start, i), lambda: read_y(i)),
+                     rows_of(i)[2])
+            return chunk + (self._chunk(("own", start, i), lambda: read_own(i)),) if self.own else chunk
 
-        return ChunkSource(read, n_chunks=-(-self.n_stored // rows), rows=rows, n_features=self.n_features,
-                           n_neurons=n_cols, n_valid=self.n_samples)
+        return ChunkSource(read, n_chunks=-(-self.n_stored // rows), rows=rows, n_features=n_X,
+                           n_neurons=n_cols, n_valid=self.n_samples,
+                           n_own=self.history.n_basis_funcs if self.own else 0)
 
     def samples_at(self, index: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """X and the y of neurons ``[start, stop)`` at the stored samples ``index`` (ascending), read a
@@ -334,8 +406,8 @@ class SampleReader:
         return X, y
 
     def forget(self, start: int) -> None:
-        """Drop the cached chunks of y of the block starting at neuron ``start``."""
-        for key in [key for key in self._cache if key[0] == "y" and key[1] == start]:
+        """Drop the cached chunks of y (and own features) of the block starting at neuron ``start``."""
+        for key in [key for key in self._cache if key[0] in ("y", "own") and key[1] == start]:
             self._cached -= self._cache.pop(key).nbytes
 
 
@@ -450,7 +522,7 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
     # identity link, fit to zero) and never change the real neurons' results. The buffers have
     # the padded shape the core compiles for, so it uses them without a copy.
     n_cols = core_fit.bucket_neurons(pad_to)
-    mask = np.zeros((data.n_features, n_cols), data.dtype)
+    mask = np.zeros((data.n_fit_features, n_cols), data.dtype)
     mask[:, :n_real] = data.mask_block(block.start, block.stop)
     y = None
     if not stream:
@@ -461,9 +533,13 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
     with solve_lock or contextlib.nullcontext():
         t1 = time.perf_counter()
         if stream:
+            n_other = 0
+            if data.own:
+                strength = jax.tree_util.tree_map(lambda s: data.own_rows(np.asarray(s), block.start), strength)
+                n_other = data.n_features - data.n_fit_features
             try:
                 result = core_fit.fit_streamed(data.source(block.start, block.stop, n_cols), mask, config,
-                                               strength=strength)
+                                               strength=strength, n_other=n_other)
             finally:
                 data.forget(block.start)
         else:
@@ -483,6 +559,11 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
     state = {}
     for name, (leaf, per_neuron) in core_fit.state_leaves(result.state).items():
         state[name] = leaf[..., :n_real] if per_neuron else leaf
+        if data.own and name in data.coef_shaped(config, strength, n_cols):
+            # stored over the full feature axis, as the masked product's are
+            state[name] = data.full_rows(state[name], block.start)
+    if data.own:
+        arrays["coef"] = data.full_rows(arrays["coef"], block.start)
     if standard_errors:
         X_fit = np.asarray(data.design(n_cols))[:data.n_samples]
         arrays["coef_se"], arrays["intercept_se"] = inference.standard_errors(
