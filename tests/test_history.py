@@ -210,3 +210,119 @@ def test_simulation_feeds_back_its_draws_as_nemos_does(global_x64):
         distglm.history.simulate_recurrent(model, key, X, init_y)
     with pytest.raises(InputError, match=r"init_y must be of shape \(12, 4\)"):
         distglm.history.simulate_recurrent(model, key, X, init_y[1:], spec)
+
+
+def _self_history_problem(n_samples=1_500, n_neurons=5, seed=2):
+    """Stimulus, counts and self-history (NeMoS's features, the first WINDOW rows dropped): the full
+    design with its block-diagonal mask, and the same features as each neuron's own (T, K, N)."""
+    rng = np.random.default_rng(seed)
+    X = 0.3 * rng.normal(size=(n_samples, 2))
+    y = rng.poisson(np.exp(-0.5 + X @ (0.3 * rng.normal(size=(2, n_neurons))))).astype(float)
+    spec = HistorySpec.raised_cosine_log(K, WINDOW, coupling="self")
+    history = np.asarray(nmo.basis.RaisedCosineLogConv(K, window_size=WINDOW).compute_features(y))[WINDOW:]
+    full = np.hstack([X[WINDOW:], history])
+    mask = np.vstack([np.ones((2, n_neurons)), spec.feature_mask(n_neurons)])
+    own = history.reshape(-1, n_neurons, K).transpose(0, 2, 1)
+    return X[WINDOW:], y[WINDOW:], full, mask, own
+
+
+def _own_coef(coef, n_stimulus, n_neurons):
+    """The stimulus rows and each neuron's own K rows of a full (n_stimulus + N * K, N) coefficient array."""
+    own = [coef[n_stimulus + n * K:n_stimulus + (n + 1) * K, n] for n in range(n_neurons)]
+    return np.vstack([coef[:n_stimulus], np.stack(own, axis=1)])
+
+
+@pytest.mark.parametrize("regularizer, strength, kinds", [("Ridge", 0.01, ("auto", "diagonal", "streamed")),
+                                                         ("UnRegularized", None, ("auto",))])
+def test_own_features_equal_masked_product(global_x64, regularizer, strength, kinds):
+    from distglm.core import fit as core_fit
+
+    X, y, full, mask, own = _self_history_problem()
+    n = y.shape[1]
+    model = PopulationGLM(regularizer=regularizer, regularizer_strength=strength,
+                          solver_kwargs={"tol": 1e-12, "maxiter": 1000})
+    config = model._fit_config()
+    # the masked product over the full design
+    want = model.set_params(feature_mask=mask).fit(full, y)
+    strength_own = model._expanded_strength(2 + K, n)
+    n_other = (n - 1) * K
+    rows = 500
+
+    def read(i):
+        # the same samples fed from the host in 3 chunks of 500 rows, the last one padded
+        sl = slice(i * rows, (i + 1) * rows)
+        pad = rows - len(y[sl])
+        return (np.pad(X[sl], ((0, pad), (0, 0))), np.pad(y[sl], ((0, pad), (0, 0))),
+                np.arange(rows) < rows - pad, np.pad(own[sl], ((0, pad), (0, 0), (0, 0))))
+
+    for kind in kinds:
+        if kind == "streamed":
+            source = core_fit.ChunkSource(read, n_chunks=3, rows=rows, n_features=2, n_neurons=n, n_valid=len(y),
+                                          n_own=K)
+            got = core_fit.fit_streamed(source, np.ones((2 + K, n)), config, strength=strength_own, n_other=n_other)
+        else:
+            got = core_fit.fit_block(X, y, np.ones((2 + K, n)), config, strength=strength_own, own=own,
+                                     n_other=n_other, preconditioner=kind)
+        assert got.converged.all(), kind
+        np.testing.assert_allclose(got.coef, _own_coef(want.coef_, 2, n), rtol=1e-5, atol=1e-9, err_msg=kind)
+        np.testing.assert_allclose(got.intercept, want.intercept_, rtol=1e-5, err_msg=kind)
+        # NeMoS's residual degrees of freedom count every column of the full design
+        np.testing.assert_array_equal(got.dof_resid, want.dof_resid_, err_msg=kind)
+        if kind == "auto":
+            # the exact per-neuron factor: a Newton-like start, a handful of iterations
+            assert got.n_iter.max() <= 12, got.n_iter
+
+
+def test_own_features_are_checked(global_x64):
+    from distglm.core import fit as core_fit
+
+    X, y, _, _, own = _self_history_problem(n_samples=200, n_neurons=3)
+    config = PopulationGLM()._fit_config()
+    mask = np.ones((2 + K, 3))
+    with pytest.raises(InputError, match=r"own must be of shape \(n_samples, K, n_neurons\) = \(188, K, 3\); "
+                                         r"got shape \(188, 3, 4\)"):
+        core_fit.fit_block(X, y, mask, config, own=own.transpose(0, 2, 1))
+    with pytest.raises(InputError, match="shared preconditioner needs one Gram matrix"):
+        core_fit.fit_block(X, y, mask, config, own=own, preconditioner="shared")
+    with pytest.raises(InputError, match="gram must be None with own features"):
+        core_fit.fit_block(X, y, mask, config, own=own, gram=core_fit.DesignGram(X))
+    with pytest.raises(InputError, match="n_other must be a non-negative int; got -1"):
+        core_fit.fit_block(X, y, mask, config, own=own, n_other=-1)
+    with pytest.raises(InputError, match="'SVRG' samples rows at random and takes no own features"):
+        core_fit.fit_block(X, y, mask, PopulationGLM(solver_name="SVRG")._fit_config(), own=own)
+    assert core_fit.choose_preconditioner(np.ones((300, 3)), own=True) == "diagonal"
+
+
+def test_actors_take_own_features_for_self_history_only(coupled_store):
+    """Self-history (or an identity coupling mask) reaches the core as each neuron's own K features,
+    built from that neuron's stored y with windows across chunk edges; other couplings, and a group
+    lasso (whose groups span the full feature axis), keep the full design."""
+    from distglm.actor import FitSpec, SampleReader
+
+    path, X, y = coupled_store
+    kept = ~np.isnan(y).any(axis=1)
+
+    def reader(coupling, regularizer="Ridge"):
+        spec = HistorySpec.raised_cosine_log(K, WINDOW, coupling=coupling)
+        fit_spec = FitSpec(path, {"regularizer": regularizer}, pad_to=8, x64=True, stream=True,
+                           history=spec.to_json(), dropped_rows=np.flatnonzero(~kept))
+        return SampleReader(store.InputsReader(path), fit_spec, np.float64)
+
+    for coupling, regularizer, own in (("self", "Ridge", True), (np.eye(N_NEURONS, dtype=bool), "Ridge", True),
+                                       ("all", "Ridge", False), ("self", "GroupLasso", False)):
+        assert reader(coupling, regularizer).own is own
+    data = reader("self")
+    assert data.n_fit_features == 2 + K and data.n_features == 2 + N_NEURONS * K
+    source = data.source(10, 15, 8)
+    assert source.n_own == K and source.n_features == 2
+    # chunk 2 starts at stored sample 2,800: its first windows reach back into chunk 1
+    x, yy, keep, own = source.read(2)
+    history = history_features(np.nan_to_num(y), HistorySpec.raised_cosine_log(K, WINDOW))
+    want = history[2_800:4_200].reshape(-1, N_NEURONS, K)[:, 10:15].transpose(0, 2, 1)
+    np.testing.assert_allclose(own[keep[:len(want)], :, :5], want[keep[:len(want)]], atol=1e-12)
+    assert np.all(own[:, :, 5:] == 0) and np.all(own[~keep] == 0)
+    # the coefficients go back to the full feature axis, the other neurons' history exactly 0
+    coef = np.arange(1.0, 1 + (2 + K) * 5).reshape(2 + K, 5)
+    full = data.full_rows(coef, 10)
+    assert full.shape == (2 + N_NEURONS * K, 5) and np.count_nonzero(full) == coef.size
+    np.testing.assert_array_equal(data.own_rows(full, 10), coef)
