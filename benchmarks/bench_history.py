@@ -10,6 +10,16 @@ its own actors; compilation cache warm after the first round), the bytes each st
 take on disk, and the largest coefficient difference. Rounds alternate (``--rounds``, default
 2); each time is the best of its rounds. The load average is recorded before and after.
 
+Self-history, the second part: one block of neurons of a larger population whose neurons are
+each driven by their own past alone, its function evaluations (the objective and its gradient,
+as the solver calls them) timed two ways, each in a fresh process with one XLA thread (as an
+actor has): the core's own features (X of the stimulus and each neuron's K history features,
+K multiply-adds per sample and neuron) and the masked product over the full design (every
+neuron's K columns, N * K multiply-adds per sample and neuron, as coupled fits use). Recorded:
+seconds per evaluation (a jitted loop of 4 evaluations minus one of 1, over 3, the fastest of
+3 runs), the bytes of the block's design arrays, the process's peak memory (VmHWM) and, for
+the own features, the whole fit of the block.
+
 Usage::
 
     .venv/bin/python benchmarks/bench_history.py            # writes results/
@@ -19,18 +29,26 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from bench_vs_nemos import machine_info, publish
+from bench_vs_nemos import RESULT_TAG, machine_info, publish, run_for_result
 
 FULL = dict(n_samples=100_000, n_neurons=64, n_basis_funcs=4, window_size=20)
 QUICK = dict(n_samples=10_000, n_neurons=16, n_basis_funcs=4, window_size=10)
+# self-history: a block of n_block neurons of a population of n_neurons
+SELF_FULL = dict(n_samples=20_000, n_neurons=256, n_block=64, n_basis_funcs=6, window_size=50)
+SELF_QUICK = dict(n_samples=4_000, n_neurons=32, n_block=16, n_basis_funcs=4, window_size=10)
+WORKER_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false", "PJRT_NPROC": "1", "OMP_NUM_THREADS": "1",
+              "JAX_PLATFORMS": "cpu"}
 STRENGTH = 1e-3
 SEED = 5
 
@@ -92,6 +110,89 @@ def run(sizes: dict, rounds: int, workdir: str) -> dict:
     }
 
 
+def self_history_worker(way: str, n_samples: int, n_neurons: int, n_block: int, n_basis_funcs: int,
+                        window_size: int) -> dict:
+    """In a fresh process: one block's evaluations with self-history fitted ``way`` ("own" or "masked")."""
+    import jax
+    import jax.numpy as jnp
+
+    from distglm.core import fit as core_fit
+    from distglm.glm import PopulationGLM
+    from distglm.history import HistorySpec, history_features
+
+    rng = np.random.default_rng(SEED)
+    K = n_basis_funcs
+    X = (0.3 * rng.normal(size=(n_samples, 2))).astype(np.float32)
+    y = rng.poisson(np.exp(-1.0 + X @ (0.3 * rng.normal(size=(2, n_neurons))))).astype(np.float32)
+    spec = HistorySpec.raised_cosine_log(K, window_size, coupling="self")
+    history = history_features(y, spec)[window_size:].astype(np.float32)
+    X, y = X[window_size:], y[window_size:]
+    block = slice(0, n_block)
+    model = PopulationGLM(regularizer="Ridge", regularizer_strength=STRENGTH)
+    config = model._fit_config()
+    if way == "own":
+        design = (X, history.reshape(len(X), n_neurons, K)[:, block].transpose(0, 2, 1).copy())
+        mask = np.ones((2 + K, n_block), np.float32)
+    else:
+        design = (np.hstack([X, history]), None)
+        mask = np.vstack([np.ones((2, n_neurons)), spec.feature_mask(n_neurons)])[:, block].astype(np.float32)
+    del history
+    design_bytes = sum(a.nbytes for a in design if a is not None)
+    yb = y[:, block].copy()
+    strength = np.full(mask.shape, STRENGTH, np.float32)
+    Xj, ownj, yj, mj = (None if a is None else jnp.asarray(a) for a in (*design, yb, mask))
+    chunks = core_fit._chunk(Xj, yj, own=ownj)
+    active = jnp.ones(n_block, bool)
+
+    @partial(jax.jit, static_argnums=1)
+    def evaluations(v, k):
+        objective = core_fit._build(chunks, mj, strength, active, None, config).solver.fun
+
+        def body(_, v):
+            _, grad = objective(v)
+            return jax.tree_util.tree_map(lambda a, g: a - 1e-4 * g, v, grad)
+
+        return jax.lax.fori_loop(0, k, body, v)
+
+    def timed(k):
+        jax.block_until_ready(evaluations(v, k))
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            jax.block_until_ready(evaluations(v, k))
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    v = core_fit.Params(jnp.zeros(mask.shape, jnp.float32), jnp.zeros(n_block, jnp.float32))
+    out = {"way": way, "design_bytes": design_bytes, "eval_s": max((timed(4) - timed(1)) / 3, 0.0)}
+    if way == "own":
+        t0 = time.perf_counter()
+        res = core_fit.fit_block(X, yb, mask, config, strength=strength, own=design[1], n_other=(n_neurons - n_block) * K)
+        out["fit_s"] = time.perf_counter() - t0
+        out["fit_iterations_max"] = int(res.n_iter.max())
+        out["fit_converged"] = int(res.converged.sum())
+    out["vmhwm_bytes"] = vmhwm()
+    return out
+
+
+def vmhwm() -> int:
+    """This process's peak resident memory (VmHWM), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def run_self_history(sizes: dict) -> dict:
+    env = {**os.environ, **WORKER_ENV}
+    out = {}
+    for way in ("own", "masked"):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", way, json.dumps(sizes)]
+        out[way] = run_for_result(cmd, env, f"{way} worker")
+    out["eval_ratio_masked_over_own"] = out["masked"]["eval_s"] / out["own"]["eval_s"]
+    return out
+
+
 def markdown(report: dict) -> str:
     sz, m, r = report["sizes"], report["machine"], report["result"]
     disk = r["inputs_bytes_on_disk"]
@@ -114,21 +215,59 @@ def markdown(report: dict) -> str:
         f"History in actors over design in store: {r['ratio_history_over_design']:.2f}x in time. Largest "
         f"coefficient difference between the two: {r['max_abs_coef_difference']:.1e}.",
         "",
-    ])
+    ] + self_history_markdown(report))
+
+
+def self_history_markdown(report: dict) -> list[str]:
+    sz, r = report["self_sizes"], report["self_history"]
+    own, masked = r["own"], r["masked"]
+    p_full = 2 + sz["n_neurons"] * sz["n_basis_funcs"]
+    return [
+        "## Self-history: own features vs the masked product",
+        "",
+        f"One block of {sz['n_block']} neurons of a population of {sz['n_neurons']}, {sz['n_samples']:,} samples, "
+        f"each neuron driven by its own past alone (K = {sz['n_basis_funcs']} kernels over {sz['window_size']} "
+        f"samples) and 2 stimulus features, Poisson, Ridge {STRENGTH}, float32, one XLA thread per process "
+        f"(1-minute load average {report['self_load_before']:.2f} before, {report['self_load_after']:.2f} after).",
+        "",
+        "| | own features | masked product |",
+        "|---|---:|---:|",
+        f"| coefficients per neuron in the products | {2 + sz['n_basis_funcs']} | {p_full} |",
+        f"| time per evaluation (ms) | {1e3 * own['eval_s']:.2f} | {1e3 * masked['eval_s']:.2f} |",
+        f"| block's design arrays (MB) | {own['design_bytes'] / 1e6:.1f} | {masked['design_bytes'] / 1e6:.1f} |",
+        f"| process peak memory, VmHWM (MB) | {own['vmhwm_bytes'] / 1e6:.0f} | {masked['vmhwm_bytes'] / 1e6:.0f} |",
+        "",
+        f"The masked product takes {r['eval_ratio_masked_over_own']:.1f}x the time per evaluation of the own "
+        f"features (in flops the ratio is about {p_full}/{2 + sz['n_basis_funcs']} = "
+        f"{p_full / (2 + sz['n_basis_funcs']):.0f}; the own features' einsums and the per-sample work of "
+        "the loss do not shrink with it). The whole fit of the block with own features (compilation, the "
+        f"per-neuron Gram matrices and Cholesky factors included) took {own['fit_s']:.1f} s, "
+        f"{own['fit_iterations_max']} iterations at most, {own['fit_converged']}/{sz['n_block']} converged.",
+        "",
+    ]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small smoke run; results are printed, not written")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--worker", nargs=2, metavar=("WAY", "SIZES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        way, sizes = args.worker
+        print(RESULT_TAG + json.dumps(self_history_worker(way, **json.loads(sizes))), flush=True)
+        return
     sizes = QUICK if args.quick else FULL
+    self_sizes = SELF_QUICK if args.quick else SELF_FULL
     workdir = tempfile.mkdtemp(prefix="bench_history_")
     try:
         load_before = os.getloadavg()[0]
         result = run(sizes, args.rounds, workdir)
         report = {"sizes": sizes, "rounds": args.rounds, "machine": machine_info(), "load_before": load_before,
-                  "load_after": os.getloadavg()[0], "result": result}
+                  "load_after": os.getloadavg()[0], "result": result, "self_sizes": self_sizes,
+                  "self_load_before": os.getloadavg()[0]}
+        report["self_history"] = run_self_history(self_sizes)
+        report["self_load_after"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     publish("bench_history", report, markdown(report), args.quick)
