@@ -71,35 +71,72 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _read_json(spec: str, flag: str, what: str, kind=dict):
+    """The JSON value of ``flag``: an inline JSON object, or the contents of the file it names."""
+    if spec.lstrip().startswith("{"):
+        text, where = spec, flag
+    else:
+        try:
+            with open(spec) as handle:
+                text = handle.read()
+        except OSError as err:
+            raise InputError(f"cannot read the {what} file {spec}: {err.strerror or err}") from None
+        where = spec
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{where} is not valid JSON: {err}") from None
+    if not isinstance(value, kind):
+        expected = "an object of " + what + " settings" if kind is dict else "an array"
+        raise InputTypeError(f"{where} must hold a JSON {expected}; got {type(value).__name__}")
+    return value
+
+
 def _load_model(spec: str | None):
     """A PopulationGLM from a JSON file or an inline JSON object; the default model if None."""
     from .glm import PopulationGLM, model_from_config
 
     if spec is None:
         return PopulationGLM()
-    if spec.lstrip().startswith("{"):
-        text, where = spec, "--model"
-    else:
-        try:
-            with open(spec) as handle:
-                text = handle.read()
-        except OSError as err:
-            raise InputError(f"cannot read the model file {spec}: {err.strerror or err}") from None
-        where = spec
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{where} is not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise InputTypeError(f"{where} must hold a JSON object of model settings; got {type(config).__name__}")
-    model = model_from_config(config)
+    where = "--model" if spec.lstrip().startswith("{") else spec
+    model = model_from_config(_read_json(spec, "--model", "model"))
     if not isinstance(model, PopulationGLM):
         raise InputError(f"{where} describes a {type(model).__name__}; distributed fits need a PopulationGLM")
     return model
 
 
+def _load_history(args):
+    """The HistorySpec of ``--history`` (JSON) or of ``--history-basis/-window/-coupling``; None without them."""
+    from .history import HistorySpec
+
+    flags = {"--history-basis": args.history_basis, "--history-window": args.history_window,
+             "--history-coupling": args.history_coupling}
+    given = [flag for flag, value in flags.items() if value is not None]
+    if args.history is not None:
+        if given:
+            raise InputError(f"give --history or the flags {given}, not both")
+        return HistorySpec.from_json(_read_json(args.history, "--history", "history"))
+    if not given:
+        return None
+    if args.history_basis is None or args.history_window is None:
+        raise InputError("history features need both --history-basis K and --history-window SAMPLES")
+    coupling = "all" if args.history_coupling is None else args.history_coupling
+    if coupling not in ("self", "all"):
+        try:
+            coupling = np.load(coupling) if coupling.endswith(".npy") else _read_json(coupling, "--history-coupling",
+                                                                                     "coupling", list)
+        except OSError as err:
+            raise InputError(f"cannot read the coupling file {args.history_coupling}: {err}") from None
+        coupling = np.asarray(coupling).tolist()
+    return HistorySpec.from_json({"n_basis_funcs": args.history_basis, "window_size": args.history_window,
+                                  "coupling": coupling})
+
+
 def _fit_options(args) -> dict:
     options = {"resume": not args.no_resume}
+    history = _load_history(args)
+    if history is not None:
+        options["history"] = history
     if args.block_timeout is not None:
         options["block_timeout"] = args.block_timeout
     if args.num_actors is not None:
@@ -575,6 +612,17 @@ def _parser() -> argparse.ArgumentParser:
                                     "blocks of y exceed 1 GiB)")
         streaming.add_argument("--no-stream", dest="stream", action="store_const", const=False,
                                help="actors hold X and each block of y in memory")
+        sub.add_argument("--history", metavar="JSON", help="spike-history features built by the actors from y: a JSON "
+                                                           "file or inline object, {\"n_basis_funcs\": K, "
+                                                           "\"window_size\": W, \"coupling\": \"self\"} or a "
+                                                           "HistorySpec's {\"kernels\": ..., \"coupling\": ...}")
+        sub.add_argument("--history-basis", type=_positive_int, metavar="K",
+                         help="history features from K raised-cosine-log kernels (with --history-window)")
+        sub.add_argument("--history-window", type=_positive_int, metavar="SAMPLES",
+                         help="past samples the history kernels span (with --history-basis)")
+        sub.add_argument("--history-coupling", metavar="self|all|FILE",
+                         help="whose past drives whom: self, all (default), or a bool (n_neurons, n_neurons) mask in a "
+                              ".npy or JSON file, [i, j] true when neuron i's past drives neuron j")
 
     fit = commands.add_parser("fit", help="fit a store on Ray and wait for the result",
                               description="Fit the store's inputs on Ray actors in this process's Ray: a local "

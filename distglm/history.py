@@ -170,11 +170,37 @@ class HistorySpec:
 
     @classmethod
     def from_json(cls, record: dict) -> HistorySpec:
-        """The spec :meth:`to_json` described."""
-        coupling = record["coupling"]
+        """The spec a JSON object describes: :meth:`to_json`'s ``{"kernels": [[...]], "coupling": ...}``,
+        or distglm's raised-cosine-log basis by its sizes, ``{"n_basis_funcs": K, "window_size": W,
+        "coupling": ...}`` (with ``width``, ``time_scaling``, ``enforce_decay_to_zero`` optional).
+
+        ``coupling`` is ``"self"``, ``"all"`` (the default) or a nested list of 0/1 (or true/false)
+        of shape (n_neurons, n_neurons).
+
+        Examples
+        --------
+        >>> HistorySpec.from_json({"n_basis_funcs": 3, "window_size": 10, "coupling": "self"}).kernels.shape
+        (10, 3)
+        """
+        if not isinstance(record, dict):
+            raise InputTypeError(f"a history spec must be a JSON object; got {type(record).__name__}")
+        basis = ("n_basis_funcs", "window_size", "width", "time_scaling", "enforce_decay_to_zero")
+        allowed = ("kernels", "coupling") if "kernels" in record else basis + ("coupling",)
+        unknown = sorted(set(record) - set(allowed))
+        if unknown:
+            raise InputError(f"unknown keys {unknown} in a history spec; expected {list(allowed)}")
+        coupling = record.get("coupling", "all")
         if not isinstance(coupling, str):
-            coupling = np.asarray(coupling, dtype=bool)
-        return cls(np.asarray(record["kernels"], np.float64), coupling)
+            arr = np.asarray(coupling)
+            if arr.dtype == object or not np.isin(arr, (0, 1)).all():
+                raise InputError("coupling must be 'self', 'all' or a nested list of 0/1 of shape (n_neurons, n_neurons)")
+            coupling = arr.astype(bool)
+        if "kernels" in record:
+            return cls(np.asarray(record["kernels"], np.float64), coupling)
+        missing = [name for name in basis[:2] if name not in record]
+        if missing:
+            raise InputError(f"a history spec needs 'kernels', or {missing} of its raised-cosine-log basis")
+        return cls.raised_cosine_log(coupling=coupling, **{k: v for k, v in record.items() if k != "coupling"})
 
     def __eq__(self, other):
         return isinstance(other, HistorySpec) and self.to_json() == other.to_json()

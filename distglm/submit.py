@@ -13,8 +13,9 @@ The ``job`` group's attributes::
     id, address             the job's id on the cluster and the dashboard it was submitted to
     state                   pending -> running -> succeeded | failed | cancelled
     history                 [[state, time], ...], every state the job went through
-    model, fit_options, x64 what to fit: model_to_config(model), options of scheduler.fit,
-                            and whether JAX ran in float64 where the job was submitted
+    model, fit_options, x64 what to fit: model_to_config(model), options of scheduler.fit
+                            (a history spec as HistorySpec.to_json()), and whether JAX ran in
+                            float64 where the job was submitted
     neurons_total, neurons_done, neurons_converged, neurons_failed
     submitted_at, started_at, finished_at, updated_at   ISO 8601 times, UTC
     error                   why the job failed, or None
@@ -55,7 +56,8 @@ __all__ = ["JOB_STATES", "Job", "JobStatus", "submit", "get_job", "dashboard_url
 JOB_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 _FINAL = frozenset(JOB_STATES[2:])
 _GROUP = "job"
-_FIT_OPTIONS = ("num_actors", "block_size", "resume", "max_retries", "block_timeout", "stream", "memory_per_actor")
+_FIT_OPTIONS = ("num_actors", "block_size", "resume", "max_retries", "block_timeout", "stream", "memory_per_actor",
+                "history")
 _PATH_METADATA = "distglm_path"
 # Bound on each request to the cluster, so that an unreachable address fails instead of hanging.
 _REQUEST_TIMEOUT_S = 15.0
@@ -280,11 +282,28 @@ def _new_record(job_id: str, url: str, model, options: dict, n_neurons: int) -> 
         "id": job_id, "address": url, "state": "pending", "history": [["pending", now]],
         # The fit uses the store's mask (submit checked that the model's, if any, is the same).
         "model": {**model_to_config(model), "feature_mask": None},
-        "fit_options": options, "x64": bool(jax.config.jax_enable_x64),
+        "fit_options": _jsonable_options(options), "x64": bool(jax.config.jax_enable_x64),
         "neurons_total": n_neurons, "neurons_done": 0, "neurons_converged": 0, "neurons_failed": 0,
         "submitted_at": now, "started_at": None, "finished_at": None, "updated_at": now,
         "error": None, "report": None,
     }
+
+
+def _jsonable_options(options: dict) -> dict:
+    """Fit options as the job record holds them: a HistorySpec by its JSON description."""
+    if options.get("history") is None:
+        return options
+    return {**options, "history": options["history"].to_json()}
+
+
+def _fit_options_of(record: dict) -> dict:
+    """The options of :func:`distglm.fit` a job record describes (the inverse of ``_jsonable_options``)."""
+    options = dict(record.get("fit_options") or {})
+    if options.get("history") is not None:
+        from .history import HistorySpec
+
+        options["history"] = HistorySpec.from_json(options["history"])
+    return options
 
 
 def _check_fit_options(options: dict) -> dict:
@@ -330,7 +349,8 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
         record. Without them the cluster uses its own credentials.
     **fit_options
         ``num_actors``, ``block_size``, ``resume``, ``max_retries``, ``block_timeout``, ``stream``,
-        ``memory_per_actor`` of :func:`distglm.fit`.
+        ``memory_per_actor``, ``history`` of :func:`distglm.fit` (the history spec travels to
+        the job as its JSON description, and the job rebuilds it).
 
     Returns
     -------
@@ -352,8 +372,9 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
     >>> job.wait().state  # doctest: +SKIP
     'succeeded'
     """
+    from .core.solvers import is_stochastic
     from .glm import check_link_portable, from_nemos
-    from .scheduler import _check_mask, _check_model
+    from .scheduler import _check_history, _check_mask, _check_model
 
     path = _store_path(path)
     model = from_nemos(model)
@@ -369,7 +390,8 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
         raise
     except Exception as err:  # noqa: BLE001 - object-store backends raise their own errors
         raise _store_error(path, err) from None
-    _check_model(model)
+    config = _check_model(model)
+    _check_history(options.get("history"), info, options.get("stream"), is_stochastic(config.solver_name), None, False)
     # A submitted job rebuilds the model from the JSON record in the store: links must be named.
     check_link_portable(model)
     if model.feature_mask is not None:
@@ -746,7 +768,7 @@ def _run_job(path: str, job_id: str, storage_options: dict | None) -> int:
     try:
         model = model_from_config(record["model"])
         report = fit(path, model, progress=False, on_block=on_block, storage_options=storage_options,
-                     **record.get("fit_options", {}))
+                     **_fit_options_of(record))
     except Exception as err:
         try:
             _record_state(path, "failed", error=one_line(err), finished_at=_now())
