@@ -357,3 +357,34 @@ def test_inspect_refuses_results_that_describe_no_fit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "fingerprint does not describe a distglm fit ('block_size' missing)" in err
     assert "--no-resume" in err and "Traceback" not in err
+
+
+def test_history_options_describe_a_spec(tmp_path):
+    from distglm.cli import _fit_options, _parser
+    from distglm.history import HistorySpec
+
+    def history(*argv):
+        return _fit_options(_parser().parse_args(["fit", "x.zarr", *argv])).get("history")
+
+    assert history() is None
+    assert history("--history-basis", "3", "--history-window", "6", "--history-coupling", "self") == \
+        HistorySpec.raised_cosine_log(3, 6, coupling="self")
+    assert history("--history", '{"n_basis_funcs": 3, "window_size": 6, "width": 3.0}') == \
+        HistorySpec.raised_cosine_log(3, 6, coupling="all", width=3.0)
+    ring = np.roll(np.eye(4, dtype=bool), 1, axis=1) | np.eye(4, dtype=bool)
+    np.save(tmp_path / "ring.npy", ring)
+    assert history("--history-basis", "2", "--history-window", "5", "--history-coupling",
+                   str(tmp_path / "ring.npy")) == HistorySpec.raised_cosine_log(2, 5, coupling=ring)
+    spec = HistorySpec(np.array([[1.0, 0.0], [0.5, 0.5]]), ring)
+    (tmp_path / "spec.json").write_text(json.dumps(spec.to_json()))
+    assert history("--history", str(tmp_path / "spec.json")) == spec
+    for argv, message in ((["--history", "{}", "--history-basis", "3"], "give --history or the flags"),
+                          (["--history-basis", "3"], "need both --history-basis K and --history-window"),
+                          (["--history", '{"n_basis_funcs": 3, "window": 6}'], r"unknown keys \['window'\]"),
+                          (["--history", '{"n_basis_funcs": 3}'], r"needs 'kernels', or \['window_size'\]"),
+                          (["--history-basis", "3", "--history-window", "6", "--history-coupling", "[[1, 2]]"],
+                           "cannot read the coupling file"),
+                          (["--history", '{"kernels": [[1.0]], "coupling": [[2]]}'], "nested list of 0/1")):
+        with pytest.raises(InputError, match=message):
+            history(*argv)
+

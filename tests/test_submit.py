@@ -208,3 +208,27 @@ def test_waiting_on_a_job_nobody_can_reach(tmp_path, monkeypatch):
         job.cancel()
     with pytest.raises(JobError, match="neither its store nor the cluster"):
         Job("distglm-x", str(tmp_path / "gone.zarr"), UNREACHABLE).status()
+
+
+def test_submitted_history_fit_runs_from_its_json_record(tmp_path, monkeypatch):
+    """``distglm submit --history-...`` records the spec as JSON; the job rebuilds it and fits with it."""
+    from distglm.cli import _fit_options, _parser
+    from distglm.history import HistorySpec
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path, X, y, _ = make_store(tmp_path / "s.zarr", n_neurons=8, n_samples=400)
+    spec = HistorySpec.raised_cosine_log(3, 6, coupling="self")
+    model = distglm.PopulationGLM(regularizer="Ridge", regularizer_strength=0.01)
+    # refused here, before the cluster is asked, when the store cannot take it
+    with pytest.raises(InputError, match="holds 8 neurons"):
+        submit(path, model, address=UNREACHABLE, history=HistorySpec.raised_cosine_log(3, 6, np.eye(4, dtype=bool)))
+    options = _fit_options(_parser().parse_args(["submit", path, "--history-basis", "3", "--history-window", "6",
+                                                 "--history-coupling", "self", "--num-actors", "1"]))
+    job = record_job(path, model, **options)
+    assert store.read_attrs(path, "job")["fit_options"]["history"] == spec.to_json()
+    assert run_job(path, job.id) == 0
+    assert job.status().state == "succeeded"
+    got = distglm.load_model(path)
+    assert got.history_ == spec and got.coef_.shape == (4 + 8 * 3, 8)
+    own = np.kron(np.eye(8), np.ones((3, 1))).astype(bool)
+    assert np.all(got.coef_[4:][~own] == 0) and np.all(got.coef_[4:][own] != 0)
