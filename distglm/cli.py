@@ -87,7 +87,7 @@ def _read_json(spec: str, flag: str, what: str, kind=dict):
     except json.JSONDecodeError as err:
         raise InputError(f"{where} is not valid JSON: {err}") from None
     if not isinstance(value, kind):
-        expected = "an object of " + what + " settings" if kind is dict else "an array"
+        expected = f"object of {what} settings" if kind is dict else "array"
         raise InputTypeError(f"{where} must hold a JSON {expected}; got {type(value).__name__}")
     return value
 
