@@ -138,19 +138,21 @@ class FitReport:
 
 
 def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple:
-    """Read and check every input value, one stored chunk at a time; return ``(keep, mask, digest)``.
+    """Read and check every input value, one stored chunk at a time; return ``(keep, mask, digest, y_ok)``.
 
     X and y are streamed (the driver never holds either whole, nor memory that grows with the
     recording beyond one flag per sample); the mask is read whole. Checks: the mask is 0/1; X
     and y are finite outside the NaN rows, within the range of the fit's float ``dtype``, and y
     is in the family's support; a corrupted chunk is named. ``keep`` (n_samples,) flags the rows
-    without NaN, ``mask`` is None without a stored mask, and ``digest`` identifies the inputs'
-    content (it changes with any value of X, y or the mask).
+    without NaN, ``mask`` is None without a stored mask, ``digest`` identifies the inputs'
+    content (it changes with any value of X, y or the mask), and ``y_ok`` (n_samples,) flags
+    the rows without NaN in y (history windows need those alone).
     """
     digest = hashlib.blake2b(digest_size=16)
     digest.update(json.dumps([info.n_samples, info.n_features, info.n_neurons, info.X_dtype.str,
                               info.y_dtype.str, info.feature_groups, info.has_mask]).encode())
     keep = np.ones(info.n_samples, dtype=bool)
+    y_ok = np.ones(info.n_samples, dtype=bool)
     limit = np.finfo(dtype).max
     # X's non-finite or out-of-range values, checked once the NaN rows of y are known
     suspects = []
@@ -180,7 +182,7 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
     def check(start, stop, chunk, row):
         digest.update(chunk.tobytes())
         if is_float:
-            keep[row:row + len(chunk)] &= ~np.isnan(chunk).any(axis=1)
+            y_ok[row:row + len(chunk)] &= ~np.isnan(chunk).any(axis=1)
             beyond = np.isinf(chunk) | (np.abs(np.nan_to_num(chunk)) > limit)
             if beyond.any():
                 r, col = np.argwhere(beyond)[0]
@@ -190,6 +192,7 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
         val.check_support(observation, chunk, offset=start, row_offset=row)
 
     store.scan_y(path, check, by_rows=True)
+    keep &= y_ok
     for row, col, value in suspects:
         if keep[row]:
             if np.isinf(value):
@@ -199,7 +202,7 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
                              f"at sample {row}, feature {col}" + _X64_HINT * (dtype == np.float32))
     if not keep.any():
         raise InputError("every sample holds a NaN in X or y; nothing is left to fit")
-    return keep, mask, digest.hexdigest()
+    return keep, mask, digest.hexdigest(), y_ok
 
 
 def _check_model(model):
@@ -483,11 +486,11 @@ def fit(
             + (": pass stream=False (or leave it out)" if history is None else
                " nor build history features, which only streaming actors do: fit the store with a PopulationGLM "
                "at a strength cross-validated in memory"))
-    keep, mask, digest = _scan_inputs(path, info, config.observation, dtype)
+    keep, mask, digest, y_ok = _scan_inputs(path, info, config.observation, dtype)
     _check_mask(model, info, mask)
     n_features = info.n_features
     if history is not None:
-        keep = _history_keep(keep, history.window_size)
+        keep = _history_keep(keep, y_ok, history.window_size)
         n_features += info.n_neurons * history.n_basis_funcs
         if not keep.any():
             raise InputError(f"no sample has a whole history window of {history.window_size} samples without NaN "
@@ -675,11 +678,13 @@ def _check_history(history, info: store.InputsInfo, stream, stochastic: bool, te
     return history
 
 
-def _history_keep(keep: np.ndarray, window: int) -> np.ndarray:
-    """``keep`` less the samples whose ``window`` preceding samples are not all kept (the first ``window`` too)."""
-    dropped = np.concatenate([[0], np.cumsum(~keep)])
+def _history_keep(keep: np.ndarray, y_ok: np.ndarray, window: int) -> np.ndarray:
+    """``keep`` less the first ``window`` samples and those whose ``window`` preceding samples hold a NaN
+    in y: NeMoS's history features are NaN there. A NaN in X drops its own sample alone, as in NeMoS
+    (the history of the samples after it is whole)."""
+    nan_y = np.concatenate([[0], np.cumsum(~y_ok)])
     t = np.arange(len(keep))
-    whole = (t >= window) & (dropped[t] == dropped[np.maximum(t - window, 0)])
+    whole = (t >= window) & (nan_y[t] == nan_y[np.maximum(t - window, 0)])
     return keep & whole
 
 

@@ -107,7 +107,8 @@ def _neighbours(n):
 @pytest.fixture(scope="module")
 def coupled_store(tmp_path_factory):
     """Poisson counts of 20 neurons driven by 2 stimulus features and by each other's past (one
-    count NaN), in a store chunked along time so history windows cross the chunks' edges."""
+    count NaN, one stimulus value NaN), in a store chunked along time so history windows cross
+    the chunks' edges."""
     rng = np.random.default_rng(7)
     X = 0.3 * rng.normal(size=(N_SAMPLES, 2))
     y = np.zeros((N_SAMPLES, N_NEURONS))
@@ -121,6 +122,9 @@ def coupled_store(tmp_path_factory):
     # a NaN a few samples before a chunk's edge: that sample and the WINDOW after it (whose
     # windows cross the edge) are dropped, as NeMoS's features are NaN there
     y[2_797, 5] = np.nan
+    # a NaN in X a few samples before the next edge drops that sample alone, as in NeMoS: the
+    # history of the samples after it is whole
+    X[4_195, 1] = np.nan
     mp = pytest.MonkeyPatch()
     mp.setattr(store.inputs, "_ROW_CHUNK", 1_400)
     try:
@@ -153,6 +157,7 @@ def test_history_fit_equals_in_memory_fit_on_nemos_design(global_x64, coupled_st
     options = dict(regularizer="Ridge", regularizer_strength=1e-3, solver_kwargs={"tol": 1e-12, "maxiter": 1000})
     want = PopulationGLM(feature_mask=feature_mask, **options).fit(design, y)
     assert np.isnan(design[2_798:2_798 + WINDOW]).any(axis=1).all()
+    assert np.isnan(design[4_195]).any() and not np.isnan(design[4_196:4_196 + WINDOW]).any()
 
     report = distglm.fit(path, PopulationGLM(**options), history=spec, num_actors=1, block_size=20,
                          name=coupling, progress=False)
@@ -300,7 +305,7 @@ def test_actors_take_own_features_for_self_history_only(coupled_store):
     from distglm.actor import FitSpec, SampleReader
 
     path, X, y = coupled_store
-    kept = ~np.isnan(y).any(axis=1)
+    kept = ~np.isnan(y).any(axis=1) & ~np.isnan(X).any(axis=1)
 
     def reader(coupling, regularizer="Ridge"):
         spec = HistorySpec.raised_cosine_log(K, WINDOW, coupling=coupling)
