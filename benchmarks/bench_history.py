@@ -16,7 +16,7 @@ as the solver calls them) timed two ways, each in a fresh process with one XLA t
 actor has): the core's own features (X of the stimulus and each neuron's K history features,
 K multiply-adds per sample and neuron) and the masked product over the full design (every
 neuron's K columns, N * K multiply-adds per sample and neuron, as coupled fits use). Recorded:
-seconds per evaluation (a jitted loop of 4 evaluations minus one of 1, over 3, the fastest of
+seconds per evaluation (a jitted loop of 6 evaluations minus one of 1, over 5, the fastest of
 3 runs), the bytes of the block's design arrays, the process's peak memory (VmHWM) and, for
 the own features, the whole fit of the block.
 
@@ -153,7 +153,7 @@ def self_history_worker(way: str, n_samples: int, n_neurons: int, n_block: int, 
 
 def evaluation_seconds(X, own, y, mask, strength, config) -> float:
     """Seconds per evaluation of a block's objective and gradient (as the solver calls them, in
-    plain coordinates), in memory: a jitted loop of 4 evaluations minus one of 1, over 3, each
+    plain coordinates), in memory: a jitted loop of 6 evaluations minus one of 1, over 5, each
     the fastest of 3 runs. ``own`` (n_samples, K, n_neurons) or None."""
     import jax
     import jax.numpy as jnp
@@ -184,7 +184,7 @@ def evaluation_seconds(X, own, y, mask, strength, config) -> float:
         return min(times)
 
     v = core_fit.Params(jnp.zeros(mask.shape, Xj.dtype), jnp.zeros(y.shape[1], Xj.dtype))
-    return max((timed(4) - timed(1)) / 3, 0.0)
+    return max((timed(6) - timed(1)) / 5, 0.0)
 
 
 def vmhwm() -> int:

@@ -27,7 +27,7 @@ from .logs import log_to_stderr
 from .plan import Block
 
 __all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "cv_path_arrays", "fit_one_block", "select_block",
-           "slice_strength", "stored_path"]
+           "slice_strength", "stored_path", "history_stream_rows"]
 
 _log = logging.getLogger(__name__)
 
@@ -136,6 +136,15 @@ class FitSpec:
 _STREAM_ROWS = 2**16
 
 
+def history_stream_rows(info: store.InputsInfo, n_features: int, itemsize: int) -> int:
+    """Rows of a streamed chunk of a history fit's full design (``n_features`` columns: the stored
+    ones and every neuron's K): a stored chunk of samples, fewer when the columns are many
+    (``plan.stream_chunk_rows``)."""
+    from .plan import stream_chunk_rows
+
+    return stream_chunk_rows(min(info.row_chunk or info.n_samples, _STREAM_ROWS), n_features, itemsize)
+
+
 def slice_strength(strength, start: int, stop: int, pad_to: int):
     """The block's slice of per-neuron strength arrays (neuron axis last), padded by repetition."""
     if strength is None:
@@ -183,6 +192,9 @@ class SampleReader:
         # one stored chunk of samples per read; a recording stored in one chunk is read in
         # slices of the usual length
         self.rows = min(info.row_chunk or info.n_samples, _STREAM_ROWS)
+        if self.history is not None and not self.own:
+            # the chunk holds every neuron's history columns: fewer rows when they are many
+            self.rows = history_stream_rows(info, self.n_features, self.dtype.itemsize)
         self.cache_bytes = spec.cache_bytes
         self._cache, self._cached = {}, 0
         self._design = None

@@ -23,7 +23,8 @@ from typing import NamedTuple
 from distglm.errors import InputError, InputTypeError, PlanError
 
 __all__ = ["Block", "MemoryEstimate", "estimate_block_memory", "largest_block", "plan_blocks", "padded_size",
-           "TARGET_BLOCK_NEURONS", "PROCESS_BASE_BYTES", "ACTOR_BASE_BYTES"]
+           "stream_chunk_rows", "TARGET_BLOCK_NEURONS", "PROCESS_BASE_BYTES", "ACTOR_BASE_BYTES",
+           "STREAM_CHUNK_BYTES"]
 
 #: Neurons per block the default plan aims for: large enough that one compiled solve does
 #: real work, small enough that a lost block is cheap to redo.
@@ -139,6 +140,28 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
     pre = _PRECONDITIONER_COPIES * _PRECONDITIONER_SIZES[preconditioner](params, n_neurons) * itemsize
     solver = _STATE_COPIES * state_bytes_per_neuron * n_neurons
     return MemoryEstimate(base + design + responses + pre + solver, base, design, responses, pre, solver)
+
+
+#: Bytes a streamed chunk of the design may take: a history fit's chunk holds every neuron's K
+#: history columns, so a wide one gets fewer rows than a stored chunk of samples.
+STREAM_CHUNK_BYTES = 64 * 2**20
+
+
+def stream_chunk_rows(stored_rows, n_columns, itemsize=4, budget=STREAM_CHUNK_BYTES) -> int:
+    """Rows of a streamed chunk of ``n_columns`` floats: ``stored_rows`` halved (rounding up) until a
+    chunk takes at most ``budget`` bytes, or 64 rows remain.
+
+    Examples
+    --------
+    >>> stream_chunk_rows(2**16, 10), stream_chunk_rows(2**16, 30_002)
+    (65536, 512)
+    """
+    rows = _check_int(stored_rows, "stored_rows", minimum=1)
+    width = _check_int(n_columns, "n_columns", minimum=1) * _check_int(itemsize, "itemsize", minimum=1)
+    budget = _check_int(budget, "budget", minimum=1)
+    while rows > 64 and rows * width > budget:
+        rows = -(-rows // 2)
+    return rows
 
 
 _PRECONDITIONER_SIZES = {

@@ -87,7 +87,8 @@ class FitReport:
     memory_estimate : MemoryEstimate or None
         The planner's estimate of an actor's peak memory with the plan's blocks
         (:func:`distglm.plan.estimate_block_memory`); None when nothing was left to fit or the
-        actors stream their samples (their memory is then bounded by their chunk cache).
+        actors stream their samples (their memory is then bounded by their chunk cache), except
+        in a history fit: one streamed chunk of the full design, and the chunk cache.
     memory_per_actor : int or None
         The budget in bytes the blocks were sized for (``memory_per_actor``, or the cluster's
         memory per CPU on its tightest node); None when nothing was left to fit.
@@ -562,6 +563,11 @@ def fit(
                               f"than memory_per_actor={budget}; blocks of {largest} would fit", UserWarning,
                               stacklevel=2)
             estimate = _estimate(memory, pad_to)
+        elif history is not None:
+            estimate = _streamed_history_estimate(config, info, n_features, dtype, spec, pad_to)
+            if estimate.total > budget:
+                warnings.warn(f"a history fit's actor needs about {estimate}, more than memory_per_actor={budget} "
+                              f"(its chunks of samples hold all {n_features} features)", UserWarning, stacklevel=2)
         # a block size the planner accepts again: a single block's size rounded up to whole chunks
         fingerprint["block_size"] = (blocks[0].size if len(blocks) > 1
                                      else -(-pad_to // info.neuron_chunk) * info.neuron_chunk)
@@ -653,6 +659,21 @@ def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec) ->
                 itemsize=np.dtype(dtype).itemsize,
                 preconditioner=kind, state_bytes_per_neuron=per_neuron, queued_blocks=_PIPELINE - 1,
                 base=_plan.ACTOR_BASE_BYTES)
+
+
+def _streamed_history_estimate(config, info: store.InputsInfo, n_features: int, dtype, spec,
+                               n_neurons: int) -> _plan.MemoryEstimate:
+    """An actor's peak memory in a history fit: the estimate of an actor holding one streamed chunk
+    of samples (rows bounded by ``actor.history_stream_rows`` for the full width of the design), plus
+    its cache of chunks. An upper bound for self-history, whose chunks hold the neurons' own
+    history columns alone."""
+    from .actor import history_stream_rows
+
+    itemsize = np.dtype(dtype).itemsize
+    rows = history_stream_rows(info, n_features, itemsize)
+    estimate = _estimate(_memory_model(config, rows, n_features, dtype, None, spec), n_neurons)
+    cache = min(FitSpec.cache_bytes, -(-info.n_samples // rows) * rows * (n_features + n_neurons) * itemsize)
+    return estimate._replace(total=estimate.total + cache, design=estimate.design + cache)
 
 
 def _estimate(memory: dict, n_neurons: int) -> _plan.MemoryEstimate:

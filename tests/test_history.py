@@ -162,6 +162,8 @@ def test_history_fit_equals_in_memory_fit_on_nemos_design(global_x64, coupled_st
     report = distglm.fit(path, PopulationGLM(**options), history=spec, num_actors=1, block_size=20,
                          name=coupling, progress=False)
     assert report.failed_blocks == {} and report.n_fitted == N_NEURONS == report.n_converged
+    # the planner's estimate of a streaming actor: one chunk of the full design beside its cache
+    assert report.memory_estimate.design >= N_SAMPLES * (2 + N_NEURONS * K) * 8
     got = distglm.load_model(path, name=coupling)
     assert got.history_ == spec
     np.testing.assert_array_equal(got.feature_mask, feature_mask)

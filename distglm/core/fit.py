@@ -441,7 +441,11 @@ def _linear(x, own, weights, intercept):
     eta = x @ weights[:p] + intercept
     if own is None:
         return eta
-    return eta + jnp.einsum("rkn,kn->rn", own, weights[p:])
+    # one fused elementwise pass per feature: XLA lowers the einsum "rkn,kn->rn" to a batched
+    # product over n with transposes, ten times slower
+    for k in range(own.shape[1]):
+        eta = eta + own[:, k, :] * weights[p + k]
+    return eta
 
 
 def _linear_transpose(x, own, d):
@@ -449,7 +453,11 @@ def _linear_transpose(x, own, d):
     g = x.T @ d
     if own is None:
         return g
-    return jnp.concatenate([g, jnp.einsum("rkn,rn->kn", own, d)], axis=0)
+    # the sum over rows as a product with ones (a matrix-vector product), not a column reduction
+    # nor the einsum "rkn,rn->kn", both several times slower
+    rows, k, n = own.shape
+    g_own = jnp.ones((rows,), d.dtype) @ (own * d[:, None, :]).reshape(rows, k * n)
+    return jnp.concatenate([g, g_own.reshape(k, n)], axis=0)
 
 
 def _data_pass(chunks: _Chunks, weights, intercept, fn, with_grad: bool):
