@@ -113,7 +113,6 @@ def run(sizes: dict, rounds: int, workdir: str) -> dict:
 def self_history_worker(way: str, n_samples: int, n_neurons: int, n_block: int, n_basis_funcs: int,
                         window_size: int) -> dict:
     """In a fresh process: one block's evaluations with self-history fitted ``way`` ("own" or "masked")."""
-
     from distglm.core import fit as core_fit
     from distglm.glm import PopulationGLM
     from distglm.history import HistorySpec, history_features
