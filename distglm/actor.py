@@ -272,8 +272,8 @@ class SampleReader:
             from .core.fit import state_spec
 
             def like(n):
-                # the strength arrays (coefficient-shaped: (n_fit_features, n_cols)) for n features
-                return jax.tree_util.tree_map(lambda a: np.ones((n,) + np.shape(a)[1:]), strength)
+                # the strength arrays (coefficient-shaped) for n features and n_cols neurons
+                return jax.tree_util.tree_map(lambda a: np.ones((n, n_cols)), strength)
 
             specs = [state_spec(config, 8, n, n_cols, self.dtype, like(n))
                      for n in (self.n_fit_features, self.n_fit_features + 1)]

@@ -333,3 +333,6 @@ def test_actors_take_own_features_for_self_history_only(coupled_store):
     full = data.full_rows(coef, 10)
     assert full.shape == (2 + N_NEURONS * K, 5) and np.count_nonzero(full) == coef.size
     np.testing.assert_array_equal(data.own_rows(full, 10), coef)
+    # and so do the solver state's coefficient-shaped leaves (a block of 17 neurons padded to 18)
+    names = data.coef_shaped(PopulationGLM(regularizer="Ridge")._fit_config(), np.ones((2 + K, 17)), 18)
+    assert {"grad", "direction", "s_history", "y_history"} <= names and not names & {"rho", "value", "gamma"}
