@@ -40,6 +40,12 @@ fold returns one chunk of X and y at a time from a ``ChunkSource``, so a fit of 
 long to hold runs the same solve loop with one chunk in memory at a time; it re-reads the
 samples at every pass, which costs time where the in-memory path costs memory.
 
+Besides the shared ``X``, a block may carry each neuron's own features (``own``, of shape
+(n_samples, K, n_neurons), e.g. its spike history): they add ``K`` coefficients per neuron,
+``K`` multiply-adds per sample and neuron each way, and their columns to each neuron's Gram
+matrix (``cholesky``: each neuron's ``[X F_n 1]`` factor; ``diagonal``: its diagonal; the
+``shared`` eigenbasis does not apply, each neuron's Gram matrix being its own).
+
 Failures are data: a neuron whose initial intercept is not finite (no events at all) or whose
 solution turns non-finite is reported in ``status`` and left out of the solve; the rest of
 the block still fits.
