@@ -42,6 +42,7 @@ import numpy as np
 from bench_history import data, evaluation_seconds
 from bench_large import MemorySampler
 from bench_vs_nemos import RESULT_TAG, machine_info, publish, run_for_result
+from distglm.plan import stream_chunk_rows
 from distglm.store.inputs import _ROW_CHUNK as ROW_CHUNK
 
 FULL = dict(n_samples=50_000, n_neurons=200, n_basis_funcs=6, window_size=20)
@@ -138,13 +139,14 @@ def extrapolate(sizes: dict, fit: dict, evaluation: dict) -> dict:
     K, n_block = sizes["n_basis_funcs"], fit["n_block"]
     rate = flops_per_evaluation(evaluation["n_samples"], sizes["n_neurons"], K, n_block) / evaluation["eval_s"]
     evaluations = float(np.mean(fit["evaluations_per_block"]))
-    # the rows of a stored chunk of a long recording, which actors read (and build history for) at once
-    rows = min(TARGET_SAMPLES, ROW_CHUNK)
-    out = {"flops_per_second": rate, "evaluations_per_block": evaluations, "rows_per_chunk": rows}
+    out = {"flops_per_second": rate, "evaluations_per_block": evaluations}
     for n in TARGETS:
         per_eval = flops_per_evaluation(TARGET_SAMPLES, n, K, n_block) / rate
         p = N_STIMULUS + n * K
+        # a stored chunk of a long recording, fewer rows when its full design is wide (as actors do)
+        rows = stream_chunk_rows(min(TARGET_SAMPLES, ROW_CHUNK), p, FLOAT_BYTES)
         out[str(n)] = {
+            "rows_per_chunk": rows,
             "n_blocks": -(-n // n_block),
             "eval_s_per_block": per_eval,
             "fit_s_per_block": per_eval * evaluations,
@@ -193,19 +195,20 @@ def markdown(report: dict) -> str:
         f"actor. At the rate measured above, T = {TARGET_SAMPLES:,}, K = {K}, blocks of {fit['n_block']} neurons and "
         f"the {ex['evaluations_per_block']:.0f} evaluations a block took here:",
         "",
-        "| neurons | blocks (actors) | s per evaluation per block | s per block fit | history chunk (MB) | "
+        "| neurons | blocks (actors) | s per evaluation per block | s per block fit | history chunk: rows, MB | "
         "Gram matrix (MB) |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for target in TARGETS:
         t = ex[str(target)]
         lines.append(f"| {target:,} | {t['n_blocks']} | {t['eval_s_per_block']:.1f} | {t['fit_s_per_block']:.0f} | "
-                     f"{t['history_chunk_bytes'] / 1e6:,.0f} | {t['gram_bytes'] / 1e6:,.0f} |")
+                     f"{t['rows_per_chunk']:,}, {t['history_chunk_bytes'] / 1e6:,.0f} | {t['gram_bytes'] / 1e6:,.0f} |")
     lines += [
         "",
-        f"The history chunk is the {ex['rows_per_chunk']:,} rows (a stored chunk of samples) x (p + N * K) floats an "
-        "actor builds from y at every pass over the samples (and keeps while its chunk cache, 512 MB by default, holds it); the Gram matrix of "
-        "the preconditioner, (p + N * K + 1)^2 floats, is held once per actor beside its eigenbasis of the same "
+        "The history chunk is what an actor builds from y at every pass over the samples, rows x (p + N * K) floats: "
+        f"a stored chunk of samples ({ROW_CHUNK:,} rows), halved until it takes at most 64 MiB "
+        "(`distglm.plan.stream_chunk_rows`); the actor keeps the chunks its 512 MB cache holds and builds the "
+        "others again at every pass. The Gram matrix of the preconditioner, (p + N * K + 1)^2 floats, is held once per actor beside its eigenbasis of the same "
         "size. The extrapolation assumes the flop rate measured here holds at those widths, and that the "
         "evaluations per block stay the same; the convolution that builds the chunks (T x N x window x K "
         "multiply-adds per pass when the chunks outgrow the cache) is not counted.",

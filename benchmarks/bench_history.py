@@ -59,13 +59,15 @@ def data(n_samples: int, n_neurons: int, n_basis_funcs: int, window_size: int):
 
     rng = np.random.default_rng(SEED)
     X = 0.3 * rng.normal(size=(n_samples, 2))
-    filters = np.einsum("jk,nkm->jnm", raised_cosine_log(n_basis_funcs, window_size),
-                        -0.02 * rng.random((n_neurons, n_basis_funcs, n_neurons)))
+    kernels = raised_cosine_log(n_basis_funcs, window_size)
+    # weights[n * K + k, m]: neuron n's past through kernel k onto neuron m
+    weights = (-0.02 * rng.random((n_neurons, n_basis_funcs, n_neurons))).reshape(-1, n_neurons)
     drive = X @ (0.3 * rng.normal(size=(2, n_neurons))) - 1.0
     y = np.zeros((n_samples, n_neurons))
     for t in range(n_samples):
         past = y[max(t - window_size, 0):t][::-1]
-        y[t] = rng.poisson(np.exp(drive[t] + np.tensordot(past, filters[:len(past)], 2)))
+        history = (kernels[:len(past)].T @ past).T.reshape(-1)
+        y[t] = rng.poisson(np.exp(drive[t] + history @ weights))
     return X, y.astype(np.int32)
 
 
