@@ -250,8 +250,8 @@ def self_history_markdown(report: dict) -> list[str]:
         "",
         f"The masked product takes {r['eval_ratio_masked_over_own']:.1f}x the time per evaluation of the own "
         f"features (in flops the ratio is about {p_full}/{2 + sz['n_basis_funcs']} = "
-        f"{p_full / (2 + sz['n_basis_funcs']):.0f}; the own features' einsums and the per-sample work of "
-        "the loss do not shrink with it). The whole fit of the block with own features (compilation, the "
+        f"{p_full / (2 + sz['n_basis_funcs']):.0f}; the loss's per-sample work over the block's neurons and the "
+        "passes over the own features, which are memory-bound, do not shrink with it). The whole fit of the block with own features (compilation, the "
         f"per-neuron Gram matrices and Cholesky factors included) took {own['fit_s']:.1f} s, "
         f"{own['fit_iterations_max']} iterations at most, {own['fit_converged']}/{sz['n_block']} converged.",
         "",
