@@ -1,8 +1,8 @@
 """A coupled population end to end: ``distglm.fit`` with all-to-all history features built in the actors.
 
 Poisson counts of a population whose neurons all drive each other through their past (raised-
-cosine-log kernels, simulated sample by sample) and two stimulus features are written to a
-store; ``distglm.fit(path, model, history=spec)`` fits every neuron on the stimulus and on the
+cosine-log kernels, coupling weights of low rank, simulated sample by sample) and two stimulus
+features are written to a store; ``distglm.fit(path, model, history=spec)`` fits every neuron on the stimulus and on the
 history of every neuron (n_neurons * K + 2 features), 2 actors on a local Ray, the actors
 building the history a chunk of samples at a time. Recorded:
 
@@ -10,15 +10,16 @@ building the history a chunk of samples at a time. Recorded:
   count, per block), and the peak memory of each actor process (VmHWM, read from
   ``/proc/PID/status`` of every ``ray::BlockFitter`` process while the fit runs);
 - the cost of one evaluation (the objective and its gradient) of one block, measured in a fresh
-  process with one XLA thread (as an actor has) on the block's full design in memory, and the
+  process with one XLA thread (as an actor has) on the block's full design in memory (its first
+  ``EVAL_SAMPLES`` samples; the cost is linear in them), and the
   flop rate it implies for the model ``flops ~ 2 x 2 x T x (N * K + p) x n_block`` (one product
   for the linear predictor, one for the gradient);
 - that cost extrapolated to 1,000 and 5,000 neurons and 200,000 samples on a cluster with one
   actor per block (the blocks of one evaluation in parallel), and the memory of one history
   chunk, ``rows x (p + N * K)`` floats, that an actor builds at every pass.
 
-The size is what runs here in a few minutes (2 shared cores); the simulation, sample by sample,
-and the N * K columns of every evaluation are what limit it.
+The size is what runs here in a few minutes (2 shared cores): the N * K columns of every
+evaluation, and of the Gram matrix each block accumulates, are what limit it.
 
 Usage::
 
@@ -45,8 +46,10 @@ from bench_vs_nemos import RESULT_TAG, machine_info, publish, run_for_result
 from distglm.plan import stream_chunk_rows
 from distglm.store.inputs import _ROW_CHUNK as ROW_CHUNK
 
-FULL = dict(n_samples=50_000, n_neurons=200, n_basis_funcs=6, window_size=20)
-QUICK = dict(n_samples=4_000, n_neurons=24, n_basis_funcs=4, window_size=10)
+FULL = dict(n_samples=100_000, n_neurons=500, n_basis_funcs=6, window_size=20, rank=4)
+QUICK = dict(n_samples=4_000, n_neurons=24, n_basis_funcs=4, window_size=10, rank=4)
+# samples of the in-memory evaluation timed beside the fit (its cost is linear in them)
+EVAL_SAMPLES = 20_000
 # extrapolated to these populations of TARGET_SAMPLES samples
 TARGETS = (1_000, 5_000)
 TARGET_SAMPLES = 200_000
@@ -116,14 +119,16 @@ def fit_population(sizes: dict, workdir: str) -> dict:
 
 
 def evaluation_worker(sizes: dict, n_block: int) -> dict:
-    """In a fresh process: seconds per evaluation of the first block on its full design in memory."""
+    """In a fresh process: seconds per evaluation of the first block on its full design in memory
+    (the first ``EVAL_SAMPLES`` samples with a whole history window)."""
     from distglm.glm import PopulationGLM
     from distglm.history import HistorySpec, design
 
-    X, y = data(**{k: sizes[k] for k in ("n_samples", "n_neurons", "n_basis_funcs", "window_size")})
+    X, y = data(**sizes)
     spec = HistorySpec.raised_cosine_log(sizes["n_basis_funcs"], sizes["window_size"], coupling="all")
-    full = design(X, y, spec)[sizes["window_size"]:].astype(np.float32)
-    yb = y[sizes["window_size"]:, :n_block].astype(np.float32)
+    rows = slice(sizes["window_size"], sizes["window_size"] + EVAL_SAMPLES)
+    full = design(X, y, spec)[rows].astype(np.float32)
+    yb = y[rows, :n_block].astype(np.float32)
     mask = np.ones((full.shape[1], n_block), np.float32)
     config = PopulationGLM(regularizer="Ridge", regularizer_strength=STRENGTH)._fit_config()
     seconds = evaluation_seconds(full, None, yb, mask, np.full(mask.shape, STRENGTH, np.float32), config)
@@ -183,10 +188,10 @@ def markdown(report: dict) -> str:
         f"| one evaluation of one block (s), measured | {ev['eval_s']:.3f} |",
         f"| implied rate (GFLOP/s, one thread) | {ex['flops_per_second'] / 1e9:.1f} |",
         "",
-        "Simulating the counts sample by sample took "
-        f"{fit['simulate_s']:.0f} s, not counted above. What limits the size here: the simulation's Python "
-        "loop and, in the fit, the N * K columns every evaluation multiplies (the cost grows as N^2 for the "
-        "population), on 2 cores shared with other work.",
+        f"Simulating the counts sample by sample took {fit['simulate_s']:.0f} s, not counted above. The one "
+        f"evaluation was timed on the block's first {ev['n_samples']:,} samples. What limits the size here: the "
+        "N * K columns that every evaluation multiplies and that each block's Gram matrix accumulates (the cost "
+        "of the population grows as N^2), on 2 cores shared with other work.",
         "",
         "## Extrapolated",
         "",

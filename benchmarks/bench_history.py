@@ -53,21 +53,31 @@ STRENGTH = 1e-3
 SEED = 5
 
 
-def data(n_samples: int, n_neurons: int, n_basis_funcs: int, window_size: int):
-    """Stimulus and counts with a weak all-to-all history drive (simulated sample by sample)."""
+def data(n_samples: int, n_neurons: int, n_basis_funcs: int, window_size: int, rank: int | None = None):
+    """Stimulus and counts with a weak all-to-all history drive (simulated sample by sample).
+
+    With ``rank``, the (n_neurons * K, n_neurons) coupling weights are a product of two random
+    factors of that rank (every neuron still drives every other), so that each simulated sample
+    costs O(n_neurons * K * rank) rather than O(n_neurons**2 * K).
+    """
     from distglm.history import raised_cosine_log
 
     rng = np.random.default_rng(SEED)
     X = 0.3 * rng.normal(size=(n_samples, 2))
     kernels = raised_cosine_log(n_basis_funcs, window_size)
     # weights[n * K + k, m]: neuron n's past through kernel k onto neuron m
-    weights = (-0.02 * rng.random((n_neurons, n_basis_funcs, n_neurons))).reshape(-1, n_neurons)
+    if rank is None:
+        factors = ((-0.02 * rng.random((n_neurons, n_basis_funcs, n_neurons))).reshape(-1, n_neurons),)
+    else:
+        factors = (rng.random((n_neurons * n_basis_funcs, rank)), -0.02 / rank * rng.random((rank, n_neurons)))
     drive = X @ (0.3 * rng.normal(size=(2, n_neurons))) - 1.0
     y = np.zeros((n_samples, n_neurons))
     for t in range(n_samples):
         past = y[max(t - window_size, 0):t][::-1]
         history = (kernels[:len(past)].T @ past).T.reshape(-1)
-        y[t] = rng.poisson(np.exp(drive[t] + history @ weights))
+        for factor in factors:
+            history = history @ factor
+        y[t] = rng.poisson(np.exp(drive[t] + history))
     return X, y.astype(np.int32)
 
 
