@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.model_selection import GridSearchCV, KFold, TimeSeriesSplit
 
 import distglm
 from distglm.core import cv as core_cv
@@ -219,9 +219,14 @@ def test_examples_in_the_docstrings_run():
         assert doctest.testmod(module).failed == 0, module.__name__
 
 
-def test_a_store_refuses_a_splitter_before_writing_anything(tmp_path):
-    X, y, _ = _population(10, 60, 3, 2)
-    path = distglm.write_inputs(str(tmp_path / "s.zarr"), X, y.astype(int))
-    with pytest.raises(UnsupportedOptionError, match="splitter"):
-        distglm.fit(path, PopulationGLMCV(cv=KFold(3)))
-    assert distglm.store.read_fingerprint(path) is None
+def test_a_splitter_splits_the_samples_without_nan():
+    X, y, _ = _population(10, 120, 3, 2)
+    X_nan = X.copy()
+    X_nan[[5, 50]] = np.nan
+    keep = ~np.isnan(X_nan).any(axis=1)
+    kwargs = dict(regularizer_strengths=GRID[:2], solver_kwargs=TIGHT, cv=TimeSeriesSplit(3))
+    with_nan = PopulationGLMCV(**kwargs).fit(X_nan, y)
+    dropped = PopulationGLMCV(**kwargs).fit(X[keep], y[keep])
+    np.testing.assert_allclose(with_nan.cv_scores_, dropped.cv_scores_, rtol=1e-9)
+    # a splitter's folds need not cover every sample: TimeSeriesSplit never holds out the first
+    assert np.isfinite(with_nan.cv_scores_).all()

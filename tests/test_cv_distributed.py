@@ -210,7 +210,7 @@ def test_a_splitter_cross_validates_the_samples_not_held_out_as_in_memory(popula
     assert np.ptp(memory.best_index_[:9]) > 0, "the test needs neurons that select different strengths"
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        report = distglm.fit(path, model, num_actors=2, block_size=4, progress=False)
+        report = distglm.fit(path, model, num_actors=1, progress=False)
     finally:
         ray.shutdown()
     assert report.n_fitted == 10
