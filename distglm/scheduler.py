@@ -581,7 +581,7 @@ def fit(
         if not streams:
             # the estimate describes an actor that holds its samples; a streaming actor's memory
             # is bounded by its chunk cache whatever the block
-            memory = _memory_model(config, n_train, n_features, dtype, mask, spec)
+            memory = _memory_model(config, n_train, n_features, dtype, mask, spec, 0 if grid is None else len(grid))
             largest = _plan.largest_block(budget, info.n_neurons, info.neuron_chunk, **memory)
             if block_size is None and largest < pad_to:
                 blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, largest, actors)
@@ -671,8 +671,9 @@ def _memory_per_cpu(ray) -> int:
     return max(int(min(shares)), 1)
 
 
-def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec) -> dict:
-    """Keyword arguments of ``plan.estimate_block_memory`` for an actor holding its samples."""
+def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec, cv_strengths: int = 0) -> dict:
+    """Keyword arguments of ``plan.estimate_block_memory`` for an actor holding its samples (and
+    cross-validating ``cv_strengths`` candidates, if any)."""
     from .core import fit as core_fit
 
     if config.preconditioned:
@@ -683,7 +684,7 @@ def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec) ->
     return dict(n_samples=core_fit.bucket_rows(n_samples, 1), n_features=n_features,
                 itemsize=np.dtype(dtype).itemsize,
                 preconditioner=kind, state_bytes_per_neuron=per_neuron, queued_blocks=_PIPELINE - 1,
-                base=_plan.ACTOR_BASE_BYTES)
+                base=_plan.ACTOR_BASE_BYTES, cv_strengths=cv_strengths)
 
 
 def _estimate(memory: dict, n_neurons: int) -> _plan.MemoryEstimate:

@@ -214,6 +214,8 @@ def test_a_splitter_cross_validates_the_samples_not_held_out_as_in_memory(popula
     finally:
         ray.shutdown()
     assert report.n_fitted == 10
+    # the blocks were planned for a cross-validating actor
+    assert report.memory_estimate.cv > 0
     # other folds are another fit
     with pytest.raises(StoreError, match="different fit"):
         distglm.fit(path, model.set_params(cv=TimeSeriesSplit(4)), progress=False)
