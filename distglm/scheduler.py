@@ -702,7 +702,8 @@ def _check_history(history, info: store.InputsInfo, stream, stochastic: bool, te
         raise InputTypeError(f"history must be a distglm.history.HistorySpec or None; got {type(history).__name__}")
     history.coupling_mask(info.n_neurons)
     refused = [name for name, on in (("stream=False", stream is False), ("an SVRG solver", stochastic),
-                                     ("test_samples", test is not None), ("standard_errors", standard_errors),
+                                     ("held-out samples (test_samples, or those the inputs record)", test is not None),
+                                     ("standard_errors", standard_errors),
                                      ("X stored as feature groups", info.feature_groups is not None)) if on]
     if refused:
         raise UnsupportedOptionError(f"history features are built by streaming actors and cannot be fitted with "
