@@ -419,7 +419,8 @@ def fit(
         (the recorded test set is the data's, kept out of every fit). An IntervalSet selects
         the samples whose time (the inputs' ``time`` coordinate) lies in one of its intervals,
         bounds included as in pynapple's ``restrict``; a store that records no time (written
-        without ``time=`` or pynapple time series) refuses intervals. The actors score each neuron on them (every NeMoS score
+        without ``time=`` or pynapple time series) refuses intervals. The actors score each
+        neuron on them (every NeMoS score
         type, as ``PopulationGLM.score`` with a mean over samples per neuron) and store the
         scores with its results: ``FitReport.heldout``, ``distglm inspect`` and the loaded
         model's ``heldout_scores_`` show them. Samples with NaN are dropped from both sets.
