@@ -52,10 +52,12 @@ _GRAM_COPIES = 4
 # A block queued on an actor beside the one being solved holds its stored and padded y.
 _QUEUED_RESPONSE_COPIES = 2
 # What a cross-validating actor holds beside a plain fit's arrays (``core.cv.cv_path`` over a
-# block): a fold's training and held-out rows of X (about X again), the block's y and its fold
-# copy, and one float64 strength array of shape (n_features, n_neurons) per candidate.
-_CV_DESIGN_COPIES = 1
-_CV_RESPONSE_COPIES = 2
+# block): each fold's training and held-out rows of X and y, the fold fits' own copies of them
+# and the held-out predictions, and one float64 strength array of shape (n_features, n_neurons)
+# per candidate. The copies are two peak-RSS measurements (one with X the larger array, one
+# with y) solved for and rounded up; benchmarks/bench_cv_memory.py records them.
+_CV_DESIGN_COPIES = 2
+_CV_RESPONSE_COPIES = 7
 _CV_STRENGTH_ITEMSIZE = 8
 # Arrays of (n_features + 1) per neuron in the default LBFGS state: ten pairs of history
 # vectors and the iterate's gradient and direction (the scalars per neuron are negligible).
@@ -123,8 +125,9 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
         Memory of the process before the data: ``PROCESS_BASE_BYTES`` or ``ACTOR_BASE_BYTES``.
     cv_strengths : int
         Candidate strengths of a cross-validated block (``PopulationGLMCV``), 0 for a plain
-        fit: each fold's training and held-out rows are copies of X and y, and every candidate
-        has a float64 strength array of shape (n_features, n_neurons).
+        fit: the folds' rows of X and y are copied (about 2 copies of X and 7 of the block's y at
+        the peak, measured), and every candidate has a float64 strength array of shape
+        (n_features, n_neurons).
 
     Returns
     -------
@@ -136,7 +139,7 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
     >>> round(est.total / 1e9, 2), round(est.design / 1e9, 2)
     (0.87, 0.34)
     >>> round(estimate_block_memory(20_000, 1000, 128, preconditioner="shared", cv_strengths=12).cv / 1e9, 2)
-    0.11
+    0.24
     """
     n_samples = _check_int(n_samples, "n_samples", minimum=1)
     n_features = _check_int(n_features, "n_features", minimum=1)
