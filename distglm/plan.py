@@ -54,10 +54,12 @@ _QUEUED_RESPONSE_COPIES = 2
 # What a cross-validating actor holds beside a plain fit's arrays (``core.cv.cv_path`` over a
 # block): each fold's training and held-out rows of X and y, the fold fits' own copies of them
 # and the held-out predictions, and one float64 strength array of shape (n_features, n_neurons)
-# per candidate. The copies are two peak-RSS measurements (one with X the larger array, one
-# with y) solved for and rounded up; benchmarks/bench_cv_memory.py records them.
+# per candidate. The copies are solved from peak-RSS measurements at two shapes (X the larger
+# array, then y: -0.4 to 1.4 copies of X and 3.6 to 4.3 of y over three runs, the peak of a
+# process varying by some 40 MB from run to run) and rounded up with a margin;
+# benchmarks/bench_cv_memory.py records them.
 _CV_DESIGN_COPIES = 2
-_CV_RESPONSE_COPIES = 7
+_CV_RESPONSE_COPIES = 5
 _CV_STRENGTH_ITEMSIZE = 8
 # Arrays of (n_features + 1) per neuron in the default LBFGS state: ten pairs of history
 # vectors and the iterate's gradient and direction (the scalars per neuron are negligible).
@@ -125,7 +127,7 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
         Memory of the process before the data: ``PROCESS_BASE_BYTES`` or ``ACTOR_BASE_BYTES``.
     cv_strengths : int
         Candidate strengths of a cross-validated block (``PopulationGLMCV``), 0 for a plain
-        fit: the folds' rows of X and y are copied (about 2 copies of X and 7 of the block's y at
+        fit: the folds' rows of X and y are copied (about 2 copies of X and 5 of the block's y at
         the peak, measured), and every candidate has a float64 strength array of shape
         (n_features, n_neurons).
 
@@ -139,7 +141,7 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
     >>> round(est.total / 1e9, 2), round(est.design / 1e9, 2)
     (0.87, 0.34)
     >>> round(estimate_block_memory(20_000, 1000, 128, preconditioner="shared", cv_strengths=12).cv / 1e9, 2)
-    0.24
+    0.22
     """
     n_samples = _check_int(n_samples, "n_samples", minimum=1)
     n_features = _check_int(n_features, "n_features", minimum=1)
