@@ -229,4 +229,5 @@ def test_a_splitter_cross_validates_the_samples_not_held_out_as_in_memory(popula
         np.testing.assert_allclose(report.heldout[score_type], expected, rtol=1e-5, atol=1e-8)
         np.testing.assert_allclose(loaded.heldout_scores_[score_type], expected, rtol=1e-5, atol=1e-8)
     assert main(["inspect", path, "--no-pseudo-r2"]) == 0
-    assert "held-out pseudo-r2-McFadden per neuron" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "held-out pseudo-r2-McFadden per neuron" in out and "held-out samples: 60 of 300, recorded" in out
