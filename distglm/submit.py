@@ -391,7 +391,10 @@ def submit(path, model, *, address: str | None = None, runtime_env: dict | None 
     except Exception as err:  # noqa: BLE001 - object-store backends raise their own errors
         raise _store_error(path, err) from None
     config = _check_model(model)
-    _check_history(options.get("history"), info, options.get("stream"), is_stochastic(config.solver_name), None, False)
+    # refused here, before the cluster is asked, as the job would refuse it
+    recorded_test = store.read_test(path) if info.has_test and options.get("history") is not None else None
+    _check_history(options.get("history"), info, options.get("stream"), is_stochastic(config.solver_name),
+                   recorded_test, False)
     # A submitted job rebuilds the model from the JSON record in the store: links must be named.
     check_link_portable(model)
     if model.feature_mask is not None:

@@ -14,7 +14,8 @@ import pytest
 
 import distglm
 from distglm import store
-from distglm.errors import InputError, InputTypeError, JobError, JobTimeoutError, StoreError
+from distglm.errors import (InputError, InputTypeError, JobError, JobTimeoutError, StoreError,
+                            UnsupportedOptionError)
 from distglm.submit import Job, _new_record, dashboard_url, get_job, run_job, submit
 
 submit_module = sys.modules["distglm.submit"]
@@ -222,6 +223,9 @@ def test_submitted_history_fit_runs_from_its_json_record(tmp_path, monkeypatch):
     # refused here, before the cluster is asked, when the store cannot take it
     with pytest.raises(InputError, match="holds 8 neurons"):
         submit(path, model, address=UNREACHABLE, history=HistorySpec.raised_cosine_log(3, 6, np.eye(4, dtype=bool)))
+    held_out = store.write_inputs(str(tmp_path / "held_out.zarr"), X, y, test=slice(350, None))
+    with pytest.raises(UnsupportedOptionError, match="held-out samples"):
+        submit(held_out, model, address=UNREACHABLE, history=spec)
     options = _fit_options(_parser().parse_args(["submit", path, "--history-basis", "3", "--history-window", "6",
                                                  "--history-coupling", "self", "--num-actors", "1"]))
     job = record_job(path, model, **options)
