@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from .fit import FitConfig, Params, _elementwise, default_init, fit_block, predict_rate
+from .fit import Curvature, FitConfig, Params, _elementwise, default_init, fit_block, predict_rate
 from .scoring import SCORE_TYPES, finish_score, score_terms
 
 __all__ = ["PathScores", "max_strength", "strength_grid", "cv_path", "fold_scores", "heldout_scores", "select"]
@@ -140,9 +140,9 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
     for k, (train, test) in enumerate(folds):
         X_train, y_train = X[train], y[train]
         start = default_init(config, y_train, X.shape[1], X.dtype)
-        init = start
+        init, curvature = start, None
         for s, strength in enumerate(strengths):
-            res = fit_block(X_train, y_train, mask, config, init=init, strength=strength)
+            res = fit_block(X_train, y_train, mask, config, init=init, strength=strength, curvature=curvature)
             status[s, k] = res.status
             m, n0 = fold_scores(config, X[test], y[test], res.coef, res.intercept, res.scale, score_type)
             model[s, k] = m
@@ -151,7 +151,30 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
             # a neuron that failed at this strength starts the next one afresh
             ok = np.isfinite(res.intercept)
             init = Params(np.where(ok, res.coef, start.coef), np.where(ok, res.intercept, start.intercept))
+            if s + 1 < n_strengths:
+                curvature = _carried_curvature(config, res.curvature, mask, strength, strengths[s + 1], ok)
     return PathScores(model, null, status)
+
+
+def _carried_curvature(config: FitConfig, curvature, mask, strength, next_strength, ok):
+    """The curvature pairs of one strength's fit, for the next strength's (None when there are none).
+
+    The data part of each gradient change is the same for both; the penalty's part changes
+    by the change of its curvature times the step (a ridge penalty's curvature is its
+    strength). A failed neuron's pairs are dropped.
+    """
+    if curvature is None:
+        return None
+    reg = config.regularizer
+    steps, changes = curvature
+    now, nxt = reg.ridge_diagonal(strength), reg.ridge_diagonal(next_strength)
+    coef_change = changes.coef
+    if now is not None:
+        shift = (np.broadcast_to(nxt, mask.shape) - np.broadcast_to(now, mask.shape)) * mask
+        coef_change = coef_change + shift * steps.coef
+    keep = lambda a: np.where(ok, a, 0.0)
+    return Curvature(Params(keep(steps.coef), keep(steps.intercept)),
+                     Params(keep(coef_change), keep(changes.intercept)))
 
 
 def select(path: PathScores, score_type: str, per_neuron: bool, rule: str):

@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
 from . import solvers as _solvers
 from .observations import Observations, initial_intercept, resolve_link
 from .regularizers import Regularizer
@@ -66,6 +66,7 @@ __all__ = [
     "Params",
     "FitConfig",
     "BlockResult",
+    "Curvature",
     "STATUS_OK",
     "STATUS_NOT_CONVERGED",
     "STATUS_NONFINITE_INIT",
@@ -157,6 +158,22 @@ class FitConfig:
         return self.regularizer.smooth and self.solver_name != "ProximalGradient"
 
 
+class Curvature(NamedTuple):
+    """Curvature pairs of a solve, in the parameters' own coordinates: what a fit of a nearby
+    problem (the next strength of a path) can start its quasi-Newton model from.
+
+    Attributes
+    ----------
+    steps : Params whose arrays have a leading axis of pairs: coef of shape
+        (n_pairs, n_features, n_neurons), intercept of shape (n_pairs, n_neurons)
+    grad_changes : Params like ``steps``: the change of the gradient of the objective along
+        each step
+    """
+
+    steps: Any
+    grad_changes: Any
+
+
 class BlockResult(NamedTuple):
     """What ``fit_block`` returns; per-neuron arrays have the neuron axis last.
 
@@ -172,6 +189,8 @@ class BlockResult(NamedTuple):
     grad_norm : array of shape (n_neurons,): final optimality error of each neuron
     status : int8 array of shape (n_neurons,): a key of ``STATUS_REASONS``
     state : the solver's state (a jaxopt NamedTuple) at the end of the solve
+    curvature : Curvature or None
+        The L-BFGS solver's curvature pairs at the end of the solve (None for other solvers).
     """
 
     coef: Any
@@ -184,6 +203,7 @@ class BlockResult(NamedTuple):
     grad_norm: Any
     status: Any
     state: Any
+    curvature: Any = None
 
 
 def predict_rate(link: Callable, X, coef, intercept, mask=None):
@@ -864,10 +884,11 @@ def _scale(config: FitConfig, chunks: _Chunks, coef, intercept, dof):
 
 @partial(jax.jit, static_argnames=("config", "kind", "host"))
 def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: FitConfig, kind: str,
-           host: HostLayout | None = None):
+           host: HostLayout | None = None, curvature: Curvature | None = None):
     """The one solve loop of every fit. With ``host``, ``X`` is the token of a registered reader
     and ``y`` is None: the samples are fed from the host chunk by chunk. ``kind`` and ``design``
-    choose the preconditioner (see ``_precondition``)."""
+    choose the preconditioner (see ``_precondition``). ``curvature`` (L-BFGS only) seeds the
+    solver's curvature pairs; the pairs at the end come back in the same coordinates."""
     theta0 = _safe_start(config, init, active)
     chunks = _chunk(X, y, n_valid) if host is None else _host_chunk(host, X, n_valid)
     precond = _precondition(kind, design, chunks, mask, theta0, strength, active, config)
@@ -875,7 +896,13 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: 
     solver = prob.solver
     v0 = prob.to_solver(theta0)
     extra = _extra_args(config)
-    state0 = solver.init_state(v0, *extra)
+    if curvature is None or config.solver_name != "LBFGS":
+        state0 = solver.init_state(v0, *extra)
+    else:
+        # steps map like parameters, gradient changes like gradients (the transpose map)
+        pull = jax.vjp(prob.to_theta, v0)[1]
+        state0 = solver.init_state(v0, (jax.vmap(prob.to_solver)(curvature.steps),
+                                        jax.vmap(lambda g: pull(g)[0])(curvature.grad_changes)))
     n_neurons = mask.shape[1]
     maxiter, tol = solver.maxiter, solver.tol
 
@@ -903,11 +930,16 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: 
     dof = _dof_resid(config, chunks, coef)
     scale = _scale(config, chunks, coef, intercept, dof)
     finite = jnp.all(jnp.isfinite(coef), axis=0) & jnp.isfinite(intercept) & jnp.isfinite(loss)
-    return coef, intercept, scale, dof, n_iter, err, loss, finite, state
+    pairs = _solvers.curvature_pairs(state, v)
+    if pairs is not None:
+        push = jax.vjp(prob.to_solver, theta)[1]
+        pairs = Curvature(jax.vmap(prob.to_theta)(pairs[0]), jax.vmap(lambda g: push(g)[0])(pairs[1]))
+    return coef, intercept, scale, dof, n_iter, err, loss, finite, state, pairs
 
 
 def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strength=None,
-              n_samples: int | None = None, gram=None, preconditioner: str = "auto") -> BlockResult:
+              n_samples: int | None = None, gram=None, preconditioner: str = "auto",
+              curvature: Curvature | None = None) -> BlockResult:
     """Fit a block of neurons sharing the design ``X``; compiled once per shape and config.
 
     Parameters
@@ -937,6 +969,12 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         Change of variables of preconditioned solvers; ``"auto"`` is
         ``choose_preconditioner(mask)``. ``"shared"`` assumes the active neurons share one mask
         column (it uses the first active neuron's). Every choice reaches the same optimum.
+    curvature : Curvature, optional
+        Curvature pairs to start the L-BFGS solver's model from (ignored by other solvers): a
+        previous ``BlockResult.curvature`` on the same samples, for a nearby problem (the next
+        strength of a path, its penalty's curvature change added to ``grad_changes``). Where
+        they describe this problem well, the first steps are near-Newton steps; the optimum is
+        unchanged.
 
     Returns
     -------
@@ -980,10 +1018,14 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         # on the host, one BLAS product; device arrays get theirs inside the solve
         gram = DesignGram(X, n_samples)
 
-    def solve(mask, init, strength, active, design, kind):
-        return _solve(X, y, mask, init, strength, active, np.int32(n_samples), design, config, kind)
+    if curvature is not None and not isinstance(curvature, Curvature):
+        raise InputTypeError(f"curvature must be a Curvature (BlockResult.curvature); got {type(curvature).__name__}")
 
-    return _run(solve, mask, init, strength, config, dtype, preconditioner, gram)
+    def solve(mask, init, strength, active, design, kind, curvature):
+        return _solve(X, y, mask, init, strength, active, np.int32(n_samples), design, config, kind,
+                      curvature=curvature)
+
+    return _run(solve, mask, init, strength, config, dtype, preconditioner, gram, curvature)
 
 
 def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | None = None,
@@ -1061,7 +1103,7 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
     token = next(_TOKENS)
     _READERS[token] = read
     try:
-        def solve(mask, init, strength, active, design, kind):
+        def solve(mask, init, strength, active, design, kind, curvature):
             return _solve(np.int32(token), None, mask, init, strength, active, np.int32(source.n_valid), design,
                           config, kind, host=layout)
 
@@ -1071,7 +1113,7 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
 
 
 def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype, preconditioner: str,
-         gram) -> BlockResult:
+         gram, curvature: Curvature | None = None) -> BlockResult:
     """Pad the neurons to their bucket, run ``solve`` (retrying without neurons that diverge), and
     gather the block's results without the padding.
 
@@ -1091,6 +1133,8 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
     mask = pad_neurons(mask)
     init = Params(pad_neurons(init.coef), pad_neurons(init.intercept, constant_values=np.nan))
     strength = jax.tree_util.tree_map(lambda s: pad_neurons(s, mode="edge"), strength)
+    if curvature is not None:
+        curvature = jax.tree_util.tree_map(pad_neurons, curvature)
 
     status = np.where(np.isfinite(np.asarray(init.intercept)), STATUS_OK, STATUS_NONFINITE_INIT).astype(np.int8)
     kind = choose_preconditioner(mask, status == STATUS_OK) if preconditioner == "auto" else preconditioner
@@ -1099,7 +1143,8 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
         design = gram.for_preconditioner(kind, mask, status == STATUS_OK)
     for _ in range(_MAX_RETRIES):
         active = status == STATUS_OK
-        coef, intercept, scale, dof, n_iter, err, loss, finite, state = solve(mask, init, strength, active, design, kind)
+        coef, intercept, scale, dof, n_iter, err, loss, finite, state, pairs = solve(mask, init, strength, active,
+                                                                                      design, kind, curvature)
         newly_bad = np.asarray(active) & ~np.asarray(finite)
         if not newly_bad.any():
             break
@@ -1110,6 +1155,8 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
     coef, intercept, scale, dof, n_iter, err, loss = (
         np.asarray(a)[..., :n_neurons] for a in (coef, intercept, scale, dof, n_iter, err, loss))
     state = _slice_state(state, n_neurons)
+    if pairs is not None:
+        pairs = jax.tree_util.tree_map(lambda a: np.asarray(a)[..., :n_neurons], pairs)
     tol = _solver_tol(config)
     converged = (status == STATUS_OK) & (err <= tol)
     status = np.where((status == STATUS_OK) & ~converged, STATUS_NOT_CONVERGED, status).astype(np.int8)
@@ -1126,6 +1173,7 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
         grad_norm=np.where(failed, nan, err),
         status=status,
         state=state,
+        curvature=pairs,
     )
 
 
@@ -1185,7 +1233,7 @@ def state_spec(config: FitConfig, n_samples: int, n_features: int, n_neurons: in
     # the solver state does not depend on the preconditioner
     out = jax.eval_shape(partial(_solve, config=config, kind="diagonal"), *args)
     spec = {}
-    for name, leaf, per_neuron in _flatten_state(out[-1]):
+    for name, leaf, per_neuron in _flatten_state(out[8]):
         shape = tuple(leaf.shape[:-1]) if per_neuron else tuple(leaf.shape)
         spec[name] = (shape, np.dtype(leaf.dtype).str, per_neuron)
     return spec

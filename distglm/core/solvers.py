@@ -22,7 +22,8 @@ from ..errors import InputError, InputTypeError, UnknownSolverArgumentError
 from .svrg import PopulationSVRG, PopulationSVRGState, SampledObjective
 
 __all__ = ["SOLVERS", "PopulationLBFGS", "PopulationLBFGSState", "SampledObjective", "accepted_kwargs",
-           "validate_solver_kwargs", "make_solver", "has_grad_in_state", "is_stochastic", "neuron_values", "stalled"]
+           "validate_solver_kwargs", "make_solver", "has_grad_in_state", "is_stochastic", "neuron_values", "stalled",
+           "curvature_pairs"]
 
 
 def _ravel(tree):
@@ -160,12 +161,34 @@ class PopulationLBFGS:
     max_backtracks: int = 20
     max_steps_without_progress: int = 10
 
-    def init_state(self, params) -> PopulationLBFGSState:
-        """A state whose first update evaluates ``params`` itself and accepts it; no evaluation here."""
+    def init_state(self, params, history=None) -> PopulationLBFGSState:
+        """A state whose first update evaluates ``params`` itself and accepts it; no evaluation here.
+
+        ``history``, optional: curvature pairs ``(steps, grad_changes)`` to start from, pytrees
+        like ``params`` with a leading axis of at most ``history_size`` pairs (oldest first),
+        from a nearby problem. The first direction then uses their curvature instead of the
+        gradient alone; pairs without positive curvature (or not finite) are left out.
+        """
         x = _ravel(params)
         (size, n_neurons), dtype = x.shape, x.dtype
         m = self.history_size
         vector = jnp.zeros((n_neurons,), dtype)
+        s_history = jnp.zeros((m, size, n_neurons), dtype)
+        y_history = jnp.zeros((m, size, n_neurons), dtype)
+        rho = jnp.zeros((m, n_neurons), dtype)
+        gamma = jnp.ones((n_neurons,), dtype)
+        if history is not None:
+            s, y = (jax.vmap(_ravel)(h)[-m:].astype(dtype) for h in history)
+            sy, ss, yy = _dot(s, y), _dot(s, s), _dot(y, y)
+            good = jnp.isfinite(sy) & jnp.isfinite(ss) & jnp.isfinite(yy) & (sy > jnp.finfo(dtype).eps * jnp.sqrt(ss * yy))
+            s, y = jnp.where(good[:, None], s, 0.0), jnp.where(good[:, None], y, 0.0)
+            k = s.shape[0]
+            s_history, y_history = s_history.at[m - k:].set(s), y_history.at[m - k:].set(y)
+            rho = rho.at[m - k:].set(jnp.where(good, 1.0 / jnp.where(good, sy, 1.0), 0.0))
+            # the newest good pair scales the initial inverse Hessian, as after a step
+            newest = jnp.max(jnp.where(good, jnp.arange(k)[:, None], -1), axis=0)
+            pick = jnp.arange(k)[:, None] == newest[None, :]
+            gamma = jnp.where(newest >= 0, jnp.sum(jnp.where(pick, sy / jnp.where(good, yy, 1.0), 0.0), axis=0), gamma)
         return PopulationLBFGSState(
             iter_num=jnp.asarray(0),
             value=jnp.full((n_neurons,), jnp.inf, dtype),
@@ -174,10 +197,10 @@ class PopulationLBFGS:
             slope=vector,
             stepsize=vector,
             backtracks=jnp.zeros((n_neurons,), jnp.int32),
-            s_history=jnp.zeros((m, size, n_neurons), dtype),
-            y_history=jnp.zeros((m, size, n_neurons), dtype),
-            rho=jnp.zeros((m, n_neurons), dtype),
-            gamma=jnp.ones((n_neurons,), dtype),
+            s_history=s_history,
+            y_history=y_history,
+            rho=rho,
+            gamma=gamma,
             n_steps=jnp.zeros((n_neurons,), jnp.int32),
             best_grad_norm=jnp.full((n_neurons,), jnp.inf, dtype),
             since_best=jnp.zeros((n_neurons,), jnp.int32),
@@ -420,3 +443,13 @@ def stalled(state) -> Any:
     """Neurons that stopped without meeting ``tol`` (their line search failed, or their progress
     stopped): bool, or False."""
     return state.stalled if isinstance(state, (PopulationLBFGSState, PopulationSVRGState)) else False
+
+
+def curvature_pairs(state, params):
+    """The curvature pairs of a :class:`PopulationLBFGS` state as ``(steps, grad_changes)``,
+    pytrees like ``params`` with a leading axis of ``history_size`` pairs (oldest first; unused
+    pairs are zeros), or None for the other solvers."""
+    if not isinstance(state, PopulationLBFGSState):
+        return None
+    unravel = jax.vmap(_unraveler(params))
+    return unravel(state.s_history), unravel(state.y_history)
