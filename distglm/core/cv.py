@@ -19,6 +19,7 @@ import numpy as np
 
 from .fit import Curvature, FitConfig, Params, _elementwise, default_init, fit_block, predict_rate
 from .scoring import SCORE_TYPES, finish_score, score_terms
+from .solvers import PopulationLBFGS
 
 __all__ = ["PathScores", "max_strength", "strength_grid", "cv_path", "fold_scores", "heldout_scores", "select"]
 
@@ -140,7 +141,7 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
     for k, (train, test) in enumerate(folds):
         X_train, y_train = X[train], y[train]
         start = default_init(config, y_train, X.shape[1], X.dtype)
-        init, curvature = start, None
+        init, curvature = start, _no_curvature(config, X.shape[1], n_neurons)
         for s, strength in enumerate(strengths):
             res = fit_block(X_train, y_train, mask, config, init=init, strength=strength, curvature=curvature)
             status[s, k] = res.status
@@ -154,6 +155,16 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
             if s + 1 < n_strengths:
                 curvature = _carried_curvature(config, res.curvature, mask, strength, strengths[s + 1], ok)
     return PathScores(model, null, status)
+
+
+def _no_curvature(config: FitConfig, n_features: int, n_neurons: int):
+    """Pairs that carry nothing (zeros, which the solver leaves out) for a path's first strength, so
+    that every strength runs the same compiled solve; None for solvers without pairs."""
+    if config.solver_name != "LBFGS":
+        return None
+    size = dict(config.solver_kwargs).get("history_size", PopulationLBFGS.history_size)
+    zeros = Params(np.zeros((size, n_features, n_neurons)), np.zeros((size, n_neurons)))
+    return Curvature(zeros, zeros)
 
 
 def _carried_curvature(config: FitConfig, curvature, mask, strength, next_strength, ok):
