@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from .fit import Curvature, FitConfig, Params, _elementwise, default_init, fit_block, predict_rate
+from .fit import FitConfig, Params, _elementwise, WarmStart, default_init, fit_block, predict_rate
 from .scoring import SCORE_TYPES, finish_score, score_terms
 from .solvers import PopulationLBFGS
 
@@ -141,9 +141,9 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
     for k, (train, test) in enumerate(folds):
         X_train, y_train = X[train], y[train]
         start = default_init(config, y_train, X.shape[1], X.dtype)
-        init, curvature = start, _no_curvature(config, X.shape[1], n_neurons)
+        init, warm = start, _cold_start(config, X.shape[1], n_neurons)
         for s, strength in enumerate(strengths):
-            res = fit_block(X_train, y_train, mask, config, init=init, strength=strength, curvature=curvature)
+            res = fit_block(X_train, y_train, mask, config, init=init, strength=strength, warm_start=warm)
             status[s, k] = res.status
             m, n0 = fold_scores(config, X[test], y[test], res.coef, res.intercept, res.scale, score_type)
             model[s, k] = m
@@ -153,39 +153,42 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
             ok = np.isfinite(res.intercept)
             init = Params(np.where(ok, res.coef, start.coef), np.where(ok, res.intercept, start.intercept))
             if s + 1 < n_strengths:
-                curvature = _carried_curvature(config, res.curvature, mask, strength, strengths[s + 1], ok)
+                warm = _next_warm_start(config, res.warm_start, mask, strength, strengths[s + 1], ok)
     return PathScores(model, null, status)
 
 
-def _no_curvature(config: FitConfig, n_features: int, n_neurons: int):
-    """Pairs that carry nothing (zeros, which the solver leaves out) for a path's first strength, so
-    that every strength runs the same compiled solve; None for solvers without pairs."""
+def _cold_start(config: FitConfig, n_features: int, n_neurons: int):
+    """A warm start that carries nothing (no curvature pairs, an unknown loss) for a path's first
+    strength, so that every strength runs the same compiled solve; None for solvers other than
+    L-BFGS."""
     if config.solver_name != "LBFGS":
         return None
     size = dict(config.solver_kwargs).get("history_size", PopulationLBFGS.history_size)
-    zeros = Params(np.zeros((size, n_features, n_neurons)), np.zeros((size, n_neurons)))
-    return Curvature(zeros, zeros)
+    pairs = Params(np.zeros((size, n_features, n_neurons)), np.zeros((size, n_neurons)))
+    return WarmStart(pairs, pairs, np.full(n_neurons, np.nan), Params(np.zeros((n_features, n_neurons)),
+                                                                      np.zeros(n_neurons)))
 
 
-def _carried_curvature(config: FitConfig, curvature, mask, strength, next_strength, ok):
-    """The curvature pairs of one strength's fit, for the next strength's (None when there are none).
+def _next_warm_start(config: FitConfig, warm: WarmStart | None, mask, strength, next_strength, ok):
+    """One strength's warm start (``BlockResult.warm_start``) for the next strength's fit.
 
-    The data part of each gradient change is the same for both; the penalty's part changes
-    by the change of its curvature times the step (a ridge penalty's curvature is its
-    strength). A failed neuron's pairs are dropped.
+    The data loss, its gradient and the data part of each gradient change are the same for
+    both; the penalty's part of a gradient change moves by the change of its curvature times
+    the step (a ridge penalty's curvature is its strength). A failed neuron (``ok`` False)
+    restarts cold.
     """
-    if curvature is None:
+    if warm is None:
         return None
-    reg = config.regularizer
-    steps, changes = curvature
-    now, nxt = reg.ridge_diagonal(strength), reg.ridge_diagonal(next_strength)
-    coef_change = changes.coef
+    now, nxt = config.regularizer.ridge_diagonal(strength), config.regularizer.ridge_diagonal(next_strength)
+    changes = warm.grad_changes
     if now is not None:
         shift = (np.broadcast_to(nxt, mask.shape) - np.broadcast_to(now, mask.shape)) * mask
-        coef_change = coef_change + shift * steps.coef
-    keep = lambda a: np.where(ok, a, 0.0)
-    return Curvature(Params(keep(steps.coef), keep(steps.intercept)),
-                     Params(keep(coef_change), keep(changes.intercept)))
+        changes = Params(changes.coef + shift * warm.steps.coef, changes.intercept)
+
+    def keep(tree, fill=0.0):
+        return Params(*(np.where(ok, a, fill) for a in tree))
+
+    return WarmStart(keep(warm.steps), keep(changes), np.where(ok, warm.loss, np.nan), keep(warm.grad))
 
 
 def select(path: PathScores, score_type: str, per_neuron: bool, rule: str):

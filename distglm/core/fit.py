@@ -66,7 +66,7 @@ __all__ = [
     "Params",
     "FitConfig",
     "BlockResult",
-    "Curvature",
+    "WarmStart",
     "STATUS_OK",
     "STATUS_NOT_CONVERGED",
     "STATUS_NONFINITE_INIT",
@@ -158,20 +158,26 @@ class FitConfig:
         return self.regularizer.smooth and self.solver_name != "ProximalGradient"
 
 
-class Curvature(NamedTuple):
-    """Curvature pairs of a solve, in the parameters' own coordinates: what a fit of a nearby
-    problem (the next strength of a path) can start its quasi-Newton model from.
+class WarmStart(NamedTuple):
+    """What an L-BFGS solve knows at its end, in the parameters' own coordinates: what a fit of a
+    nearby problem on the same samples (the next strength of a path) can start from.
 
     Attributes
     ----------
     steps : Params whose arrays have a leading axis of pairs: coef of shape
-        (n_pairs, n_features, n_neurons), intercept of shape (n_pairs, n_neurons)
-    grad_changes : Params like ``steps``: the change of the gradient of the objective along
-        each step
+        (n_pairs, n_features, n_neurons), intercept of shape (n_pairs, n_neurons); the
+        solver's latest steps, oldest first (unused pairs are zeros)
+    grad_changes : Params like ``steps``: the change of the objective's gradient along each step
+    loss : array of shape (n_neurons,): each neuron's data loss (without the penalty) at the
+        returned parameters; NaN where unknown
+    grad : Params (coef (n_features, n_neurons), intercept (n_neurons,)): the data loss's
+        gradient there
     """
 
     steps: Any
     grad_changes: Any
+    loss: Any
+    grad: Any
 
 
 class BlockResult(NamedTuple):
@@ -189,8 +195,9 @@ class BlockResult(NamedTuple):
     grad_norm : array of shape (n_neurons,): final optimality error of each neuron
     status : int8 array of shape (n_neurons,): a key of ``STATUS_REASONS``
     state : the solver's state (a jaxopt NamedTuple) at the end of the solve
-    curvature : Curvature or None
-        The L-BFGS solver's curvature pairs at the end of the solve (None for other solvers).
+    warm_start : WarmStart or None
+        The L-BFGS solver's curvature pairs, data loss and gradient at the end of the solve
+        (None for other solvers).
     """
 
     coef: Any
@@ -203,7 +210,7 @@ class BlockResult(NamedTuple):
     grad_norm: Any
     status: Any
     state: Any
-    curvature: Any = None
+    warm_start: Any = None
 
 
 def predict_rate(link: Callable, X, coef, intercept, mask=None):
@@ -884,11 +891,12 @@ def _scale(config: FitConfig, chunks: _Chunks, coef, intercept, dof):
 
 @partial(jax.jit, static_argnames=("config", "kind", "host"))
 def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: FitConfig, kind: str,
-           host: HostLayout | None = None, curvature: Curvature | None = None):
+           host: HostLayout | None = None, warm_start: WarmStart | None = None):
     """The one solve loop of every fit. With ``host``, ``X`` is the token of a registered reader
     and ``y`` is None: the samples are fed from the host chunk by chunk. ``kind`` and ``design``
-    choose the preconditioner (see ``_precondition``). ``curvature`` (L-BFGS only) seeds the
-    solver's curvature pairs; the pairs at the end come back in the same coordinates."""
+    choose the preconditioner (see ``_precondition``). ``warm_start`` (L-BFGS only) seeds the
+    solver's curvature pairs and, where its loss is finite, the objective and gradient at
+    ``init`` (which must be the point it was taken at); the solve's own comes back likewise."""
     theta0 = _safe_start(config, init, active)
     chunks = _chunk(X, y, n_valid) if host is None else _host_chunk(host, X, n_valid)
     precond = _precondition(kind, design, chunks, mask, theta0, strength, active, config)
@@ -896,13 +904,27 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: 
     solver = prob.solver
     v0 = prob.to_solver(theta0)
     extra = _extra_args(config)
-    if curvature is None or config.solver_name != "LBFGS":
+    lbfgs = config.solver_name == "LBFGS"
+    weight = active.astype(mask.dtype)
+
+    def penalty_and_grad(coef):
+        # each neuron's penalty and its gradient, as the objective adds them
+        pen, pen_vjp = jax.vjp(lambda c: weight * prob.penalty(Params(c, None)), coef)
+        return pen, pen_vjp(jnp.ones_like(pen))[0]
+
+    if warm_start is None or not lbfgs:
         state0 = solver.init_state(v0, *extra)
     else:
-        # steps map like parameters, gradient changes like gradients (the transpose map)
+        # steps map like parameters, gradients like gradients (the transpose map); the data
+        # part of the loss and gradient does not depend on the strength, the penalty's is added
         pull = jax.vjp(prob.to_theta, v0)[1]
-        state0 = solver.init_state(v0, (jax.vmap(prob.to_solver)(curvature.steps),
-                                        jax.vmap(lambda g: pull(g)[0])(curvature.grad_changes)))
+        pen, pen_grad = penalty_and_grad(theta0.coef)
+        known = active & jnp.isfinite(warm_start.loss)
+        value = jnp.where(known, weight * warm_start.loss + pen, jnp.inf)
+        grad = pull(Params(weight * warm_start.grad.coef + pen_grad, weight * warm_start.grad.intercept))[0]
+        grad = jax.tree_util.tree_map(lambda g: jnp.where(known, g, 0.0), grad)
+        state0 = solver.init_state(v0, (jax.vmap(prob.to_solver)(warm_start.steps),
+                                        jax.vmap(lambda g: pull(g)[0])(warm_start.grad_changes)), (value, grad))
     n_neurons = mask.shape[1]
     maxiter, tol = solver.maxiter, solver.tol
 
@@ -930,16 +952,20 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: 
     dof = _dof_resid(config, chunks, coef)
     scale = _scale(config, chunks, coef, intercept, dof)
     finite = jnp.all(jnp.isfinite(coef), axis=0) & jnp.isfinite(intercept) & jnp.isfinite(loss)
-    pairs = _solvers.curvature_pairs(state, v)
-    if pairs is not None:
+    warm = None
+    if lbfgs:
         push = jax.vjp(prob.to_solver, theta)[1]
-        pairs = Curvature(jax.vmap(prob.to_theta)(pairs[0]), jax.vmap(lambda g: push(g)[0])(pairs[1]))
-    return coef, intercept, scale, dof, n_iter, err, loss, finite, state, pairs
+        steps, changes, grad = _solvers.lbfgs_memory(state, v)
+        grad = push(grad)[0]
+        pen, pen_grad = penalty_and_grad(theta.coef)
+        warm = WarmStart(jax.vmap(prob.to_theta)(steps), jax.vmap(lambda g: push(g)[0])(changes),
+                         jnp.where(active, state.value - pen, jnp.nan), Params(grad.coef - pen_grad, grad.intercept))
+    return coef, intercept, scale, dof, n_iter, err, loss, finite, state, warm
 
 
 def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strength=None,
               n_samples: int | None = None, gram=None, preconditioner: str = "auto",
-              curvature: Curvature | None = None) -> BlockResult:
+              warm_start: WarmStart | None = None) -> BlockResult:
     """Fit a block of neurons sharing the design ``X``; compiled once per shape and config.
 
     Parameters
@@ -969,12 +995,13 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         Change of variables of preconditioned solvers; ``"auto"`` is
         ``choose_preconditioner(mask)``. ``"shared"`` assumes the active neurons share one mask
         column (it uses the first active neuron's). Every choice reaches the same optimum.
-    curvature : Curvature, optional
-        Curvature pairs to start the L-BFGS solver's model from (ignored by other solvers): a
-        previous ``BlockResult.curvature`` on the same samples, for a nearby problem (the next
-        strength of a path, its penalty's curvature change added to ``grad_changes``). Where
-        they describe this problem well, the first steps are near-Newton steps; the optimum is
-        unchanged.
+    warm_start : WarmStart, optional
+        Where the L-BFGS solver starts from (ignored by other solvers): a previous
+        ``BlockResult.warm_start`` on the same samples, for a nearby problem (the next strength
+        of a path, its penalty's curvature change added to ``grad_changes``), with ``init`` the
+        parameters that fit returned. Its curvature pairs make the first steps near-Newton
+        steps, and its loss and gradient save the evaluation of the starting point (neurons
+        whose ``loss`` is NaN evaluate it). The optimum is unchanged.
 
     Returns
     -------
@@ -1018,14 +1045,14 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         # on the host, one BLAS product; device arrays get theirs inside the solve
         gram = DesignGram(X, n_samples)
 
-    if curvature is not None and not isinstance(curvature, Curvature):
-        raise InputTypeError(f"curvature must be a Curvature (BlockResult.curvature); got {type(curvature).__name__}")
+    if warm_start is not None and not isinstance(warm_start, WarmStart):
+        raise InputTypeError(f"warm_start must be a WarmStart (BlockResult.warm_start); got {type(warm_start).__name__}")
 
-    def solve(mask, init, strength, active, design, kind, curvature):
+    def solve(mask, init, strength, active, design, kind, warm_start):
         return _solve(X, y, mask, init, strength, active, np.int32(n_samples), design, config, kind,
-                      curvature=curvature)
+                      warm_start=warm_start)
 
-    return _run(solve, mask, init, strength, config, dtype, preconditioner, gram, curvature)
+    return _run(solve, mask, init, strength, config, dtype, preconditioner, gram, warm_start)
 
 
 def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | None = None,
@@ -1103,7 +1130,7 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
     token = next(_TOKENS)
     _READERS[token] = read
     try:
-        def solve(mask, init, strength, active, design, kind, curvature):
+        def solve(mask, init, strength, active, design, kind, warm_start):
             return _solve(np.int32(token), None, mask, init, strength, active, np.int32(source.n_valid), design,
                           config, kind, host=layout)
 
@@ -1113,7 +1140,7 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
 
 
 def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype, preconditioner: str,
-         gram, curvature: Curvature | None = None) -> BlockResult:
+         gram, warm_start: WarmStart | None = None) -> BlockResult:
     """Pad the neurons to their bucket, run ``solve`` (retrying without neurons that diverge), and
     gather the block's results without the padding.
 
@@ -1133,8 +1160,8 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
     mask = pad_neurons(mask)
     init = Params(pad_neurons(init.coef), pad_neurons(init.intercept, constant_values=np.nan))
     strength = jax.tree_util.tree_map(lambda s: pad_neurons(s, mode="edge"), strength)
-    if curvature is not None:
-        curvature = jax.tree_util.tree_map(pad_neurons, curvature)
+    if warm_start is not None:
+        warm_start = jax.tree_util.tree_map(pad_neurons, warm_start)
 
     status = np.where(np.isfinite(np.asarray(init.intercept)), STATUS_OK, STATUS_NONFINITE_INIT).astype(np.int8)
     kind = choose_preconditioner(mask, status == STATUS_OK) if preconditioner == "auto" else preconditioner
@@ -1143,8 +1170,8 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
         design = gram.for_preconditioner(kind, mask, status == STATUS_OK)
     for _ in range(_MAX_RETRIES):
         active = status == STATUS_OK
-        coef, intercept, scale, dof, n_iter, err, loss, finite, state, pairs = solve(mask, init, strength, active,
-                                                                                      design, kind, curvature)
+        coef, intercept, scale, dof, n_iter, err, loss, finite, state, warm = solve(mask, init, strength, active,
+                                                                                      design, kind, warm_start)
         newly_bad = np.asarray(active) & ~np.asarray(finite)
         if not newly_bad.any():
             break
@@ -1155,8 +1182,8 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
     coef, intercept, scale, dof, n_iter, err, loss = (
         np.asarray(a)[..., :n_neurons] for a in (coef, intercept, scale, dof, n_iter, err, loss))
     state = _slice_state(state, n_neurons)
-    if pairs is not None:
-        pairs = jax.tree_util.tree_map(lambda a: np.asarray(a)[..., :n_neurons], pairs)
+    if warm is not None:
+        warm = jax.tree_util.tree_map(lambda a: np.asarray(a)[..., :n_neurons], warm)
     tol = _solver_tol(config)
     converged = (status == STATUS_OK) & (err <= tol)
     status = np.where((status == STATUS_OK) & ~converged, STATUS_NOT_CONVERGED, status).astype(np.int8)
@@ -1173,7 +1200,7 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
         grad_norm=np.where(failed, nan, err),
         status=status,
         state=state,
-        curvature=pairs,
+        warm_start=warm,
     )
 
 
