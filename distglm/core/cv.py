@@ -200,7 +200,11 @@ def select(path: PathScores, score_type: str, per_neuron: bool, rule: str):
     score_type : the score the path holds terms of
     per_neuron : bool
         True: each neuron's own held-out score picks its strength. False: the pooled score of
-        all neurons picks one strength (the score ``PopulationGLM.score`` gives a fold).
+        all neurons picks one strength (the score ``PopulationGLM.score`` gives a fold). A
+        neuron without a finite score at every strength and fold (a failed candidate fit) is
+        left out of the pooled score, at every strength and fold alike, so that the strengths
+        are compared on the same neurons; with ``per_neuron`` False that is warned about
+        (RuntimeWarning), since the shared strength is then chosen without those neurons.
     rule : {"min", "1se"}
         "min": the best mean score over folds (the first of equals, i.e. the largest strength).
         "1se": the largest strength whose mean score is within one standard error (standard
@@ -209,13 +213,22 @@ def select(path: PathScores, score_type: str, per_neuron: bool, rule: str):
     Returns
     -------
     scores : array of shape (n_strengths, n_folds, n_neurons)
-    pooled : array of shape (n_strengths, n_folds), the population's score per fold
+    pooled : array of shape (n_strengths, n_folds), the population's score per fold (over the
+        neurons with finite scores throughout)
     index : int array of shape (n_neurons,): the selected strength of each neuron (one value
         repeated when ``per_neuron`` is False); a neuron without any finite score gets 0.
     """
     scores = finish_score(path.model, path.null, score_type)
-    pooled_null = None if path.null is None else path.null.mean(axis=-1)
-    pooled = finish_score(path.model.mean(axis=-1), pooled_null, score_type)
+    terms = [np.asarray(t) for t in (path.model, path.null) if t is not None]
+    scored = np.all([np.isfinite(t).all(axis=(0, 1)) for t in terms], axis=0)
+    n_left_out = int(scored.size - scored.sum())
+    if n_left_out and not per_neuron:
+        warnings.warn(f"{n_left_out} of {scored.size} neurons have no finite held-out score at some strength and "
+                      "fold (a failed candidate fit, see cv_status_): they are left out of the pooled score that "
+                      "selects the shared strength", RuntimeWarning, stacklevel=2)
+    pool = scored if scored.any() else np.ones_like(scored)
+    pooled_null = None if path.null is None else np.asarray(path.null)[..., pool].mean(axis=-1)
+    pooled = finish_score(np.asarray(path.model)[..., pool].mean(axis=-1), pooled_null, score_type)
     curves = scores if per_neuron else pooled[..., None]
     index = _select_curve(curves, rule)
     return np.asarray(scores), np.asarray(pooled), np.broadcast_to(index, scores.shape[2:]).copy()
