@@ -24,7 +24,7 @@ import numpy as np
 from . import store
 from .compile_cache import enable_compilation_cache
 from .logs import log_to_stderr
-from .plan import Block
+from .plan import Block, stream_rows
 
 __all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "cv_path_arrays", "fit_one_block", "select_block",
            "slice_strength", "stored_path"]
@@ -69,7 +69,8 @@ class FitSpec:
     stream : bool
         Whether actors stream the samples chunk by chunk rather than hold them.
     cache_bytes : int
-        Memory a streaming actor may keep chunks of samples in.
+        Memory a streaming actor may keep chunks of samples in (the driver sizes it to the
+        actor's budget, ``plan.stream_cache_bytes``).
     fit_name : str or None
         The fit's name (its results in ``results/<name>/``); None for the store's unnamed fit.
     test_rows : int array of shape (n_held_out,) or None
@@ -132,10 +133,6 @@ class FitSpec:
 
 
 
-# Samples per streamed chunk when the store keeps the whole recording in one chunk.
-_STREAM_ROWS = 2**16
-
-
 def slice_strength(strength, start: int, stop: int, pad_to: int):
     """The block's slice of per-neuron strength arrays (neuron axis last), padded by repetition."""
     if strength is None:
@@ -175,9 +172,12 @@ class SampleReader:
             self.n_features += info.n_neurons * self.history.n_basis_funcs
         self.n_samples = info.n_samples if spec.n_samples is None else spec.n_samples
         self.dropped = np.zeros(0, np.int64) if spec.dropped_rows is None else np.asarray(spec.dropped_rows)
-        # one stored chunk of samples per read; a recording stored in one chunk is read in
-        # slices of the usual length
-        self.rows = min(info.row_chunk or info.n_samples, _STREAM_ROWS)
+        # a stored chunk of samples per read, or a part of one: the bytes of the chunks in flight
+        # stay bounded whatever the recording's length
+        from .core.fit import bucket_neurons
+
+        self.rows = stream_rows(info.row_chunk or info.n_samples, self.n_features, bucket_neurons(spec.pad_to),
+                                itemsize=self.dtype.itemsize)
         self.cache_bytes = spec.cache_bytes
         self._cache, self._cached = {}, 0
         self._design = None

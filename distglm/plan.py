@@ -23,7 +23,8 @@ from typing import NamedTuple
 from distglm.errors import InputError, InputTypeError, PlanError
 
 __all__ = ["Block", "MemoryEstimate", "estimate_block_memory", "largest_block", "plan_blocks", "padded_size",
-           "TARGET_BLOCK_NEURONS", "PROCESS_BASE_BYTES", "ACTOR_BASE_BYTES"]
+           "stream_rows", "stream_cache_bytes", "TARGET_BLOCK_NEURONS", "PROCESS_BASE_BYTES", "ACTOR_BASE_BYTES",
+           "STREAM_CHUNK_BYTES"]
 
 #: Neurons per block the default plan aims for: large enough that one compiled solve does
 #: real work, small enough that a lost block is cheap to redo.
@@ -202,6 +203,83 @@ def largest_block(budget, n_neurons, neuron_chunk, n_samples, n_features, **esti
         else:
             high = mid - 1
     return low * neuron_chunk
+
+
+#: Bytes of one chunk of samples (X and a block's y, in the fit's float type) that a streaming
+#: actor reads at a time: enough rows that each read does real work, few enough that the chunks
+#: in flight stay a small part of its memory whatever the recording's length.
+STREAM_CHUNK_BYTES = 32 * 2**20
+
+
+def stream_rows(row_chunk, n_features, n_neurons, *, itemsize=4) -> int:
+    """Samples per chunk a streaming actor reads: the store's chunk of samples, halved until X and a
+    block's y in it take at most ``STREAM_CHUNK_BYTES`` (or one sample is left).
+
+    Parameters
+    ----------
+    row_chunk : int
+        Samples per stored chunk (the whole recording when it is stored in one chunk).
+    n_features, n_neurons : int
+        Columns of X (history features included) and neurons of the (padded) block.
+    itemsize : int
+        Bytes per float of the fit.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> stream_rows(2**16, 100, 512), stream_rows(20_000, 100, 128)
+    (8192, 20000)
+    """
+    row_chunk = _check_int(row_chunk, "row_chunk", minimum=1)
+    per_row = (_check_int(n_features, "n_features", minimum=1) + _check_int(n_neurons, "n_neurons", minimum=1)) \
+        * _check_int(itemsize, "itemsize", minimum=1)
+    halvings = max(0, -(-row_chunk * per_row // STREAM_CHUNK_BYTES) - 1).bit_length()
+    return max(1, -(-row_chunk >> halvings))
+
+
+def stream_cache_bytes(budget, n_samples, n_features, n_neurons, row_chunk, *, itemsize=4, **estimate) -> int:
+    """Bytes of chunks of samples a streaming actor keeps between passes: what its budget leaves
+    beside the chunks in flight and the solve, and no more than the samples themselves.
+
+    The chunks in flight and the solve are estimated as a fit of one chunk of samples held in
+    memory (:func:`estimate_block_memory` of ``stream_rows`` samples); what is left of ``budget``
+    holds cached chunks, so an actor's peak stays near ``budget`` however long the recording,
+    and a recording that fits is read once.
+
+    Parameters
+    ----------
+    budget : int
+        Bytes an actor may use.
+    n_samples : int
+        Stored samples (the recording's length).
+    n_features, n_neurons, row_chunk, itemsize
+        As in :func:`stream_rows`.
+    **estimate
+        Further keyword arguments of :func:`estimate_block_memory` (``preconditioner``,
+        ``state_bytes_per_neuron``, ``base``: default ``ACTOR_BASE_BYTES``).
+
+    Returns
+    -------
+    int
+        0 when the budget leaves nothing to cache: every pass then reads the store again.
+
+    Examples
+    --------
+    >>> stream_cache_bytes(2_000_000_000, 10**6, 100, 128, 2**16) // 2**20
+    883
+    >>> stream_cache_bytes(2_000_000_000, 10**4, 100, 128, 10**4) // 2**20
+    8
+    """
+    budget = _check_int(budget, "budget", minimum=1)
+    n_samples = _check_int(n_samples, "n_samples", minimum=1)
+    rows = stream_rows(row_chunk, n_features, n_neurons, itemsize=itemsize)
+    estimate.setdefault("base", ACTOR_BASE_BYTES)
+    resident = estimate_block_memory(rows, n_features, n_neurons, itemsize=itemsize, **estimate).total
+    data = -(-n_samples // rows) * rows * (n_features + n_neurons) * itemsize
+    return max(0, min(budget - resident, data))
 
 
 class Block(NamedTuple):

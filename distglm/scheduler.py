@@ -559,6 +559,14 @@ def fit(
                               f"than memory_per_actor={budget}; blocks of {largest} would fit", UserWarning,
                               stacklevel=2)
             estimate = _estimate(memory, pad_to)
+        cache_bytes = 0
+        if streams:
+            # a streaming actor keeps what its budget leaves of the samples between passes
+            memory = _memory_model(config, n_train, n_features, dtype, mask, spec)
+            del memory["n_samples"], memory["n_features"]
+            cache_bytes = _plan.stream_cache_bytes(budget, info.n_samples, n_features,
+                                                   core_fit.bucket_neurons(pad_to),
+                                                   info.row_chunk or info.n_samples, **memory)
         # a block size the planner accepts again: a single block's size rounded up to whole chunks
         fingerprint["block_size"] = (blocks[0].size if len(blocks) > 1
                                      else -(-pad_to // info.neuron_chunk) * info.neuron_chunk)
@@ -589,7 +597,7 @@ def fit(
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
                                inverse_link=inverse_link, dropped_rows=np.flatnonzero(~train), n_samples=n_train,
-                               stream=streams, fit_name=name, test_rows=test_rows, standard_errors=standard_errors,
+                               stream=streams, cache_bytes=cache_bytes, fit_name=name, test_rows=test_rows, standard_errors=standard_errors,
                                cv_grid=None if grid is None else tuple(grid.tolist()), cv_folds=folds,
                                storage_options=storage_options, log_level=enabled_level(),
                                history=fingerprint.get("history"))
