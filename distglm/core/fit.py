@@ -249,11 +249,7 @@ class _Chunks(NamedTuple):
 
 def _chunk_rows(n_samples: int, n_neurons: int) -> int:
     """Rows per chunk of a pass over ``n_samples``: at most ``_CHUNK_ELEMENTS / n_neurons`` (and 8),
-    as few chunks as that allows, in a power of two of chunks of equal size (a multiple of 8).
-
-    A shape bucket (``_bucket``) of more than 16 rows is ``m * 2**e`` with ``2**e`` a multiple of 8
-    once it exceeds 128 rows, so a power of two of chunks up to ``2**e / 8`` splits it exactly:
-    ``bucket_rows`` then adds no row to the bucket's.
+    in a power of two of chunks of equal size (a multiple of 8), as few as that allows.
     """
     most = max(8, (_CHUNK_ELEMENTS // max(n_neurons, 1)) // 8 * 8)
     if n_samples <= most:
@@ -391,11 +387,11 @@ def bucket_rows(n_samples: int, n_neurons: int) -> int:
     """Rows a fit of ``n_samples`` is padded to: at most 1/8 more, in row chunks of one shape.
 
     Data sets of nearby sizes then share one compiled solve. The bucket is ``_bucket(n_samples)``
-    (less than 1/8 above ``n_samples``), which a power of two of equal chunks of a multiple of 8
-    rows splits exactly whenever they hold at least 8 rows each, so every chunk has one shape
-    and the chunked pass is traced once. Only with tens of thousands of neurons (chunks of a few
-    rows) is the bucket rounded up further to whole chunks, as far as the 1/8 allows; beyond it
-    the last chunk is shorter (and traced on its own).
+    (less than 1/8 above ``n_samples``), a multiple of ``2**e >= n_samples / 16``; a power of two
+    of equal chunks of a multiple of 8 rows splits it exactly when the chunks may hold at least
+    256 rows (blocks of up to 4,096 neurons), so every chunk has one shape and the chunked pass
+    is traced once. With more neurons the bucket is rounded up to whole chunks as far as the 1/8
+    allows; beyond it the last chunk is shorter (and traced on its own).
     """
     n = _bucket(n_samples)
     rows = _chunk_rows(n, n_neurons)
