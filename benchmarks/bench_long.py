@@ -36,7 +36,7 @@ import psutil
 
 from bench_large import STRENGTH, run_fit, write_store
 from distglm import store
-from distglm.plan import STREAM_CHUNK_BYTES, stream_cache_bytes
+from distglm.plan import STREAM_CHUNK_BYTES, stream_cache_bytes, stream_rows
 from bench_scaling import OtherCPU, wait_for_others, wait_for_quiet
 from bench_vs_nemos import machine_info, publish
 
@@ -92,7 +92,10 @@ def cache_mb(report: dict, n_samples: int) -> float:
 
 
 def block_data_mb(report: dict, n_samples: int) -> float:
-    return n_samples * (report["sizes"]["n_features"] + _block(report, n_samples)) * 4 / MB
+    """X and one block's y in the chunks a streaming actor reads (the last one filled up with zeros)."""
+    p, n, fit = report["sizes"]["n_features"], _block(report, n_samples), report["fits"][str(n_samples)]
+    rows = stream_rows(fit["row_chunk"], p, n)
+    return -(-n_samples // rows) * rows * (p + n) * 4 / MB
 
 
 def markdown(report: dict) -> str:
@@ -153,7 +156,7 @@ def markdown(report: dict) -> str:
         "the chunks in flight and the solve (`plan.stream_cache_bytes`), and to no more than the samples; the "
         "others are read again at every pass. Once a recording's samples outgrow the cache, the actor's peak "
         "is its baseline, the full cache and the chunks in flight: the plateau. Cache per actor (estimated "
-        "by the planner's rule) against the samples of one block: "
+        "by the planner's rule) against the samples of one block in whole chunks: "
         + ", ".join(f"{n:,} samples {cache_mb(report, n):.0f} MB of {block_data_mb(report, n):.0f} MB"
                     for n in sizes) + ". "
         "The driver holds one flag per sample (3 MB at 3,000,000 samples) and one stored chunk at a time.",
