@@ -12,6 +12,9 @@ of a fresh process fitting one block with LBFGS, float32, 20,000 to 100,000 samp
 2,000 features, 32 to 128 neurons, each preconditioner); ``benchmarks/bench_wide.py`` records
 the estimate beside the measured peak.
 
+For actors that stream their samples it sizes the chunks they read (:func:`stream_rows`) and
+the cache they keep between passes (:func:`stream_cache_bytes`) from the same budget.
+
 This module knows nothing of Zarr, JAX or Ray; it works on integers only.
 """
 
