@@ -1,10 +1,12 @@
 """The inputs of a store: ``inputs/X``, ``inputs/y`` and ``inputs/feature_mask``.
 
-``write_inputs`` marks the ``inputs`` group incomplete before it deletes or writes anything and
-complete, with a new ``generation`` id, once every array is written; results and job records of
-earlier inputs are removed before the new inputs are written. Readers refuse inputs marked
-incomplete, so an interrupted ``write_inputs`` is never fitted. Groups written by hand with Zarr
-(no ``complete`` attribute) are read as they are.
+``write_inputs`` writes new inputs whole into a ``staging`` group first; only then does it mark
+the old ``inputs`` incomplete, remove the results and job record of the old inputs and the old
+inputs themselves, and move the staging group into place, marked complete with a new
+``generation`` id. A source of y that fails partway, or a writer killed while copying it, leaves
+the old inputs and their results as they were. Readers refuse inputs marked incomplete, so an
+interrupted swap is never fitted. Groups written by hand with Zarr (no ``complete`` attribute)
+are read as they are.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ _X_CHUNK_BYTES = 64 * _MiB
 _ROW_CHUNK = 2**16
 # Bound on the memory write_inputs holds at once while copying y from a memmap or array store.
 _WRITE_SLICE_BYTES = 64 * _MiB
+# Where write_inputs writes new inputs before they replace the old ones.
+_STAGING = "staging"
 
 
 class InputsInfo(NamedTuple):
@@ -261,10 +265,12 @@ def write_inputs(path, X, y, feature_mask=None, *, time=None, neuron_ids=None, f
         thousand neurons still split into many blocks, rounded down to a multiple of 8 when
         at least 8.
     overwrite : bool, optional
-        Replace inputs already in the store, deleting first the results and the job record of
-        the old ones. Interrupted at any point, the store is left with inputs marked incomplete
-        (refused by every reader until written again), never with old results over new inputs.
-        By default a store that holds inputs is refused.
+        Replace inputs already in the store, with the results and the job record of the old
+        ones. The new inputs are written in full beside the old ones before anything old is
+        deleted: a failure or interruption while they are written leaves the old inputs and
+        results untouched. Interrupted during the swap that follows, the store is left with
+        inputs marked incomplete (refused by every reader until written again), never with old
+        results over new inputs. By default a store that holds inputs is refused.
     storage_options : dict, optional
         fsspec options (credentials, endpoint) for a store at a URL, as ``fsspec.filesystem``
         takes them; used by this call only, never written into the store.
@@ -336,12 +342,28 @@ def write_inputs(path, X, y, feature_mask=None, *, time=None, neuron_ids=None, f
     _refuse_foreign_directory(path)
     root = open_group(path, "a")
     with acquire_lease(path, "write_inputs") as lease:
-        if _zarr.contains(root, "inputs", path):
-            if not overwrite:
-                raise StoreError(
-                    f"{path} already holds inputs; pass overwrite=True to replace them "
-                    "(this also deletes the results fitted to them)"
-                )
+        had_inputs = _zarr.contains(root, "inputs", path)
+        if had_inputs and not overwrite:
+            raise StoreError(
+                f"{path} already holds inputs; pass overwrite=True to replace them "
+                "(this also deletes the results fitted to them)"
+            )
+        # What an interrupted writer left in staging is never read: start it afresh.
+        _zarr.delete_node(root, _STAGING)
+        attributes = {"complete": False, "generation": uuid.uuid4().hex,
+                      "title": "inputs of a population GLM fit (distglm)",
+                      "software": _zarr.software_versions()}
+        if groups:
+            attributes["feature_groups"] = [list(group) for group in groups]
+        staging = root.create_group(_STAGING, attributes=attributes)
+        _write_coordinates(staging, time, time_units, feature_names, neuron_ids, neuron_meta)
+        try:
+            _write_arrays(staging, X, y, y_dtype, mask, neuron_chunk, neuron_meta)
+        except BaseException:
+            _zarr.delete_node(root, _STAGING)
+            raise
+        lease.check()
+        if had_inputs:
             # Invalidate before deleting: interrupted from here on, the store holds inputs
             # marked incomplete (refused until written again), never results or a job record
             # that would describe the new inputs.
@@ -351,40 +373,39 @@ def write_inputs(path, X, y, feature_mask=None, *, time=None, neuron_ids=None, f
         _zarr.delete_node(root, "job")
         discard_all_results(root)
         _zarr.delete_node(root, "inputs")
-
-        attributes = {"complete": False, "generation": uuid.uuid4().hex,
-                      "title": "inputs of a population GLM fit (distglm)",
-                      "software": _zarr.software_versions()}
-        if groups:
-            attributes["feature_groups"] = [list(group) for group in groups]
-        inputs = root.create_group("inputs", attributes=attributes)
-        _write_coordinates(inputs, time, time_units, feature_names, neuron_ids, neuron_meta)
-        row_chunk = min(n_samples, _ROW_CHUNK)
-        x_rows = max(1, _X_CHUNK_BYTES // (n_features * X.dtype.itemsize))
-        inputs.create_array(
-            "X", shape=X.shape, dtype=X.dtype, chunks=(min(row_chunk, x_rows), n_features),
-            dimension_names=("time", "feature"), attributes=_X_ATTRIBUTES,
-        )[...] = X
-        y_store = inputs.create_array(
-            "y", shape=(n_samples, n_neurons), dtype=y_dtype, chunks=(row_chunk, neuron_chunk),
-            dimension_names=("time", "neuron"), attributes=_y_attributes(y_dtype, neuron_meta),
-        )
-        # Whole chunks per slice: each chunk is written once, with no read-modify-write.
-        chunk_bytes = row_chunk * neuron_chunk * y_dtype.itemsize
-        step = max(1, _WRITE_SLICE_BYTES // chunk_bytes) * neuron_chunk
-        for start in range(0, n_neurons, step):
-            stop = min(start + step, n_neurons)
-            for row in range(0, n_samples, row_chunk):
-                rows = slice(row, min(row + row_chunk, n_samples))
-                y_store[rows, start:stop] = np.asarray(y[rows, start:stop]).astype(y_dtype, copy=False)
-        if mask is not None:
-            inputs.create_array(
-                "feature_mask", shape=mask.shape, dtype=np.uint8, chunks=(n_features, neuron_chunk),
-                dimension_names=("feature", "neuron"), attributes=_MASK_ATTRIBUTES,
-            )[...] = mask
+        _zarr.move_node(root, _STAGING, "inputs")
         lease.check()
-        inputs.attrs["complete"] = True
+        _zarr.node(root, "inputs", path).attrs["complete"] = True
     return path
+
+
+def _write_arrays(inputs, X, y, y_dtype, mask, neuron_chunk: int, neuron_meta: dict) -> None:
+    """Write X, y (a few chunks at a time) and the mask into the group ``inputs``."""
+    n_samples, n_features = X.shape
+    n_neurons = y.shape[1]
+    row_chunk = min(n_samples, _ROW_CHUNK)
+    x_rows = max(1, _X_CHUNK_BYTES // (n_features * X.dtype.itemsize))
+    inputs.create_array(
+        "X", shape=X.shape, dtype=X.dtype, chunks=(min(row_chunk, x_rows), n_features),
+        dimension_names=("time", "feature"), attributes=_X_ATTRIBUTES,
+    )[...] = X
+    y_store = inputs.create_array(
+        "y", shape=(n_samples, n_neurons), dtype=y_dtype, chunks=(row_chunk, neuron_chunk),
+        dimension_names=("time", "neuron"), attributes=_y_attributes(y_dtype, neuron_meta),
+    )
+    # Whole chunks per slice: each chunk is written once, with no read-modify-write.
+    chunk_bytes = row_chunk * neuron_chunk * y_dtype.itemsize
+    step = max(1, _WRITE_SLICE_BYTES // chunk_bytes) * neuron_chunk
+    for start in range(0, n_neurons, step):
+        stop = min(start + step, n_neurons)
+        for row in range(0, n_samples, row_chunk):
+            rows = slice(row, min(row + row_chunk, n_samples))
+            y_store[rows, start:stop] = np.asarray(y[rows, start:stop]).astype(y_dtype, copy=False)
+    if mask is not None:
+        inputs.create_array(
+            "feature_mask", shape=mask.shape, dtype=np.uint8, chunks=(n_features, neuron_chunk),
+            dimension_names=("feature", "neuron"), attributes=_MASK_ATTRIBUTES,
+        )[...] = mask
 
 
 _X_ATTRIBUTES = {
