@@ -174,3 +174,17 @@ def test_stream_cache_is_the_budget_left_and_no_more_than_the_samples():
     assert cache(resident, 10**6, p, n, 2**16) == 0
     with pytest.raises(InputError, match="budget"):
         cache(0, 10**6, p, n, 2**16)
+
+
+def test_a_cross_validated_block_is_planned_with_its_folds_and_candidates():
+    from distglm.plan import estimate_block_memory, largest_block
+
+    plain = estimate_block_memory(20_000, 500, 128, preconditioner="shared")
+    cv = estimate_block_memory(20_000, 500, 128, preconditioner="shared", cv_strengths=12)
+    # 2 copies of X and 5 of the block's y, and 12 float64 strength arrays of (500, 128)
+    assert cv.cv == (2 * 500 + 5 * 128) * 20_000 * 4 + 12 * 500 * 128 * 8
+    assert cv.total == plain.total + cv.cv and plain.cv == 0
+    assert "cv 0.14" in str(cv) and "cv" not in str(plain)
+    budget = estimate_block_memory(20_000, 500, 512, preconditioner="shared").total
+    assert largest_block(budget, 1024, 64, 20_000, 500, preconditioner="shared", cv_strengths=12) < \
+        largest_block(budget, 1024, 64, 20_000, 500, preconditioner="shared")
