@@ -10,8 +10,8 @@ script reuses). At the largest size X alone is 0.4 GB and y 1 GB in float32; an 
 held them (the in-memory path) would need X plus two blocks of y, 1.4 GB on top of its
 baseline. A streaming actor reads chunks of at most ``plan.STREAM_CHUNK_BYTES`` and keeps
 between passes what its budget leaves (``plan.stream_cache_bytes``): the budget is set low
-enough here that the cache is full from the shortest recording on, so the peaks should be flat
-over the three.
+enough here that the cache is full from the second recording on (the first, 86 MB per block of
+64 neurons, fits it whole), so the peaks should be flat from there.
 
 The ratios reported (peak RSS at the longest recording over the shortest, seconds per million
 samples) come from one run of this script, each fit preceded by a wait (at most 30 s) for the
