@@ -348,6 +348,8 @@ class PopulationGLMCV(PopulationGLM):
         True (default): each neuron gets the strength its own held-out score prefers. False:
         one strength for all, the one the population's score prefers (what scikit-learn's
         ``GridSearchCV`` over a ``PopulationGLM`` selects with the same folds and scoring).
+        A neuron whose candidate fit failed on some fold (no finite held-out score; see
+        ``cv_status_``) is left out of the population's score, with a warning.
     selection : {"min", "1se"}
         "min" (default): the best mean held-out score; "1se": the largest strength whose mean
         score is within one standard error of the best (glmnet's ``lambda.1se``).
