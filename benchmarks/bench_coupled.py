@@ -45,7 +45,7 @@ import numpy as np
 from bench_history import data, evaluation_seconds
 from bench_large import MemorySampler
 from bench_vs_nemos import RESULT_TAG, machine_info, publish, run_for_result
-from distglm.plan import stream_chunk_rows
+from distglm.plan import STREAM_CHUNK_BYTES, stream_rows
 from distglm.store.inputs import _ROW_CHUNK as ROW_CHUNK
 
 FULL = dict(n_samples=60_000, n_neurons=300, n_basis_funcs=6, window_size=20, rank=4)
@@ -151,7 +151,7 @@ def extrapolate(sizes: dict, fit: dict, evaluation: dict) -> dict:
         per_eval = flops_per_evaluation(TARGET_SAMPLES, n, K, n_block) / rate
         p = N_STIMULUS + n * K
         # a stored chunk of a long recording, fewer rows when its full design is wide (as actors do)
-        rows = stream_chunk_rows(min(TARGET_SAMPLES, ROW_CHUNK), p, FLOAT_BYTES)
+        rows = stream_rows(min(TARGET_SAMPLES, ROW_CHUNK), p, n_block, itemsize=FLOAT_BYTES)
         out[str(n)] = {
             "rows_per_chunk": rows,
             "n_blocks": -(-n // n_block),
@@ -218,8 +218,8 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         "The history chunk is what an actor builds from y at every pass over the samples, rows x (p + N * K) "
-        f"floats: a stored chunk of samples ({ROW_CHUNK:,} rows), halved until it takes at most 64 MiB "
-        "(`distglm.plan.stream_chunk_rows`); the actor keeps the chunks its 512 MB cache holds and builds the "
+        f"floats: a stored chunk of samples ({ROW_CHUNK:,} rows), halved until it and the block's y take at most "
+        f"{STREAM_CHUNK_BYTES // 2**20} MiB (`distglm.plan.stream_rows`); the actor keeps the chunks its cache holds and builds the "
         "others again at every pass. The Gram matrix of the preconditioner, (p + N * K + 1)^2 floats, is held "
         "beside its eigenbasis of the same size; a streamed block accumulates it from the chunks, "
         "2 x T x (p + N * K + 1)^2 flops (its eigendecomposition, about (p + N * K)^3 more, is not counted): at "

@@ -1,13 +1,17 @@
 """Long recordings: a streamed fit's memory stays flat in the number of samples, its time is linear.
 
-512 neurons x 100 features of Poisson counts (int32) at 20,000, 100,000 and 1,000,000 samples
+256 neurons x 100 features of Poisson counts (int32) at 100,000, 300,000 and 1,000,000 samples
 are written to Zarr stores (chunked along time as ``write_inputs`` does for long recordings)
-and fitted by ``distglm.fit(..., stream=True)`` on two actors in a fresh driver process, while
+and fitted by ``distglm.fit(..., stream=True, memory_per_actor=0.9 GB)`` on two actors in a fresh
+driver process, while
 a thread samples the resident memory (RSS and USS) of the driver and of every
 ``ray::BlockFitter`` process (see ``bench_large.py``, whose store writer and fit worker this
-script reuses). At the largest size X alone is 400 MB and y 2 GB in float32; an actor that
-held them (the in-memory path) would need X plus two blocks of y, 2.5 GB, on top of its
-baseline.
+script reuses). At the largest size X alone is 0.4 GB and y 1 GB in float32; an actor that
+held them (the in-memory path) would need X plus two blocks of y, 1.4 GB on top of its
+baseline. A streaming actor reads chunks of at most ``plan.STREAM_CHUNK_BYTES`` and keeps
+between passes what its budget leaves (``plan.stream_cache_bytes``): the budget is set low
+enough here that the cache is full from the second recording on (the first, 86 MB per block of
+64 neurons, fits it whole), so the peaks should be flat from there.
 
 The ratios reported (peak RSS at the longest recording over the shortest, seconds per million
 samples) come from one run of this script, each fit preceded by a wait (at most 30 s) for the
@@ -31,12 +35,16 @@ from pathlib import Path
 import psutil
 
 from bench_large import STRENGTH, run_fit, write_store
+from distglm import store
+from distglm.plan import STREAM_CHUNK_BYTES, stream_cache_bytes, stream_rows
 from bench_scaling import OtherCPU, wait_for_others, wait_for_quiet
 from bench_vs_nemos import machine_info, publish
 
-FULL = dict(n_samples=(20_000, 100_000, 1_000_000), n_features=100, n_neurons=512)
+FULL = dict(n_samples=(100_000, 300_000, 1_000_000), n_features=100, n_neurons=256)
 QUICK = dict(n_samples=(5_000, 20_000, 80_000), n_features=20, n_neurons=64)
 NUM_ACTORS = 2
+# Bytes each actor may use: the planner sizes the actors' chunk caches to it.
+MEMORY_PER_ACTOR = 900_000_000
 MB = 1e6
 GOALS = {
     # driver and actor peak RSS at the longest recording over the shortest
@@ -70,6 +78,26 @@ def summarize(report: dict) -> dict:
     }
 
 
+def _block(report: dict, n_samples: int) -> int:
+    from distglm.core.fit import bucket_neurons
+
+    fit = report["fits"][str(n_samples)]
+    return bucket_neurons(-(-report["sizes"]["n_neurons"] // fit["n_blocks"]))
+
+
+def cache_mb(report: dict, n_samples: int) -> float:
+    """The chunk cache the planner gives each actor (default solver, Cholesky preconditioner)."""
+    p, fit = report["sizes"]["n_features"], report["fits"][str(n_samples)]
+    return stream_cache_bytes(MEMORY_PER_ACTOR, n_samples, p, _block(report, n_samples), fit["row_chunk"]) / MB
+
+
+def block_data_mb(report: dict, n_samples: int) -> float:
+    """X and one block's y in the chunks a streaming actor reads (the last one filled up with zeros)."""
+    p, n, fit = report["sizes"]["n_features"], _block(report, n_samples), report["fits"][str(n_samples)]
+    rows = stream_rows(fit["row_chunk"], p, n)
+    return -(-n_samples // rows) * rows * (p + n) * 4 / MB
+
+
 def markdown(report: dict) -> str:
     s, m, sz, quiet = report["summary"], report["machine"], report["sizes"], report["quiet"]
     met = {k: "met" if v else "not met" for k, v in s["goals_met"].items()}
@@ -89,8 +117,8 @@ def markdown(report: dict) -> str:
         f"# Long recordings: {sz['n_neurons']} neurons, up to {sizes[-1]:,} samples, streamed",
         "",
         f"{sz['n_features']} features; Poisson counts (int32), Ridge {STRENGTH}, LBFGS (default tolerance), "
-        f"float32; `distglm.fit(..., stream=True)` on {NUM_ACTORS} actors of a fresh local Ray started by the "
-        f"driver, default plan. {m['date_utc']}, {m['cpu_count']} CPUs ({m['cpu_model']}), "
+        f"float32; `distglm.fit(..., stream=True, memory_per_actor={MEMORY_PER_ACTOR / 1e9:g} GB)` on "
+        f"{NUM_ACTORS} actors of a fresh local Ray started by the driver, default plan. {m['date_utc']}, {m['cpu_count']} CPUs ({m['cpu_model']}), "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB. One run each on a shared machine whose other users' "
         "load varies: times are indicative, memory is not.",
         "",
@@ -122,13 +150,16 @@ def markdown(report: dict) -> str:
         "",
         f"For comparison, at {sizes[-1]:,} samples X is {x_mb:.0f} MB and y {y_mb:.0f} MB in float32.",
         "",
-        "Where a streamed actor's memory goes: it keeps the chunks of samples (2**16 samples of X and "
-        "of its block's y, float32) that fit in its 512 MiB cache and reads the others again at every "
-        "pass. Its peak grows with the recording until the cache is full (baseline actor + 512 MiB + the "
-        "chunks in flight, compilation and the allocator's slack) and should stay there for longer ones: "
-        "this run does not show it, its longest recording being the first to fill the cache. Recordings shorter than 2**16 samples are stored in shorter "
-        "chunks, so the peaks of the driver and of the actors also grow up to that length. The driver "
-        "holds one flag per sample (1 MB at 1,000,000 samples) and one stored chunk at a time.",
+        "Where a streamed actor's memory goes: it reads the samples in chunks of X and of its block's y of at "
+        f"most {STREAM_CHUNK_BYTES / 2**20:.0f} MiB (float32), whatever the recording's length, and keeps between "
+        "passes the chunks that fit its cache, which the driver sizes to what the actor's budget leaves beside "
+        "the chunks in flight and the solve (`plan.stream_cache_bytes`), and to no more than the samples; the "
+        "others are read again at every pass. Once a recording's samples outgrow the cache, the actor's peak "
+        "is its baseline, the full cache and the chunks in flight: the plateau. Cache per actor (estimated "
+        "by the planner's rule) against the samples of one block in whole chunks: "
+        + ", ".join(f"{n:,} samples {cache_mb(report, n):.0f} MB of {block_data_mb(report, n):.0f} MB"
+                    for n in sizes) + ". "
+        "The driver holds one flag per sample (1 MB at 1,000,000 samples) and one stored chunk at a time.",
         "",
         "| goal | measured | target | |",
         "|---|---:|---:|---|",
@@ -153,7 +184,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     sizes = QUICK if args.quick else FULL
-    quiet_wait_s, run_wait_s = (0.0, 0.0) if args.quick else (300.0, 30.0)
+    quiet_wait_s, run_wait_s = (0.0, 0.0) if args.quick else (60.0, 30.0)
     print(f"waiting for a quiet machine (at most {quiet_wait_s:.0f} s) ...", file=sys.stderr, flush=True)
     quiet = wait_for_quiet(max_wait_s=quiet_wait_s)
     report = {"quiet": quiet, "run_wait_s": run_wait_s, "sizes": sizes, "strength": STRENGTH,
@@ -167,10 +198,13 @@ def main(argv=None):
             report["writes"][str(n_samples)] = write_store(path, n_samples, sizes["n_features"], sizes["n_neurons"])
             print(f"fitting {n_samples} samples ...", file=sys.stderr, flush=True)
             wait = wait_for_others(max_wait_s=run_wait_s)
+            # blocks that re-read most of their samples at every pass run long on a loaded machine
+            options = {"stream": True, "memory_per_actor": MEMORY_PER_ACTOR, "block_timeout": 7200}
+            row_chunk = store.open_inputs(path).row_chunk
             with OtherCPU() as other:
-                fit = run_fit(path, os.path.join(work, f"xla-cache-{n_samples}"), {"stream": True})
+                fit = run_fit(path, os.path.join(work, f"xla-cache-{n_samples}"), options)
             report["fits"][str(n_samples)] = {**fit, **wait, "others_cores_during": other.cores,
-                                              "load_average_after": os.getloadavg()[0]}
+                                              "load_average_after": os.getloadavg()[0], "row_chunk": row_chunk}
             shutil.rmtree(path, ignore_errors=True)
     finally:
         for path in Path(work).glob("*"):

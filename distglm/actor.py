@@ -24,7 +24,7 @@ import numpy as np
 from . import store
 from .compile_cache import enable_compilation_cache
 from .logs import log_to_stderr
-from .plan import Block
+from .plan import Block, stream_rows
 
 __all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "cv_path_arrays", "fit_one_block", "select_block",
            "slice_strength", "stored_path", "history_stream_rows"]
@@ -69,7 +69,8 @@ class FitSpec:
     stream : bool
         Whether actors stream the samples chunk by chunk rather than hold them.
     cache_bytes : int
-        Memory a streaming actor may keep chunks of samples in.
+        Memory a streaming actor may keep chunks of samples in (the driver sizes it to the
+        actor's budget, ``plan.stream_cache_bytes``).
     fit_name : str or None
         The fit's name (its results in ``results/<name>/``); None for the store's unnamed fit.
     test_rows : int array of shape (n_held_out,) or None
@@ -133,17 +134,10 @@ class FitSpec:
 
 
 
-# Samples per streamed chunk when the store keeps the whole recording in one chunk.
-_STREAM_ROWS = 2**16
-
-
-def history_stream_rows(info: store.InputsInfo, n_features: int, itemsize: int) -> int:
+def history_stream_rows(info: store.InputsInfo, n_features: int, n_neurons: int, itemsize: int) -> int:
     """Rows of a streamed chunk of a history fit's full design (``n_features`` columns: the stored
-    ones and every neuron's K): a stored chunk of samples, fewer when the columns are many
-    (``plan.stream_chunk_rows``)."""
-    from .plan import stream_chunk_rows
-
-    return stream_chunk_rows(min(info.row_chunk or info.n_samples, _STREAM_ROWS), n_features, itemsize)
+    ones and every neuron's K) and a block of ``n_neurons``: ``plan.stream_rows``."""
+    return stream_rows(info.row_chunk or info.n_samples, n_features, n_neurons, itemsize=itemsize)
 
 
 def slice_strength(strength, start: int, stop: int, pad_to: int):
@@ -190,12 +184,17 @@ class SampleReader:
                         and np.array_equal(self.history.coupling_mask(info.n_neurons), np.eye(info.n_neurons)))
         self.n_samples = info.n_samples if spec.n_samples is None else spec.n_samples
         self.dropped = np.zeros(0, np.int64) if spec.dropped_rows is None else np.asarray(spec.dropped_rows)
-        # one stored chunk of samples per read; a recording stored in one chunk is read in
-        # slices of the usual length
-        self.rows = min(info.row_chunk or info.n_samples, _STREAM_ROWS)
-        if self.history is not None and not self.own:
-            # the chunk holds every neuron's history columns: fewer rows when they are many
-            self.rows = history_stream_rows(info, self.n_features, self.dtype.itemsize)
+        # a stored chunk of samples per read, or a part of one: the bytes of the chunks in flight
+        # stay bounded whatever the recording's length
+        from .core.fit import bucket_neurons
+
+        n_block = bucket_neurons(spec.pad_to)
+        width = self.n_features
+        if self.history is not None and self.own:
+            # the chunk holds the stored columns and each block neuron's own K history columns
+            width += (n_block - info.n_neurons) * self.history.n_basis_funcs
+        self.rows = stream_rows(info.row_chunk or info.n_samples, max(1, width), n_block,
+                                itemsize=self.dtype.itemsize)
         self.cache_bytes = spec.cache_bytes
         self._cache, self._cached = {}, 0
         self._design = None

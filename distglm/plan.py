@@ -12,6 +12,9 @@ of a fresh process fitting one block with LBFGS, float32, 20,000 to 100,000 samp
 2,000 features, 32 to 128 neurons, each preconditioner); ``benchmarks/bench_wide.py`` records
 the estimate beside the measured peak.
 
+For actors that stream their samples it sizes the chunks they read (:func:`stream_rows`) and
+the cache they keep between passes (:func:`stream_cache_bytes`) from the same budget.
+
 This module knows nothing of Zarr, JAX or Ray; it works on integers only.
 """
 
@@ -23,7 +26,7 @@ from typing import NamedTuple
 from distglm.errors import InputError, InputTypeError, PlanError
 
 __all__ = ["Block", "MemoryEstimate", "estimate_block_memory", "largest_block", "plan_blocks", "padded_size",
-           "stream_chunk_rows", "TARGET_BLOCK_NEURONS", "PROCESS_BASE_BYTES", "ACTOR_BASE_BYTES",
+           "stream_rows", "stream_cache_bytes", "TARGET_BLOCK_NEURONS", "PROCESS_BASE_BYTES", "ACTOR_BASE_BYTES",
            "STREAM_CHUNK_BYTES"]
 
 #: Neurons per block the default plan aims for: large enough that one compiled solve does
@@ -169,26 +172,21 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
     return MemoryEstimate(base + design + responses + pre + solver + cv, base, design, responses, pre, solver, cv)
 
 
-#: Bytes a streamed chunk of the design may take: a history fit's chunk holds every neuron's K
-#: history columns, so a wide one gets fewer rows than a stored chunk of samples.
-STREAM_CHUNK_BYTES = 64 * 2**20
-
-
-def stream_chunk_rows(stored_rows, n_columns, itemsize=4, budget=STREAM_CHUNK_BYTES) -> int:
-    """Rows of a streamed chunk of ``n_columns`` floats: ``stored_rows`` halved (rounding up) until a
-    chunk takes at most ``budget`` bytes, or 64 rows remain.
-
-    Examples
-    --------
-    >>> stream_chunk_rows(2**16, 10), stream_chunk_rows(2**16, 30_002)
-    (65536, 512)
-    """
-    rows = _check_int(stored_rows, "stored_rows", minimum=1)
-    width = _check_int(n_columns, "n_columns", minimum=1) * _check_int(itemsize, "itemsize", minimum=1)
-    budget = _check_int(budget, "budget", minimum=1)
-    while rows > 64 and rows * width > budget:
-        rows = -(-rows // 2)
-    return rows
+_PRECONDITIONER_SIZES:
+        raise InputError(f"preconditioner must be one of {tuple(_PRECONDITIONER_SIZES)}; got {preconditioner!r}")
+    if state_bytes_per_neuron is None:
+        state_bytes_per_neuron = _LBFGS_STATE_VECTORS * params * itemsize
+    state_bytes_per_neuron = _check_int(state_bytes_per_neuron, "state_bytes_per_neuron", minimum=0)
+    gram = params * params * itemsize if preconditioner != "none" else 0
+    design = _DESIGN_COPIES * n_samples * n_features * itemsize + _GRAM_COPIES * gram
+    responses = (_RESPONSE_COPIES + _QUEUED_RESPONSE_COPIES * queued_blocks) * n_samples * n_neurons * itemsize
+    pre = _PRECONDITIONER_COPIES * _PRECONDITIONER_SIZES[preconditioner](params, n_neurons) * itemsize
+    solver = _STATE_COPIES * state_bytes_per_neuron * n_neurons
+    cv = 0
+    if cv_strengths:
+        cv = ((_CV_DESIGN_COPIES * n_features + _CV_RESPONSE_COPIES * n_neurons) * n_samples * itemsize
+              + cv_strengths * n_features * n_neurons * _CV_STRENGTH_ITEMSIZE)
+    return MemoryEstimate(base + design + responses + pre + solver + cv, base, design, responses, pre, solver, cv)
 
 
 _PRECONDITIONER_SIZES = {
@@ -252,6 +250,83 @@ def largest_block(budget, n_neurons, neuron_chunk, n_samples, n_features, **esti
         else:
             high = mid - 1
     return low * neuron_chunk
+
+
+#: Bytes of one chunk of samples (X and a block's y, in the fit's float type) that a streaming
+#: actor reads at a time: enough rows that each read does real work, few enough that the chunks
+#: in flight stay a small part of its memory whatever the recording's length.
+STREAM_CHUNK_BYTES = 32 * 2**20
+
+
+def stream_rows(row_chunk, n_features, n_neurons, *, itemsize=4) -> int:
+    """Samples per chunk a streaming actor reads: the store's chunk of samples, halved until X and a
+    block's y in it take at most ``STREAM_CHUNK_BYTES`` (or one sample is left).
+
+    Parameters
+    ----------
+    row_chunk : int
+        Samples per stored chunk (the whole recording when it is stored in one chunk).
+    n_features, n_neurons : int
+        Columns of X (history features included) and neurons of the (padded) block.
+    itemsize : int
+        Bytes per float of the fit.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> stream_rows(2**16, 100, 512), stream_rows(20_000, 100, 128)
+    (8192, 20000)
+    """
+    row_chunk = _check_int(row_chunk, "row_chunk", minimum=1)
+    per_row = (_check_int(n_features, "n_features", minimum=1) + _check_int(n_neurons, "n_neurons", minimum=1)) \
+        * _check_int(itemsize, "itemsize", minimum=1)
+    halvings = max(0, -(-row_chunk * per_row // STREAM_CHUNK_BYTES) - 1).bit_length()
+    return max(1, -(-row_chunk >> halvings))
+
+
+def stream_cache_bytes(budget, n_samples, n_features, n_neurons, row_chunk, *, itemsize=4, **estimate) -> int:
+    """Bytes of chunks of samples a streaming actor keeps between passes: what its budget leaves
+    beside the chunks in flight and the solve, and no more than the samples themselves.
+
+    The chunks in flight and the solve are estimated as a fit of one chunk of samples held in
+    memory (:func:`estimate_block_memory` of ``stream_rows`` samples); what is left of ``budget``
+    holds cached chunks, so an actor's peak stays near ``budget`` however long the recording,
+    and a recording that fits is read once.
+
+    Parameters
+    ----------
+    budget : int
+        Bytes an actor may use.
+    n_samples : int
+        Stored samples (the recording's length).
+    n_features, n_neurons, row_chunk, itemsize
+        As in :func:`stream_rows`.
+    **estimate
+        Further keyword arguments of :func:`estimate_block_memory` (``preconditioner``,
+        ``state_bytes_per_neuron``, ``base``: default ``ACTOR_BASE_BYTES``).
+
+    Returns
+    -------
+    int
+        0 when the budget leaves nothing to cache: every pass then reads the store again.
+
+    Examples
+    --------
+    >>> stream_cache_bytes(2_000_000_000, 10**6, 100, 128, 2**16) // 2**20
+    883
+    >>> stream_cache_bytes(2_000_000_000, 10**4, 100, 128, 10**4) // 2**20
+    8
+    """
+    budget = _check_int(budget, "budget", minimum=1)
+    n_samples = _check_int(n_samples, "n_samples", minimum=1)
+    rows = stream_rows(row_chunk, n_features, n_neurons, itemsize=itemsize)
+    estimate.setdefault("base", ACTOR_BASE_BYTES)
+    resident = estimate_block_memory(rows, n_features, n_neurons, itemsize=itemsize, **estimate).total
+    data = -(-n_samples // rows) * rows * (n_features + n_neurons) * itemsize
+    return max(0, min(budget - resident, data))
 
 
 class Block(NamedTuple):

@@ -598,8 +598,16 @@ def fit(
                               f"than memory_per_actor={budget}; blocks of {largest} would fit", UserWarning,
                               stacklevel=2)
             estimate = _estimate(memory, pad_to)
-        elif history is not None:
-            estimate = _streamed_history_estimate(config, info, n_features, dtype, spec, pad_to)
+        cache_bytes = 0
+        if streams:
+            # a streaming actor keeps what its budget leaves of the samples between passes
+            memory = _memory_model(config, n_train, n_features, dtype, mask, spec)
+            del memory["n_samples"], memory["n_features"]
+            cache_bytes = _plan.stream_cache_bytes(budget, info.n_samples, n_features,
+                                                   core_fit.bucket_neurons(pad_to),
+                                                   info.row_chunk or info.n_samples, **memory)
+        if streams and history is not None:
+            estimate = _streamed_history_estimate(config, info, n_features, dtype, spec, pad_to, cache_bytes)
             if estimate.total > budget:
                 warnings.warn(f"a history fit's actor needs about {estimate}, more than memory_per_actor={budget} "
                               f"(its chunks of samples hold all {n_features} features)", UserWarning, stacklevel=2)
@@ -633,7 +641,8 @@ def fit(
             t_prepared = time.perf_counter() - t_start
             fit_spec = FitSpec(path=path, model=model_config, pad_to=pad_to, x64=bool(jax.config.jax_enable_x64),
                                inverse_link=inverse_link, dropped_rows=np.flatnonzero(~train), n_samples=n_train,
-                               stream=streams, fit_name=name, test_rows=test_rows, standard_errors=standard_errors,
+                               stream=streams, cache_bytes=cache_bytes, fit_name=name, test_rows=test_rows,
+                               standard_errors=standard_errors,
                                cv_grid=None if grid is None else tuple(grid.tolist()), cv_folds=folds,
                                storage_options=storage_options, log_level=enabled_level(),
                                history=fingerprint.get("history"))
@@ -698,7 +707,7 @@ def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec, cv
 
 
 def _streamed_history_estimate(config, info: store.InputsInfo, n_features: int, dtype, spec,
-                               n_neurons: int) -> _plan.MemoryEstimate:
+                               n_neurons: int, cache_bytes: int) -> _plan.MemoryEstimate:
     """An actor's peak memory in a history fit: the estimate of an actor holding one streamed chunk
     of samples (rows bounded by ``actor.history_stream_rows`` for the full width of the design), plus
     its cache of chunks. An upper bound for self-history, whose chunks hold the neurons' own
@@ -706,9 +715,9 @@ def _streamed_history_estimate(config, info: store.InputsInfo, n_features: int, 
     from .actor import history_stream_rows
 
     itemsize = np.dtype(dtype).itemsize
-    rows = history_stream_rows(info, n_features, itemsize)
+    rows = history_stream_rows(info, n_features, n_neurons, itemsize)
     estimate = _estimate(_memory_model(config, rows, n_features, dtype, None, spec), n_neurons)
-    cache = min(FitSpec.cache_bytes, -(-info.n_samples // rows) * rows * (n_features + n_neurons) * itemsize)
+    cache = min(cache_bytes, -(-info.n_samples // rows) * rows * (n_features + n_neurons) * itemsize)
     return estimate._replace(total=estimate.total + cache, design=estimate.design + cache)
 
 

@@ -151,6 +151,31 @@ def test_docstring_examples():
     assert doctest.testmod(distglm.plan).failed == 0
 
 
+@given(st.integers(1, 10**8), st.integers(1, 5000), st.integers(1, 5000), st.sampled_from([4, 8]))
+def test_streamed_chunks_are_bounded_in_bytes(row_chunk, n_features, n_neurons, itemsize):
+    rows = distglm.plan.stream_rows(row_chunk, n_features, n_neurons, itemsize=itemsize)
+    assert 1 <= rows <= row_chunk
+    assert rows == 1 or rows * (n_features + n_neurons) * itemsize <= distglm.plan.STREAM_CHUNK_BYTES
+    # no smaller than needed: twice the rows would be over the bound, or more than the stored chunk
+    assert 2 * rows > row_chunk or 2 * rows * (n_features + n_neurons) * itemsize > distglm.plan.STREAM_CHUNK_BYTES
+
+
+def test_stream_cache_is_the_budget_left_and_no_more_than_the_samples():
+    cache = distglm.plan.stream_cache_bytes
+    budget, p, n = 2 * 10**9, 100, 128
+    rows = distglm.plan.stream_rows(2**16, p, n)
+    resident = distglm.plan.estimate_block_memory(rows, p, n, base=distglm.plan.ACTOR_BASE_BYTES).total
+    # long recordings: the cache is what the budget leaves, whatever their length
+    assert cache(budget, 10**7, p, n, 2**16) == cache(budget, 10**8, p, n, 2**16) == budget - resident
+    # a shorter one is cached whole (in whole chunks), and no more
+    assert cache(budget, 10**6, p, n, 2**16) == -(-10**6 // rows) * rows * (p + n) * 4 < budget - resident
+    assert cache(budget, 5_000, p, n, 5_000) == 5_000 * (p + n) * 4
+    # a budget that leaves nothing caches nothing
+    assert cache(resident, 10**6, p, n, 2**16) == 0
+    with pytest.raises(InputError, match="budget"):
+        cache(0, 10**6, p, n, 2**16)
+
+
 def test_a_cross_validated_block_is_planned_with_its_folds_and_candidates():
     from distglm.plan import estimate_block_memory, largest_block
 

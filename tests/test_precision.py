@@ -12,6 +12,8 @@ import jax
 import nemos as nmo
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from distglm.core import FitConfig, PoissonObservations, Ridge, fit_block
 from distglm.core import fit as core_fit
@@ -124,3 +126,22 @@ def test_a_tolerance_below_the_rounding_floor_stops_early(population):
     state = model.solver_state_
     assert int(state.num_fun_eval) < 200
     assert (~model.converged_).any() and state.stalled[~model.converged_].all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 10**8), st.integers(1, 2**18))
+def test_row_bucket_pads_at_most_an_eighth(n_samples, n_neurons):
+    """The padded rows are at most 1/8 more than the samples, in chunks of a bounded number of
+    elements that split the bucket exactly for blocks of up to 4,096 neurons."""
+    rows = core_fit.bucket_rows(n_samples, n_neurons)
+    chunk = core_fit._chunk_rows(rows, n_neurons)
+    assert n_samples <= rows and 8 * (rows - n_samples) <= n_samples
+    assert chunk == rows or chunk * n_neurons <= max(core_fit._CHUNK_ELEMENTS, 8 * n_neurons)
+    if n_neurons <= 4096:
+        assert rows % chunk == 0
+
+
+def test_row_bucket_of_a_wide_design():
+    # 20,000 samples at 128 neurons: the bucket of 20,480 rows in 4 chunks of 5,120, not 3 of 8,192
+    assert core_fit.bucket_rows(20_000, 128) == 20_480
+    assert core_fit._chunk_rows(20_480, 128) == 5_120

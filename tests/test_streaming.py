@@ -242,3 +242,28 @@ def test_streamed_fit_memory_does_not_grow_with_samples():
     data_mb = 60 * 8192 * (20 + 16) * 4 / 1e6
     growth_mb = (long["kb"] - short["kb"]) / 1e3
     assert growth_mb < 0.2 * data_mb, (growth_mb, data_mb)
+
+
+def test_streaming_reader_caches_within_its_budget(long_store):
+    """The chunks a streaming actor keeps between passes never exceed ``cache_bytes``; what they
+    give is what the store holds."""
+    from distglm.actor import FitSpec, SampleReader
+
+    path, X, y, mask = long_store
+    per_chunk = 700 * (5 + 40) * 4
+    reads = {}
+    for cache_bytes in (0, 2 * per_chunk + 1, 10 * per_chunk):
+        spec = FitSpec(str(path), {}, pad_to=40, x64=False, stream=True, cache_bytes=cache_bytes)
+        reader = SampleReader(store.InputsReader(str(path)), spec, np.float32)
+        source = reader.source(0, 40, 40)
+        assert source.rows == 700 and source.n_chunks == 5
+        passes = [[source.read(i) for i in range(source.n_chunks)] for _ in range(2)]
+        assert reader._cached <= cache_bytes
+        assert reader._cached == min(cache_bytes // per_chunk, 5) * per_chunk
+        reads[cache_bytes] = passes
+    for passes in reads.values():
+        for got, want in zip(passes[0] + passes[1], reads[0][0] * 2):
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a, b)
+    first = reads[0][0][0]
+    np.testing.assert_array_equal(first[0][first[2]], X[:700][first[2]].astype(np.float32))

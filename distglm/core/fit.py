@@ -238,7 +238,7 @@ def _init_for_mean(config: FitConfig, mean_y, n_features: int, dtype) -> Params:
     return Params(np.zeros((n_features, intercept.shape[0]), dtype), intercept)
 
 
-# Row chunks of about this many elements (n_rows * n_neurons): every per-sample intermediate
+# Row chunks of at most this many elements (n_rows * n_neurons): every per-sample intermediate
 # then stays a few MB, in cache, instead of a fresh (n_samples, n_neurons) buffer per pass.
 _CHUNK_ELEMENTS = 1 << 20
 
@@ -287,8 +287,14 @@ class _Chunks(NamedTuple):
 
 
 def _chunk_rows(n_samples: int, n_neurons: int) -> int:
-    rows = max(8, (_CHUNK_ELEMENTS // max(n_neurons, 1)) // 8 * 8)
-    return min(rows, n_samples)
+    """Rows per chunk of a pass over ``n_samples``: at most ``_CHUNK_ELEMENTS / n_neurons`` (and 8),
+    in a power of two of chunks of equal size (a multiple of 8), as few as that allows.
+    """
+    most = max(8, (_CHUNK_ELEMENTS // max(n_neurons, 1)) // 8 * 8)
+    if n_samples <= most:
+        return n_samples
+    n_chunks = 1 << (-(-n_samples // most) - 1).bit_length()
+    return -(-n_samples // (8 * n_chunks)) * 8
 
 
 def _chunk(X, y, n_valid=None, weight=None, own=None) -> _Chunks:
@@ -427,7 +433,7 @@ class ChunkSource:
 
 
 def _bucket(n: int) -> int:
-    """``n`` rounded up to the grid ``m * 2**e`` (``8 <= m < 16``): at most 1/8 more."""
+    """``n`` rounded up to the grid ``m * 2**e`` (``8 <= m < 16``): less than 1/8 more."""
     if n <= 16:
         return n
     e = n.bit_length() - 4
@@ -435,14 +441,19 @@ def _bucket(n: int) -> int:
 
 
 def bucket_rows(n_samples: int, n_neurons: int) -> int:
-    """Rows a fit of ``n_samples`` is padded to: a bucket that is a whole number of row chunks.
+    """Rows a fit of ``n_samples`` is padded to: at most 1/8 more, in row chunks of one shape.
 
-    Data sets of nearby sizes then share one compiled solve, and every row chunk has the same
-    shape (so the chunked pass is traced once).
+    Data sets of nearby sizes then share one compiled solve. The bucket is ``_bucket(n_samples)``
+    (less than 1/8 above ``n_samples``), a multiple of ``2**e >= n_samples / 16``; a power of two
+    of equal chunks of a multiple of 8 rows splits it exactly when the chunks may hold at least
+    256 rows (blocks of up to 4,096 neurons), so every chunk has one shape and the chunked pass
+    is traced once. With more neurons the bucket is rounded up to whole chunks as far as the 1/8
+    allows; beyond it the last chunk is shorter (and traced on its own).
     """
     n = _bucket(n_samples)
     rows = _chunk_rows(n, n_neurons)
-    return -(-n // rows) * rows
+    whole = -(-n // rows) * rows
+    return whole if 8 * (whole - n_samples) <= n_samples else n
 
 
 def bucket_neurons(n_neurons: int) -> int:

@@ -57,7 +57,7 @@ def default_batch_size(n_samples: int, chunk_rows: int) -> int:
     1 for long recordings; here a minibatch is one matrix product for a whole block, which
     costs little more for thousands of rows than for one, while each step also pays a fixed
     cost per neuron (the change of coordinates). ``chunk_rows`` is the block's row chunk
-    (about 1M elements of ``y``, see ``fit._chunk_rows``), the size its full passes use.
+    (at most about 1M elements of ``y``, see ``fit._chunk_rows``), the size its full passes use.
 
     Examples
     --------
