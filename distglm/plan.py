@@ -172,23 +172,6 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
     return MemoryEstimate(base + design + responses + pre + solver + cv, base, design, responses, pre, solver, cv)
 
 
-_PRECONDITIONER_SIZES:
-        raise InputError(f"preconditioner must be one of {tuple(_PRECONDITIONER_SIZES)}; got {preconditioner!r}")
-    if state_bytes_per_neuron is None:
-        state_bytes_per_neuron = _LBFGS_STATE_VECTORS * params * itemsize
-    state_bytes_per_neuron = _check_int(state_bytes_per_neuron, "state_bytes_per_neuron", minimum=0)
-    gram = params * params * itemsize if preconditioner != "none" else 0
-    design = _DESIGN_COPIES * n_samples * n_features * itemsize + _GRAM_COPIES * gram
-    responses = (_RESPONSE_COPIES + _QUEUED_RESPONSE_COPIES * queued_blocks) * n_samples * n_neurons * itemsize
-    pre = _PRECONDITIONER_COPIES * _PRECONDITIONER_SIZES[preconditioner](params, n_neurons) * itemsize
-    solver = _STATE_COPIES * state_bytes_per_neuron * n_neurons
-    cv = 0
-    if cv_strengths:
-        cv = ((_CV_DESIGN_COPIES * n_features + _CV_RESPONSE_COPIES * n_neurons) * n_samples * itemsize
-              + cv_strengths * n_features * n_neurons * _CV_STRENGTH_ITEMSIZE)
-    return MemoryEstimate(base + design + responses + pre + solver + cv, base, design, responses, pre, solver, cv)
-
-
 _PRECONDITIONER_SIZES = {
     "cholesky": lambda params, n: n * params * params,
     "shared": lambda params, n: params * params + params * n,
