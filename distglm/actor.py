@@ -34,13 +34,21 @@ _log = logging.getLogger(__name__)
 # One XLA thread per actor: actors are the unit of parallelism, and several multi-threaded
 # XLA runtimes on one machine only fight over its cores. XLA's CPU client sizes its thread pool
 # from PJRT_NPROC (the Eigen flag alone leaves one thread per core); with a pool of one thread,
-# asynchronous dispatch keeps a second thread busy waiting, so dispatch is synchronous.
+# asynchronous dispatch keeps a second thread busy waiting, so dispatch is synchronous. The
+# host libraries are held to one thread each for the same reason: numpy's BLAS (the design's
+# Gram), Zarr's pool that decodes chunks (by default as many threads as cores plus four) and
+# Blosc's (as many as cores). An actor then uses the one core it asks Ray for, and two actors on
+# two cores do not take turns on each other's.
 ACTOR_ENV = {
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
     "PJRT_NPROC": "1",
     "JAX_CPU_ENABLE_ASYNC_DISPATCH": "false",
     "JAX_PLATFORMS": "cpu",
     "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "ZARR_THREADING__MAX_WORKERS": "1",
+    "BLOSC_NTHREADS": "1",
 }
 
 
@@ -519,27 +527,35 @@ class BlockFitter:
 
     Parameters
     ----------
-    spec : FitSpec
+    spec : FitSpec or None
+        None for an actor started before the driver knew the fit (it overlaps the driver's
+        checks of the inputs): :meth:`configure` gives it the spec before its first block.
     """
 
-    def __init__(self, spec: FitSpec):
-        import jax
-
-        jax.config.update("jax_enable_x64", bool(spec.x64))
+    def __init__(self, spec: FitSpec | None = None):
         # A persistent compilation cache lets a replacement actor, the second actor on a node
         # and a resumed fit load the compiled block fit instead of compiling it again.
         enable_compilation_cache()
-        if spec.log_level is not None:
-            log_to_stderr(spec.log_level)
-        self._spec = spec
-        self._model = spec.build_model()
-        self._config = self._model._fit_config()
         self._io = None
         self._n_blocks = 0
         # The scheduler gives an actor up to two blocks at once (it runs them in two threads):
         # one block is solved while the other is read or written; solves take turns.
         self._solve_lock = threading.Lock()
         self._lock = threading.Lock()
+        if spec is not None:
+            self.configure(spec)
+
+    def configure(self, spec: FitSpec) -> int:
+        """Take the fit's spec; returns the actor's pid. Called once, before the first block."""
+        import jax
+
+        jax.config.update("jax_enable_x64", bool(spec.x64))
+        if spec.log_level is not None:
+            log_to_stderr(spec.log_level)
+        self._spec = spec
+        self._model = spec.build_model()
+        self._config = self._model._fit_config()
+        return os.getpid()
 
     def pid(self) -> int:
         return os.getpid()
