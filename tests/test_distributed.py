@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 import pytest
 import ray
+import ray._private.state as ray_state
 import zarr
 
 import distglm
@@ -398,6 +399,35 @@ class TestOnRay:
         report = distglm.fit(path, PopulationGLM(feature_mask=mask, **CONFIGS["Poisson"]), progress=False)
         assert (report.n_blocks_skipped, report.n_blocks_fitted, report.n_fitted) == (3, 0, 96)
         assert snapshot(path) == before
+
+    def test_results_are_chunked_by_block(self, poisson_fits):
+        # one chunk of each result array per block: a block's write is one file per array
+        for block_size in (16, 32):
+            results = zarr.open_group(poisson_fits[block_size][0], mode="r")["results"]
+            assert results["coef"].chunks == (6, block_size)
+            assert results["loss"].chunks == (block_size,)
+            assert all(results[f"solver_state/{name}"].chunks[-1] == block_size
+                       for name in results["solver_state"].array_keys()
+                       if results[f"solver_state/{name}"].shape[-1] == 96)
+
+    def test_actors_started_early_are_stopped_when_the_inputs_are_refused(self, tmp_path):
+        # With Ray running, the actors start while the driver checks the inputs; a refused
+        # input stops them (no actor keeps a CPU while the error is held, e.g. by a REPL)
+        X, y, _ = simulate(200, 3, 32)
+        y[17, 21] = -1
+        path = distglm.write_inputs(tmp_path / "fit.zarr", X, y, neuron_chunk=16)
+        before = set(ray_state.actors())
+        with pytest.raises(InputError, match="neuron 21") as refused:
+            distglm.fit(path, PopulationGLM(), num_actors=2, progress=False)
+        started = [key for key, actor in ray_state.actors().items()
+                   if key not in before and actor["ActorClassName"] == "BlockFitter"]
+        assert len(started) == 2
+        deadline = time.monotonic() + 30
+        while any(ray_state.actors()[key]["State"] != "DEAD" for key in started):
+            assert time.monotonic() < deadline, "an actor started for the refused fit is still alive"
+            time.sleep(0.1)
+        assert "neuron 21" in str(refused.value)
+        assert "results" not in zarr.open_group(path, mode="r")
 
     def test_failed_neuron_and_failed_block_are_reported(self, population, tmp_path):
         X, y, mask, _ = population
