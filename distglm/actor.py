@@ -144,6 +144,24 @@ class FitSpec:
 _STREAM_ROWS = 2**16
 
 
+# JAX's CPU client takes a host array without copying it when the array is aligned to this
+# many bytes (numpy guarantees only 16): the design and each block's y then live once in an
+# actor, not once on the host and again on the device.
+_DEVICE_ALIGNMENT = 64
+
+
+def _device_buffer(shape: tuple, dtype) -> np.ndarray:
+    """A zero array of ``shape`` that ``jax.device_put`` takes without a copy (aligned to 64 bytes).
+
+    Filled on the host, then handed to JAX and never written again: JAX treats it as immutable.
+    """
+    dtype = np.dtype(dtype)
+    n_bytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.zeros(n_bytes + _DEVICE_ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _DEVICE_ALIGNMENT
+    return raw[start:start + n_bytes].view(dtype).reshape(shape)
+
+
 def slice_strength(strength, start: int, stop: int, pad_to: int):
     """The block's slice of per-neuron strength arrays (neuron axis last), padded by repetition."""
     if strength is None:
@@ -248,7 +266,7 @@ class SampleReader:
 
                 from .core.fit import bucket_rows
 
-                X = np.zeros((bucket_rows(self.n_samples, n_cols), self.n_features), self.dtype)
+                X = _device_buffer((bucket_rows(self.n_samples, n_cols), self.n_features), self.dtype)
                 at = 0
                 for row, stop in self._row_ranges():
                     values = self._fitted_rows(self.reader.X_rows(slice(row, stop)), row)
@@ -269,7 +287,7 @@ class SampleReader:
 
     def responses(self, start: int, stop: int, n_rows: int, n_cols: int) -> np.ndarray:
         """The y of neurons ``[start, stop)`` without NaN rows, in a zero buffer of shape (n_rows, n_cols)."""
-        y = np.zeros((n_rows, n_cols), self.dtype)
+        y = _device_buffer((n_rows, n_cols), self.dtype)
         # one stored chunk at a time: the stored dtype is never held for the whole block
         width = self.reader.info.neuron_chunk
         for first in range(start, stop, width):
@@ -466,7 +484,7 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
         y = data.responses(block.start, block.stop, X.shape[0], n_cols)
     t_read = time.perf_counter() - t0
 
-    with solve_lock or contextlib.nullcontext():
+    with solve_lock or contextlib.nullcontext(0) as turn:
         t1 = time.perf_counter()
         if stream:
             try:
@@ -475,7 +493,7 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
             finally:
                 data.forget(block.start)
         else:
-            # on the device now, so the host buffer goes before the solve's memory is taken
+            # on the device without a copy (an aligned buffer), and no longer written here
             y = jax.device_put(y)
             gram = data.gram(n_cols) if config.preconditioned else None
             result = core_fit.fit_block(X, y, mask, config, strength=strength, n_samples=data.n_samples, gram=gram)
@@ -519,7 +537,28 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
         "solve_s": t_solve,
         "write_s": t_write,
         "pid": os.getpid(),
+        "solve_turn": turn,
     }
+
+
+class _SolveTurns:
+    """An actor's solve lock: its blocks' solves take turns, and ``with`` gives the turn's number.
+
+    Turn 0 compiles the solve. With two blocks in flight, the block that reaches the actor first
+    is not always the first to be solved (the other may finish reading sooner).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._turns = 0
+
+    def __enter__(self) -> int:
+        self._lock.acquire()
+        turn, self._turns = self._turns, self._turns + 1
+        return turn
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
 
 
 class BlockFitter:
@@ -540,7 +579,7 @@ class BlockFitter:
         self._n_blocks = 0
         # The scheduler gives an actor up to two blocks at once (it runs them in two threads):
         # one block is solved while the other is read or written; solves take turns.
-        self._solve_lock = threading.Lock()
+        self._solve_lock = _SolveTurns()
         self._lock = threading.Lock()
         if spec is not None:
             self.configure(spec)
@@ -598,6 +637,9 @@ class BlockFitter:
         summary = fit_one_block(data, writer, block, self._config, strength, spec.pad_to, spec.stream,
                                 self._solve_lock, test_rows=spec.test_rows, standard_errors=spec.standard_errors,
                                 cv_arrays=cv_arrays)
+        turn = summary.pop("solve_turn")
+        # the solve that compiled: the first turn (a cross-validated block compiles its path first)
+        first = first if cv_arrays is not None else turn == 0
         summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
         _log.info("block %d: neurons %d-%d, %d converged, %d failed or not converged, %.2f s (read %.2f, "

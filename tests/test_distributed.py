@@ -139,6 +139,28 @@ def run_driver(path, log, **options):
     return json.loads(line[len("REPORT "):])
 
 
+def test_actor_buffers_reach_jax_without_a_copy(tmp_path):
+    # an actor holds the design and each block's y once: JAX takes the host buffers as they are
+    from distglm.actor import FitSpec, SampleReader
+
+    X, y, _ = simulate(300, 3, 32)
+    y = y.astype(np.float32)
+    y[[4, 150], 7] = np.nan
+    path = distglm.write_inputs(tmp_path / "fit.zarr", X, y, neuron_chunk=16)
+    keep = ~np.isnan(y).any(axis=1)
+    spec = FitSpec(path=str(path), model={}, pad_to=32, x64=False, dropped_rows=np.flatnonzero(~keep),
+                   n_samples=int(keep.sum()))
+    data = SampleReader(store.InputsReader(path), spec, np.float32)
+    design = data.design(32)
+    assert np.asarray(design).ctypes.data == design.unsafe_buffer_pointer()
+    np.testing.assert_array_equal(np.asarray(design)[:keep.sum()], X[keep].astype(np.float32))
+    block = data.responses(16, 32, design.shape[0], 32)
+    on_device = jax.device_put(block)
+    assert block.ctypes.data == on_device.unsafe_buffer_pointer()
+    np.testing.assert_array_equal(np.asarray(on_device)[:keep.sum(), :16], y[keep, 16:32])
+    assert not np.asarray(on_device)[keep.sum():].any() and not np.asarray(on_device)[:, 16:].any()
+
+
 # --------------------------------------------------------------------------------------------
 # Bad inputs: refused before any actor starts, store untouched
 
