@@ -88,9 +88,10 @@ class FitSpec:
     cv_grid : tuple of float or None
         For a ``PopulationGLMCV``: the candidate strengths, largest first, the same for every
         block (the default grid is computed by the driver from all the neurons).
-    cv_folds : int array of shape (n_samples,) or None
-        For a ``PopulationGLMCV``: the fold of each fitted sample (-1: never held out), see
-        :func:`distglm.cv.fold_labels`.
+    cv_folds : int array of shape (n_samples,), int8 array of shape (n_folds, n_samples), or None
+        For a ``PopulationGLMCV``: the fold of each fitted sample (-1: never held out) when the
+        folds partition the samples, else each sample's role in each fold (1 training, 2 held
+        out, 0 neither), see :func:`distglm.cv.store_folds`.
     cv_stage : {None, "path", "refit"}
         None: each block is cross-validated, each neuron's strength selected and the block
         refitted in one go. A strength shared by the population is selected in two stages:
@@ -380,7 +381,7 @@ def cv_path_arrays(data: SampleReader, block: Block, model, config, grid: np.nda
         The model (its scoring).
     config : FitConfig
     grid : array of shape (n_strengths,), largest first
-    folds : int array of shape (n_samples,), the fold labels (``FitSpec.cv_folds``)
+    folds : array, the folds (``FitSpec.cv_folds``: labels or per-fold roles)
     pad_to : int
 
     Returns
@@ -391,7 +392,7 @@ def cv_path_arrays(data: SampleReader, block: Block, model, config, grid: np.nda
     """
     from .core import cv as core_cv
     from .core import fit as core_fit
-    from .cv import make_folds
+    from .cv import stored_folds
 
     n_real, n_features = block.size, data.n_features
     X = np.asarray(data.design(core_fit.bucket_neurons(pad_to)))[:data.n_samples]
@@ -399,7 +400,8 @@ def cv_path_arrays(data: SampleReader, block: Block, model, config, grid: np.nda
     mask = np.zeros((n_features, pad_to), data.dtype)
     mask[:, :n_real] = data.reader.mask_block(block.start, block.stop)
     candidates = [model._selected_strength(s, n_features, pad_to) for s in grid]
-    path = core_cv.cv_path(X, y, mask, config, candidates, make_folds(folds, data.n_samples), model.scoring)
+    path = core_cv.cv_path(X, y, mask, config, candidates, stored_folds(folds, data.n_samples),
+                           model.scoring)
     arrays = {"cv_model_terms": np.asarray(path.model)[..., :n_real], "cv_status": np.asarray(path.status)[..., :n_real]}
     if path.null is not None:
         arrays["cv_null_terms"] = np.asarray(path.null)[..., :n_real]

@@ -365,7 +365,8 @@ def _cmd_inspect(args) -> int:
 def inspect_store(path: str, name: str | None = None, failures_shown: int = 10, pseudo_r2_wanted: bool = True) -> dict:
     """What ``distglm inspect`` reports about a store's fit ``name`` (None: the unnamed fit), as a dict.
 
-    Keys: ``store``, ``inputs`` (shapes, dtypes, neuron chunk, mask, feature groups), ``job``,
+    Keys: ``store``, ``inputs`` (shapes, dtypes, neuron chunk, mask, feature groups, and
+    ``held_out_samples``: how many samples the inputs hold out, or None), ``job``,
     ``lease`` (the holder, or None), ``fits`` (the store's fits: None for the unnamed one, then
     the names), ``fit`` and, once the fit created results, ``model``, ``blocks_done``,
     ``n_blocks``, ``neurons`` (fitted, converged, failed), ``failures`` (one entry per reason: the
@@ -382,7 +383,8 @@ def inspect_store(path: str, name: str | None = None, failures_shown: int = 10, 
     out = {"store": path, "inputs": {
         "n_samples": info.n_samples, "n_features": info.n_features, "n_neurons": info.n_neurons,
         "X_dtype": str(info.X_dtype), "y_dtype": str(info.y_dtype), "neuron_chunk": info.neuron_chunk,
-        "feature_mask": info.has_mask, "feature_groups": [list(g) for g in info.feature_groups or ()]}}
+        "feature_mask": info.has_mask, "feature_groups": [list(g) for g in info.feature_groups or ()],
+        "held_out_samples": int(store.read_test(path).sum()) if info.has_test else None}}
     job = store.read_attrs(path, "job")
     out["job"] = ({key: job.get(key) for key in ("id", "state", "neurons_done", "neurons_total", "error")}
                   if job.get("id") else None)
@@ -428,6 +430,9 @@ def _inspect_text(summary: dict, failures_shown: int) -> str:
              f"  inputs: X {inputs['n_samples']} x {inputs['n_features']} ({inputs['X_dtype']}), y "
              f"{inputs['n_samples']} x {inputs['n_neurons']} ({inputs['y_dtype']}), neuron chunk "
              f"{inputs['neuron_chunk']}, feature mask: {'yes' if inputs['feature_mask'] else 'no (all ones)'}"]
+    if inputs.get("held_out_samples") is not None:
+        lines.append(f"  held-out samples: {inputs['held_out_samples']} of {inputs['n_samples']}, recorded in the inputs "
+                     "(every fit leaves them out and scores them)")
     if inputs["feature_groups"]:
         lines.append("  feature groups: " + ", ".join(f"{name} ({size})" for name, size in inputs["feature_groups"]))
     job = summary["job"]

@@ -24,7 +24,7 @@ from .core.scoring import SCORE_TYPES
 from .errors import InputError, InputTypeError, UnsupportedOptionError
 from .glm import PopulationGLM
 
-__all__ = ["PopulationGLMCV", "fold_labels", "make_folds"]
+__all__ = ["PopulationGLMCV", "SplitRecord", "fold_labels", "make_folds", "store_folds", "stored_folds"]
 
 DEFAULT_N_STRENGTHS = 12
 SELECTION_RULES = ("min", "1se")
@@ -153,7 +153,7 @@ def fold_labels(cv, train: np.ndarray) -> np.ndarray:
     The folds are defined on all the stored samples, as :func:`make_folds` defines them, and
     then restricted to the training samples (``train``, the samples neither NaN nor held out),
     as ``PopulationGLMCV.fit`` restricts them to the samples without NaN. ``cv`` must be a
-    number of folds or labels: a splitter needs the samples themselves.
+    number of folds or labels: a splitter splits the training samples (:func:`store_folds`).
 
     Parameters
     ----------
@@ -173,17 +173,152 @@ def fold_labels(cv, train: np.ndarray) -> np.ndarray:
     """
     cv = _check_cv(cv)
     if hasattr(cv, "split"):
-        raise UnsupportedOptionError("a distributed fit defines its folds on the store's samples: give cv as a number "
-                                     f"of folds or an array of fold labels, one per stored sample; got {cv!r}")
+        raise UnsupportedOptionError(f"fold labels over the stored samples come from a number of folds or from "
+                                     f"labels, not from a splitter ({cv!r}): see store_folds")
+    train = _check_train(train)
+    folds = _kept_folds(make_folds(cv, train.size), train)
+    return _labels_of(folds, int(train.sum()))
+
+
+def _check_train(train) -> np.ndarray:
     train = np.asarray(train)
     if train.dtype != bool or train.ndim != 1:
         raise InputTypeError(f"train must be a 1-D boolean array, one flag per stored sample; got {train.dtype} of "
                              f"shape {train.shape}")
-    folds = _kept_folds(make_folds(cv, train.size), train)
-    labels = np.full(int(train.sum()), -1, dtype=np.int64)
+    return train
+
+
+def _labels_of(folds, n_samples: int) -> np.ndarray:
+    labels = np.full(n_samples, -1, dtype=np.int64)
     for k, (_, test) in enumerate(folds):
         labels[test] = k
     return labels
+
+
+# roles of a sample in a fold, in the per-fold arrays of :func:`store_folds`
+_UNUSED, _TRAIN, _TEST = 0, 1, 2
+
+
+def _partitions(folds, n_samples: int) -> bool:
+    """Whether every fold trains on all the samples it does not hold out, and no two folds hold out one sample."""
+    held = np.zeros(n_samples, dtype=np.int64)
+    for train, test in folds:
+        if train.size + test.size != n_samples or np.union1d(train, test).size != n_samples:
+            return False
+        held[test] += 1
+    return bool(held.max() <= 1)
+
+
+def store_folds(cv, train: np.ndarray, X=None) -> np.ndarray:
+    """The folds of a distributed cross-validation over a store's training samples, as the actors take them.
+
+    A number of folds or labels: :func:`fold_labels` (folds defined on all the stored samples,
+    restricted to the training ones). A splitter: its ``split(X)`` over the training samples
+    alone (the samples without NaN and not held out, ``X`` their design), as
+    ``PopulationGLMCV.fit`` splits the samples without NaN.
+
+    Parameters
+    ----------
+    cv : int, splitter or array of shape (n_samples,)
+    train : bool array of shape (n_samples,)
+        The stored samples fitted.
+    X : array of shape (n_train, n_features), optional
+        What the splitter's ``split`` gets (the training samples' design); default a
+        placeholder of n_train rows and no column, enough for splitters that only count samples.
+
+    Returns
+    -------
+    int array of shape (n_train,) or int8 array of shape (n_folds, n_train)
+        Fold labels (as :func:`fold_labels`) when each fold trains on every sample it does not
+        hold out and no sample is held out twice (``KFold``); otherwise each sample's role in
+        each fold: 1 training, 2 held out, 0 neither (``TimeSeriesSplit``, whose folds train on
+        the past alone). :func:`stored_folds` turns either into ``(train, test)`` pairs.
+
+    Examples
+    --------
+    >>> from sklearn.model_selection import TimeSeriesSplit
+    >>> store_folds(TimeSeriesSplit(2), np.ones(6, bool)).tolist()
+    [[1, 1, 2, 2, 0, 0], [1, 1, 1, 1, 2, 2]]
+    """
+    cv = _check_cv(cv)
+    if not hasattr(cv, "split"):
+        return fold_labels(cv, train)
+    train = _check_train(train)
+    n_train = int(train.sum())
+    if X is None:
+        X = np.zeros((n_train, 0))
+    if len(X) != n_train:
+        raise InputError(f"X must hold the {n_train} training samples; got {len(X)} rows")
+    try:
+        folds = make_folds(cv, n_train, X)
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the user's splitter raises is theirs to fix
+        raise InputError(f"cv {cv!r} could not split the store's {n_train} training samples (a distributed fit "
+                         f"gives split() their design X alone, no y or groups): {type(err).__name__}: {err}") from None
+    for k, (fold_train, test) in enumerate(folds):
+        if fold_train.max() >= n_train or test.max() >= n_train or min(fold_train.min(), test.min()) < 0:
+            raise InputError(f"fold {k} of cv {cv!r} indexes samples outside the {n_train} training samples")
+    if _partitions(folds, n_train):
+        return _labels_of(folds, n_train)
+    roles = np.zeros((len(folds), n_train), dtype=np.int8)
+    for k, (fold_train, test) in enumerate(folds):
+        roles[k, fold_train] = _TRAIN
+        roles[k, test] = _TEST
+    return roles
+
+
+def stored_folds(folds: np.ndarray, n_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` index arrays of :func:`store_folds`' output (labels or per-fold roles).
+
+    Examples
+    --------
+    >>> [(train.tolist(), test.tolist()) for train, test in stored_folds(np.array([[1, 2, 0]]), 3)]
+    [([0], [1])]
+    """
+    folds = np.asarray(folds)
+    if folds.ndim == 1:
+        return make_folds(folds, n_samples)
+    if folds.ndim != 2 or folds.shape[1] != n_samples:
+        raise InputError(f"per-fold roles must have shape (n_folds, {n_samples}); got shape {folds.shape}")
+    return [(np.flatnonzero(roles == _TRAIN), np.flatnonzero(roles == _TEST)) for roles in folds]
+
+
+class SplitRecord:
+    """A splitter as a fit's configuration records it: its description and its number of folds.
+
+    The configuration of a model cross-validated by a splitter (``distglm.fit`` with
+    ``cv=KFold(...)``) names the splitter rather than holding it; a model loaded from the
+    store has this record as its ``cv``. It cannot split again: give the splitter to refit.
+
+    Examples
+    --------
+    >>> SplitRecord("TimeSeriesSplit(n_splits=3)", 3).get_n_splits()
+    3
+    """
+
+    def __init__(self, description: str, n_folds: int):
+        if not isinstance(description, str):
+            raise InputTypeError(f"a splitter's description must be a string; got {description!r}")
+        if isinstance(n_folds, bool) or not isinstance(n_folds, numbers.Integral) or n_folds < 1:
+            raise InputError(f"a splitter's number of folds must be a positive integer; got {n_folds!r}")
+        self.description, self.n_folds = description, int(n_folds)
+
+    def split(self, X=None, y=None, groups=None):
+        raise UnsupportedOptionError(f"the folds of {self.description} were recorded by description only; set cv to "
+                                     "the splitter itself to cross-validate again")
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
+        return self.n_folds
+
+    def to_json(self) -> dict:
+        return {"splitter": self.description, "n_folds": self.n_folds}
+
+    def __eq__(self, other):
+        return isinstance(other, SplitRecord) and other.to_json() == self.to_json()
+
+    def __repr__(self) -> str:
+        return self.description
 
 
 class PopulationGLMCV(PopulationGLM):
@@ -204,13 +339,17 @@ class PopulationGLMCV(PopulationGLM):
         largest strength that keeps every coefficient of every neuron at 0 (as glmnet and glum
         compute it; for Ridge, that of a Lasso divided by 1e-3) down 4 decades.
     cv : int, splitter or array of shape (n_samples,)
-        Folds; see :func:`make_folds`. Default 5 contiguous folds.
+        Folds; see :func:`make_folds`. Default 5 contiguous folds. A number of folds and labels
+        are defined on the samples given (rows with NaN then leave their folds); a splitter
+        (``KFold``, ``TimeSeriesSplit``...) splits the samples without NaN.
     scoring : {"log-likelihood", "pseudo-r2-McFadden", "pseudo-r2-Cohen"}
         Held-out score, as :meth:`~distglm.glm.PopulationGLM.score` computes it; higher is better.
     per_neuron : bool
         True (default): each neuron gets the strength its own held-out score prefers. False:
         one strength for all, the one the population's score prefers (what scikit-learn's
         ``GridSearchCV`` over a ``PopulationGLM`` selects with the same folds and scoring).
+        A neuron whose candidate fit failed on some fold (no finite held-out score; see
+        ``cv_status_``) is left out of the population's score, with a warning.
     selection : {"min", "1se"}
         "min" (default): the best mean held-out score; "1se": the largest strength whose mean
         score is within one standard error of the best (glmnet's ``lambda.1se``).
@@ -268,14 +407,17 @@ class PopulationGLMCV(PopulationGLM):
     def _cv_config(self) -> dict:
         """The cross-validation settings as JSON (for ``glm.model_to_config``)."""
         strengths, cv = self.regularizer_strengths, self.cv
-        if hasattr(cv, "split"):
+        if isinstance(cv, SplitRecord):
+            cv = cv.to_json()
+        elif hasattr(cv, "split"):
             raise UnsupportedOptionError(f"a cv splitter ({cv!r}) cannot be written to a model configuration: give cv as "
                                          "a number of folds or an array of fold labels")
         return {
             "regularizer_strengths": (None if strengths is None else int(strengths)
                                       if isinstance(strengths, numbers.Integral) else
                                       np.asarray(strengths, dtype=float).tolist()),
-            "cv": int(cv) if isinstance(cv, numbers.Integral) else np.asarray(cv, dtype=int).tolist(),
+            "cv": (cv if isinstance(cv, dict) else int(cv) if isinstance(cv, numbers.Integral) else
+                   np.asarray(cv, dtype=int).tolist()),
             "scoring": self.scoring,
             "per_neuron": bool(self.per_neuron),
             "selection": self.selection,
@@ -288,6 +430,11 @@ class PopulationGLMCV(PopulationGLM):
         if unknown:
             raise InputError(f"unknown keys in the cross-validation configuration: {sorted(unknown)}")
         kwargs = dict(config)
+        if isinstance(kwargs.get("cv"), dict):
+            record = kwargs["cv"]
+            if set(record) != {"splitter", "n_folds"}:
+                raise InputError(f"a recorded splitter must have the keys 'splitter' and 'n_folds'; got {record!r}")
+            kwargs["cv"] = SplitRecord(record["splitter"], record["n_folds"])
         for name in ("regularizer_strengths", "cv"):
             if isinstance(kwargs.get(name), list):
                 kwargs[name] = np.asarray(kwargs[name], dtype=float if name == "regularizer_strengths" else int)
@@ -385,9 +532,14 @@ class PopulationGLMCV(PopulationGLM):
         config = self._fit_config()
         enable_compilation_cache()
         Xa, ya, groups = self._prepare(X, y, drop_nans=False)
-        folds = make_folds(self.cv, Xa.shape[0], Xa, ya)
-        Xa, ya, keep = val.drop_nan_rows(Xa, ya)
-        folds = _kept_folds(folds, keep)
+        if hasattr(self.cv, "split"):
+            # a splitter splits the samples fitted, as a distributed fit's driver splits them
+            Xa, ya, _ = val.drop_nan_rows(Xa, ya)
+            folds = make_folds(self.cv, Xa.shape[0], Xa, ya)
+        else:
+            folds = make_folds(self.cv, Xa.shape[0])
+            Xa, ya, keep = val.drop_nan_rows(Xa, ya)
+            folds = _kept_folds(folds, keep)
         val.check_support(self._observation_model, ya)
         n_features, n_neurons = Xa.shape[1], ya.shape[1]
         mask = self._mask_for(groups, n_features, n_neurons)

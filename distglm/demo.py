@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Population", "raised_cosine_log", "causal_filter", "simulate"]
+__all__ = ["Population", "raised_cosine_log", "causal_filter", "simulate", "simulate_heterogeneous"]
 
 
 class Population(NamedTuple):
@@ -183,6 +183,59 @@ def simulate(n_neurons: int = 256, n_samples: int = 20_000, *, n_stim_basis: int
     names = [f"stimulus[{k}]" for k in range(n_stim_basis)]
     names += [f"hub{h}_history[{k}]" for h in range(n_hubs) for k in range(n_hist_basis)]
     return Population(X, y, mask, coef, intercept, names)
+
+
+def simulate_heterogeneous(n_neurons: int = 256, n_samples: int = 9_000, n_features: int = 50, *,
+                           rates: tuple = (0.01, 5.0), tuning: tuple = (2.5, 0.1), seed: int = 0) -> Population:
+    """Simulate Poisson neurons whose best regularizer strengths lie orders of magnitude apart.
+
+    Neuron ``j`` fires on average from ``rates[0]`` (the first, quietest) to ``rates[1]`` (the
+    last, loudest) spikes per bin, geometrically spaced. Its tuning goes the other way: the
+    standard deviation of its linear predictor runs from ``tuning[0]`` to ``tuning[1]``, spread
+    over from 1 to ``n_features`` true weights (quiet neurons sharply tuned to a few features,
+    loud ones weakly and broadly tuned to many). A Ridge fit of ``n`` samples is best at about
+    ``n_features / (n * sd**2)`` (a Gaussian prior of the weights' variance), so the quietest
+    neurons need a strength ``(tuning[0] / tuning[1])**2`` times smaller than the loudest (625x
+    by default), and with few samples per feature a strength that suits one end overfits, or
+    flattens, the other.
+
+    Parameters
+    ----------
+    n_neurons, n_samples, n_features : int
+    rates : (float, float), the mean spikes per bin of the first and the last neuron
+    tuning : (float, float), the standard deviation of their linear predictors
+    seed : int
+
+    Returns
+    -------
+    Population
+        ``X`` of independent standard normal features, ``y`` int32 counts, the mask all ones.
+
+    Examples
+    --------
+    >>> pop = simulate_heterogeneous(n_neurons=4, n_samples=2000, n_features=10, seed=1)
+    >>> pop.y.shape, (pop.coef != 0).sum(axis=0).tolist()
+    ((2000, 4), [1, 2, 5, 10])
+    """
+    if n_neurons < 2 or n_features < 1 or n_samples < 1:
+        raise InputError(f"n_neurons must be at least 2, n_features and n_samples at least 1; got {n_neurons}, "
+                         f"{n_features}, {n_samples}")
+    if min(*rates, *tuning) <= 0:
+        raise InputError(f"rates and tuning must be positive; got {rates} and {tuning}")
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_samples, n_features))
+    rate = np.geomspace(rates[0], rates[1], n_neurons)
+    sd = np.geomspace(tuning[0], tuning[1], n_neurons)
+    n_true = np.round(np.geomspace(1, n_features, n_neurons)).astype(int)
+    coef = np.zeros((n_features, n_neurons))
+    for j in range(n_neurons):
+        weights = rng.normal(size=n_true[j])
+        coef[rng.choice(n_features, n_true[j], replace=False), j] = weights / np.linalg.norm(weights) * sd[j]
+    # exp(N(0, sd**2)) has mean exp(sd**2 / 2): the intercept keeps each neuron's mean rate
+    intercept = np.log(rate) - 0.5 * sd**2
+    y = rng.poisson(np.exp(X @ coef + intercept)).astype(np.int32)
+    return Population(X, y, np.ones((n_features, n_neurons), np.uint8), coef, intercept,
+                      [f"x[{i}]" for i in range(n_features)])
 
 
 def _true_weights(rng, n_stim: int, n_hubs: int, n_hist: int, n_neurons: int, n_coupled: int):

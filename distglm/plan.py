@@ -51,6 +51,16 @@ _STATE_COPIES = 2
 _GRAM_COPIES = 4
 # A block queued on an actor beside the one being solved holds its stored and padded y.
 _QUEUED_RESPONSE_COPIES = 2
+# What a cross-validating actor holds beside a plain fit's arrays (``core.cv.cv_path`` over a
+# block): each fold's training and held-out rows of X and y, the fold fits' own copies of them
+# and the held-out predictions, and one float64 strength array of shape (n_features, n_neurons)
+# per candidate. The copies are solved from peak-RSS measurements at two shapes (X the larger
+# array, then y: -0.4 to 1.4 copies of X and 3.6 to 4.3 of y over three runs, the peak of a
+# process varying by some 40 MB from run to run) and rounded up with a margin;
+# benchmarks/bench_cv_memory.py records them.
+_CV_DESIGN_COPIES = 2
+_CV_RESPONSE_COPIES = 5
+_CV_STRENGTH_ITEMSIZE = 8
 # Arrays of (n_features + 1) per neuron in the default LBFGS state: ten pairs of history
 # vectors and the iterate's gradient and direction (the scalars per neuron are negligible).
 _LBFGS_STATE_VECTORS = 22
@@ -73,6 +83,9 @@ class MemoryEstimate(NamedTuple):
         The change of variables and its factorisation.
     solver : int
         The solver state and its copies.
+    cv : int
+        For a cross-validated fit, what its path adds: the folds' copies of X and y and the
+        candidates' strength arrays (0 otherwise).
     """
 
     total: int
@@ -81,16 +94,18 @@ class MemoryEstimate(NamedTuple):
     responses: int
     preconditioner: int
     solver: int
+    cv: int = 0
 
     def __str__(self) -> str:
         parts = ", ".join(f"{name} {getattr(self, name) / 1e9:.2f}"
-                          for name in ("base", "design", "responses", "preconditioner", "solver"))
+                          for name in ("base", "design", "responses", "preconditioner", "solver", "cv")
+                          if name != "cv" or self.cv)
         return f"{self.total / 1e9:.2f} GB ({parts})"
 
 
 def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preconditioner="cholesky",
                           state_bytes_per_neuron=None, queued_blocks=0,
-                          base=PROCESS_BASE_BYTES) -> MemoryEstimate:
+                          base=PROCESS_BASE_BYTES, cv_strengths=0) -> MemoryEstimate:
     """Estimate the peak resident memory of a process fitting one block of ``n_neurons``.
 
     Parameters
@@ -110,6 +125,11 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
         the last one meanwhile).
     base : int
         Memory of the process before the data: ``PROCESS_BASE_BYTES`` or ``ACTOR_BASE_BYTES``.
+    cv_strengths : int
+        Candidate strengths of a cross-validated block (``PopulationGLMCV``), 0 for a plain
+        fit: the folds' rows of X and y are copied (about 2 copies of X and 5 of the block's y at
+        the peak, measured), and every candidate has a float64 strength array of shape
+        (n_features, n_neurons).
 
     Returns
     -------
@@ -120,12 +140,15 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
     >>> est = estimate_block_memory(20_000, 1000, 128, preconditioner="shared")
     >>> round(est.total / 1e9, 2), round(est.design / 1e9, 2)
     (0.87, 0.34)
+    >>> round(estimate_block_memory(20_000, 1000, 128, preconditioner="shared", cv_strengths=12).cv / 1e9, 2)
+    0.22
     """
     n_samples = _check_int(n_samples, "n_samples", minimum=1)
     n_features = _check_int(n_features, "n_features", minimum=1)
     n_neurons = _check_int(n_neurons, "n_neurons", minimum=1)
     itemsize = _check_int(itemsize, "itemsize", minimum=1)
     queued_blocks = _check_int(queued_blocks, "queued_blocks", minimum=0)
+    cv_strengths = _check_int(cv_strengths, "cv_strengths", minimum=0)
     base = _check_int(base, "base", minimum=0)
     params = n_features + 1
     if preconditioner not in _PRECONDITIONER_SIZES:
@@ -138,7 +161,11 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
     responses = (_RESPONSE_COPIES + _QUEUED_RESPONSE_COPIES * queued_blocks) * n_samples * n_neurons * itemsize
     pre = _PRECONDITIONER_COPIES * _PRECONDITIONER_SIZES[preconditioner](params, n_neurons) * itemsize
     solver = _STATE_COPIES * state_bytes_per_neuron * n_neurons
-    return MemoryEstimate(base + design + responses + pre + solver, base, design, responses, pre, solver)
+    cv = 0
+    if cv_strengths:
+        cv = ((_CV_DESIGN_COPIES * n_features + _CV_RESPONSE_COPIES * n_neurons) * n_samples * itemsize
+              + cv_strengths * n_features * n_neurons * _CV_STRENGTH_ITEMSIZE)
+    return MemoryEstimate(base + design + responses + pre + solver + cv, base, design, responses, pre, solver, cv)
 
 
 _PRECONDITIONER_SIZES = {

@@ -29,7 +29,7 @@ from . import store
 from . import validation as val
 from .actor import FitSpec
 from .connect import connect_ray
-from .cv import fold_labels
+from .cv import SplitRecord, store_folds
 from .errors import ClusterError, InputError, InputTypeError, StoreError, UnsupportedOptionError
 from .logs import enabled_level
 
@@ -151,6 +151,9 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
     digest = hashlib.blake2b(digest_size=16)
     digest.update(json.dumps([info.n_samples, info.n_features, info.n_neurons, info.X_dtype.str,
                               info.y_dtype.str, info.feature_groups, info.has_mask]).encode())
+    if info.has_test:
+        # the held-out samples the inputs record are part of what was fitted
+        digest.update(b"test" + np.packbits(store.read_test(path)).tobytes())
     keep = np.ones(info.n_samples, dtype=bool)
     limit = np.finfo(dtype).max
     # X's non-finite or out-of-range values, checked once the NaN rows of y are known
@@ -211,7 +214,9 @@ def _check_model(model):
                              f"{type(model).__name__}")
     if isinstance(model, PopulationGLMCV):
         model._check_regularizer()
-        model._cv_config()
+        if not hasattr(model.cv, "split"):
+            # a splitter is recorded once it has split the store's samples
+            model._cv_config()
     return model._fit_config()
 
 
@@ -221,20 +226,32 @@ def _is_cv(model) -> bool:
     return isinstance(model, PopulationGLMCV)
 
 
-def _cv_grid(model, config, path: str, info: store.InputsInfo, train: np.ndarray, dtype) -> np.ndarray:
+def _training_samples(path: str, train: np.ndarray, dtype):
+    """The store's training samples as an actor reads them (``actor.SampleReader``), for the driver's reads."""
+    from .actor import SampleReader
+
+    return SampleReader(store.InputsReader(path), FitSpec(path, {}, 1, dtype == np.float64,
+                                                          dropped_rows=np.flatnonzero(~train),
+                                                          n_samples=int(train.sum())), dtype)
+
+
+def _cv_folds(model, data, train: np.ndarray) -> np.ndarray:
+    """The folds the actors cross-validate (``cv.store_folds``): a splitter splits the training samples' X."""
+    X = np.asarray(data.design(1))[:data.n_samples] if hasattr(model.cv, "split") else None
+    return store_folds(model.cv, train, X)
+
+
+def _cv_grid(model, config, info: store.InputsInfo, data) -> np.ndarray:
     """The candidate strengths of a ``PopulationGLMCV`` on the store's training samples, largest first.
 
     The default grid starts at the largest strength of any neuron (a population maximum), so it
     is computed here from all the neurons, a stored chunk of neurons at a time, before any
-    block is dispatched: every block cross-validates the same candidates.
+    block is dispatched: every block cross-validates the same candidates. ``data`` reads the
+    training samples (:func:`_training_samples`).
     """
-    from .actor import SampleReader
     from .core import cv as core_cv
 
     def max_strengths(ratio):
-        data = SampleReader(store.InputsReader(path), FitSpec(path, {}, 1, dtype == np.float64,
-                                                              dropped_rows=np.flatnonzero(~train),
-                                                              n_samples=int(train.sum())), dtype)
         X = np.asarray(data.design(1))[:data.n_samples]
         tops = []
         for start in range(0, info.n_neurons, info.neuron_chunk):
@@ -355,8 +372,12 @@ def fit(
         The configuration to fit (its feature mask, if any, must equal the store's); a NeMoS
         model is converted with :func:`distglm.glm.from_nemos`. A ``PopulationGLMCV`` is
         cross-validated block by block and each neuron refitted at its selected strength, as
-        ``PopulationGLMCV.fit`` does in memory (``cv`` a number of folds or one label per stored
-        sample, never streamed); with ``per_neuron=False``, every block's path is written
+        ``PopulationGLMCV.fit`` does in memory (never streamed). ``cv`` a number of folds or one
+        label per stored sample defines folds on the stored samples; a splitter (``KFold``,
+        ``TimeSeriesSplit``, any object with ``split``) is evaluated by the driver on the training
+        samples (without NaN, not held out), given their X alone, and its folds are sent to the
+        actors (:func:`distglm.cv.store_folds`); the results' configuration names the splitter.
+        With ``per_neuron=False``, every block's path is written
         before the driver selects the shared strength and the blocks are refitted at it.
     num_actors : int, optional
         Actors to start; default one per CPU of the cluster, at most one per block. More
@@ -393,8 +414,14 @@ def fit(
         The fit's name: its results go to ``results/<name>/``, beside the store's other fits of
         the same inputs, which neither ``resume`` nor ``resume=False`` touches (load it with
         ``load_model(path, name=name)``). None: the store's unnamed fit, in ``results/``.
-    test_samples : bool array of shape (n_samples,) or slice, optional
-        Samples held out of training. The actors score each neuron on them (every NeMoS score
+    test_samples : bool array of shape (n_samples,), slice or pynapple IntervalSet, optional
+        Samples held out of training; by default those the inputs record
+        (``write_inputs(test=...)``), and a ``test_samples`` that differs from those is refused
+        (the recorded test set is the data's, kept out of every fit). An IntervalSet selects
+        the samples whose time (the inputs' ``time`` coordinate) lies in one of its intervals,
+        bounds included as in pynapple's ``restrict``; a store that records no time (written
+        without ``time=`` or pynapple time series) refuses intervals. The actors score each
+        neuron on them (every NeMoS score
         type, as ``PopulationGLM.score`` with a mean over samples per neuron) and store the
         scores with its results: ``FitReport.heldout``, ``distglm inspect`` and the loaded
         model's ``heldout_scores_`` show them. Samples with NaN are dropped from both sets.
@@ -469,7 +496,7 @@ def fit(
 
     info = store.open_inputs(path)
     model = from_nemos(model)
-    test = _test_mask(test_samples, info.n_samples)
+    test = _test_mask(path, test_samples, info)
     config = _check_model(model)
     stochastic = is_stochastic(config.solver_name)
     if stream and stochastic:
@@ -499,8 +526,8 @@ def fit(
                 raise InputError(f"no sample has a whole history window of {history.window_size} samples without NaN "
                                  f"among the {info.n_samples} stored")
         n_kept = int(keep.sum())
-        model_config = {**model_to_config(model), "feature_mask": None}
-        fingerprint = {"model": model_config, "n_samples": n_kept, "dtype": np.dtype(dtype).str,
+        # the model's configuration, set once a splitter (recorded by name) has made its folds
+        fingerprint = {"model": None, "n_samples": n_kept, "dtype": np.dtype(dtype).str,
                        "inputs": {"generation": info.generation, "digest": digest}}
         if history is not None:
             fingerprint["history"] = history.to_json()
@@ -516,10 +543,18 @@ def fit(
         if standard_errors:
             fingerprint["standard_errors"] = True
         folds = grid = None
+        recorded = model
         if _is_cv(model):
-            folds = fold_labels(model.cv, train)
-            grid = _cv_grid(model, config, path, info, train, dtype)
+            training = _training_samples(path, train, dtype)
+            folds = _cv_folds(model, training, train)
+            if hasattr(model.cv, "split"):
+                # the configuration names the splitter; the fingerprint identifies the folds it made
+                recorded = type(model)(**{**model.get_params(), "cv": SplitRecord(repr(model.cv), _n_folds(folds))})
+                fingerprint["cv_folds"] = hashlib.sha256(np.ascontiguousarray(folds).tobytes()).hexdigest()
+            grid = _cv_grid(model, config, info, training)
             fingerprint["cv_grid"] = grid.tolist()
+            del training
+        model_config = fingerprint["model"] = {**model_to_config(recorded), "feature_mask": None}
 
         done = set()
         stored = stored_fingerprint(path, name) if resume else None
@@ -552,7 +587,7 @@ def fit(
         if not streams:
             # the estimate describes an actor that holds its samples; a streaming actor's memory
             # is bounded by its chunk cache whatever the block
-            memory = _memory_model(config, n_train, n_features, dtype, mask, spec)
+            memory = _memory_model(config, n_train, n_features, dtype, mask, spec, 0 if grid is None else len(grid))
             largest = _plan.largest_block(budget, info.n_neurons, info.neuron_chunk, **memory)
             if block_size is None and largest < pad_to:
                 blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, largest, actors)
@@ -582,7 +617,7 @@ def fit(
                                  state_spec=spec, fingerprint=fingerprint, overwrite=not resume, name=name,
                                  heldout=test_rows is not None, standard_errors=standard_errors,
                                  cv=None if grid is None else {"n_strengths": len(grid),
-                                                               "n_folds": int(folds.max()) + 1,
+                                                               "n_folds": _n_folds(folds),
                                                                "null": model.scoring != "log-likelihood",
                                                                "pooled": not model.per_neuron},
                                  attributes=_results_attributes(model_config),
@@ -648,8 +683,9 @@ def _memory_per_cpu(ray) -> int:
     return max(int(min(shares)), 1)
 
 
-def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec) -> dict:
-    """Keyword arguments of ``plan.estimate_block_memory`` for an actor holding its samples."""
+def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec, cv_strengths: int = 0) -> dict:
+    """Keyword arguments of ``plan.estimate_block_memory`` for an actor holding its samples (and
+    cross-validating ``cv_strengths`` candidates, if any)."""
     from .core import fit as core_fit
 
     if config.preconditioned:
@@ -660,7 +696,7 @@ def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec) ->
     return dict(n_samples=core_fit.bucket_rows(n_samples, 1), n_features=n_features,
                 itemsize=np.dtype(dtype).itemsize,
                 preconditioner=kind, state_bytes_per_neuron=per_neuron, queued_blocks=_PIPELINE - 1,
-                base=_plan.ACTOR_BASE_BYTES)
+                base=_plan.ACTOR_BASE_BYTES, cv_strengths=cv_strengths)
 
 
 def _estimate(memory: dict, n_neurons: int) -> _plan.MemoryEstimate:
@@ -678,7 +714,8 @@ def _check_history(history, info: store.InputsInfo, stream, stochastic: bool, te
         raise InputTypeError(f"history must be a distglm.history.HistorySpec or None; got {type(history).__name__}")
     history.coupling_mask(info.n_neurons)
     refused = [name for name, on in (("stream=False", stream is False), ("an SVRG solver", stochastic),
-                                     ("test_samples", test is not None), ("standard_errors", standard_errors),
+                                     ("held-out samples (test_samples, or those the inputs record)", test is not None),
+                                     ("standard_errors", standard_errors),
                                      ("X stored as feature groups", info.feature_groups is not None)) if on]
     if refused:
         raise UnsupportedOptionError(f"history features are built by streaming actors and cannot be fitted with "
@@ -694,22 +731,26 @@ def _history_keep(keep: np.ndarray, window: int) -> np.ndarray:
     return keep & whole
 
 
-def _test_mask(test_samples, n_samples: int) -> np.ndarray | None:
-    """``test_samples`` as a bool mask of shape (n_samples,) over the store's samples, or None."""
+def _n_folds(folds: np.ndarray) -> int:
+    """The number of folds of ``cv.store_folds``' output (labels, or roles of shape (n_folds, n_samples))."""
+    return int(folds.max()) + 1 if folds.ndim == 1 else folds.shape[0]
+
+
+def _test_mask(path: str, test_samples, info: store.InputsInfo) -> np.ndarray | None:
+    """The held-out samples as a bool mask of shape (n_samples,) over the store's samples, or None.
+
+    ``test_samples`` if given (intervals select samples by the store's time), else those the
+    inputs record; a ``test_samples`` that differs from the recorded ones is refused.
+    """
     if test_samples is None:
-        return None
-    if isinstance(test_samples, slice):
-        mask = np.zeros(n_samples, bool)
-        mask[test_samples] = True
-        return mask
-    if hasattr(test_samples, "start") and hasattr(test_samples, "end"):
-        raise UnsupportedOptionError("test_samples as a pynapple IntervalSet needs the samples' times, which a store "
-                                     "does not hold: pass the boolean mask your time axis gives, e.g. "
-                                     "~np.isnan(X_tsdframe.in_interval(interval_set))")
-    mask = np.asarray(test_samples)
-    if mask.dtype != bool or mask.shape != (n_samples,):
-        raise InputTypeError(f"test_samples must be a slice or a boolean array of shape ({n_samples},), one per "
-                             f"sample of the store; got {mask.dtype} of shape {mask.shape}")
+        return store.read_test(path) if info.has_test else None
+    mask = val.as_sample_mask(test_samples, info.n_samples, lambda: store.read_time(path), "test_samples")
+    if info.has_test:
+        recorded = store.read_test(path)
+        if not np.array_equal(mask, recorded):
+            raise InputError(f"test_samples holds out {int(mask.sum())} samples, not the {int(recorded.sum())} the "
+                             f"store's inputs record as held out (write_inputs(test=...)); leave test_samples out to "
+                             "use them, or write the inputs again with another test set")
     return mask
 
 

@@ -7,7 +7,7 @@ ValueError-flavoured ones (:class:`InputError`) for a wrong value.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -24,6 +24,8 @@ __all__ = [
     "check_binary_mask",
     "check_finite",
     "as_params",
+    "as_sample_mask",
+    "is_interval_set",
 ]
 
 
@@ -269,3 +271,42 @@ def check_solution(coef: np.ndarray, intercept: np.ndarray) -> None:
             "Solver returned NaN parameters for every neuron, so the solution is invalid; "
             "try a smaller stepsize, more iterations, or float64 (jax_enable_x64)"
         )
+
+
+def is_interval_set(value) -> bool:
+    """Whether ``value`` is a set of time intervals (a pynapple ``IntervalSet``: ``start`` and ``end``, no ``times``)."""
+    return hasattr(value, "start") and hasattr(value, "end") and not hasattr(value, "times")
+
+
+def as_sample_mask(value, n_samples: int, times: Callable[[], np.ndarray], what: str) -> np.ndarray:
+    """A choice of samples as a bool mask of shape (n_samples,).
+
+    ``value`` is a bool array of shape (n_samples,), a slice of the samples, or a set of time
+    intervals (a pynapple ``IntervalSet``) selecting the samples whose time (``times()``, of
+    shape (n_samples,), increasing; called only for intervals) lies in an interval, bounds
+    included, as pynapple's ``restrict`` and ``in_interval`` select them.
+
+    Examples
+    --------
+    >>> as_sample_mask(slice(1, 3), 4, None, "test").tolist()
+    [False, True, True, False]
+    """
+    if isinstance(value, slice):
+        mask = np.zeros(n_samples, bool)
+        mask[value] = True
+        return mask
+    if is_interval_set(value):
+        starts, ends = (np.asarray(getattr(value, name), dtype=np.float64).reshape(-1) for name in ("start", "end"))
+        if starts.shape != ends.shape or np.any(ends < starts):
+            raise InputError(f"{what} as time intervals needs as many starts as ends, each end at or after its start; "
+                             f"got starts {starts[:5]} and ends {ends[:5]}")
+        t = times()
+        mask = np.zeros(n_samples, bool)
+        for lo, hi in zip(np.searchsorted(t, starts, side="left"), np.searchsorted(t, ends, side="right")):
+            mask[lo:hi] = True
+        return mask
+    mask = np.asarray(value)
+    if mask.dtype != bool or mask.shape != (n_samples,):
+        raise InputTypeError(f"{what} must be a slice, a pynapple IntervalSet or a boolean array of shape "
+                             f"({n_samples},), one per sample; got {mask.dtype} of shape {mask.shape}")
+    return mask

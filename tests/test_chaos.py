@@ -190,11 +190,18 @@ class TestKilledDrivers:
                   "size = json.loads(sys.argv[2])\n"
                   "X, y, mask = simulate(size['n_samples'], size['n_features'], size['n_neurons'], seed=1)\n"
                   "distglm.write_inputs(sys.argv[1], X, y, mask, neuron_chunk=size['neuron_chunk'], overwrite=True)\n")
-        killed = run_crashing(script, {"op": "set", "match": "inputs/y/c", "after": 4}, fitted_copy, json.dumps(SLOW))
+        # killed while copying the new y: the old inputs and their fit are untouched
+        killed = run_crashing(script, {"op": "set", "match": "staging/y/c", "after": 4}, fitted_copy, json.dumps(SLOW))
         assert killed.returncode == -9, killed.stderr[-2000:]
-        with pytest.raises(StoreError, match="not completely written"):
+        assert_same_bytes(stored_fit(fitted_copy), reference)
+        assert fit(fitted_copy).n_blocks_fitted == 0
+        # killed while the old inputs are deleted: refused until written again
+        killed = run_crashing(script, {"op": "delete_dir", "match": "inputs", "after": 2}, fitted_copy,
+                              json.dumps(SLOW))
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        with pytest.raises(StoreError, match="not completely written|has no inputs"):
             distglm.load_model(fitted_copy)
-        with pytest.raises(StoreError, match="not completely written"):
+        with pytest.raises(StoreError, match="not completely written|has no inputs"):
             fit(fitted_copy)
         X, y, mask = simulate(SLOW["n_samples"], SLOW["n_features"], SLOW["n_neurons"], seed=1)
         distglm.write_inputs(fitted_copy, X, y, mask, neuron_chunk=SLOW["neuron_chunk"], overwrite=True)

@@ -353,3 +353,12 @@ def test_the_lease_on_s3(s3):
     with store.acquire_lease(path, "fit"):
         assert store.break_lease(path)["purpose"] == "fit"
     assert store.read_lease(path) is None
+    # replacing inputs on an object store: staged, then copied into place (no rename there)
+    generation = store.inputs_generation(path)
+    X2, y2, mask2 = make_inputs(16, n_samples=200, seed=5)
+    store.write_inputs(path, X2, y2, mask2, overwrite=True)
+    assert store.inputs_generation(path) != generation
+    np.testing.assert_array_equal(store.read_y_block(path, 0, 16), y2)
+    np.testing.assert_array_equal(store.read_mask_block(path, 0, 16), mask2)
+    listed = s3[1].list_objects_v2(Bucket="distglm-test", Prefix="leased.zarr/staging")
+    assert listed.get("KeyCount", 0) == 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.model_selection import GridSearchCV, KFold, TimeSeriesSplit
 
 import distglm
 from distglm.core import cv as core_cv
@@ -72,34 +72,29 @@ def test_shared_strength_is_what_grid_search_selects():
         np.testing.assert_allclose(ours.coef_, search.best_estimator_.coef_, rtol=1e-6, atol=1e-9)
 
 
-def test_per_neuron_selection_beats_the_best_shared_strength_on_heterogeneous_neurons():
-    # rates from 0.01 to 5 per bin; the quietest neurons have the largest weights (2.5 per unit
-    # of the linear predictor's scale) and the loudest the smallest (0.1), so their best
-    # strengths differ by orders of magnitude; 60 features, 2000 training bins
-    rng = np.random.default_rng(1)
-    n_train, n_test, n_features, n_neurons = 2000, 3000, 60, 32
-    X = rng.normal(size=(n_train + n_test, n_features)) / np.sqrt(n_features)
-    rate = np.geomspace(0.01, 5.0, n_neurons)
-    weights = rng.normal(size=(n_features, n_neurons)) * np.geomspace(2.5, 0.1, n_neurons)
-    y = rng.poisson(rate * np.exp(X @ weights)).astype(float)
+def test_per_neuron_selection_beats_the_cross_validated_shared_strength_on_heterogeneous_neurons():
+    # rates from 0.01 to 5 per bin; the quiet neurons sharply tuned to 1 feature, the loud ones
+    # weakly to all 50: their best Ridge strengths lie 2 to 3 decades apart. The selection sees
+    # 1,000 training bins; every model is scored on 8,000 separate test bins.
+    # benchmarks/bench_cv_selection.py runs this at 256 neurons and against every shared strength.
+    from distglm.demo import simulate_heterogeneous
+
+    n_train = 1000
+    pop = simulate_heterogeneous(n_neurons=32, n_samples=n_train + 8000, n_features=50, seed=0)
+    X, y = pop.X.astype(np.float32), pop.y.astype(np.float32)
     train, test = slice(0, n_train), slice(n_train, None)
-    grid = core_cv.strength_grid(1.0, 12, decades=4)
+    grid = np.logspace(1, -3, 9)
 
     def held_out(model):
         return np.median(model.score(X[test], y[test], "pseudo-r2-McFadden", _per_neuron))
 
     per_neuron = PopulationGLMCV(regularizer="Ridge", regularizer_strengths=grid).fit(X[train], y[train])
-    by_strength = [held_out(PopulationGLM(regularizer="Ridge", regularizer_strength=s).fit(X[train], y[train]))
-                   for s in grid]
-    # the shared strength that per_neuron=False (and GridSearchCV) selects from the same folds,
-    # and the best shared strength in hindsight
-    theirs = by_strength[int(np.argmax(per_neuron.population_cv_scores_.mean(axis=1)))]
-    hindsight = max(by_strength)
+    # the shared strength that per_neuron=False (and GridSearchCV) selects from the same folds
+    shared = grid[int(np.argmax(per_neuron.population_cv_scores_.mean(axis=1)))]
+    theirs = held_out(PopulationGLM(regularizer="Ridge", regularizer_strength=shared).fit(X[train], y[train]))
     ours = held_out(per_neuron)
-    assert np.ptp(np.log10(per_neuron.regularizer_strength_)) > 2
-    assert ours > 1.1 * theirs > 0, (
-        f"median held-out McFadden R2: per-neuron CV {ours:.4f}, shared CV {theirs:.4f} (gap {ours - theirs:.4f}); "
-        f"best shared strength in hindsight {hindsight:.4f}")
+    assert np.ptp(np.log10(per_neuron.regularizer_strength_)) >= 2
+    assert ours > 1.5 * theirs > 0, f"median held-out McFadden R2: per-neuron CV {ours:.4f}, shared CV {theirs:.4f}"
 
 
 def test_one_standard_error_rule_picks_the_largest_strength_within_one_se_of_the_best():
@@ -219,9 +214,14 @@ def test_examples_in_the_docstrings_run():
         assert doctest.testmod(module).failed == 0, module.__name__
 
 
-def test_a_store_refuses_a_splitter_before_writing_anything(tmp_path):
-    X, y, _ = _population(10, 60, 3, 2)
-    path = distglm.write_inputs(str(tmp_path / "s.zarr"), X, y.astype(int))
-    with pytest.raises(UnsupportedOptionError, match="splitter"):
-        distglm.fit(path, PopulationGLMCV(cv=KFold(3)))
-    assert distglm.store.read_fingerprint(path) is None
+def test_a_splitter_splits_the_samples_without_nan():
+    X, y, _ = _population(10, 120, 3, 2)
+    X_nan = X.copy()
+    X_nan[[5, 50]] = np.nan
+    keep = ~np.isnan(X_nan).any(axis=1)
+    kwargs = dict(regularizer_strengths=GRID[:2], solver_kwargs=TIGHT, cv=TimeSeriesSplit(3))
+    with_nan = PopulationGLMCV(**kwargs).fit(X_nan, y)
+    dropped = PopulationGLMCV(**kwargs).fit(X[keep], y[keep])
+    np.testing.assert_allclose(with_nan.cv_scores_, dropped.cv_scores_, rtol=1e-9)
+    # a splitter's folds need not cover every sample: TimeSeriesSplit never holds out the first
+    assert np.isfinite(with_nan.cv_scores_).all()

@@ -7,14 +7,15 @@ import pytest
 import ray
 import xarray as xr
 import zarr
-from sklearn.model_selection import KFold
+from sklearn.model_selection import KFold, TimeSeriesSplit
 
 import distglm
 from distglm import store
 from distglm.cli import main
 from distglm.core.fit import STATUS_NONFINITE_INIT
 from distglm.errors import InputError, InputTypeError, StoreError, UnsupportedOptionError
-from distglm.glm import PopulationGLMCV, model_from_config, model_to_config
+from distglm.cv import SplitRecord
+from distglm.glm import PopulationGLM, PopulationGLMCV, model_from_config, model_to_config
 from distglm.plan import Block
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -61,7 +62,7 @@ def test_a_cv_model_is_checked_before_the_store_is_touched(population):
     path = population[0]
     for model, error, match in (
         (PopulationGLMCV(regularizer="GroupLasso"), UnsupportedOptionError, "per_neuron=False"),
-        (PopulationGLMCV(cv=KFold(3)), UnsupportedOptionError, "splitter"),
+        (PopulationGLMCV(cv=KFold(400)), InputError, "could not split the store's 298 training samples"),
         (PopulationGLMCV(regularizer="UnRegularized"), InputError, "UnRegularized"),
         (PopulationGLMCV(cv=np.zeros(299, int)), InputError, "one label per sample"),
     ):
@@ -169,3 +170,64 @@ def test_distributed_selection_equals_the_in_memory_one_and_resumes(population, 
     np.testing.assert_array_equal(ds["cv_strength"].values, memory[None].regularizer_strength_)
     assert main(["inspect", path, "--no-pseudo-r2"]) == 0
     assert "cross-validated strength per neuron" in capsys.readouterr().out
+
+
+def test_a_splitter_gives_the_actors_labels_or_per_fold_roles():
+    train = np.ones(12, bool)
+    train[[0, 5]] = False
+    X = np.arange(10.0)[:, None]
+    shuffled = KFold(3, shuffle=True, random_state=0)
+    labels = distglm.cv.store_folds(shuffled, train, X)
+    # a partition of the training samples: one label each, the folds the splitter makes on them
+    assert labels.shape == (10,)
+    for (train_k, test_k), (train_s, test_s) in zip(distglm.cv.stored_folds(labels, 10), shuffled.split(X)):
+        assert (train_k.tolist(), test_k.tolist()) == (sorted(train_s), sorted(test_s))
+    # folds that train on the past alone: each sample's role in each fold
+    roles = distglm.cv.store_folds(TimeSeriesSplit(3), train, X)
+    assert roles.shape == (3, 10) and roles.dtype == np.int8
+    for (train_k, test_k), (train_s, test_s) in zip(distglm.cv.stored_folds(roles, 10), TimeSeriesSplit(3).split(X)):
+        assert (train_k.tolist(), test_k.tolist()) == (train_s.tolist(), test_s.tolist())
+    # numbers of folds and labels keep their folds on the stored samples
+    np.testing.assert_array_equal(distglm.cv.store_folds(3, train), distglm.cv.fold_labels(3, train))
+    with pytest.raises(InputError, match="must hold the 10 training samples"):
+        distglm.cv.store_folds(shuffled, train, X[:5])
+    with pytest.raises(UnsupportedOptionError, match="recorded by description only"):
+        distglm.cv.store_folds(SplitRecord("KFold(3)", 3), train)
+    record = model_from_config(model_to_config(PopulationGLMCV(cv=SplitRecord("TimeSeriesSplit(3)", 3)))).cv
+    assert record == SplitRecord("TimeSeriesSplit(3)", 3) and repr(record) == "TimeSeriesSplit(3)"
+
+
+@pytest.mark.ray
+def test_a_splitter_cross_validates_the_samples_not_held_out_as_in_memory(population, tmp_path, capsys):
+    _, X, y, mask = population
+    # the last 60 samples are held out in the inputs: TimeSeriesSplit splits the 238 others
+    # (NaN rows dropped), whose folds train on the past alone
+    path = store.write_inputs(str(tmp_path / "held.zarr"), X, y, feature_mask=mask, neuron_chunk=2,
+                              test=slice(240, None))
+    model = PopulationGLMCV(regularizer="Ridge", regularizer_strengths=[1.0, 0.1, 0.01], cv=TimeSeriesSplit(3),
+                            solver_kwargs=TIGHT)
+    memory = PopulationGLMCV(**{**model.get_params(), "feature_mask": mask}).fit(X[:240], y[:240])
+    assert np.ptp(memory.best_index_[:9]) > 0, "the test needs neurons that select different strengths"
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        report = distglm.fit(path, model, num_actors=1, progress=False)
+    finally:
+        ray.shutdown()
+    assert report.n_fitted == 10
+    # the blocks were planned for a cross-validating actor
+    assert report.memory_estimate.cv > 0
+    # other folds are another fit
+    with pytest.raises(StoreError, match="different fit"):
+        distglm.fit(path, model.set_params(cv=TimeSeriesSplit(4)), progress=False)
+    loaded = distglm.load_model(path)
+    _assert_same_selection(loaded, memory)
+    assert loaded.cv == SplitRecord(repr(TimeSeriesSplit(3)), 3)
+    ok = ~np.isnan(X[240:]).any(axis=1)
+    for score_type in store.HELDOUT_NAMES:
+        expected = PopulationGLM.score(memory, X[240:][ok], y[240:][ok], score_type,
+                                       aggregate_sample_scores=lambda a: np.mean(a, 0))
+        np.testing.assert_allclose(report.heldout[score_type], expected, rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(loaded.heldout_scores_[score_type], expected, rtol=1e-5, atol=1e-8)
+    assert main(["inspect", path, "--no-pseudo-r2"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out pseudo-r2-McFadden per neuron" in out and "held-out samples: 60 of 300, recorded" in out

@@ -88,7 +88,7 @@ def test_fit_refuses_history_it_cannot_build(tmp_path):
     with pytest.raises(InputError, match="holds 5 neurons"):
         distglm.fit(path, PopulationGLM(), history=HistorySpec.raised_cosine_log(3, 5, np.eye(4, dtype=bool)),
                     progress=False)
-    with pytest.raises(UnsupportedOptionError, match="stream=False, test_samples"):
+    with pytest.raises(UnsupportedOptionError, match=r"stream=False, held-out samples \(test_samples"):
         distglm.fit(path, PopulationGLM(), history=HistorySpec.raised_cosine_log(3, 5), stream=False,
                     test_samples=slice(0, 20), progress=False)
     # refused before the store is touched

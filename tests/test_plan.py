@@ -149,3 +149,17 @@ def test_padded_size_of_empty_plan():
 
 def test_docstring_examples():
     assert doctest.testmod(distglm.plan).failed == 0
+
+
+def test_a_cross_validated_block_is_planned_with_its_folds_and_candidates():
+    from distglm.plan import estimate_block_memory, largest_block
+
+    plain = estimate_block_memory(20_000, 500, 128, preconditioner="shared")
+    cv = estimate_block_memory(20_000, 500, 128, preconditioner="shared", cv_strengths=12)
+    # 2 copies of X and 5 of the block's y, and 12 float64 strength arrays of (500, 128)
+    assert cv.cv == (2 * 500 + 5 * 128) * 20_000 * 4 + 12 * 500 * 128 * 8
+    assert cv.total == plain.total + cv.cv and plain.cv == 0
+    assert "cv 0.14" in str(cv) and "cv" not in str(plain)
+    budget = estimate_block_memory(20_000, 500, 512, preconditioner="shared").total
+    assert largest_block(budget, 1024, 64, 20_000, 500, preconditioner="shared", cv_strengths=12) < \
+        largest_block(budget, 1024, 64, 20_000, 500, preconditioner="shared")

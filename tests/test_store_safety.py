@@ -112,19 +112,63 @@ X, y = rng.normal(size=(30, 4)), rng.poisson(3.0, size=(30, 50)).astype(np.int32
 store.write_inputs(sys.argv[1], X, y, neuron_chunk=10, overwrite=True)
 print("WRITTEN")
 """
+REWRITE_WITH_MASK = REWRITE.replace("X, y, neuron_chunk=10", "X, y, np.ones((4, 50)), neuron_chunk=10")
+
+
+def without_staging_or_lease(files):
+    return {name: data for name, data in files.items() if not name.startswith(("staging", "lease"))}
+
+
+@pytest.mark.parametrize("plan", [
+    {"op": "set", "match": "staging/y/c", "after": 2},        # while the new y is written
+    {"op": "set", "match": "staging/feature_mask", "after": 0},  # the last new array
+], ids=["writing-y", "writing-mask"])
+def test_interrupted_while_the_new_inputs_are_written_keeps_the_old_ones(written, plan):
+    store.write_attrs(written, "job", {"id": "distglm-old", "state": "succeeded", "neurons_done": 50})
+    before = snapshot(written)
+    killed = run_crashing(REWRITE_WITH_MASK, plan, written)
+    assert killed.returncode == -9, killed.stderr
+    # the old inputs, their results and the job record are all still there, byte for byte
+    assert without_staging_or_lease(snapshot(written)) == without_staging_or_lease(before)
+    assert store.done_blocks(written) == {0, 1, 2}
+    assert store.read_attrs(written, "job")["id"] == "distglm-old"
+    X, y, mask = make_inputs()
+    np.testing.assert_array_equal(store.read_y_block(written, 0, 50), y)
+    # the rerun replaces the half-written staging group and the old inputs
+    X, y, mask = make_inputs(seed=3)
+    store.write_inputs(written, X, y, mask, neuron_chunk=10, overwrite=True)
+    np.testing.assert_array_equal(store.read_y_block(written, 0, 50), y)
+    assert not os.path.exists(os.path.join(written, "staging"))
+
+
+def test_a_failing_source_of_y_keeps_the_old_inputs(written, tmp_path):
+    before = snapshot(written)
+
+    class Failing:
+        """A y that fails partway through the copy, as a network array can."""
+        shape, dtype, ndim = (30, 50), np.dtype(np.int32), 2
+
+        def __getitem__(self, index):
+            raise OSError("connection reset while reading y")
+
+    X, _, mask = make_inputs(seed=3)
+    with pytest.raises(OSError, match="connection reset"):
+        store.write_inputs(written, X, Failing(), mask, neuron_chunk=10, overwrite=True)
+    assert without_staging_or_lease(snapshot(written)) == without_staging_or_lease(before)
+    assert not os.path.exists(os.path.join(written, "staging"))
+    assert store.done_blocks(written) == {0, 1, 2}
 
 
 @pytest.mark.parametrize("plan", [
     {"op": "delete_dir", "match": "results", "after": 4},   # while the old results go
     {"op": "delete_dir", "match": "inputs", "after": 2},    # while the old inputs go
-    {"op": "set", "match": "inputs/y/c", "after": 2},       # while the new y is written
-    {"op": "set", "match": "inputs/zarr.json", "after": 2},  # just before the inputs are complete
-], ids=["deleting-results", "deleting-inputs", "writing-y", "completing"])
-def test_interrupted_write_inputs_is_refused_until_written_again(written, plan):
+    {"op": "set", "match": "inputs/zarr.json", "after": 1},  # just before the inputs are complete
+], ids=["deleting-results", "deleting-inputs", "completing"])
+def test_interrupted_swap_is_refused_until_written_again(written, plan):
     store.write_attrs(written, "job", {"id": "distglm-old", "state": "succeeded", "neurons_done": 50})
     killed = run_crashing(REWRITE, plan, written)
     assert killed.returncode == -9, killed.stderr
-    # never the old results for the new inputs, never the old job, never half-written inputs
+    # never the old results for the new inputs, never the old job, never half-swapped inputs
     assert store.read_fingerprint(written) is None
     assert store.read_attrs(written, "job") == {}
     with pytest.raises(StoreError, match="not completely written|has no inputs/X"):

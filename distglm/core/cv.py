@@ -3,7 +3,11 @@
 For each fold, the candidate strengths are fitted from the largest down, each fit starting
 from the previous strength's solution (a warm-started path); every fit is one ``fit_block``
 over all the neurons of the block, so the cross-validation runs the same solver as any other
-fit. Held-out scores are kept per (strength, fold, neuron), together with what a pooled
+fit. With L-BFGS, each fit also starts from what the previous one knew at its solution
+(``core.fit.WarmStart``): its curvature pairs, with the penalty's change of curvature added,
+and its data loss and gradient. The first step is then close to a Newton step, and the
+starting point is not evaluated again: a candidate takes about half the evaluations of a fit
+started from its solution alone, and reaches the same optimum. Held-out scores are kept per (strength, fold, neuron), together with what a pooled
 population score needs, so that a strength can be selected per neuron or for the whole
 population from one set of fits.
 
@@ -17,8 +21,9 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from .fit import FitConfig, Params, _elementwise, default_init, fit_block, predict_rate
+from .fit import FitConfig, Params, _elementwise, WarmStart, default_init, fit_block, predict_rate
 from .scoring import SCORE_TYPES, finish_score, score_terms
+from .solvers import PopulationLBFGS
 
 __all__ = ["PathScores", "max_strength", "strength_grid", "cv_path", "fold_scores", "heldout_scores", "select"]
 
@@ -122,7 +127,8 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
     mask : array of shape (n_features, n_neurons)
     config : FitConfig
     strengths : sequence of per-neuron strength pytrees (``regularizer.expand_strength``),
-        from the largest to the smallest: each fit starts from the previous one's solution.
+        from the largest to the smallest: each fit starts from the previous one's solution
+        (and, with L-BFGS, its curvature pairs, data loss and gradient).
     folds : sequence of ``(train, test)`` integer index arrays into the samples
     score_type : one of ``core.scoring.SCORE_TYPES``
 
@@ -140,9 +146,9 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
     for k, (train, test) in enumerate(folds):
         X_train, y_train = X[train], y[train]
         start = default_init(config, y_train, X.shape[1], X.dtype)
-        init = start
+        init, warm = start, _cold_start(config, X.shape[1], n_neurons)
         for s, strength in enumerate(strengths):
-            res = fit_block(X_train, y_train, mask, config, init=init, strength=strength)
+            res = fit_block(X_train, y_train, mask, config, init=init, strength=strength, warm_start=warm)
             status[s, k] = res.status
             m, n0 = fold_scores(config, X[test], y[test], res.coef, res.intercept, res.scale, score_type)
             model[s, k] = m
@@ -151,7 +157,43 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
             # a neuron that failed at this strength starts the next one afresh
             ok = np.isfinite(res.intercept)
             init = Params(np.where(ok, res.coef, start.coef), np.where(ok, res.intercept, start.intercept))
+            if s + 1 < n_strengths:
+                warm = _next_warm_start(config, res.warm_start, mask, strength, strengths[s + 1], ok)
     return PathScores(model, null, status)
+
+
+def _cold_start(config: FitConfig, n_features: int, n_neurons: int):
+    """A warm start that carries nothing (no curvature pairs, an unknown loss) for a path's first
+    strength, so that every strength runs the same compiled solve; None for solvers other than
+    L-BFGS."""
+    if config.solver_name != "LBFGS":
+        return None
+    size = dict(config.solver_kwargs).get("history_size", PopulationLBFGS.history_size)
+    pairs = Params(np.zeros((size, n_features, n_neurons)), np.zeros((size, n_neurons)))
+    return WarmStart(pairs, pairs, np.full(n_neurons, np.nan), Params(np.zeros((n_features, n_neurons)),
+                                                                      np.zeros(n_neurons)))
+
+
+def _next_warm_start(config: FitConfig, warm: WarmStart | None, mask, strength, next_strength, ok):
+    """One strength's warm start (``BlockResult.warm_start``) for the next strength's fit.
+
+    The data loss, its gradient and the data part of each gradient change are the same for
+    both; the penalty's part of a gradient change moves by the change of its curvature times
+    the step (a ridge penalty's curvature is its strength). A failed neuron (``ok`` False)
+    restarts cold.
+    """
+    if warm is None:
+        return None
+    now, nxt = config.regularizer.ridge_diagonal(strength), config.regularizer.ridge_diagonal(next_strength)
+    changes = warm.grad_changes
+    if now is not None:
+        shift = (np.broadcast_to(nxt, mask.shape) - np.broadcast_to(now, mask.shape)) * mask
+        changes = Params(changes.coef + shift * warm.steps.coef, changes.intercept)
+
+    def keep(tree, fill=0.0):
+        return Params(*(np.where(ok, a, fill) for a in tree))
+
+    return WarmStart(keep(warm.steps), keep(changes), np.where(ok, warm.loss, np.nan), keep(warm.grad))
 
 
 def select(path: PathScores, score_type: str, per_neuron: bool, rule: str):
@@ -163,7 +205,11 @@ def select(path: PathScores, score_type: str, per_neuron: bool, rule: str):
     score_type : the score the path holds terms of
     per_neuron : bool
         True: each neuron's own held-out score picks its strength. False: the pooled score of
-        all neurons picks one strength (the score ``PopulationGLM.score`` gives a fold).
+        all neurons picks one strength (the score ``PopulationGLM.score`` gives a fold). A
+        neuron without a finite score at every strength and fold (a failed candidate fit) is
+        left out of the pooled score, at every strength and fold alike, so that the strengths
+        are compared on the same neurons; with ``per_neuron`` False that is warned about
+        (RuntimeWarning), since the shared strength is then chosen without those neurons.
     rule : {"min", "1se"}
         "min": the best mean score over folds (the first of equals, i.e. the largest strength).
         "1se": the largest strength whose mean score is within one standard error (standard
@@ -172,13 +218,22 @@ def select(path: PathScores, score_type: str, per_neuron: bool, rule: str):
     Returns
     -------
     scores : array of shape (n_strengths, n_folds, n_neurons)
-    pooled : array of shape (n_strengths, n_folds), the population's score per fold
+    pooled : array of shape (n_strengths, n_folds), the population's score per fold (over the
+        neurons with finite scores throughout)
     index : int array of shape (n_neurons,): the selected strength of each neuron (one value
         repeated when ``per_neuron`` is False); a neuron without any finite score gets 0.
     """
     scores = finish_score(path.model, path.null, score_type)
-    pooled_null = None if path.null is None else path.null.mean(axis=-1)
-    pooled = finish_score(path.model.mean(axis=-1), pooled_null, score_type)
+    terms = [np.asarray(t) for t in (path.model, path.null) if t is not None]
+    scored = np.all([np.isfinite(t).all(axis=(0, 1)) for t in terms], axis=0)
+    n_left_out = int(scored.size - scored.sum())
+    if n_left_out and not per_neuron:
+        warnings.warn(f"{n_left_out} of {scored.size} neurons have no finite held-out score at some strength and "
+                      "fold (a failed candidate fit, see cv_status_): they are left out of the pooled score that "
+                      "selects the shared strength", RuntimeWarning, stacklevel=2)
+    pool = scored if scored.any() else np.ones_like(scored)
+    pooled_null = None if path.null is None else np.asarray(path.null)[..., pool].mean(axis=-1)
+    pooled = finish_score(np.asarray(path.model)[..., pool].mean(axis=-1), pooled_null, score_type)
     curves = scores if per_neuron else pooled[..., None]
     index = _select_curve(curves, rule)
     return np.asarray(scores), np.asarray(pooled), np.broadcast_to(index, scores.shape[2:]).copy()

@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
 from . import solvers as _solvers
 from .observations import Observations, initial_intercept, resolve_link
 from .regularizers import Regularizer
@@ -66,6 +66,7 @@ __all__ = [
     "Params",
     "FitConfig",
     "BlockResult",
+    "WarmStart",
     "STATUS_OK",
     "STATUS_NOT_CONVERGED",
     "STATUS_NONFINITE_INIT",
@@ -157,6 +158,28 @@ class FitConfig:
         return self.regularizer.smooth and self.solver_name != "ProximalGradient"
 
 
+class WarmStart(NamedTuple):
+    """What an L-BFGS solve knows at its end, in the parameters' own coordinates: what a fit of a
+    nearby problem on the same samples (the next strength of a path) can start from.
+
+    Attributes
+    ----------
+    steps : Params whose arrays have a leading axis of pairs: coef of shape
+        (n_pairs, n_features, n_neurons), intercept of shape (n_pairs, n_neurons); the
+        solver's latest steps, oldest first (unused pairs are zeros)
+    grad_changes : Params like ``steps``: the change of the objective's gradient along each step
+    loss : array of shape (n_neurons,): each neuron's data loss (without the penalty) at the
+        returned parameters; NaN where unknown
+    grad : Params (coef (n_features, n_neurons), intercept (n_neurons,)): the data loss's
+        gradient there
+    """
+
+    steps: Any
+    grad_changes: Any
+    loss: Any
+    grad: Any
+
+
 class BlockResult(NamedTuple):
     """What ``fit_block`` returns; per-neuron arrays have the neuron axis last.
 
@@ -172,6 +195,9 @@ class BlockResult(NamedTuple):
     grad_norm : array of shape (n_neurons,): final optimality error of each neuron
     status : int8 array of shape (n_neurons,): a key of ``STATUS_REASONS``
     state : the solver's state (a jaxopt NamedTuple) at the end of the solve
+    warm_start : WarmStart or None
+        The L-BFGS solver's curvature pairs, data loss and gradient at the end of the solve
+        (None for other solvers).
     """
 
     coef: Any
@@ -184,6 +210,7 @@ class BlockResult(NamedTuple):
     grad_norm: Any
     status: Any
     state: Any
+    warm_start: Any = None
 
 
 def predict_rate(link: Callable, X, coef, intercept, mask=None):
@@ -620,6 +647,22 @@ def _preconditioner(kind: str, design, mask, h, ridge):
     return _Cholesky(jnp.where(good[:, None, None], L, eye))
 
 
+def _lower_inverse(L):
+    """Inverse of lower-triangular matrices ``L`` of shape (..., n, n), by blocks.
+
+    ``[[A, 0], [C, D]]^{-1} = [[A^{-1}, 0], [-D^{-1} C A^{-1}, D^{-1}]]``, recursively: batched
+    products only. XLA's batched triangular solve on CPU takes about 20 times as long for the
+    hundreds of small factors of a block, long enough to cost several evaluations per fit.
+    """
+    n = L.shape[-1]
+    if n == 1:
+        return 1.0 / L
+    k = n // 2
+    A_inv, D_inv = _lower_inverse(L[..., :k, :k]), _lower_inverse(L[..., k:, k:])
+    top = jnp.concatenate([A_inv, jnp.zeros(L.shape[:-2] + (k, n - k), L.dtype)], axis=-1)
+    return jnp.concatenate([top, jnp.concatenate([-D_inv @ L[..., k:, :k] @ A_inv, D_inv], axis=-1)], axis=-2)
+
+
 class _Problem(NamedTuple):
     solver: Any
     to_theta: Callable
@@ -656,8 +699,7 @@ def _build(chunks: _Chunks, mask, strength, active, precond, config: FitConfig) 
         # L^{-1} once, so that each evaluation maps coordinates by a batched product (cheap to
         # run and to compile, with a product for its transpose) rather than a triangular solve
         tri = precond.tri
-        eye = jnp.broadcast_to(jnp.eye(p + 1, dtype=tri.dtype), tri.shape)
-        tri_inv = jax.scipy.linalg.solve_triangular(tri, eye, lower=True)
+        tri_inv = _lower_inverse(tri)
 
         def to_theta(v: Params) -> Params:
             return split(jnp.einsum("nji,jn->in", tri_inv, stacked(v)))
@@ -864,10 +906,12 @@ def _scale(config: FitConfig, chunks: _Chunks, coef, intercept, dof):
 
 @partial(jax.jit, static_argnames=("config", "kind", "host"))
 def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: FitConfig, kind: str,
-           host: HostLayout | None = None):
+           host: HostLayout | None = None, warm_start: WarmStart | None = None):
     """The one solve loop of every fit. With ``host``, ``X`` is the token of a registered reader
     and ``y`` is None: the samples are fed from the host chunk by chunk. ``kind`` and ``design``
-    choose the preconditioner (see ``_precondition``)."""
+    choose the preconditioner (see ``_precondition``). ``warm_start`` (L-BFGS only) seeds the
+    solver's curvature pairs and, where its loss is finite, the objective and gradient at
+    ``init`` (which must be the point it was taken at); the solve's own comes back likewise."""
     theta0 = _safe_start(config, init, active)
     chunks = _chunk(X, y, n_valid) if host is None else _host_chunk(host, X, n_valid)
     precond = _precondition(kind, design, chunks, mask, theta0, strength, active, config)
@@ -875,7 +919,27 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: 
     solver = prob.solver
     v0 = prob.to_solver(theta0)
     extra = _extra_args(config)
-    state0 = solver.init_state(v0, *extra)
+    lbfgs = config.solver_name == "LBFGS"
+    weight = active.astype(mask.dtype)
+
+    def penalty_and_grad(coef):
+        # each neuron's penalty and its gradient, as the objective adds them
+        pen, pen_vjp = jax.vjp(lambda c: weight * prob.penalty(Params(c, None)), coef)
+        return pen, pen_vjp(jnp.ones_like(pen))[0]
+
+    if warm_start is None or not lbfgs:
+        state0 = solver.init_state(v0, *extra)
+    else:
+        # steps map like parameters, gradients like gradients (the transpose map); the data
+        # part of the loss and gradient does not depend on the strength, the penalty's is added
+        pull = jax.vjp(prob.to_theta, v0)[1]
+        pen, pen_grad = penalty_and_grad(theta0.coef)
+        known = active & jnp.isfinite(warm_start.loss)
+        value = jnp.where(known, weight * warm_start.loss + pen, jnp.inf)
+        grad = pull(Params(weight * warm_start.grad.coef + pen_grad, weight * warm_start.grad.intercept))[0]
+        grad = jax.tree_util.tree_map(lambda g: jnp.where(known, g, 0.0), grad)
+        state0 = solver.init_state(v0, (jax.vmap(prob.to_solver)(warm_start.steps),
+                                        jax.vmap(lambda g: pull(g)[0])(warm_start.grad_changes)), (value, grad))
     n_neurons = mask.shape[1]
     maxiter, tol = solver.maxiter, solver.tol
 
@@ -903,11 +967,20 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: 
     dof = _dof_resid(config, chunks, coef)
     scale = _scale(config, chunks, coef, intercept, dof)
     finite = jnp.all(jnp.isfinite(coef), axis=0) & jnp.isfinite(intercept) & jnp.isfinite(loss)
-    return coef, intercept, scale, dof, n_iter, err, loss, finite, state
+    warm = None
+    if lbfgs:
+        push = jax.vjp(prob.to_solver, theta)[1]
+        steps, changes, grad = _solvers.lbfgs_memory(state, v)
+        grad = push(grad)[0]
+        pen, pen_grad = penalty_and_grad(theta.coef)
+        warm = WarmStart(jax.vmap(prob.to_theta)(steps), jax.vmap(lambda g: push(g)[0])(changes),
+                         jnp.where(active, state.value - pen, jnp.nan), Params(grad.coef - pen_grad, grad.intercept))
+    return coef, intercept, scale, dof, n_iter, err, loss, finite, state, warm
 
 
 def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strength=None,
-              n_samples: int | None = None, gram=None, preconditioner: str = "auto") -> BlockResult:
+              n_samples: int | None = None, gram=None, preconditioner: str = "auto",
+              warm_start: WarmStart | None = None) -> BlockResult:
     """Fit a block of neurons sharing the design ``X``; compiled once per shape and config.
 
     Parameters
@@ -937,6 +1010,13 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         Change of variables of preconditioned solvers; ``"auto"`` is
         ``choose_preconditioner(mask)``. ``"shared"`` assumes the active neurons share one mask
         column (it uses the first active neuron's). Every choice reaches the same optimum.
+    warm_start : WarmStart, optional
+        Where the L-BFGS solver starts from (ignored by other solvers): a previous
+        ``BlockResult.warm_start`` on the same samples, for a nearby problem (the next strength
+        of a path, its penalty's curvature change added to ``grad_changes``), with ``init`` the
+        parameters that fit returned. Its curvature pairs make the first steps near-Newton
+        steps, and its loss and gradient save the evaluation of the starting point (neurons
+        whose ``loss`` is NaN evaluate it). The optimum is unchanged.
 
     Returns
     -------
@@ -980,10 +1060,14 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
         # on the host, one BLAS product; device arrays get theirs inside the solve
         gram = DesignGram(X, n_samples)
 
-    def solve(mask, init, strength, active, design, kind):
-        return _solve(X, y, mask, init, strength, active, np.int32(n_samples), design, config, kind)
+    if warm_start is not None and not isinstance(warm_start, WarmStart):
+        raise InputTypeError(f"warm_start must be a WarmStart (BlockResult.warm_start); got {type(warm_start).__name__}")
 
-    return _run(solve, mask, init, strength, config, dtype, preconditioner, gram)
+    def solve(mask, init, strength, active, design, kind, warm_start):
+        return _solve(X, y, mask, init, strength, active, np.int32(n_samples), design, config, kind,
+                      warm_start=warm_start)
+
+    return _run(solve, mask, init, strength, config, dtype, preconditioner, gram, warm_start)
 
 
 def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | None = None,
@@ -1061,7 +1145,7 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
     token = next(_TOKENS)
     _READERS[token] = read
     try:
-        def solve(mask, init, strength, active, design, kind):
+        def solve(mask, init, strength, active, design, kind, warm_start):
             return _solve(np.int32(token), None, mask, init, strength, active, np.int32(source.n_valid), design,
                           config, kind, host=layout)
 
@@ -1071,7 +1155,7 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
 
 
 def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype, preconditioner: str,
-         gram) -> BlockResult:
+         gram, warm_start: WarmStart | None = None) -> BlockResult:
     """Pad the neurons to their bucket, run ``solve`` (retrying without neurons that diverge), and
     gather the block's results without the padding.
 
@@ -1091,6 +1175,8 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
     mask = pad_neurons(mask)
     init = Params(pad_neurons(init.coef), pad_neurons(init.intercept, constant_values=np.nan))
     strength = jax.tree_util.tree_map(lambda s: pad_neurons(s, mode="edge"), strength)
+    if warm_start is not None:
+        warm_start = jax.tree_util.tree_map(pad_neurons, warm_start)
 
     status = np.where(np.isfinite(np.asarray(init.intercept)), STATUS_OK, STATUS_NONFINITE_INIT).astype(np.int8)
     kind = choose_preconditioner(mask, status == STATUS_OK) if preconditioner == "auto" else preconditioner
@@ -1099,7 +1185,8 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
         design = gram.for_preconditioner(kind, mask, status == STATUS_OK)
     for _ in range(_MAX_RETRIES):
         active = status == STATUS_OK
-        coef, intercept, scale, dof, n_iter, err, loss, finite, state = solve(mask, init, strength, active, design, kind)
+        coef, intercept, scale, dof, n_iter, err, loss, finite, state, warm = solve(mask, init, strength, active,
+                                                                                      design, kind, warm_start)
         newly_bad = np.asarray(active) & ~np.asarray(finite)
         if not newly_bad.any():
             break
@@ -1110,6 +1197,8 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
     coef, intercept, scale, dof, n_iter, err, loss = (
         np.asarray(a)[..., :n_neurons] for a in (coef, intercept, scale, dof, n_iter, err, loss))
     state = _slice_state(state, n_neurons)
+    if warm is not None:
+        warm = jax.tree_util.tree_map(lambda a: np.asarray(a)[..., :n_neurons], warm)
     tol = _solver_tol(config)
     converged = (status == STATUS_OK) & (err <= tol)
     status = np.where((status == STATUS_OK) & ~converged, STATUS_NOT_CONVERGED, status).astype(np.int8)
@@ -1126,6 +1215,7 @@ def _run(solve: Callable, mask, init: Params, strength, config: FitConfig, dtype
         grad_norm=np.where(failed, nan, err),
         status=status,
         state=state,
+        warm_start=warm,
     )
 
 
@@ -1185,7 +1275,7 @@ def state_spec(config: FitConfig, n_samples: int, n_features: int, n_neurons: in
     # the solver state does not depend on the preconditioner
     out = jax.eval_shape(partial(_solve, config=config, kind="diagonal"), *args)
     spec = {}
-    for name, leaf, per_neuron in _flatten_state(out[-1]):
+    for name, leaf, per_neuron in _flatten_state(out[8]):
         shape = tuple(leaf.shape[:-1]) if per_neuron else tuple(leaf.shape)
         spec[name] = (shape, np.dtype(leaf.dtype).str, per_neuron)
     return spec

@@ -22,7 +22,8 @@ from ..errors import InputError, InputTypeError, UnknownSolverArgumentError
 from .svrg import PopulationSVRG, PopulationSVRGState, SampledObjective
 
 __all__ = ["SOLVERS", "PopulationLBFGS", "PopulationLBFGSState", "SampledObjective", "accepted_kwargs",
-           "validate_solver_kwargs", "make_solver", "has_grad_in_state", "is_stochastic", "neuron_values", "stalled"]
+           "validate_solver_kwargs", "make_solver", "has_grad_in_state", "is_stochastic", "neuron_values", "stalled",
+           "lbfgs_memory"]
 
 
 def _ravel(tree):
@@ -160,26 +161,60 @@ class PopulationLBFGS:
     max_backtracks: int = 20
     max_steps_without_progress: int = 10
 
-    def init_state(self, params) -> PopulationLBFGSState:
-        """A state whose first update evaluates ``params`` itself and accepts it; no evaluation here."""
+    def init_state(self, params, history=None, start=None) -> PopulationLBFGSState:
+        """A state whose first update evaluates ``params`` itself and accepts it; no evaluation here.
+
+        ``history``, optional: curvature pairs ``(steps, grad_changes)`` to start from, pytrees
+        like ``params`` with a leading axis of at most ``history_size`` pairs (oldest first),
+        from a nearby problem. The first direction then uses their curvature instead of the
+        gradient alone; pairs without positive curvature (or not finite) are left out.
+        ``start``, optional: ``(values, grad)``, each neuron's objective at ``params`` (shape
+        (n_neurons,)) and its gradient (like ``params``), already known: a neuron whose value
+        is finite skips the evaluation of its start and takes its first step at once.
+        """
         x = _ravel(params)
         (size, n_neurons), dtype = x.shape, x.dtype
         m = self.history_size
         vector = jnp.zeros((n_neurons,), dtype)
+        s_history = jnp.zeros((m, size, n_neurons), dtype)
+        y_history = jnp.zeros((m, size, n_neurons), dtype)
+        rho = jnp.zeros((m, n_neurons), dtype)
+        gamma = jnp.ones((n_neurons,), dtype)
+        if history is not None:
+            s, y = (jax.vmap(_ravel)(h)[-m:].astype(dtype) for h in history)
+            sy, ss, yy = _dot(s, y), _dot(s, s), _dot(y, y)
+            good = jnp.isfinite(sy) & jnp.isfinite(ss) & jnp.isfinite(yy) & (sy > jnp.finfo(dtype).eps * jnp.sqrt(ss * yy))
+            s, y = jnp.where(good[:, None], s, 0.0), jnp.where(good[:, None], y, 0.0)
+            k = s.shape[0]
+            s_history, y_history = s_history.at[m - k:].set(s), y_history.at[m - k:].set(y)
+            rho = rho.at[m - k:].set(jnp.where(good, 1.0 / jnp.where(good, sy, 1.0), 0.0))
+            # the newest good pair scales the initial inverse Hessian, as after a step
+            newest = jnp.max(jnp.where(good, jnp.arange(k)[:, None], -1), axis=0)
+            pick = jnp.arange(k)[:, None] == newest[None, :]
+            gamma = jnp.where(newest >= 0, jnp.sum(jnp.where(pick, sy / jnp.where(good, yy, 1.0), 0.0), axis=0), gamma)
+        value, grad, direction, slope, stepsize = jnp.full((n_neurons,), jnp.inf, dtype), x * 0, x * 0, vector, vector
+        best = jnp.full((n_neurons,), jnp.inf, dtype)
+        if start is not None:
+            known = jnp.isfinite(start[0])
+            value = jnp.where(known, start[0], jnp.inf).astype(dtype)
+            grad = jnp.where(known, _ravel(start[1]), 0.0).astype(dtype)
+            direction, slope = self._descent(grad, s_history, y_history, rho, gamma)
+            best = jnp.where(known, jnp.sqrt(_dot(grad, grad)), jnp.inf)
+            stepsize = jnp.where(known & (best > self.tol), 1.0, 0.0).astype(dtype)
         return PopulationLBFGSState(
             iter_num=jnp.asarray(0),
-            value=jnp.full((n_neurons,), jnp.inf, dtype),
-            grad=jnp.zeros_like(x),
-            direction=jnp.zeros_like(x),
-            slope=vector,
-            stepsize=vector,
+            value=value,
+            grad=grad,
+            direction=direction,
+            slope=slope,
+            stepsize=stepsize,
             backtracks=jnp.zeros((n_neurons,), jnp.int32),
-            s_history=jnp.zeros((m, size, n_neurons), dtype),
-            y_history=jnp.zeros((m, size, n_neurons), dtype),
-            rho=jnp.zeros((m, n_neurons), dtype),
-            gamma=jnp.ones((n_neurons,), dtype),
+            s_history=s_history,
+            y_history=y_history,
+            rho=rho,
+            gamma=gamma,
             n_steps=jnp.zeros((n_neurons,), jnp.int32),
-            best_grad_norm=jnp.full((n_neurons,), jnp.inf, dtype),
+            best_grad_norm=best,
             since_best=jnp.zeros((n_neurons,), jnp.int32),
             stalled=jnp.zeros((n_neurons,), bool),
             num_fun_eval=jnp.asarray(0),
@@ -203,6 +238,14 @@ class PopulationLBFGS:
 
         r_vec, _ = jax.lax.scan(oldest_first, gamma * q, (*pairs, alphas))
         return -r_vec
+
+    def _descent(self, grad, s_history, y_history, rho, gamma):
+        """The next direction and its slope; one that is not of descent (rounding, a poor
+        history) falls back to minus the gradient."""
+        direction = self._direction(grad, s_history, y_history, rho, gamma)
+        slope = _dot(grad, direction)
+        steepest = ~(slope < 0)
+        return jnp.where(steepest, -grad, direction), jnp.where(steepest, -_dot(grad, grad), slope)
 
     def update(self, params, state: PopulationLBFGSState):
         """Evaluate every neuron's trial point, then step or backtrack; returns ``(params, state)``."""
@@ -241,13 +284,7 @@ class PopulationLBFGS:
         new_value = jnp.where(step, value, f0)
         new_grad = jnp.where(step, grad, state.grad)
 
-        # after a step, the next direction; one that is not of descent (rounding, a poor
-        # history) falls back to minus the gradient
-        direction = self._direction(new_grad, s_history, y_history, rho, gamma)
-        slope = _dot(new_grad, direction)
-        steepest = ~(slope < 0)
-        direction = jnp.where(steepest, -new_grad, direction)
-        slope = jnp.where(steepest, -_dot(new_grad, new_grad), slope)
+        direction, slope = self._descent(new_grad, s_history, y_history, rho, gamma)
 
         # after a rejected trial, the minimiser of the quadratic through f0, the slope and the
         # trial value, kept within [0.1 t, 0.5 t]
@@ -420,3 +457,11 @@ def stalled(state) -> Any:
     """Neurons that stopped without meeting ``tol`` (their line search failed, or their progress
     stopped): bool, or False."""
     return state.stalled if isinstance(state, (PopulationLBFGSState, PopulationSVRGState)) else False
+
+
+def lbfgs_memory(state: PopulationLBFGSState, params):
+    """What a :class:`PopulationLBFGS` state knows, as pytrees like ``params``: ``(steps,
+    grad_changes, grad)``, the curvature pairs with a leading axis of ``history_size`` pairs
+    (oldest first; unused pairs are zeros) and the gradient at the current point."""
+    unravel = _unraveler(params)
+    return jax.vmap(unravel)(state.s_history), jax.vmap(unravel)(state.y_history), unravel(state.grad)

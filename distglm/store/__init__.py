@@ -9,6 +9,8 @@ A store is one Zarr group (a local directory or any URL Zarr accepts) laid out a
                              row_chunk = min(n_samples, 2**16)
         feature_mask         (feature, neuron) uint8 0/1, chunks (n_features, neuron_chunk);
                              absent means every feature predicts every neuron
+        test                 (time,) bool: samples held out of every fit (write_inputs(test=...));
+                             absent means none
         time, feature, neuron  coordinates: seconds (or the sample index), feature names, neuron ids
         neuron_<name>        per-neuron metadata of a pynapple y (auxiliary coordinates)
     results/                 attrs: fingerprint (written last), state_spec, model, software
@@ -64,6 +66,8 @@ from .inputs import (
     nan_rows,
     open_inputs,
     read_coordinates,
+    read_test,
+    read_time,
     read_mask_block,
     read_X,
     read_y_block,
@@ -116,6 +120,8 @@ __all__ = [
     "open_inputs",
     "inputs_generation",
     "read_coordinates",
+    "read_test",
+    "read_time",
     "read_X",
     "read_y_block",
     "read_mask_block",

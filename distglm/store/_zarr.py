@@ -311,6 +311,32 @@ def delete_node(group: zarr.Group, name: str) -> None:
     sync(group.store.delete_dir(_key(group, name)))
 
 
+
+def move_node(group: zarr.Group, source: str, target: str) -> None:
+    """Move everything stored under ``group``'s key ``source`` to ``target`` (which must be absent).
+
+    On a local disk this is one directory rename, atomic. Other stores have no rename: their
+    keys are copied one by one and the source deleted after, so an interrupted move leaves the
+    target partial; callers mark what they move incomplete until it has arrived.
+    """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+    from zarr.storage import LocalStore
+
+    store, old, new = group.store, _key(group, source), _key(group, target)
+    if isinstance(store, LocalStore):
+        os.rename(os.path.join(store.root, old), os.path.join(store.root, new))
+        return
+
+    async def copy():
+        async for key in store.list_prefix(old + "/"):
+            value = await store.get(key, prototype=default_buffer_prototype())
+            if value is not None:
+                await store.set(new + key[len(old):], value)
+
+    sync(copy())
+    delete_node(group, source)
+
 # ---------------------------------------------------------------------------------------------
 # Raw keys: small JSON documents written with the store's own primitives
 

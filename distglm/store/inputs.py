@@ -1,10 +1,12 @@
 """The inputs of a store: ``inputs/X``, ``inputs/y`` and ``inputs/feature_mask``.
 
-``write_inputs`` marks the ``inputs`` group incomplete before it deletes or writes anything and
-complete, with a new ``generation`` id, once every array is written; results and job records of
-earlier inputs are removed before the new inputs are written. Readers refuse inputs marked
-incomplete, so an interrupted ``write_inputs`` is never fitted. Groups written by hand with Zarr
-(no ``complete`` attribute) are read as they are.
+``write_inputs`` writes new inputs whole into a ``staging`` group first; only then does it mark
+the old ``inputs`` incomplete, remove the results and job record of the old inputs and the old
+inputs themselves, and move the staging group into place, marked complete with a new
+``generation`` id. A source of y that fails partway, or a writer killed while copying it, leaves
+the old inputs and their results as they were. Readers refuse inputs marked incomplete, so an
+interrupted swap is never fitted. Groups written by hand with Zarr (no ``complete`` attribute)
+are read as they are.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ __all__ = [
     "open_inputs",
     "inputs_generation",
     "read_coordinates",
+    "read_test",
+    "read_time",
     "read_X",
     "read_y_block",
     "read_mask_block",
@@ -56,6 +60,8 @@ _X_CHUNK_BYTES = 64 * _MiB
 _ROW_CHUNK = 2**16
 # Bound on the memory write_inputs holds at once while copying y from a memmap or array store.
 _WRITE_SLICE_BYTES = 64 * _MiB
+# Where write_inputs writes new inputs before they replace the old ones.
+_STAGING = "staging"
 
 
 class InputsInfo(NamedTuple):
@@ -77,6 +83,8 @@ class InputsInfo(NamedTuple):
         Stored dtype of ``X``.
     row_chunk : int
         Length along samples of one stored chunk of ``y`` (n_samples for a short recording).
+    has_test : bool
+        Whether ``inputs/test`` records samples held out of every fit (``write_inputs(test=...)``).
     generation : str or None
         Id of this writing of the inputs, new at every ``write_inputs``; None for inputs
         written by hand with Zarr.
@@ -92,6 +100,7 @@ class InputsInfo(NamedTuple):
     X_dtype: np.dtype
     generation: str | None = None
     row_chunk: int = 0
+    has_test: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +226,7 @@ def _refuse_foreign_directory(path: str) -> None:
 
 @_zarr.with_storage_options
 def write_inputs(path, X, y, feature_mask=None, *, time=None, neuron_ids=None, feature_names=None,
-                 neuron_chunk=None, overwrite=False, storage_options=None) -> str:
+                 neuron_chunk=None, test=None, overwrite=False, storage_options=None) -> str:
     """Write a fit's inputs to a Zarr store, ``y`` and the mask chunked along neurons.
 
     Every argument is checked before the store is touched, so a refused call leaves the store
@@ -263,10 +272,12 @@ def write_inputs(path, X, y, feature_mask=None, *, time=None, neuron_ids=None, f
         thousand neurons still split into many blocks, rounded down to a multiple of 8 when
         at least 8.
     overwrite : bool, optional
-        Replace inputs already in the store, deleting first the results and the job record of
-        the old ones. Interrupted at any point, the store is left with inputs marked incomplete
-        (refused by every reader until written again), never with old results over new inputs.
-        By default a store that holds inputs is refused.
+        Replace inputs already in the store, with the results and the job record of the old
+        ones. The new inputs are written in full beside the old ones before anything old is
+        deleted: a failure or interruption while they are written leaves the old inputs and
+        results untouched. Interrupted during the swap that follows, the store is left with
+        inputs marked incomplete (refused by every reader until written again), never with old
+        results over new inputs. By default a store that holds inputs is refused.
     storage_options : dict, optional
         fsspec options (credentials, endpoint) for a store at a URL, as ``fsspec.filesystem``
         takes them; used by this call only, never written into the store.
@@ -320,6 +331,8 @@ def write_inputs(path, X, y, feature_mask=None, *, time=None, neuron_ids=None, f
                        series_times if series_times is not None else np.arange(n_samples), n_samples)
     if series_times is not None and not np.array_equal(time, series_times):
         raise InputError("time was given but differs from the time index of the pynapple input; give one or the other")
+    if test is not None:
+        test = _check_test(test, n_samples, time if time_units else None)
     default_names = (np.arange(n_features) if groups is None else
                      np.array([f"{name}[{i}]" for name, size in groups for i in range(size)]))
     feature_names = _labels_of(feature_names, x_columns, default_names, n_features, "feature_names")
@@ -338,12 +351,28 @@ def write_inputs(path, X, y, feature_mask=None, *, time=None, neuron_ids=None, f
     _refuse_foreign_directory(path)
     root = open_group(path, "a")
     with acquire_lease(path, "write_inputs") as lease:
-        if _zarr.contains(root, "inputs", path):
-            if not overwrite:
-                raise StoreError(
-                    f"{path} already holds inputs; pass overwrite=True to replace them "
-                    "(this also deletes the results fitted to them)"
-                )
+        had_inputs = _zarr.contains(root, "inputs", path)
+        if had_inputs and not overwrite:
+            raise StoreError(
+                f"{path} already holds inputs; pass overwrite=True to replace them "
+                "(this also deletes the results fitted to them)"
+            )
+        # What an interrupted writer left in staging is never read: start it afresh.
+        _zarr.delete_node(root, _STAGING)
+        attributes = {"complete": False, "generation": uuid.uuid4().hex,
+                      "title": "inputs of a population GLM fit (distglm)",
+                      "software": _zarr.software_versions()}
+        if groups:
+            attributes["feature_groups"] = [list(group) for group in groups]
+        staging = root.create_group(_STAGING, attributes=attributes)
+        _write_coordinates(staging, time, time_units, feature_names, neuron_ids, neuron_meta)
+        try:
+            _write_arrays(staging, X, y, y_dtype, mask, neuron_chunk, neuron_meta, test)
+        except BaseException:
+            _zarr.delete_node(root, _STAGING)
+            raise
+        lease.check()
+        if had_inputs:
             # Invalidate before deleting: interrupted from here on, the store holds inputs
             # marked incomplete (refused until written again), never results or a job record
             # that would describe the new inputs.
@@ -353,40 +382,42 @@ def write_inputs(path, X, y, feature_mask=None, *, time=None, neuron_ids=None, f
         _zarr.delete_node(root, "job")
         discard_all_results(root)
         _zarr.delete_node(root, "inputs")
-
-        attributes = {"complete": False, "generation": uuid.uuid4().hex,
-                      "title": "inputs of a population GLM fit (distglm)",
-                      "software": _zarr.software_versions()}
-        if groups:
-            attributes["feature_groups"] = [list(group) for group in groups]
-        inputs = root.create_group("inputs", attributes=attributes)
-        _write_coordinates(inputs, time, time_units, feature_names, neuron_ids, neuron_meta)
-        row_chunk = min(n_samples, _ROW_CHUNK)
-        x_rows = max(1, _X_CHUNK_BYTES // (n_features * X.dtype.itemsize))
-        inputs.create_array(
-            "X", shape=X.shape, dtype=X.dtype, chunks=(min(row_chunk, x_rows), n_features),
-            dimension_names=("time", "feature"), attributes=_X_ATTRIBUTES,
-        )[...] = X
-        y_store = inputs.create_array(
-            "y", shape=(n_samples, n_neurons), dtype=y_dtype, chunks=(row_chunk, neuron_chunk),
-            dimension_names=("time", "neuron"), attributes=_y_attributes(y_dtype, neuron_meta),
-        )
-        # Whole chunks per slice: each chunk is written once, with no read-modify-write.
-        chunk_bytes = row_chunk * neuron_chunk * y_dtype.itemsize
-        step = max(1, _WRITE_SLICE_BYTES // chunk_bytes) * neuron_chunk
-        for start in range(0, n_neurons, step):
-            stop = min(start + step, n_neurons)
-            for row in range(0, n_samples, row_chunk):
-                rows = slice(row, min(row + row_chunk, n_samples))
-                y_store[rows, start:stop] = np.asarray(y[rows, start:stop]).astype(y_dtype, copy=False)
-        if mask is not None:
-            inputs.create_array(
-                "feature_mask", shape=mask.shape, dtype=np.uint8, chunks=(n_features, neuron_chunk),
-                dimension_names=("feature", "neuron"), attributes=_MASK_ATTRIBUTES,
-            )[...] = mask
+        _zarr.move_node(root, _STAGING, "inputs")
         lease.check()
-        inputs.attrs["complete"] = True
+        _zarr.node(root, "inputs", path).attrs["complete"] = True
     return path
+
+
+def _write_arrays(inputs, X, y, y_dtype, mask, neuron_chunk: int, neuron_meta: dict, test=None) -> None:
+    """Write X, y (a few chunks at a time), the mask and the held-out samples into the group ``inputs``."""
+    n_samples, n_features = X.shape
+    n_neurons = y.shape[1]
+    row_chunk = min(n_samples, _ROW_CHUNK)
+    x_rows = max(1, _X_CHUNK_BYTES // (n_features * X.dtype.itemsize))
+    inputs.create_array(
+        "X", shape=X.shape, dtype=X.dtype, chunks=(min(row_chunk, x_rows), n_features),
+        dimension_names=("time", "feature"), attributes=_X_ATTRIBUTES,
+    )[...] = X
+    y_store = inputs.create_array(
+        "y", shape=(n_samples, n_neurons), dtype=y_dtype, chunks=(row_chunk, neuron_chunk),
+        dimension_names=("time", "neuron"), attributes=_y_attributes(y_dtype, neuron_meta),
+    )
+    # Whole chunks per slice: each chunk is written once, with no read-modify-write.
+    chunk_bytes = row_chunk * neuron_chunk * y_dtype.itemsize
+    step = max(1, _WRITE_SLICE_BYTES // chunk_bytes) * neuron_chunk
+    for start in range(0, n_neurons, step):
+        stop = min(start + step, n_neurons)
+        for row in range(0, n_samples, row_chunk):
+            rows = slice(row, min(row + row_chunk, n_samples))
+            y_store[rows, start:stop] = np.asarray(y[rows, start:stop]).astype(y_dtype, copy=False)
+    if test is not None:
+        inputs.create_array("test", shape=test.shape, dtype=bool, chunks=(min(n_samples, 2**20),),
+                            dimension_names=("time",), attributes=_TEST_ATTRIBUTES)[...] = test
+    if mask is not None:
+        inputs.create_array(
+            "feature_mask", shape=mask.shape, dtype=np.uint8, chunks=(n_features, neuron_chunk),
+            dimension_names=("feature", "neuron"), attributes=_MASK_ATTRIBUTES,
+        )[...] = mask
 
 
 _X_ATTRIBUTES = {
@@ -394,6 +425,30 @@ _X_ATTRIBUTES = {
     "description": "predictors shared by every neuron, one row per time bin; a row holding NaN is left "
                    "out of the fit",
 }
+_TEST_ATTRIBUTES = {
+    "long_name": "held-out samples",
+    "description": "samples left out of every fit's training and used to score it",
+    "flag_values": [0, 1],
+    "flag_meanings": "training held_out",
+}
+
+
+def _check_test(test, n_samples: int, time: np.ndarray | None) -> np.ndarray:
+    """``write_inputs``' ``test`` as a bool mask of shape (n_samples,) holding out some samples, not all."""
+
+    def times():
+        if time is None:
+            raise InputError("test as time intervals needs the samples' times: give time=, or X or y as pynapple "
+                             "time series")
+        return time
+
+    mask = val.as_sample_mask(test, n_samples, times, "test")
+    if not mask.any() or mask.all():
+        raise InputError(f"test must hold out at least one sample and keep one for training; it holds out "
+                         f"{int(mask.sum())} of the {n_samples} samples")
+    return mask
+
+
 _MASK_ATTRIBUTES = {
     "long_name": "feature mask",
     "description": "whether a feature is a predictor of a neuron",
@@ -480,8 +535,20 @@ def _open_inputs(path: str):
         X_dtype=_zarr.native(X.dtype),
         generation=inputs.attrs.get("generation"),
         row_chunk=int((y.shards or y.chunks)[0]),
+        has_test=_test_array(inputs, path, n_samples) is not None,
     )
     return info, X, y, mask
+
+
+def _test_array(inputs, path: str, n_samples: int):
+    """The store's ``inputs/test`` array, checked to be bool of shape (n_samples,); None without one."""
+    if inputs is None or not _zarr.contains(inputs, "test", path):
+        return None
+    test = _zarr.node(inputs, "test", path)
+    if not hasattr(test, "dtype") or np.dtype(test.dtype) != np.bool_ or test.shape != (n_samples,):
+        raise StoreError(f"{path}: inputs/test must be a bool array of shape ({n_samples},), one flag per sample; "
+                         f"got {test!r}; write the inputs again with distglm.write_inputs(..., test=...)")
+    return test
 
 
 def open_inputs(path) -> InputsInfo:
@@ -552,6 +619,58 @@ def read_coordinates(path) -> dict[str, np.ndarray]:
         found = _zarr.labels(inputs, name, path, length)
         coordinates[name] = np.arange(length) if found is None else found
     return coordinates
+
+
+def read_test(path) -> np.ndarray | None:
+    """The samples the inputs hold out of every fit (``write_inputs(test=...)``), or None.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Local directory or URL of the Zarr group.
+
+    Returns
+    -------
+    bool ndarray of shape (n_samples,) or None
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((4, 1)), np.ones((4, 2)), test=slice(3, None))
+    >>> read_test(path)
+    array([False, False, False,  True])
+    """
+    path = as_path(path)
+    info = open_inputs(path)
+    test = _test_array(open_group(path, "r")["inputs"], path, info.n_samples)
+    return None if test is None else _zarr.read(test, Ellipsis, "inputs/test", path)
+
+
+def read_time(path) -> np.ndarray:
+    """The time of each sample in seconds, as ``write_inputs`` recorded it.
+
+    Raises
+    ------
+    InputError
+        If the store records no time (inputs written by hand, or without ``time=`` or pynapple
+        time series: their time coordinate is the sample index).
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((3, 1)), np.ones((3, 2)), time=[0.5, 1, 1.5])
+    >>> read_time(path)
+    array([0.5, 1. , 1.5])
+    """
+    path = as_path(path)
+    info = open_inputs(path)
+    inputs = open_group(path, "r")["inputs"]
+    found = _zarr.labels(inputs, "time", path, info.n_samples)
+    if found is None or _zarr.node(inputs, "time", path).attrs.get("units") != "s":
+        raise InputError(f"{path} records no time of its samples (its inputs were written without time=, pynapple "
+                         "time series, or by hand), so time intervals cannot select them; write the inputs with "
+                         "time=... or pass a boolean mask of the samples")
+    return np.asarray(found, dtype=np.float64)
 
 
 def inputs_generation(path) -> str | None:
