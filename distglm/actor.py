@@ -34,13 +34,21 @@ _log = logging.getLogger(__name__)
 # One XLA thread per actor: actors are the unit of parallelism, and several multi-threaded
 # XLA runtimes on one machine only fight over its cores. XLA's CPU client sizes its thread pool
 # from PJRT_NPROC (the Eigen flag alone leaves one thread per core); with a pool of one thread,
-# asynchronous dispatch keeps a second thread busy waiting, so dispatch is synchronous.
+# asynchronous dispatch keeps a second thread busy waiting, so dispatch is synchronous. The
+# host libraries are held to one thread each for the same reason: numpy's BLAS (the design's
+# Gram), Zarr's pool that decodes chunks (by default as many threads as cores plus four) and
+# Blosc's (as many as cores). An actor then uses the one core it asks Ray for, and two actors on
+# two cores do not take turns on each other's.
 ACTOR_ENV = {
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
     "PJRT_NPROC": "1",
     "JAX_CPU_ENABLE_ASYNC_DISPATCH": "false",
     "JAX_PLATFORMS": "cpu",
     "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "ZARR_THREADING__MAX_WORKERS": "1",
+    "BLOSC_NTHREADS": "1",
 }
 
 
@@ -138,6 +146,24 @@ def history_stream_rows(info: store.InputsInfo, n_features: int, n_neurons: int,
     """Rows of a streamed chunk of a history fit's full design (``n_features`` columns: the stored
     ones and every neuron's K) and a block of ``n_neurons``: ``plan.stream_rows``."""
     return stream_rows(info.row_chunk or info.n_samples, n_features, n_neurons, itemsize=itemsize)
+
+
+# JAX's CPU client takes a host array without copying it when the array is aligned to this
+# many bytes (numpy guarantees only 16): the design and each block's y then live once in an
+# actor, not once on the host and again on the device.
+_DEVICE_ALIGNMENT = 64
+
+
+def _device_buffer(shape: tuple, dtype) -> np.ndarray:
+    """A zero array of ``shape`` that ``jax.device_put`` takes without a copy (aligned to 64 bytes).
+
+    Filled on the host, then handed to JAX and never written again: JAX treats it as immutable.
+    """
+    dtype = np.dtype(dtype)
+    n_bytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.zeros(n_bytes + _DEVICE_ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _DEVICE_ALIGNMENT
+    return raw[start:start + n_bytes].view(dtype).reshape(shape)
 
 
 def slice_strength(strength, start: int, stop: int, pad_to: int):
@@ -310,7 +336,7 @@ class SampleReader:
 
                 from .core.fit import bucket_rows
 
-                X = np.zeros((bucket_rows(self.n_samples, n_cols), self.n_features), self.dtype)
+                X = _device_buffer((bucket_rows(self.n_samples, n_cols), self.n_features), self.dtype)
                 at = 0
                 for row, stop in self._row_ranges():
                     values = self._fitted_rows(self.reader.X_rows(slice(row, stop)), row)
@@ -331,7 +357,7 @@ class SampleReader:
 
     def responses(self, start: int, stop: int, n_rows: int, n_cols: int) -> np.ndarray:
         """The y of neurons ``[start, stop)`` without NaN rows, in a zero buffer of shape (n_rows, n_cols)."""
-        y = np.zeros((n_rows, n_cols), self.dtype)
+        y = _device_buffer((n_rows, n_cols), self.dtype)
         # one stored chunk at a time: the stored dtype is never held for the whole block
         width = self.reader.info.neuron_chunk
         for first in range(start, stop, width):
@@ -543,7 +569,7 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
         y = data.responses(block.start, block.stop, X.shape[0], n_cols)
     t_read = time.perf_counter() - t0
 
-    with solve_lock or contextlib.nullcontext():
+    with solve_lock or contextlib.nullcontext(0) as turn:
         t1 = time.perf_counter()
         if stream:
             n_other = 0
@@ -556,7 +582,7 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
             finally:
                 data.forget(block.start)
         else:
-            # on the device now, so the host buffer goes before the solve's memory is taken
+            # on the device without a copy (an aligned buffer), and no longer written here
             y = jax.device_put(y)
             gram = data.gram(n_cols) if config.preconditioned else None
             result = core_fit.fit_block(X, y, mask, config, strength=strength, n_samples=data.n_samples, gram=gram)
@@ -605,7 +631,28 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
         "solve_s": t_solve,
         "write_s": t_write,
         "pid": os.getpid(),
+        "solve_turn": turn,
     }
+
+
+class _SolveTurns:
+    """An actor's solve lock: its blocks' solves take turns, and ``with`` gives the turn's number.
+
+    Turn 0 compiles the solve. With two blocks in flight, the block that reaches the actor first
+    is not always the first to be solved (the other may finish reading sooner).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._turns = 0
+
+    def __enter__(self) -> int:
+        self._lock.acquire()
+        turn, self._turns = self._turns, self._turns + 1
+        return turn
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
 
 
 class BlockFitter:
@@ -613,27 +660,35 @@ class BlockFitter:
 
     Parameters
     ----------
-    spec : FitSpec
+    spec : FitSpec or None
+        None for an actor started before the driver knew the fit (it overlaps the driver's
+        checks of the inputs): :meth:`configure` gives it the spec before its first block.
     """
 
-    def __init__(self, spec: FitSpec):
-        import jax
-
-        jax.config.update("jax_enable_x64", bool(spec.x64))
+    def __init__(self, spec: FitSpec | None = None):
         # A persistent compilation cache lets a replacement actor, the second actor on a node
         # and a resumed fit load the compiled block fit instead of compiling it again.
         enable_compilation_cache()
+        self._io = None
+        self._n_blocks = 0
+        # The scheduler gives an actor up to two blocks at once (it runs them in two threads):
+        # one block is solved while the other is read or written; solves take turns.
+        self._solve_lock = _SolveTurns()
+        self._lock = threading.Lock()
+        if spec is not None:
+            self.configure(spec)
+
+    def configure(self, spec: FitSpec) -> int:
+        """Take the fit's spec; returns the actor's pid. Called once, before the first block."""
+        import jax
+
+        jax.config.update("jax_enable_x64", bool(spec.x64))
         if spec.log_level is not None:
             log_to_stderr(spec.log_level)
         self._spec = spec
         self._model = spec.build_model()
         self._config = self._model._fit_config()
-        self._io = None
-        self._n_blocks = 0
-        # The scheduler gives an actor up to two blocks at once (it runs them in two threads):
-        # one block is solved while the other is read or written; solves take turns.
-        self._solve_lock = threading.Lock()
-        self._lock = threading.Lock()
+        return os.getpid()
 
     def pid(self) -> int:
         return os.getpid()
@@ -676,6 +731,9 @@ class BlockFitter:
         summary = fit_one_block(data, writer, block, self._config, strength, spec.pad_to, spec.stream,
                                 self._solve_lock, test_rows=spec.test_rows, standard_errors=spec.standard_errors,
                                 cv_arrays=cv_arrays)
+        turn = summary.pop("solve_turn")
+        # the solve that compiled: the first turn (a cross-validated block compiles its path first)
+        first = first if cv_arrays is not None else turn == 0
         summary["first_block"] = first
         summary["total_s"] = time.perf_counter() - t0
         _log.info("block %d: neurons %d-%d, %d converged, %d failed or not converged, %.2f s (read %.2f, "

@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from typing import Callable
@@ -514,59 +515,63 @@ def fit(
             + (": pass stream=False (or leave it out)" if history is None else
                " nor build history features, which only streaming actors do: fit the store with a PopulationGLM "
                "at a strength cross-validated in memory"))
-    keep, mask, digest, y_ok = _scan_inputs(path, info, config.observation, dtype)
-    _check_mask(model, info, mask)
-    n_features = info.n_features
-    if history is not None:
-        keep = _history_keep(keep, y_ok, history.window_size)
-        n_features += info.n_neurons * history.n_basis_funcs
-        if not keep.any():
-            raise InputError(f"no sample has a whole history window of {history.window_size} samples without NaN "
-                             f"among the {info.n_samples} stored")
-    n_kept = int(keep.sum())
-    # the model's configuration, set once a splitter (recorded by name) has made its folds
-    fingerprint = {"model": None, "n_samples": n_kept, "dtype": np.dtype(dtype).str,
-                   "inputs": {"generation": info.generation, "digest": digest}}
-    if history is not None:
-        fingerprint["history"] = history.to_json()
-    # training samples: kept and not held out; held-out ones as stored sample indices
-    train, test_rows = keep, None
-    if test is not None:
-        train, test_rows = keep & ~test, np.flatnonzero(keep & test)
-        if not train.any() or not test_rows.size:
-            raise InputError(f"test_samples holds out {test_rows.size} of the {n_kept} samples without NaN; both the "
-                             "training and the held-out samples must be non-empty")
-        fingerprint["test_samples"] = hashlib.sha256(np.packbits(test).tobytes()).hexdigest()
-    n_train = int(train.sum())
-    if standard_errors:
-        fingerprint["standard_errors"] = True
-    folds = grid = None
-    recorded = model
-    if _is_cv(model):
-        training = _training_samples(path, train, dtype)
-        folds = _cv_folds(model, training, train)
-        if hasattr(model.cv, "split"):
-            # the configuration names the splitter; the fingerprint identifies the folds it made
-            recorded = type(model)(**{**model.get_params(), "cv": SplitRecord(repr(model.cv), _n_folds(folds))})
-            fingerprint["cv_folds"] = hashlib.sha256(np.ascontiguousarray(folds).tobytes()).hexdigest()
-        grid = _cv_grid(model, config, info, training)
-        fingerprint["cv_grid"] = grid.tolist()
-        del training
-    model_config = fingerprint["model"] = {**model_to_config(recorded), "feature_mask": None}
-
-    done = set()
-    stored = stored_fingerprint(path, name) if resume else None
-    if stored is not None:
-        _check_resumable(path, stored, fingerprint, block_size)
-        block_size = stored["block_size"]
-        done = store.done_blocks(path, name)
-        blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size)
-        if all(b.id in done for b in blocks):
-            # Nothing to do: no cluster is needed and the store is not written.
-            return _report(path, info, blocks, done, [], {}, 0, t_start, time.perf_counter() - t_start, name)
-
-    started = connect_ray(address, timeout=connect_timeout)
+    # Where Ray already runs, the actors start (each a process: Python, JAX, distglm) while the driver
+    # checks the inputs, and are given the fit's spec once it is known.
+    early = _start_actors_early(num_actors)
+    started = False
     try:
+        keep, mask, digest, y_ok = _scan_inputs(path, info, config.observation, dtype)
+        _check_mask(model, info, mask)
+        n_features = info.n_features
+        if history is not None:
+            keep = _history_keep(keep, y_ok, history.window_size)
+            n_features += info.n_neurons * history.n_basis_funcs
+            if not keep.any():
+                raise InputError(f"no sample has a whole history window of {history.window_size} samples without NaN "
+                                 f"among the {info.n_samples} stored")
+        n_kept = int(keep.sum())
+        # the model's configuration, set once a splitter (recorded by name) has made its folds
+        fingerprint = {"model": None, "n_samples": n_kept, "dtype": np.dtype(dtype).str,
+                       "inputs": {"generation": info.generation, "digest": digest}}
+        if history is not None:
+            fingerprint["history"] = history.to_json()
+        # training samples: kept and not held out; held-out ones as stored sample indices
+        train, test_rows = keep, None
+        if test is not None:
+            train, test_rows = keep & ~test, np.flatnonzero(keep & test)
+            if not train.any() or not test_rows.size:
+                raise InputError(f"test_samples holds out {test_rows.size} of the {n_kept} samples without NaN; both "
+                                 "the training and the held-out samples must be non-empty")
+            fingerprint["test_samples"] = hashlib.sha256(np.packbits(test).tobytes()).hexdigest()
+        n_train = int(train.sum())
+        if standard_errors:
+            fingerprint["standard_errors"] = True
+        folds = grid = None
+        recorded = model
+        if _is_cv(model):
+            training = _training_samples(path, train, dtype)
+            folds = _cv_folds(model, training, train)
+            if hasattr(model.cv, "split"):
+                # the configuration names the splitter; the fingerprint identifies the folds it made
+                recorded = type(model)(**{**model.get_params(), "cv": SplitRecord(repr(model.cv), _n_folds(folds))})
+                fingerprint["cv_folds"] = hashlib.sha256(np.ascontiguousarray(folds).tobytes()).hexdigest()
+            grid = _cv_grid(model, config, info, training)
+            fingerprint["cv_grid"] = grid.tolist()
+            del training
+        model_config = fingerprint["model"] = {**model_to_config(recorded), "feature_mask": None}
+
+        done = set()
+        stored = stored_fingerprint(path, name) if resume else None
+        if stored is not None:
+            _check_resumable(path, stored, fingerprint, block_size)
+            block_size = stored["block_size"]
+            done = store.done_blocks(path, name)
+            blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, block_size)
+            if all(b.id in done for b in blocks):
+                # Nothing to do: no cluster is needed and the store is not written.
+                return _report(path, info, blocks, done, [], {}, 0, t_start, time.perf_counter() - t_start, name)
+
+        started = connect_ray(address, timeout=connect_timeout)
         import ray
 
         cpus = int(ray.cluster_resources().get("CPU", 0))
@@ -625,7 +630,7 @@ def fit(
                 raise StoreError(f"{path}: the inputs were written again while this fit checked them; run the "
                                  "fit again")
             store.create_results(path, n_features=n_features, n_neurons=info.n_neurons,
-                                 neuron_chunk=info.neuron_chunk, n_blocks=len(blocks), dtype=np.dtype(dtype),
+                                 neuron_chunk=fingerprint["block_size"], n_blocks=len(blocks), dtype=np.dtype(dtype),
                                  state_spec=spec, fingerprint=fingerprint, overwrite=not resume, name=name,
                                  heldout=test_rows is not None, standard_errors=standard_errors,
                                  cv=None if grid is None else {"n_strengths": len(grid),
@@ -649,7 +654,7 @@ def fit(
             del keep, train
             dispatch = functools.partial(
                 _dispatch, lease=lease, max_retries=max_retries, block_timeout=float(block_timeout),
-                progress=progress, n_neurons=info.n_neurons, on_block=on_block)
+                progress=progress, n_neurons=info.n_neurons, on_block=on_block, prestarted=early)
             summaries, failed_blocks, n_retries = [], {}, 0
             if grid is not None and not model.per_neuron:
                 # one strength for all: every block's path first, then the refits at the pooled choice
@@ -671,6 +676,12 @@ def fit(
                     n_already=sum(b.size for b in blocks if b.id in done))
                 n_retries += retried
     finally:
+        if early:
+            import ray
+
+            # the actors no dispatch took: the fit failed, or had nothing left to fit
+            for actor in early:
+                ray.kill(actor)
         if started:
             import ray
 
@@ -837,32 +848,62 @@ def _no_strength(block):
     return None
 
 
+def _fitter_class():
+    """``BlockFitter`` as a Ray actor class: one CPU, host libraries on one thread (``ACTOR_ENV``)."""
+    import ray
+
+    from .actor import ACTOR_ENV, BlockFitter
+
+    return ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0, max_concurrency=_PIPELINE,
+                      runtime_env={"env_vars": ACTOR_ENV})(BlockFitter)
+
+
+def _start_actors_early(num_actors: int | None) -> list:
+    """Actors started before the fit's spec is known, where Ray already runs in this process; else none.
+
+    Starting an actor (a Ray worker process that imports JAX and distglm) takes seconds; started
+    here, it overlaps the driver's checks of the inputs. As many as the fit will use at most
+    (``num_actors``, else one per CPU of the cluster); ``_dispatch`` gives them the spec, and the
+    caller kills those it did not take. Ray is never started, nor imported, here: a fit refused
+    for its inputs does not touch a cluster it would otherwise not have joined.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return []
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    remote_cls = _fitter_class()
+    return [remote_cls.remote() for _ in range(min(num_actors or cpus, cpus))]
+
+
 def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, block_timeout, progress,
-              n_neurons, n_already, on_block):
+              n_neurons, n_already, on_block, prestarted=None):
     """Fit the blocks ``todo`` on ``num_actors`` actors; return summaries, failed blocks and retries.
 
     Blocks go only to actors that have started (an actor the cluster cannot place is never
     waited on). A block whose actor dies, or runs past its deadline (then its actor is killed),
     is retried on a live actor up to ``max_retries`` times; a block whose actor raised fails at
-    once. A dead actor is replaced where a CPU is free.
+    once. A dead actor is replaced where a CPU is free. Actors are taken from ``prestarted``
+    (a list of actors started without a spec, emptied as they are taken) before new ones start.
     """
     if not todo:
         return [], {}, 0
     import ray
     from ray.exceptions import RayActorError, RayError, RayTaskError
 
-    from .actor import ACTOR_ENV, BlockFitter
-
-    remote_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0, max_concurrency=_PIPELINE,
-                            runtime_env={"env_vars": ACTOR_ENV})(BlockFitter)
+    remote_cls = _fitter_class()
     actors, starting = {}, {}
     load = collections.Counter()  # blocks in flight, by actor (only actors that have started)
     slots = itertools.count()
 
     def start_actor():
         slot = next(slots)
-        actors[slot] = remote_cls.remote(spec)
-        starting[actors[slot].pid.remote()] = slot
+        if prestarted:
+            # started while the driver prepared the fit; ready once it holds the spec
+            actors[slot] = prestarted.pop()
+            starting[actors[slot].configure.remote(spec)] = slot
+        else:
+            actors[slot] = remote_cls.remote(spec)
+            starting[actors[slot].pid.remote()] = slot
 
     dying = []  # a killed actor's pid call: it fails once the actor is really gone
 

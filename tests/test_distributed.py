@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 import pytest
 import ray
+import ray._private.state as ray_state
 import zarr
 
 import distglm
@@ -136,6 +137,28 @@ def run_driver(path, log, **options):
     assert done.returncode == 0, text[-3000:]
     line = [line for line in text.splitlines() if line.startswith("REPORT ")][-1]
     return json.loads(line[len("REPORT "):])
+
+
+def test_actor_buffers_reach_jax_without_a_copy(tmp_path):
+    # an actor holds the design and each block's y once: JAX takes the host buffers as they are
+    from distglm.actor import FitSpec, SampleReader
+
+    X, y, _ = simulate(300, 3, 32)
+    y = y.astype(np.float32)
+    y[[4, 150], 7] = np.nan
+    path = distglm.write_inputs(tmp_path / "fit.zarr", X, y, neuron_chunk=16)
+    keep = ~np.isnan(y).any(axis=1)
+    spec = FitSpec(path=str(path), model={}, pad_to=32, x64=False, dropped_rows=np.flatnonzero(~keep),
+                   n_samples=int(keep.sum()))
+    data = SampleReader(store.InputsReader(path), spec, np.float32)
+    design = data.design(32)
+    assert np.asarray(design).ctypes.data == design.unsafe_buffer_pointer()
+    np.testing.assert_array_equal(np.asarray(design)[:keep.sum()], X[keep].astype(np.float32))
+    block = data.responses(16, 32, design.shape[0], 32)
+    on_device = jax.device_put(block)
+    assert block.ctypes.data == on_device.unsafe_buffer_pointer()
+    np.testing.assert_array_equal(np.asarray(on_device)[:keep.sum(), :16], y[keep, 16:32])
+    assert not np.asarray(on_device)[keep.sum():].any() and not np.asarray(on_device)[:, 16:].any()
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,6 +421,35 @@ class TestOnRay:
         report = distglm.fit(path, PopulationGLM(feature_mask=mask, **CONFIGS["Poisson"]), progress=False)
         assert (report.n_blocks_skipped, report.n_blocks_fitted, report.n_fitted) == (3, 0, 96)
         assert snapshot(path) == before
+
+    def test_results_are_chunked_by_block(self, poisson_fits):
+        # one chunk of each result array per block: a block's write is one file per array
+        for block_size in (16, 32):
+            results = zarr.open_group(poisson_fits[block_size][0], mode="r")["results"]
+            assert results["coef"].chunks == (6, block_size)
+            assert results["loss"].chunks == (block_size,)
+            assert all(results[f"solver_state/{name}"].chunks[-1] == block_size
+                       for name in results["solver_state"].array_keys()
+                       if results[f"solver_state/{name}"].shape[-1] == 96)
+
+    def test_actors_started_early_are_stopped_when_the_inputs_are_refused(self, tmp_path):
+        # With Ray running, the actors start while the driver checks the inputs; a refused
+        # input stops them (no actor keeps a CPU while the error is held, e.g. by a REPL)
+        X, y, _ = simulate(200, 3, 32)
+        y[17, 21] = -1
+        path = distglm.write_inputs(tmp_path / "fit.zarr", X, y, neuron_chunk=16)
+        before = set(ray_state.actors())
+        with pytest.raises(InputError, match="neuron 21") as refused:
+            distglm.fit(path, PopulationGLM(), num_actors=2, progress=False)
+        started = [key for key, actor in ray_state.actors().items()
+                   if key not in before and actor["ActorClassName"] == "BlockFitter"]
+        assert len(started) == 2
+        deadline = time.monotonic() + 30
+        while any(ray_state.actors()[key]["State"] != "DEAD" for key in started):
+            assert time.monotonic() < deadline, "an actor started for the refused fit is still alive"
+            time.sleep(0.1)
+        assert "neuron 21" in str(refused.value)
+        assert "results" not in zarr.open_group(path, mode="r")
 
     def test_failed_neuron_and_failed_block_are_reported(self, population, tmp_path):
         X, y, mask, _ = population

@@ -469,6 +469,20 @@ def test_resume_keeps_results(results_store):
     assert done_blocks(path) == {0}
 
 
+def test_resume_keeps_results_chunked_by_a_divisor_of_the_blocks(results_store):
+    # results chunked by the inputs' neuron chunk (10) are resumed by a fit that now chunks its
+    # results by its blocks (20): the blocks still align with the stored chunks
+    path = results_store
+    write_block(path, BLOCKS[0], *block_payload(BLOCKS[0]))
+    before = snapshot(path)
+    create_results(path, **results_kwargs(neuron_chunk=20))
+    assert snapshot(path) == before
+    assert done_blocks(path) == {0}
+    with pytest.raises(StoreError, match="laid out differently .*neuron chunk 10, which does not divide 15"):
+        create_results(path, **results_kwargs(neuron_chunk=15))
+    assert snapshot(path) == before
+
+
 def test_different_fit_refused(results_store):
     path = results_store
     write_block(path, BLOCKS[0], *block_payload(BLOCKS[0]))

@@ -14,11 +14,12 @@ A store is one Zarr group (a local directory or any URL Zarr accepts) laid out a
         time, feature, neuron  coordinates: seconds (or the sample index), feature names, neuron ids
         neuron_<name>        per-neuron metadata of a pynapple y (auxiliary coordinates)
     results/                 attrs: fingerprint (written last), state_spec, model, software
-        coef                 (feature, neuron), chunks (n_features, neuron_chunk)
+        coef                 (feature, neuron), chunks (n_features, block_size): one chunk per block
+                             of the fit (a multiple of the inputs' neuron_chunk)
         intercept, scale, dof_resid, loss, grad_norm, n_iter, converged, status
-                             (neuron,), chunks (neuron_chunk,); status with CF flag_values/flag_meanings
+                             (neuron,), chunks (block_size,); status with CF flag_values/flag_meanings
         cv_model_terms, cv_null_terms, cv_status
-                             (strength, fold, neuron), chunks (.., .., neuron_chunk): a
+                             (strength, fold, neuron), chunks (.., .., block_size): a
                              PopulationGLMCV's held-out score terms and fit status (null terms
                              for the pseudo-R2 scores only); attrs cv = their sizes
         cv_index, cv_strength

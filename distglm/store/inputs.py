@@ -11,6 +11,8 @@ are read as they are.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import os
 import re
 import uuid
@@ -833,8 +835,11 @@ def scan_X(path, chunk_fn: Callable[[int, np.ndarray], None]) -> None:
     path = as_path(path)
     info, X, _, _ = _open_inputs(path)
     step = int((X.shards or X.chunks)[0])
-    for row in range(0, info.n_samples, step):
-        chunk_fn(row, _zarr.read(X, (slice(row, min(row + step, info.n_samples)), slice(None)), "inputs/X", path))
+    rows = range(0, info.n_samples, step)
+    reads = (functools.partial(_zarr.read, X, (slice(row, min(row + step, info.n_samples)), slice(None)), "inputs/X",
+                               path) for row in rows)
+    for row, values in zip(rows, _read_ahead(reads)):
+        chunk_fn(row, values)
 
 
 def scan_y(path, chunk_fn: Callable, *, by_rows: bool = False) -> None:
@@ -871,12 +876,30 @@ def scan_y(path, chunk_fn: Callable, *, by_rows: bool = False) -> None:
     path = as_path(path)
     info, _, y, _ = _open_inputs(path)
     step = info.row_chunk if by_rows else info.n_samples
-    for start in range(0, info.n_neurons, info.neuron_chunk):
-        stop = min(start + info.neuron_chunk, info.n_neurons)
-        for row in range(0, info.n_samples, step):
-            rows = slice(row, min(row + step, info.n_samples))
-            chunk = _zarr.read(y, (rows, slice(start, stop)), "inputs/y", path)
-            chunk_fn(start, stop, chunk, row) if by_rows else chunk_fn(start, stop, chunk)
+    parts = [(start, min(start + info.neuron_chunk, info.n_neurons), row)
+             for start in range(0, info.n_neurons, info.neuron_chunk) for row in range(0, info.n_samples, step)]
+    reads = (functools.partial(_zarr.read, y, (slice(row, min(row + step, info.n_samples)), slice(start, stop)),
+                               "inputs/y", path) for start, stop, row in parts)
+    for (start, stop, row), chunk in zip(parts, _read_ahead(reads)):
+        chunk_fn(start, stop, chunk, row) if by_rows else chunk_fn(start, stop, chunk)
+
+
+def _read_ahead(reads):
+    """Call ``reads`` (functions of no argument) in order and yield their results, reading one ahead.
+
+    The next read (decompression included) runs in a background thread while the caller works on
+    the current result, so a scan's checks and hashing overlap its reads. At most two results
+    are held at once.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="distglm-read") as pool:
+        pending = None
+        for read in reads:
+            ahead = pool.submit(read)
+            if pending is not None:
+                yield pending.result()
+            pending = ahead
+        if pending is not None:
+            yield pending.result()
 
 
 def nan_rows(path) -> np.ndarray:

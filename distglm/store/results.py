@@ -234,7 +234,6 @@ def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, 
     coef, done = _result_array(results, "coef", path), _result_array(results, "done", path)
     expected = {
         "coef shape": (coef.shape, (n_features, n_neurons)),
-        "neuron chunk": (_zarr.neuron_chunk(coef), neuron_chunk),
         "dtype": (np.dtype(coef.dtype), dtype),
         "number of blocks": (done.shape, (n_blocks, 3)),
         "state_spec": (results.attrs.get("state_spec"), spec),
@@ -242,9 +241,13 @@ def _layout_differences(results, n_features, n_neurons, neuron_chunk, n_blocks, 
         "standard errors": (bool(results.attrs.get("standard_errors")), standard_errors),
         "cross-validation": (results.attrs.get("cv"), cv),
     }
-    return [
+    differences = [
         f"{key} {got} instead of {want}" for key, (got, want) in expected.items() if got != want
     ]
+    # blocks aligned with the new chunk are aligned with any chunk that divides it
+    if neuron_chunk % _zarr.neuron_chunk(coef):
+        differences.append(f"neuron chunk {_zarr.neuron_chunk(coef)}, which does not divide {neuron_chunk}")
+    return differences
 
 
 def create_results(
@@ -280,6 +283,8 @@ def create_results(
         Shape of ``coef``, (n_features, n_neurons).
     neuron_chunk : int
         Chunk length along neurons of every per-neuron array; blocks must be aligned with it.
+        The scheduler passes its block size, so that a block writes one chunk of each array.
+        Results kept to resume may have a smaller chunk that divides it (blocks still align).
     n_blocks : int
         Number of blocks of the plan; ``done`` has one entry per block.
     dtype : numpy dtype or str
