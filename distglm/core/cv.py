@@ -19,9 +19,11 @@ from __future__ import annotations
 import warnings
 from typing import Any, NamedTuple, Sequence
 
+import jax
 import numpy as np
 
-from .fit import FitConfig, Params, _elementwise, WarmStart, default_init, fit_block, predict_rate
+from .fit import (DesignGram, FitConfig, Params, WarmStart, _elementwise, bucket_neurons, bucket_rows, default_init,
+                  fit_block, predict_rate)
 from .scoring import SCORE_TYPES, finish_score, score_terms
 from .solvers import PopulationLBFGS
 
@@ -144,13 +146,15 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
     null = None if score_type == "log-likelihood" else np.full_like(model, np.nan)
     status = np.zeros((n_strengths, n_folds, n_neurons), np.int8)
     for k, (train, test) in enumerate(folds):
-        X_train, y_train = X[train], y[train]
-        start = default_init(config, y_train, X.shape[1], X.dtype)
+        start = default_init(config, y[train], X.shape[1], X.dtype)
+        X_train, y_train, n_train, gram = _fold_arrays(config, X, y, train)
+        X_test, y_test = X[test], y[test]
         init, warm = start, _cold_start(config, X.shape[1], n_neurons)
         for s, strength in enumerate(strengths):
-            res = fit_block(X_train, y_train, mask, config, init=init, strength=strength, warm_start=warm)
+            res = fit_block(X_train, y_train, mask, config, init=init, strength=strength, warm_start=warm,
+                            n_samples=n_train, gram=gram)
             status[s, k] = res.status
-            m, n0 = fold_scores(config, X[test], y[test], res.coef, res.intercept, res.scale, score_type)
+            m, n0 = fold_scores(config, X_test, y_test, res.coef, res.intercept, res.scale, score_type)
             model[s, k] = m
             if null is not None:
                 null[s, k] = n0
@@ -160,6 +164,22 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
             if s + 1 < n_strengths:
                 warm = _next_warm_start(config, res.warm_start, mask, strength, strengths[s + 1], ok)
     return PathScores(model, null, status)
+
+
+def _fold_arrays(config: FitConfig, X, y, train):
+    """A fold's training samples as every strength of its path fits them: padded once to the
+    core's shape bucket and placed on the device, with their Gram matrix computed once, so that
+    a candidate costs its solve alone. Returns ``(X, y, n_samples, gram)``."""
+    dtype = jax.dtypes.canonicalize_dtype(np.result_type(X))
+    n_train, n_neurons = len(train), y.shape[1]
+    n_cols = bucket_neurons(n_neurons)
+    n_rows = bucket_rows(n_train, n_cols)
+    X_train = np.zeros((n_rows, X.shape[1]), dtype)
+    X_train[:n_train] = X[train]
+    y_train = np.zeros((n_rows, n_cols), dtype)
+    y_train[:n_train, :n_neurons] = y[train]
+    gram = DesignGram(X_train, n_train) if config.preconditioned else None
+    return jax.device_put(X_train), jax.device_put(y_train), n_train, gram
 
 
 def _cold_start(config: FitConfig, n_features: int, n_neurons: int):

@@ -1167,7 +1167,7 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     ((3, 2), True)
     """
     # host-side preparation in numpy: each jnp operation here would be one more compilation
-    dtype = jax.dtypes.canonicalize_dtype(np.result_type(X))
+    dtype = jax.dtypes.canonicalize_dtype(X.dtype if hasattr(X, "dtype") else np.result_type(X))
     X, y = (a if isinstance(a, jax.Array) and a.dtype == dtype else np.asarray(a, dtype=dtype) for a in (X, y))
     n_features, n_neurons = X.shape[1], y.shape[1]
     n_samples = X.shape[0] if n_samples is None else int(n_samples)
