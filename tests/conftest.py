@@ -1,6 +1,23 @@
+import gc
+
 import jax
 import numpy as np
 import pytest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drop every module's compiled programs once it is done.
+
+    Each XLA executable keeps its own memory mappings, and JAX keeps every program it compiled:
+    a single process that runs the whole suite would otherwise pass Linux's limit on mappings
+    per process (``vm.max_map_count``, 65,530 by default), where LLVM can no longer allocate
+    and the process crashes. Programs the next module needs again come from the persistent
+    compilation cache.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
