@@ -237,9 +237,10 @@ class SampleReader:
         keep[self.dropped[lo:hi] - row] = False
         return keep
 
-    def _row_ranges(self):
-        for row in range(0, self.n_stored, self.rows):
-            yield row, min(row + self.rows, self.n_stored)
+    def _row_ranges(self, step: int | None = None):
+        step = step or self.rows
+        for row in range(0, self.n_stored, step):
+            yield row, min(row + step, self.n_stored)
 
     def _fitted_rows(self, values: np.ndarray, row: int) -> np.ndarray:
         """``values`` (the stored samples from ``row`` on) without the dropped ones; no copy when none is."""
@@ -358,11 +359,12 @@ class SampleReader:
     def responses(self, start: int, stop: int, n_rows: int, n_cols: int) -> np.ndarray:
         """The y of neurons ``[start, stop)`` without NaN rows, in a zero buffer of shape (n_rows, n_cols)."""
         y = _device_buffer((n_rows, n_cols), self.dtype)
-        # one stored chunk at a time: the stored dtype is never held for the whole block
+        # one stored chunk at a time, whole: the stored dtype is never held for the whole block,
+        # and no chunk is decoded twice (a chunk's bytes are bounded when the store is written)
         width = self.reader.info.neuron_chunk
         for first in range(start, stop, width):
             last, at = min(first + width, stop), 0
-            for row, end in self._row_ranges():
+            for row, end in self._row_ranges(self.reader.info.row_chunk):
                 values = self._fitted_rows(self.reader.y_block(first, last, slice(row, end)), row)
                 y[at:at + len(values), first - start:last - start] = values
                 at += len(values)
