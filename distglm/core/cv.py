@@ -17,6 +17,7 @@ Pure numpy/JAX: the in-memory estimator and the Ray actors call these functions 
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -104,9 +105,16 @@ def fold_scores(config: FitConfig, X, y, coef, intercept, scale, score_type: str
     ``X`` (n_samples, n_features), ``y`` (n_samples, n_neurons) are the held-out samples;
     ``coef`` (n_features, n_neurons), ``intercept`` and ``scale`` (n_neurons,) the fit.
     """
+    return tuple(None if t is None else np.asarray(t)
+                 for t in _mean_score_terms(config, X, y, coef, intercept, scale, score_type))
+
+
+@partial(jax.jit, static_argnames=("config", "score_type"))
+def _mean_score_terms(config: FitConfig, X, y, coef, intercept, scale, score_type: str):
+    # one compiled program: a path scores every candidate on the same held-out samples
     rate = predict_rate(config.link, X, coef, intercept)
-    terms = score_terms(config.observation, y, rate, scale, score_type)
-    return tuple(None if t is None else np.asarray(t.mean(axis=0)) for t in terms)
+    return tuple(None if t is None else t.mean(axis=0)
+                 for t in score_terms(config.observation, y, rate, scale, score_type))
 
 
 def heldout_scores(config: FitConfig, X, y, coef, intercept, scale) -> dict[str, np.ndarray]:
@@ -148,7 +156,7 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
     for k, (train, test) in enumerate(folds):
         start = default_init(config, y[train], X.shape[1], X.dtype)
         X_train, y_train, n_train, gram = _fold_arrays(config, X, y, train)
-        X_test, y_test = X[test], y[test]
+        X_test, y_test = jax.device_put(X[test]), jax.device_put(y[test])
         init, warm = start, _cold_start(config, X.shape[1], n_neurons)
         for s, strength in enumerate(strengths):
             res = fit_block(X_train, y_train, mask, config, init=init, strength=strength, warm_start=warm,
@@ -190,8 +198,10 @@ def _cold_start(config: FitConfig, n_features: int, n_neurons: int):
         return None
     size = dict(config.solver_kwargs).get("history_size", PopulationLBFGS.history_size)
     pairs = Params(np.zeros((size, n_features, n_neurons)), np.zeros((size, n_neurons)))
-    return WarmStart(pairs, pairs, np.full(n_neurons, np.nan), Params(np.zeros((n_features, n_neurons)),
-                                                                      np.zeros(n_neurons)))
+    unknown = np.full(n_neurons, np.nan)
+    # the curvature too, where the solve is preconditioned (each strength's solve returns it)
+    return WarmStart(pairs, pairs, unknown, Params(np.zeros((n_features, n_neurons)), np.zeros(n_neurons)),
+                     unknown if config.preconditioned else None)
 
 
 def _next_warm_start(config: FitConfig, warm: WarmStart | None, mask, strength, next_strength, ok):
@@ -213,7 +223,8 @@ def _next_warm_start(config: FitConfig, warm: WarmStart | None, mask, strength, 
     def keep(tree, fill=0.0):
         return Params(*(np.where(ok, a, fill) for a in tree))
 
-    return WarmStart(keep(warm.steps), keep(changes), np.where(ok, warm.loss, np.nan), keep(warm.grad))
+    curvature = None if warm.curvature is None else np.where(ok, warm.curvature, np.nan)
+    return WarmStart(keep(warm.steps), keep(changes), np.where(ok, warm.loss, np.nan), keep(warm.grad), curvature)
 
 
 def select(path: PathScores, score_type: str, per_neuron: bool, rule: str):
