@@ -610,7 +610,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-resume", action="store_true", help="refit every block, replacing earlier results")
         sub.add_argument("--block-timeout", type=_positive_float, metavar="SECONDS",
                          help="seconds a block may run at least before its actor is taken for stuck and the block "
-                              "is retried elsewhere (default 900; the limit grows to 10x the slowest block)")
+                              "is retried elsewhere (default: from the blocks' work, at least 900; the limit grows to "
+                              "10x the slowest block)")
         streaming = sub.add_mutually_exclusive_group()
         streaming.add_argument("--stream", dest="stream", action="store_const", const=True, default=None,
                                help="actors read X and y a chunk of samples at a time (default: when X and two "

@@ -27,7 +27,7 @@ from distglm.errors import InputError, InputTypeError, PlanError
 
 __all__ = ["Block", "MemoryEstimate", "estimate_block_memory", "largest_block", "plan_blocks", "padded_size",
            "stream_rows", "stream_cache_bytes", "TARGET_BLOCK_NEURONS", "PROCESS_BASE_BYTES", "ACTOR_BASE_BYTES",
-           "STREAM_CHUNK_BYTES"]
+           "STREAM_CHUNK_BYTES", "MIN_BLOCK_TIMEOUT_S", "block_timeout"]
 
 #: Neurons per block the default plan aims for: large enough that one compiled solve does
 #: real work, small enough that a lost block is cheap to redo.
@@ -310,6 +310,59 @@ def stream_cache_bytes(budget, n_samples, n_features, n_neurons, row_chunk, *, i
     resident = estimate_block_memory(rows, n_features, n_neurons, itemsize=itemsize, **estimate).total
     data = -(-n_samples // rows) * rows * (n_features + n_neurons) * itemsize
     return max(0, min(budget - resident, data))
+
+
+#: The shortest default deadline of a block (seconds): generous for any block of a modest
+#: recording, whose own estimate below is shorter.
+MIN_BLOCK_TIMEOUT_S = 900.0
+# The default deadline's assumptions, deliberately pessimistic: a slow core's rate for the
+# design's products, a slow store's rate for streamed reads, and the evaluations of a long fit.
+_SLOW_FLOPS = 5e9
+_SLOW_READ_BYTES_PER_S = 100e6
+_DEADLINE_EVALUATIONS = 200
+
+
+def block_timeout(n_samples, n_features, n_neurons, *, stream=False, candidates=1, itemsize=4) -> float:
+    """The default deadline of a block (seconds): the longest a healthy actor could take.
+
+    An evaluation of a block's objective is two products with the design, ``4 * n_samples *
+    n_features * n_neurons`` flops, and, when the samples are streamed, a read of the block's
+    chunks of X and y. The deadline allows 200 evaluations per candidate fit at 5 GFLOP/s (a
+    sixth of one core's rate here) and 100 MB/s, and at least ``MIN_BLOCK_TIMEOUT_S``: long or wide recordings get a
+    deadline that grows with their size instead of a fixed one that kills healthy blocks.
+
+    Parameters
+    ----------
+    n_samples, n_features, n_neurons : int
+        Samples fitted, columns of the block's design (history features included) and the
+        block's (padded) neurons.
+    stream : bool
+        Whether the actor streams the samples from the store.
+    candidates : int
+        Fits per block: the candidate strengths times the folds when cross-validating, else 1.
+    itemsize : int
+        Bytes per float of the fit.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> block_timeout(20_000, 50, 256)
+    900.0
+    >>> round(block_timeout(1_000_000, 100, 512, stream=True))  # about 3.6 hours
+    13088
+    """
+    n_samples = _check_int(n_samples, "n_samples", minimum=1)
+    n_features = _check_int(n_features, "n_features", minimum=1)
+    n_neurons = _check_int(n_neurons, "n_neurons", minimum=1)
+    candidates = _check_int(candidates, "candidates", minimum=1)
+    itemsize = _check_int(itemsize, "itemsize", minimum=1)
+    evaluation = 4 * n_samples * n_features * n_neurons / _SLOW_FLOPS
+    if stream:
+        evaluation += n_samples * (n_features + n_neurons) * itemsize / _SLOW_READ_BYTES_PER_S
+    return max(MIN_BLOCK_TIMEOUT_S, _DEADLINE_EVALUATIONS * candidates * evaluation)
 
 
 class Block(NamedTuple):

@@ -41,7 +41,7 @@ STREAM_ABOVE_BYTES = 2**30
 _log = logging.getLogger(__name__)
 
 #: Seconds a block may run at least before its actor is taken for stuck (see ``fit``).
-DEFAULT_BLOCK_TIMEOUT_S = 900.0
+DEFAULT_BLOCK_TIMEOUT_S = _plan.MIN_BLOCK_TIMEOUT_S
 # How long blocks wait for an actor to start when no actor runs at all.
 _ACTOR_START_TIMEOUT_S = 300.0
 # The dispatch loop wakes at least this often (to check the lease and deadlines).
@@ -328,9 +328,9 @@ def check_fit_options(**options) -> dict:
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise InputError(f"{name} must be a positive integer or None; got {value!r}")
-    limit = options.get("block_timeout", DEFAULT_BLOCK_TIMEOUT_S)
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
-        raise InputError(f"block_timeout must be a positive number of seconds; got {limit!r}")
+    limit = options.get("block_timeout")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
+        raise InputError(f"block_timeout must be a positive number of seconds or None; got {limit!r}")
     if options.get("stream") is not None and not isinstance(options["stream"], bool):
         raise InputTypeError(f"stream must be True, False or None; got {options['stream']!r}")
     if options.get("on_block") is not None and not callable(options["on_block"]):
@@ -351,7 +351,7 @@ def fit(
     max_retries: int = 3,
     on_block: Callable[[dict], None] | None = None,
     connect_timeout: float | None = None,
-    block_timeout: float = DEFAULT_BLOCK_TIMEOUT_S,
+    block_timeout: float | None = None,
     name: str | None = None,
     test_samples=None,
     standard_errors: bool = False,
@@ -409,11 +409,14 @@ def fit(
     connect_timeout : float, optional
         Seconds to wait for the cluster at ``address``; default ``DISTGLM_CONNECT_TIMEOUT``
         or 30.
-    block_timeout : float
+    block_timeout : float, optional
         Seconds a block may run at least before its actor is taken for stuck, killed and the
         block retried elsewhere; the limit is the larger of this and 10 times the slowest block
         seen so far in the fit (an actor's first block, which compiles, is not counted). A
-        block queued behind another on its actor gets twice the limit.
+        block queued behind another on its actor gets twice the limit. None (default): the
+        blocks' work decides, :func:`distglm.plan.block_timeout` (at least 900 s, more for long
+        or wide recordings and for cross-validation) until a block has finished, then 10 times
+        the slowest block, at least 900 s.
     name : str, optional
         The fit's name: its results go to ``results/<name>/``, beside the store's other fits of
         the same inputs, which neither ``resume`` nor ``resume=False`` touches (load it with
@@ -652,8 +655,16 @@ def fit(
                                storage_options=storage_options, log_level=enabled_level(),
                                history=fingerprint.get("history"))
             del keep, train
+            if block_timeout is None:
+                # the blocks' own deadline, until the fit has timed one
+                fits_per_block = 1 if grid is None else len(grid) * _n_folds(folds) + 1
+                first_limit = _plan.block_timeout(n_train, n_features, core_fit.bucket_neurons(pad_to), stream=streams,
+                                                  candidates=fits_per_block, itemsize=np.dtype(dtype).itemsize)
+                limits = (first_limit, DEFAULT_BLOCK_TIMEOUT_S)
+            else:
+                limits = (float(block_timeout), float(block_timeout))
             dispatch = functools.partial(
-                _dispatch, lease=lease, max_retries=max_retries, block_timeout=float(block_timeout),
+                _dispatch, lease=lease, max_retries=max_retries, block_timeout=limits,
                 progress=progress, n_neurons=info.n_neurons, on_block=on_block, prestarted=early)
             summaries, failed_blocks, n_retries = [], {}, 0
             if grid is not None and not model.per_neuron:
@@ -884,6 +895,8 @@ def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, blo
     is retried on a live actor up to ``max_retries`` times; a block whose actor raised fails at
     once. A dead actor is replaced where a CPU is free. Actors are taken from ``prestarted``
     (a list of actors started without a spec, emptied as they are taken) before new ones start.
+    ``block_timeout`` is ``(first, later)``: a block's deadline before any block has been timed,
+    and the least one after (10 times the slowest block when that is longer).
     """
     if not todo:
         return [], {}, 0
@@ -957,7 +970,7 @@ def _dispatch(spec, todo, block_strength, lease, *, num_actors, max_retries, blo
                 tries[block.id] += 1
                 load[slot] += 1
                 # a second block waits for the first one's solve: its limit counts both
-                limit = max(block_timeout, 10 * slowest) * load[slot]
+                limit = (max(block_timeout[1], 10 * slowest) if slowest else block_timeout[0]) * load[slot]
                 ref = actors[slot].fit.remote(block, block_strength(block))
                 in_flight[ref] = (slot, block, now + limit, limit)
             if in_flight:

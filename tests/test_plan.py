@@ -188,3 +188,43 @@ def test_a_cross_validated_block_is_planned_with_its_folds_and_candidates():
     budget = estimate_block_memory(20_000, 500, 512, preconditioner="shared").total
     assert largest_block(budget, 1024, 64, 20_000, 500, preconditioner="shared", cv_strengths=12) < \
         largest_block(budget, 1024, 64, 20_000, 500, preconditioner="shared")
+
+
+# --- the default deadline of a block ------------------------------------------------------------
+
+
+def test_block_timeout_grows_with_the_blocks_work():
+    from distglm.plan import MIN_BLOCK_TIMEOUT_S, block_timeout
+
+    # a modest block keeps the floor
+    assert block_timeout(20_000, 50, 256) == MIN_BLOCK_TIMEOUT_S
+    # above it, the deadline is linear in each dimension of the products
+    long = block_timeout(2_000_000, 100, 512)
+    assert long > MIN_BLOCK_TIMEOUT_S
+    assert block_timeout(4_000_000, 100, 512) == pytest.approx(2 * long)
+    assert block_timeout(2_000_000, 200, 512) == pytest.approx(2 * long)
+    # streaming adds the reads; cross-validation multiplies by the fits of a block
+    assert block_timeout(2_000_000, 100, 512, stream=True) > long
+    assert block_timeout(2_000_000, 100, 512, candidates=61) == pytest.approx(61 * long)
+    # the coupled fit that ran past a fixed 900 s: 200,000 samples, 3,002 features, 64 neurons
+    assert block_timeout(200_000, 3_002, 64, stream=True) > 10 * MIN_BLOCK_TIMEOUT_S
+
+
+@pytest.mark.parametrize("kwargs, name", [({"n_samples": 0}, "n_samples"), ({"candidates": 0}, "candidates"),
+                                          ({"n_features": 1.5}, "n_features")])
+def test_block_timeout_refuses_bad_sizes(kwargs, name):
+    from distglm.plan import block_timeout
+
+    args = {"n_samples": 100, "n_features": 5, "n_neurons": 8, **kwargs}
+    with pytest.raises((InputError, InputTypeError), match=name):
+        block_timeout(args.pop("n_samples"), args.pop("n_features"), args.pop("n_neurons"), **args)
+
+
+def test_fit_options_take_no_block_timeout_or_a_positive_one():
+    from distglm.scheduler import check_fit_options
+
+    assert check_fit_options(block_timeout=None)["block_timeout"] is None
+    assert check_fit_options(block_timeout=5.0)["block_timeout"] == 5.0
+    for bad in (0, -1.0, True, "60"):
+        with pytest.raises(InputError, match="block_timeout must be a positive number of seconds or None"):
+            check_fit_options(block_timeout=bad)
