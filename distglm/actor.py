@@ -381,30 +381,47 @@ class SampleReader:
                 self._cached += found.nbytes
         return found
 
+    def _rows_of(self, i: int) -> tuple:
+        """Streamed chunk ``i``: its first stored sample, one past its last, and which of its
+        ``self.rows`` rows are fitted samples (rows past the recording are not)."""
+        row = i * self.rows
+        end = min(row + self.rows, self.n_stored)
+        keep = np.zeros(self.rows, dtype=bool)
+        keep[:end - row] = self._kept(row, end)
+        return row, end, keep
+
+    def _design_chunk(self, i: int) -> np.ndarray:
+        """Streamed chunk ``i`` of the design every block shares: the stored X, and the history
+        features of every neuron unless each block builds its own; rows not fitted are zero."""
+        row, end, keep = self._rows_of(i)
+        n_stored = self.reader.info.n_features
+        X = np.zeros((self.rows, n_stored if self.own else self.n_features), self.dtype)
+        X[:end - row, :n_stored] = self.reader.X_rows(slice(row, end))
+        if self.history is not None and not self.own:
+            X[:end - row, n_stored:] = self._history_rows(row, end)
+        X[~keep] = 0.0
+        return X
+
+    def streamed_gram(self):
+        """The Gram matrix of the streamed design (``core.fit.DesignGram``), computed once for
+        every block, a chunk at a time (the chunks stay in the cache for the solves' passes).
+        Not for blocks with their own history features, whose Gram matrices differ by neuron."""
+        with self._gram_lock:
+            if self._gram is None:
+                from .core.fit import DesignGram
+
+                n_chunks = -(-self.n_stored // self.rows)
+                self._gram = DesignGram.from_chunks(
+                    (self._chunk(("X", i), lambda i=i: self._design_chunk(i)) for i in range(n_chunks)),
+                    self.n_samples)
+        return self._gram
+
     def source(self, start: int, stop: int, n_cols: int):
         """The samples of neurons ``[start, stop)`` as a ``ChunkSource`` of ``n_cols`` neurons (zeros past stop)."""
         from .core.fit import ChunkSource
 
-        rows = self.rows
-
-        def rows_of(i):
-            row = i * rows
-            end = min(row + rows, self.n_stored)
-            keep = np.zeros(rows, dtype=bool)
-            keep[:end - row] = self._kept(row, end)
-            return row, end, keep
-
-        n_stored = self.reader.info.n_features
-        n_X = n_stored if self.own else self.n_features
-
-        def read_X(i):
-            row, end, keep = rows_of(i)
-            X = np.zeros((rows, n_X), self.dtype)
-            X[:end - row, :n_stored] = self.reader.X_rows(slice(row, end))
-            if self.history is not None and not self.own:
-                X[:end - row, n_stored:] = self._history_rows(row, end)
-            X[~keep] = 0.0
-            return X
+        rows, rows_of = self.rows, self._rows_of
+        n_X = self.reader.info.n_features if self.own else self.n_features
 
         def read_own(i):
             # the block's neurons' own history, (rows, K, n_cols)
@@ -424,7 +441,7 @@ class SampleReader:
             return y
 
         def read(i):
-            chunk = (self._chunk(("X", i), lambda: read_X(i)), self._chunk(("y", start, i), lambda: read_y(i)),
+            chunk = (self._chunk(("X", i), lambda: self._design_chunk(i)), self._chunk(("y", start, i), lambda: read_y(i)),
                      rows_of(i)[2])
             return chunk + (self._chunk(("own", start, i), lambda: read_own(i)),) if self.own else chunk
 
@@ -579,8 +596,10 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
                 strength = jax.tree_util.tree_map(lambda s: data.own_rows(np.asarray(s), block.start), strength)
                 n_other = data.n_features - data.n_fit_features
             try:
+                # the design's Gram matrix is the same for every block: computed once per actor
+                gram = data.streamed_gram() if config.preconditioned and not data.own else None
                 result = core_fit.fit_streamed(data.source(block.start, block.stop, n_cols), mask, config,
-                                               strength=strength, n_other=n_other)
+                                               strength=strength, n_other=n_other, gram=gram)
             finally:
                 data.forget(block.start)
         else:

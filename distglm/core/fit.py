@@ -413,7 +413,7 @@ class ChunkSource:
     >>> src = ChunkSource(lambda i: (X[5 * i:5 * i + 5], y[5 * i:5 * i + 5], np.ones(5, bool)),
     ...                   n_chunks=2, rows=5, n_features=2, n_neurons=3, n_valid=10)
     >>> src.layout("float32")
-    HostLayout(n_chunks=2, rows=5, n_features=2, n_neurons=3, dtype='float32')
+    HostLayout(n_chunks=2, rows=5, n_features=2, n_neurons=3, dtype='float32', n_own=0)
     """
 
     def __init__(self, read: Callable, *, n_chunks: int, rows: int, n_features: int, n_neurons: int, n_valid: int,
@@ -646,6 +646,38 @@ class DesignGram:
         gram /= np.asarray(max(n, 1), X.dtype)
         self.matrix = gram
         self._eigen = (None, None)
+
+    @classmethod
+    def from_chunks(cls, chunks, n_valid: int) -> "DesignGram":
+        """The Gram matrix of a design given a chunk of rows at a time.
+
+        ``chunks`` is an iterable of arrays of shape (n_rows, n_features), in the design's row
+        order or any other; rows that are not data must be zero. ``n_valid`` counts the data rows.
+
+        Examples
+        --------
+        >>> X = np.array([[1.0, 2.0], [3.0, 4.0], [0.5, -1.0]])
+        >>> bool(np.allclose(DesignGram.from_chunks([X[:2], X[2:]], 3).matrix, DesignGram(X).matrix))
+        True
+        """
+        gram = None
+        for X in chunks:
+            X = np.asarray(X)
+            if gram is None:
+                p = X.shape[1]
+                gram = np.zeros((p + 1, p + 1), dtype=X.dtype)
+            sums = X.sum(axis=0)
+            gram[:p, :p] += X.T @ X
+            gram[:p, p] += sums
+            gram[p, :p] += sums
+        if gram is None:
+            raise ValueError("chunks must hold at least one chunk of rows")
+        n = int(n_valid)
+        gram[p, p] = n
+        gram /= np.asarray(max(n, 1), gram.dtype)
+        made = cls.__new__(cls)
+        made.matrix, made._eigen = gram, (None, None)
+        return made
 
     def for_preconditioner(self, kind: str, mask, active):
         """What ``kind`` needs: the matrix (cholesky), its diagonal (diagonal), or the
@@ -1255,7 +1287,7 @@ def _check_own(own, n_rows: int, n_neurons: int, config: FitConfig, n_other) -> 
 
 
 def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | None = None,
-                 strength=None, preconditioner: str = "auto", n_other: int = 0) -> BlockResult:
+                 strength=None, preconditioner: str = "auto", n_other: int = 0, gram=None) -> BlockResult:
     """Fit a block of neurons whose samples are fed from the host, one chunk of rows at a time.
 
     The same solve as :func:`fit_block` (and the same results, to rounding): every pass over
@@ -1272,9 +1304,14 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
         Default zeros and the intercepts matching each neuron's mean response (one extra pass).
     strength : per-neuron strength arrays, optional
     preconditioner : {"auto", "cholesky", "shared", "diagonal"}
-        As in :func:`fit_block`; the Gram matrix is accumulated over the chunks in the solve.
+        As in :func:`fit_block`; the Gram matrix is accumulated over the chunks in the solve,
+        unless ``gram`` gives it.
     n_other : int
         As in :func:`fit_block`, for a source with own features (``source.n_own``).
+    gram : DesignGram, optional
+        The Gram matrix of the source's design (``DesignGram.from_chunks``), when several blocks
+        share the design: computed once for them all instead of in each block's solve (not with
+        own features, whose Gram matrices differ by neuron).
 
     Returns
     -------
@@ -1338,7 +1375,11 @@ def fit_streamed(source: ChunkSource, mask, config: FitConfig, init: Params | No
             return _solve(np.int32(token), None, mask, init, strength, active, np.int32(source.n_valid), design,
                           config, kind, host=layout, n_other=np.int32(n_other))
 
-        return _run(solve, mask, init, strength, config, dtype, preconditioner, None, own=bool(source.n_own))
+        if gram is not None and source.n_own:
+            raise InputError("gram cannot describe a source with own features: each neuron's Gram matrix differs")
+        if gram is not None and not isinstance(gram, DesignGram):
+            raise InputTypeError(f"gram must be a DesignGram; got {type(gram).__name__}")
+        return _run(solve, mask, init, strength, config, dtype, preconditioner, gram, own=bool(source.n_own))
     finally:
         del _READERS[token]
 
