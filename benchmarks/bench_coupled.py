@@ -18,10 +18,10 @@ building the history a chunk of samples at a time. Recorded:
   actor per block (the blocks of one evaluation in parallel), and the memory of one history
   chunk, ``rows x (p + N * K)`` floats, that an actor builds at every pass.
 
-The size is what runs here in a few minutes (2 shared cores): the N * K columns of every
-evaluation, and of the Gram matrix each block accumulates, are what limit it. 500 neurons x
-100,000 samples (3,002 features) ran here past the 900 s a block may take before its actor is
-taken for stuck (1-minute load average 15-18).
+The default size is the largest this machine was asked to hold, 500 neurons x 200,000 samples
+(3,002 features per neuron); ``--n-neurons`` and ``--n-samples`` choose another. The N * K
+columns of every evaluation, and of the design's Gram matrix (accumulated once per actor from
+the chunks), are what limit it.
 
 Usage::
 
@@ -48,7 +48,7 @@ from bench_vs_nemos import RESULT_TAG, machine_info, publish, run_for_result
 from distglm.plan import STREAM_CHUNK_BYTES, stream_rows
 from distglm.store.inputs import _ROW_CHUNK as ROW_CHUNK
 
-FULL = dict(n_samples=60_000, n_neurons=300, n_basis_funcs=6, window_size=20, rank=4)
+FULL = dict(n_samples=200_000, n_neurons=500, n_basis_funcs=6, window_size=20, rank=4)
 QUICK = dict(n_samples=4_000, n_neurons=24, n_basis_funcs=4, window_size=10, rank=4)
 # samples of the in-memory evaluation timed beside the fit (its cost is linear in them)
 EVAL_SAMPLES = 20_000
@@ -128,8 +128,10 @@ def evaluation_worker(sizes: dict, n_block: int) -> dict:
 
     X, y = data(**sizes)
     spec = HistorySpec.raised_cosine_log(sizes["n_basis_funcs"], sizes["window_size"], coupling="all")
-    rows = slice(sizes["window_size"], sizes["window_size"] + EVAL_SAMPLES)
-    full = design(X, y, spec)[rows].astype(np.float32)
+    # the samples timed and the window before them: the design of those rows needs no others
+    end = sizes["window_size"] + EVAL_SAMPLES
+    rows = slice(sizes["window_size"], end)
+    full = design(X[:end], y[:end], spec)[rows].astype(np.float32)
     yb = y[rows, :n_block].astype(np.float32)
     mask = np.ones((full.shape[1], n_block), np.float32)
     config = PopulationGLM(regularizer="Ridge", regularizer_strength=STRENGTH)._fit_config()
@@ -157,8 +159,8 @@ def extrapolate(sizes: dict, fit: dict, evaluation: dict) -> dict:
             "n_blocks": -(-n // n_block),
             "eval_s_per_block": per_eval,
             "fit_s_per_block": per_eval * evaluations,
-            # each block accumulates the Gram matrix of its full design once: 2 x T x (p + 1)^2 flops
-            "gram_s_per_block": 2.0 * TARGET_SAMPLES * (p + 1) ** 2 / rate,
+            # each actor accumulates the Gram matrix of the full design once: 2 x T x (p + 1)^2 flops
+            "gram_s_per_actor": 2.0 * TARGET_SAMPLES * (p + 1) ** 2 / rate,
             "history_chunk_bytes": rows * p * FLOAT_BYTES,
             "gram_bytes": (p + 1) ** 2 * FLOAT_BYTES,
         }
@@ -194,10 +196,9 @@ def markdown(report: dict) -> str:
         "",
         f"Simulating the counts sample by sample took {fit['simulate_s']:.0f} s, not counted above. The one "
         f"evaluation was timed on the block's first {ev['n_samples']:,} samples. What limits the size here: the "
-        "N * K columns that every evaluation multiplies and that each block's Gram matrix accumulates (the cost "
-        "of the population grows as N^2), on 2 cores shared with other work: 500 neurons x 100,000 samples "
-        "(3,002 features) ran past the 900 s a block may take before its actor is taken for stuck, at a load "
-        "average of 15-18.",
+        "N * K columns that every evaluation multiplies and that the design's Gram matrix accumulates (the cost "
+        "of the population grows as N^2), on 2 shared cores. Each block's deadline follows its work "
+        "(`distglm.plan.block_timeout`), so long blocks are not taken for stuck.",
         "",
         "## Extrapolated",
         "",
@@ -207,13 +208,13 @@ def markdown(report: dict) -> str:
         f"the {ex['evaluations_per_block']:.0f} evaluations a block took here:",
         "",
         "| neurons | blocks (actors) | s per evaluation per block | s of evaluations per block | "
-        "s of the Gram matrix per block | history chunk: rows, MB | Gram matrix (MB) |",
+        "s of the Gram matrix per actor | history chunk: rows, MB | Gram matrix (MB) |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for target in TARGETS:
         t = ex[str(target)]
         lines.append(f"| {target:,} | {t['n_blocks']} | {t['eval_s_per_block']:.1f} | {t['fit_s_per_block']:.0f} | "
-                     f"{t['gram_s_per_block']:,.0f} | "
+                     f"{t['gram_s_per_actor']:,.0f} | "
                      f"{t['rows_per_chunk']:,}, {t['history_chunk_bytes'] / 1e6:,.0f} | {t['gram_bytes'] / 1e6:,.0f} |")
     lines += [
         "",
@@ -221,10 +222,9 @@ def markdown(report: dict) -> str:
         f"floats: a stored chunk of samples ({ROW_CHUNK:,} rows), halved until it and the block's y take at most "
         f"{STREAM_CHUNK_BYTES // 2**20} MiB (`distglm.plan.stream_rows`); the actor keeps the chunks its cache holds and builds the "
         "others again at every pass. The Gram matrix of the preconditioner, (p + N * K + 1)^2 floats, is held "
-        "beside its eigenbasis of the same size; a streamed block accumulates it from the chunks, "
-        "2 x T x (p + N * K + 1)^2 flops (its eigendecomposition, about (p + N * K)^3 more, is not counted): at "
-        "5,000 neurons it outweighs the evaluations, and computing it once per actor rather than once per block "
-        "would save that much per block. The extrapolation assumes the flop rate measured here holds at those "
+        "beside its eigenbasis of the same size; each actor accumulates it once from the chunks, for all its "
+        "blocks, 2 x T x (p + N * K + 1)^2 flops (its eigendecomposition, about (p + N * K)^3 more, is not "
+        "counted): at 5,000 neurons it takes about as long as a block's evaluations, once per actor. The extrapolation assumes the flop rate measured here holds at those "
         "widths and that the evaluations per block stay the same; the convolution that builds the chunks "
         "(T x N x window x K multiply-adds per pass when the chunks outgrow the cache) is not counted.",
         "",
@@ -236,11 +236,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small smoke run; results are printed, not written")
     parser.add_argument("--worker", nargs=2, metavar=("SIZES", "N_BLOCK"), help=argparse.SUPPRESS)
+    parser.add_argument("--n-neurons", type=int, help=f"neurons (default {FULL['n_neurons']})")
+    parser.add_argument("--n-samples", type=int, help=f"samples (default {FULL['n_samples']:,})")
     args = parser.parse_args(argv)
     if args.worker:
         print(RESULT_TAG + json.dumps(evaluation_worker(json.loads(args.worker[0]), int(args.worker[1]))), flush=True)
         return
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    sizes.update({key: value for key, value in (("n_neurons", args.n_neurons), ("n_samples", args.n_samples))
+                  if value is not None})
     workdir = tempfile.mkdtemp(prefix="bench_coupled_")
     try:
         load_before = os.getloadavg()[0]

@@ -225,3 +225,24 @@ def test_a_splitter_splits_the_samples_without_nan():
     np.testing.assert_allclose(with_nan.cv_scores_, dropped.cv_scores_, rtol=1e-9)
     # a splitter's folds need not cover every sample: TimeSeriesSplit never holds out the first
     assert np.isfinite(with_nan.cv_scores_).all()
+
+
+@pytest.mark.parametrize("score_type", ["log-likelihood", "pseudo-r2-McFadden"])
+def test_scores_given_the_data_terms_equal_scores_that_compute_them(score_type):
+    from distglm.core.observations import GammaObservations, PoissonObservations
+    from distglm.core.scoring import score_terms
+
+    rng = np.random.default_rng(4)
+    y = rng.poisson(2.0, size=(50, 3)).astype(float)
+    rate = rng.uniform(0.5, 3.0, size=(50, 3))
+    poisson = PoissonObservations()
+    data = poisson.data_terms(y)
+    assert data.shape == y.shape and np.all(np.asarray(data) <= 0)
+    for given, computed in zip(score_terms(poisson, y, rate, np.ones(3), score_type, data_terms=data),
+                               score_terms(poisson, y, rate, np.ones(3), score_type)):
+        if computed is None:  # the log-likelihood has no null terms
+            assert given is None
+        else:
+            np.testing.assert_allclose(given, computed, rtol=1e-6)
+    # a family that splits nothing off says so
+    assert GammaObservations().data_terms(y) is None

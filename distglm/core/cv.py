@@ -99,22 +99,28 @@ def strength_grid(top: float, n_strengths: int, decades: float = 4.0) -> np.ndar
     return np.logspace(np.log10(top), np.log10(top) - decades, n_strengths)
 
 
-def fold_scores(config: FitConfig, X, y, coef, intercept, scale, score_type: str):
+def fold_scores(config: FitConfig, X, y, coef, intercept, scale, score_type: str, data_terms=None):
     """Mean held-out score terms per neuron, ``(model, null)`` of shape (n_neurons,) each.
 
     ``X`` (n_samples, n_features), ``y`` (n_samples, n_neurons) are the held-out samples;
-    ``coef`` (n_features, n_neurons), ``intercept`` and ``scale`` (n_neurons,) the fit.
+    ``coef`` (n_features, n_neurons), ``intercept`` and ``scale`` (n_neurons,) the fit;
+    ``data_terms``: ``config.observation.data_terms(y)``, when several fits are scored on ``y``.
     """
     return tuple(None if t is None else np.asarray(t)
-                 for t in _mean_score_terms(config, X, y, coef, intercept, scale, score_type))
+                 for t in _mean_score_terms(config, X, y, coef, intercept, scale, score_type, data_terms))
 
 
 @partial(jax.jit, static_argnames=("config", "score_type"))
-def _mean_score_terms(config: FitConfig, X, y, coef, intercept, scale, score_type: str):
+def _mean_score_terms(config: FitConfig, X, y, coef, intercept, scale, score_type: str, data_terms=None):
     # one compiled program: a path scores every candidate on the same held-out samples
     rate = predict_rate(config.link, X, coef, intercept)
     return tuple(None if t is None else t.mean(axis=0)
-                 for t in score_terms(config.observation, y, rate, scale, score_type))
+                 for t in score_terms(config.observation, y, rate, scale, score_type, data_terms))
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _data_terms(config: FitConfig, y):
+    return config.observation.data_terms(y)
 
 
 def heldout_scores(config: FitConfig, X, y, coef, intercept, scale) -> dict[str, np.ndarray]:
@@ -157,12 +163,14 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
         start = default_init(config, y[train], X.shape[1], X.dtype)
         X_train, y_train, n_train, gram = _fold_arrays(config, X, y, train)
         X_test, y_test = jax.device_put(X[test]), jax.device_put(y[test])
+        # what the held-out log-likelihoods share, computed once for the fold's candidates
+        data_terms = None if score_type == "pseudo-r2-Cohen" else _data_terms(config, y_test)
         init, warm = start, _cold_start(config, X.shape[1], n_neurons)
         for s, strength in enumerate(strengths):
             res = fit_block(X_train, y_train, mask, config, init=init, strength=strength, warm_start=warm,
                             n_samples=n_train, gram=gram)
             status[s, k] = res.status
-            m, n0 = fold_scores(config, X_test, y_test, res.coef, res.intercept, res.scale, score_type)
+            m, n0 = fold_scores(config, X_test, y_test, res.coef, res.intercept, res.scale, score_type, data_terms)
             model[s, k] = m
             if null is not None:
                 null[s, k] = n0

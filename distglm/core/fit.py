@@ -637,14 +637,7 @@ class DesignGram:
 
     def __init__(self, X, n_valid=None):
         X = np.asarray(X)
-        n = X.shape[0] if n_valid is None else int(n_valid)
-        p = X.shape[1]
-        gram = np.empty((p + 1, p + 1), dtype=X.dtype)
-        gram[:p, :p] = X.T @ X
-        gram[:p, p] = gram[p, :p] = X.sum(axis=0)
-        gram[p, p] = n
-        gram /= np.asarray(max(n, 1), X.dtype)
-        self.matrix = gram
+        self.matrix = _gram_of_chunks([X], X.shape[0] if n_valid is None else n_valid)
         self._eigen = (None, None)
 
     @classmethod
@@ -660,23 +653,8 @@ class DesignGram:
         >>> bool(np.allclose(DesignGram.from_chunks([X[:2], X[2:]], 3).matrix, DesignGram(X).matrix))
         True
         """
-        gram = None
-        for X in chunks:
-            X = np.asarray(X)
-            if gram is None:
-                p = X.shape[1]
-                gram = np.zeros((p + 1, p + 1), dtype=X.dtype)
-            sums = X.sum(axis=0)
-            gram[:p, :p] += X.T @ X
-            gram[:p, p] += sums
-            gram[p, :p] += sums
-        if gram is None:
-            raise ValueError("chunks must hold at least one chunk of rows")
-        n = int(n_valid)
-        gram[p, p] = n
-        gram /= np.asarray(max(n, 1), gram.dtype)
         made = cls.__new__(cls)
-        made.matrix, made._eigen = gram, (None, None)
+        made.matrix, made._eigen = _gram_of_chunks(chunks, n_valid), (None, None)
         return made
 
     def for_preconditioner(self, kind: str, mask, active):
@@ -694,6 +672,26 @@ class DesignGram:
         if self._eigen[0] != key:
             self._eigen = (key, _Eigen(*_restricted_eigh(self.matrix, column)))
         return self._eigen[1]
+
+
+def _gram_of_chunks(chunks, n_valid) -> np.ndarray:
+    """``[X 1]^T [X 1] / n_valid`` in X's dtype, from chunks of rows of X (rows that are not data zero)."""
+    gram = None
+    for X in chunks:
+        X = np.asarray(X)
+        if gram is None:
+            p = X.shape[1]
+            gram = np.zeros((p + 1, p + 1), dtype=X.dtype)
+        sums = X.sum(axis=0)
+        gram[:p, :p] += X.T @ X
+        gram[:p, p] += sums
+        gram[p, :p] += sums
+    if gram is None:
+        raise ValueError("chunks must hold at least one chunk of rows")
+    n = int(n_valid)
+    gram[p, p] = n
+    gram /= np.asarray(max(n, 1), gram.dtype)
+    return gram
 
 
 class _Eigen(NamedTuple):

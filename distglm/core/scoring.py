@@ -20,7 +20,7 @@ __all__ = ["SCORE_TYPES", "score_terms", "finish_score"]
 SCORE_TYPES = ("log-likelihood", "pseudo-r2-McFadden", "pseudo-r2-Cohen")
 
 
-def score_terms(observation: Observations, y, rate, scale, score_type: str):
+def score_terms(observation: Observations, y, rate, scale, score_type: str, data_terms=None):
     """Per-sample terms of a score: ``(model_terms, null_terms)``, each shaped like ``y``.
 
     Parameters
@@ -32,6 +32,9 @@ def score_terms(observation: Observations, y, rate, scale, score_type: str):
         The model's scale (used by the log-likelihoods; Cohen's deviances use the observation
         model's fixed scale, or 1).
     score_type : {"log-likelihood", "pseudo-r2-McFadden", "pseudo-r2-Cohen"}
+    data_terms : array shaped like ``y``, optional
+        ``observation.data_terms(y)`` when computed already (scoring several fits on the same
+        samples); the log-likelihoods use it instead of computing it again.
 
     Returns
     -------
@@ -54,10 +57,16 @@ def score_terms(observation: Observations, y, rate, scale, score_type: str):
         dev_scale = jnp.asarray(observation.fixed_scale or 1.0, dtype=y.dtype)
         return observation.deviance_terms(y, rate, dev_scale), observation.deviance_terms(y, null, dev_scale)
     scale = jnp.asarray(scale, dtype=y.dtype)
-    model = observation.log_likelihood_terms(y, rate, scale)
+
+    def log_likelihood(mean):
+        if data_terms is None:
+            return observation.log_likelihood_terms(y, mean, scale)
+        return observation.log_likelihood_terms(y, mean, scale, data_terms=data_terms)
+
+    model = log_likelihood(rate)
     if score_type == "log-likelihood":
         return model, None
-    return model, observation.log_likelihood_terms(y, null, scale)
+    return model, log_likelihood(null)
 
 
 def finish_score(model, null, score_type: str):
