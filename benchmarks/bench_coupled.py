@@ -216,6 +216,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {target:,} | {t['n_blocks']} | {t['eval_s_per_block']:.1f} | {t['fit_s_per_block']:.0f} | "
                      f"{t['gram_s_per_actor']:,.0f} | "
                      f"{t['rows_per_chunk']:,}, {t['history_chunk_bytes'] / 1e6:,.0f} | {t['gram_bytes'] / 1e6:,.0f} |")
+    big = ex[str(TARGETS[-1])]
     lines += [
         "",
         "The history chunk is what an actor builds from y at every pass over the samples, rows x (p + N * K) "
@@ -224,7 +225,8 @@ def markdown(report: dict) -> str:
         "others again at every pass. The Gram matrix of the preconditioner, (p + N * K + 1)^2 floats, is held "
         "beside its eigenbasis of the same size; each actor accumulates it once from the chunks, for all its "
         "blocks, 2 x T x (p + N * K + 1)^2 flops (its eigendecomposition, about (p + N * K)^3 more, is not "
-        "counted): at 5,000 neurons it takes about as long as a block's evaluations, once per actor. The extrapolation assumes the flop rate measured here holds at those "
+        f"counted): at {TARGETS[-1]:,} neurons it takes {big['gram_s_per_actor'] / big['fit_s_per_block']:.1f}x a block's "
+        "evaluations, paid once per actor where it was paid once per block before. The extrapolation assumes the flop rate measured here holds at those "
         "widths and that the evaluations per block stay the same; the convolution that builds the chunks "
         "(T x N x window x K multiply-adds per pass when the chunks outgrow the cache) is not counted.",
         "",
