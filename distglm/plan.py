@@ -147,9 +147,7 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
     >>> round(estimate_block_memory(20_000, 1000, 128, preconditioner="shared", cv_strengths=12).cv / 1e9, 2)
     0.22
     """
-    n_samples = _check_int(n_samples, "n_samples", minimum=1)
-    n_features = _check_int(n_features, "n_features", minimum=1)
-    n_neurons = _check_int(n_neurons, "n_neurons", minimum=1)
+    n_samples, n_features, n_neurons = _check_sizes(n_samples, n_features, n_neurons)
     itemsize = _check_int(itemsize, "itemsize", minimum=1)
     queued_blocks = _check_int(queued_blocks, "queued_blocks", minimum=0)
     cv_strengths = _check_int(cv_strengths, "cv_strengths", minimum=0)
@@ -354,9 +352,7 @@ def block_timeout(n_samples, n_features, n_neurons, *, stream=False, candidates=
     >>> round(block_timeout(1_000_000, 100, 512, stream=True))  # about 3.6 hours
     13088
     """
-    n_samples = _check_int(n_samples, "n_samples", minimum=1)
-    n_features = _check_int(n_features, "n_features", minimum=1)
-    n_neurons = _check_int(n_neurons, "n_neurons", minimum=1)
+    n_samples, n_features, n_neurons = _check_sizes(n_samples, n_features, n_neurons)
     candidates = _check_int(candidates, "candidates", minimum=1)
     itemsize = _check_int(itemsize, "itemsize", minimum=1)
     evaluation = 4 * n_samples * n_features * n_neurons / _SLOW_FLOPS
@@ -391,6 +387,12 @@ class Block(NamedTuple):
     def size(self) -> int:
         """Number of neurons in the block, ``stop - start``."""
         return self.stop - self.start
+
+
+def _check_sizes(n_samples, n_features, n_neurons) -> tuple[int, int, int]:
+    """The three sizes of a block's fit, each checked to be a positive integer."""
+    return (_check_int(n_samples, "n_samples", minimum=1), _check_int(n_features, "n_features", minimum=1),
+            _check_int(n_neurons, "n_neurons", minimum=1))
 
 
 def _check_int(value, name: str, *, minimum: int | None = None) -> int:
