@@ -225,8 +225,9 @@ def markdown(report: dict) -> str:
         "others again at every pass. The Gram matrix of the preconditioner, (p + N * K + 1)^2 floats, is held "
         "beside its eigenbasis of the same size; each actor accumulates it once from the chunks, for all its "
         "blocks, 2 x T x (p + N * K + 1)^2 flops (its eigendecomposition, about (p + N * K)^3 more, is not "
-        f"counted): at {TARGETS[-1]:,} neurons it takes {big['gram_s_per_actor'] / big['fit_s_per_block']:.1f}x a block's "
-        "evaluations, paid once per actor where it was paid once per block before. The extrapolation assumes the flop rate measured here holds at those "
+        f"counted): at {TARGETS[-1]:,} neurons it takes {big['gram_s_per_actor'] / big['fit_s_per_block']:.1f}x "
+        "a block's evaluations, paid once per actor where it was paid once per block before. "
+        "The extrapolation assumes the flop rate measured here holds at those "
         "widths and that the evaluations per block stay the same; the convolution that builds the chunks "
         "(T x N x window x K multiply-adds per pass when the chunks outgrow the cache) is not counted.",
         "",

@@ -441,8 +441,8 @@ class SampleReader:
             return y
 
         def read(i):
-            chunk = (self._chunk(("X", i), lambda: self._design_chunk(i)), self._chunk(("y", start, i), lambda: read_y(i)),
-                     rows_of(i)[2])
+            chunk = (self._chunk(("X", i), lambda: self._design_chunk(i)),
+                     self._chunk(("y", start, i), lambda: read_y(i)), rows_of(i)[2])
             return chunk + (self._chunk(("own", start, i), lambda: read_own(i)),) if self.own else chunk
 
         return ChunkSource(read, n_chunks=-(-self.n_stored // rows), rows=rows, n_features=n_X,

@@ -1003,7 +1003,8 @@ def _precondition(kind: str, design, chunks: _Chunks, mask, theta0: Params, stre
             column = jnp.concatenate([mask[:, jnp.argmax(active)], jnp.ones((1,), mask.dtype)])
             design = _Eigen(*_restricted_eigh(gram, column))
     def measure():
-        return _curvature(chunks, theta0.coef * mask, theta0.intercept, _elementwise(config.observation, config.link, 2))
+        fn2 = _elementwise(config.observation, config.link, 2)
+        return _curvature(chunks, theta0.coef * mask, theta0.intercept, fn2)
 
     if known_h is None:
         h = measure()

@@ -58,20 +58,20 @@ _X_CHUNK_BYTES = 64 * _MiB
 # reader can take a few thousand samples of a block without decoding the whole recording.
 # Recordings up to this length keep one chunk along time.
 _ROW_CHUNK = 2**16
-# y's codec. Spike counts are small integers: with their bits shuffled, LZ4 stores them in
-# about two thirds of Zstandard's bytes and decodes them about three times faster (50,000 x 64
-# int32 Poisson counts: 3.7 vs 5.7 MB, 5.6 vs 16 ms on one thread). Every block an actor fits
-# decodes its y whole, so the decode is paid once per block per fit.
-def _y_compressor():
-    from zarr.codecs import BloscCodec
-
-    return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
-
-
 # Bound on the memory write_inputs holds at once while copying y from a memmap or array store.
 _WRITE_SLICE_BYTES = 64 * _MiB
 # Where write_inputs writes new inputs before they replace the old ones.
 _STAGING = "staging"
+
+
+def _y_compressor():
+    """y's codec. Spike counts are small integers: with their bits shuffled, LZ4 stores them in
+    about two thirds of Zstandard's bytes and decodes them about three times faster (50,000 x 64
+    int32 Poisson counts: 3.7 vs 5.7 MB, 5.6 vs 16 ms on one thread). Every block an actor fits
+    decodes its y whole, so the decode is paid once per block per fit."""
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
 class InputsInfo(NamedTuple):
