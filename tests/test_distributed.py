@@ -161,6 +161,23 @@ def test_actor_buffers_reach_jax_without_a_copy(tmp_path):
     assert not np.asarray(on_device)[keep.sum():].any() and not np.asarray(on_device)[:, 16:].any()
 
 
+def test_actor_processes_start_with_the_actor_environment():
+    # the thread limits and glibc's arena limit are read when a process starts: they must be in
+    # the actor process's own environment, not set from Python once it runs
+    from distglm.actor import ACTOR_ENV
+    from distglm.connect import connect_ray
+    from distglm.scheduler import _fitter_class
+
+    connect_ray()
+    actor = _fitter_class().remote()
+    try:
+        environ = psutil.Process(ray.get(actor.pid.remote(), timeout=120)).environ()
+    finally:
+        ray.kill(actor)
+    assert {key: environ.get(key) for key in ACTOR_ENV} == ACTOR_ENV
+    assert environ["MALLOC_ARENA_MAX"] == "2"
+
+
 # --------------------------------------------------------------------------------------------
 # Bad inputs: refused before any actor starts, store untouched
 
