@@ -54,6 +54,7 @@ ACTOR_ENV = {
     "ZARR_THREADING__MAX_WORKERS": "1",
     "BLOSC_NTHREADS": "1",
     "MALLOC_ARENA_MAX": "2",
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
 }
 
 
@@ -113,6 +114,11 @@ class FitSpec:
     history : dict or None
         The fit's history features (``HistorySpec.to_json()``): each actor builds them, a chunk
         of samples at a time, from the stored y of every neuron, after the stored X's columns.
+    counts_dtype : str or None
+        "uint8" or "uint16" when every stored y is an integer count within that type's range
+        (the driver checked them all): each block's y is then held in it, a quarter or a half of
+        the float32 buffer, and the solve makes floats of it a chunk of rows at a time. None:
+        blocks are held in the fit's float type.
     """
 
     path: str
@@ -135,6 +141,7 @@ class FitSpec:
     storage_options: dict | None = dataclasses.field(default=None, repr=False)
     log_level: int | None = None
     history: dict | None = None
+    counts_dtype: str | None = None
 
     def build_model(self):
         """The model to fit, rebuilt from the configuration (and the custom link, if any)."""
@@ -227,6 +234,7 @@ class SampleReader:
         self.rows = stream_rows(info.row_chunk or info.n_samples, max(1, width), n_block,
                                 itemsize=self.dtype.itemsize)
         self.cache_bytes = spec.cache_bytes
+        self.counts_dtype = None if spec.counts_dtype is None else np.dtype(spec.counts_dtype)
         self._cache, self._cached = {}, 0
         self._design = None
         # an actor's two block threads may both ask for the design first
@@ -361,9 +369,14 @@ class SampleReader:
                 self._gram = DesignGram(np.asarray(X), self.n_samples)
         return self._gram
 
-    def responses(self, start: int, stop: int, n_rows: int, n_cols: int) -> np.ndarray:
-        """The y of neurons ``[start, stop)`` without NaN rows, in a zero buffer of shape (n_rows, n_cols)."""
-        y = _device_buffer((n_rows, n_cols), self.dtype)
+    def responses(self, start: int, stop: int, n_rows: int, n_cols: int, counts: bool = False) -> np.ndarray:
+        """The y of neurons ``[start, stop)`` without NaN rows, in a zero buffer of shape (n_rows, n_cols).
+
+        Of the fit's float type; with ``counts``, of ``counts_dtype`` where the spec gives one
+        (``core.fit.fit_block`` takes such counts as they are).
+        """
+        dtype = self.counts_dtype if counts and self.counts_dtype is not None else self.dtype
+        y = _device_buffer((n_rows, n_cols), dtype)
         # one stored chunk at a time, whole: the stored dtype is never held for the whole block,
         # and no chunk is decoded twice (a chunk's bytes are bounded when the store is written)
         width = self.reader.info.neuron_chunk
@@ -590,7 +603,7 @@ def fit_one_block(data: SampleReader, writer: store.ResultsWriter, block: Block,
     y = None
     if not stream:
         X = data.design(n_cols)
-        y = data.responses(block.start, block.stop, X.shape[0], n_cols)
+        y = data.responses(block.start, block.stop, X.shape[0], n_cols, counts=True)
     t_read = time.perf_counter() - t0
 
     with solve_lock or contextlib.nullcontext(0) as turn:

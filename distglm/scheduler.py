@@ -140,7 +140,8 @@ class FitReport:
 
 
 def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple:
-    """Read and check every input value, one stored chunk at a time; return ``(keep, mask, digest, y_ok)``.
+    """Read and check every input value, one stored chunk at a time; return ``(keep, mask, digest, y_ok,
+    counts_dtype)``.
 
     X and y are streamed (the driver never holds either whole, nor memory that grows with the
     recording beyond one flag per sample); the mask is read whole. Checks: the mask is 0/1; X
@@ -148,7 +149,9 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
     is in the family's support; a corrupted chunk is named. ``keep`` (n_samples,) flags the rows
     without NaN, ``mask`` is None without a stored mask, ``digest`` identifies the inputs'
     content (it changes with any value of X, y or the mask), and ``y_ok`` (n_samples,) flags
-    the rows without NaN in y (history windows need those alone).
+    the rows without NaN in y (history windows need those alone). ``counts_dtype`` is the
+    narrowest of ``core.fit.NARROW_COUNTS`` that holds every stored y, for integer y (None for
+    float y or counts beyond them): the actors hold blocks of y in it.
     """
     digest = hashlib.blake2b(digest_size=16)
     digest.update(json.dumps([info.n_samples, info.n_features, info.n_neurons, info.X_dtype.str,
@@ -183,9 +186,12 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
                              "mask again with distglm.write_inputs(..., feature_mask=...)")
         digest.update(mask.tobytes())
     is_float = np.issubdtype(info.y_dtype, np.floating)
+    y_range = [0, 0]
 
     def check(start, stop, chunk, row):
         digest.update(chunk.tobytes())
+        if not is_float and chunk.size:
+            y_range[0], y_range[1] = min(y_range[0], int(chunk.min())), max(y_range[1], int(chunk.max()))
         if is_float:
             y_ok[row:row + len(chunk)] &= ~np.isnan(chunk).any(axis=1)
             beyond = np.isinf(chunk) | (np.abs(np.nan_to_num(chunk)) > limit)
@@ -207,7 +213,12 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
                              f"at sample {row}, feature {col}" + _X64_HINT * (dtype == np.float32))
     if not keep.any():
         raise InputError("every sample holds a NaN in X or y; nothing is left to fit")
-    return keep, mask, digest.hexdigest(), y_ok
+    from .core.fit import NARROW_COUNTS
+
+    counts_dtype = None
+    if not is_float and y_range[0] >= 0:
+        counts_dtype = next((t.name for t in NARROW_COUNTS if y_range[1] <= np.iinfo(t).max), None)
+    return keep, mask, digest.hexdigest(), y_ok, counts_dtype
 
 
 def _check_model(model):
@@ -523,7 +534,7 @@ def fit(
     early = _start_actors_early(num_actors)
     started = False
     try:
-        keep, mask, digest, y_ok = _scan_inputs(path, info, config.observation, dtype)
+        keep, mask, digest, y_ok, counts_dtype = _scan_inputs(path, info, config.observation, dtype)
         _check_mask(model, info, mask)
         n_features = info.n_features
         if history is not None:
@@ -653,7 +664,7 @@ def fit(
                                standard_errors=standard_errors,
                                cv_grid=None if grid is None else tuple(grid.tolist()), cv_folds=folds,
                                storage_options=storage_options, log_level=enabled_level(),
-                               history=fingerprint.get("history"))
+                               history=fingerprint.get("history"), counts_dtype=counts_dtype)
             del keep, train
             if block_timeout is None:
                 # the blocks' own deadline, until the fit has timed one

@@ -282,6 +282,23 @@ def test_fit_block_from_its_own_solution_stays_there(block_data):
     assert np.all(again.n_iter <= 1)
 
 
+@pytest.mark.parametrize("counts", ["uint8", "uint16"])
+@pytest.mark.parametrize("x64", [True, False], ids=["float64", "float32"])
+def test_fit_block_takes_counts_held_narrow(block_data, counts, x64):
+    # an actor holds a block's spike counts as uint8/uint16; the solve makes floats of them a
+    # chunk of rows at a time, and fits exactly what the float block fits
+    X, y, mask = block_data
+    with jax.enable_x64(x64):
+        dtype = np.float64 if x64 else np.float32
+        Xf = X.astype(dtype)
+        for n_samples in (250, 203):  # 203: the zero rows after the data are padding
+            want = fit_block(Xf, y.astype(dtype), mask, poisson_config(), n_samples=n_samples)
+            got = fit_block(Xf, y.astype(counts), mask, poisson_config(), n_samples=n_samples)
+            assert got.coef.dtype == dtype
+            assert_block_close(want, got, rtol=1e-12 if x64 else 1e-6)
+            np.testing.assert_array_equal(got.n_iter, want.n_iter)
+
+
 def test_fit_block_ignores_masked_entries_of_init(block_data):
     X, y, mask = block_data
     config = poisson_config()

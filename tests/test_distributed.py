@@ -161,6 +161,33 @@ def test_actor_buffers_reach_jax_without_a_copy(tmp_path):
     assert not np.asarray(on_device)[keep.sum():].any() and not np.asarray(on_device)[:, 16:].any()
 
 
+@pytest.mark.parametrize("top, stored, held", [
+    (255, np.int32, "uint8"), (256, np.int64, "uint16"), (65535, np.uint32, "uint16"), (65536, np.int32, None),
+    (3, np.float32, None), (-1, np.int32, None),
+])
+def test_actors_hold_counts_in_the_narrowest_type_that_holds_them(tmp_path, top, stored, held):
+    # the driver's scan of y finds the narrowest type; an actor's block of y is held in it
+    from distglm.actor import FitSpec, SampleReader
+    from distglm.core.observations import GaussianObservations, PoissonObservations
+    from distglm.scheduler import _scan_inputs
+
+    X, y, _ = simulate(120, 3, 20)
+    y = y.astype(stored)
+    y[7, 3] = top
+    path = distglm.write_inputs(tmp_path / "fit.zarr", X, y, neuron_chunk=8)
+    observation = PoissonObservations() if top >= 0 else GaussianObservations()
+    *_, counts_dtype = _scan_inputs(str(path), store.InputsReader(path).info, observation, np.float32)
+    assert counts_dtype == held
+    spec = FitSpec(path=str(path), model={}, pad_to=16, x64=False, n_samples=120, counts_dtype=counts_dtype)
+    data = SampleReader(store.InputsReader(path), spec, np.float32)
+    block = data.responses(0, 16, 128, 16, counts=True)
+    assert block.dtype == np.dtype(held or np.float32)
+    np.testing.assert_array_equal(block[:120], y[:, :16])
+    assert jax.device_put(block).unsafe_buffer_pointer() == block.ctypes.data
+    # the other readers of y (cross-validation, the driver's grid) get floats
+    assert data.responses(0, 16, 128, 16).dtype == np.float32
+
+
 def test_actor_processes_start_with_the_actor_environment():
     # the thread limits and glibc's arena limit are read when a process starts: they must be in
     # the actor process's own environment, not set from Python once it runs
@@ -168,12 +195,14 @@ def test_actor_processes_start_with_the_actor_environment():
     from distglm.connect import connect_ray
     from distglm.scheduler import _fitter_class
 
-    connect_ray()
-    actor = _fitter_class().remote()
+    started = connect_ray()
     try:
+        actor = _fitter_class().remote()
         environ = psutil.Process(ray.get(actor.pid.remote(), timeout=120)).environ()
-    finally:
         ray.kill(actor)
+    finally:
+        if started:
+            ray.shutdown()
     assert {key: environ.get(key) for key in ACTOR_ENV} == ACTOR_ENV
     assert environ["MALLOC_ARENA_MAX"] == "2"
 
@@ -421,6 +450,20 @@ class TestOnRay:
         if name == "Lasso":
             # the same coefficients are set exactly to zero by the proximal step
             assert np.array_equal(fitted.coef_ == 0, fits[name].coef_ == 0)
+
+    def test_counts_beyond_uint8_fit_as_in_memory(self, population, tmp_path):
+        # counts up to a few thousand: the actors hold the blocks as uint16
+        X, y, mask, _ = population
+        y = y * 37
+        assert 255 < y.max() <= 65535
+        model = dict(feature_mask=mask, regularizer="Ridge", regularizer_strength=0.05)
+        want = PopulationGLM(**model).fit(X, y)
+        path = distglm.write_inputs(tmp_path / "fit.zarr", X, y, mask, neuron_chunk=16)
+        report = distglm.fit(path, PopulationGLM(**model), num_actors=1, block_size=48, progress=False)
+        assert report.failed_blocks == {} and report.n_converged == 96
+        fitted = distglm.load_model(path)
+        np.testing.assert_allclose(fitted.coef_, want.coef_, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(fitted.intercept_, want.intercept_, rtol=RTOL, atol=ATOL)
 
     def test_bad_call_leaves_a_completed_fit_alone(self, population, poisson_fits):
         _, _, mask, _ = population

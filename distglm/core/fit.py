@@ -243,6 +243,10 @@ def _init_for_mean(config: FitConfig, mean_y, n_features: int, dtype) -> Params:
     return Params(np.zeros((n_features, intercept.shape[0]), dtype), intercept)
 
 
+# Integer types ``fit_block`` takes counts in as they are (every value exact in float32), instead
+# of a float copy of the block: an actor holds a block's spike counts in a quarter of the memory.
+NARROW_COUNTS = (np.dtype(np.uint8), np.dtype(np.uint16))
+
 # Row chunks of at most this many elements (n_rows * n_neurons): every per-sample intermediate
 # then stays a few MB, in cache, instead of a fresh (n_samples, n_neurons) buffer per pass.
 _CHUNK_ELEMENTS = 1 << 20
@@ -331,15 +335,21 @@ def _fold(X, own, y, rows: int, valid: Callable, weight, body: Callable, carry):
     def rows_of(a, start, size):
         return None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size)
 
+    def responses(a):
+        # counts held narrow (see ``fit_block``) become floats a chunk at a time, fused into the
+        # chunk's first use
+        return a if a is None or a.dtype == X.dtype else a.astype(X.dtype)
+
     def step(carry, i):
         start = i * rows
-        return body(carry, rows_of(X, start, rows), rows_of(own, start, rows), rows_of(y, start, rows),
+        return body(carry, rows_of(X, start, rows), rows_of(own, start, rows), responses(rows_of(y, start, rows)),
                     valid(start, rows), rows_of(weight, start, rows)), None
 
     carry, _ = jax.lax.scan(step, carry, jnp.arange(k))
     if rem:
-        carry = body(carry, X[k * rows:], None if own is None else own[k * rows:], y if y is None else y[k * rows:],
-                     valid(k * rows, rem), None if weight is None else weight[k * rows:])
+        carry = body(carry, X[k * rows:], None if own is None else own[k * rows:],
+                     responses(y if y is None else y[k * rows:]), valid(k * rows, rem),
+                     None if weight is None else weight[k * rows:])
     return carry
 
 
@@ -1168,7 +1178,9 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     X : array of shape (n_samples, n_features)
         Design matrix, NaN rows already removed.
     y : array of shape (n_samples, n_neurons)
-        Responses of the block's neurons.
+        Responses of the block's neurons: of ``X``'s float type, or counts held in one of
+        ``NARROW_COUNTS`` (uint8, uint16), a half or a quarter of the memory, which the solve
+        turns into floats one row chunk at a time (exactly: the results are the same).
     mask : array of shape (n_features [+ K], n_neurons)
         1 where a feature predicts a neuron, 0 where it does not (own features last).
     config : FitConfig
@@ -1227,7 +1239,10 @@ def fit_block(X, y, mask, config: FitConfig, init: Params | None = None, strengt
     """
     # host-side preparation in numpy: each jnp operation here would be one more compilation
     dtype = jax.dtypes.canonicalize_dtype(X.dtype if hasattr(X, "dtype") else np.result_type(X))
-    X, y = (a if isinstance(a, jax.Array) and a.dtype == dtype else np.asarray(a, dtype=dtype) for a in (X, y))
+    X = X if isinstance(X, jax.Array) and X.dtype == dtype else np.asarray(X, dtype=dtype)
+    if not (isinstance(y, jax.Array) and y.dtype in (dtype, *NARROW_COUNTS)):
+        y = np.asarray(y)
+        y = y if y.dtype in NARROW_COUNTS else y.astype(dtype, copy=False)
     n_features, n_neurons = X.shape[1], y.shape[1]
     n_samples = X.shape[0] if n_samples is None else int(n_samples)
     n_own = _check_own(own, X.shape[0], n_neurons, config, n_other)
