@@ -38,11 +38,12 @@ _log = logging.getLogger(__name__)
 # host libraries are held to one thread each for the same reason: numpy's BLAS (the design's
 # Gram), Zarr's pool that decodes chunks (by default as many threads as cores plus four) and
 # Blosc's (as many as cores). An actor then uses the one core it asks Ray for, and two actors on
-# two cores do not take turns on each other's. glibc's malloc gives each thread that allocates
-# an arena of its own (up to 8 per core), and memory freed in one arena serves only that arena:
-# an actor's block threads, Zarr's decoder and Ray's threads then held freed chunk buffers in
-# several arenas at once (about 100 MB of an actor's peak at 10,000 neurons); two arenas keep
-# that to what the threads hold at the same time.
+# two cores do not take turns on each other's. Two settings of glibc's malloc keep freed read
+# buffers from staying in the actor: by default each allocating thread gets an arena of its own
+# (up to 8 per core) whose freed memory serves that arena alone, and the mmap threshold rises to
+# the size of any mapped buffer freed (up to 32 MiB), so that later decoded chunks and row
+# buffers come from those heaps and stay resident once freed. With two arenas and a fixed 1 MiB
+# threshold, an actor reading a 50,000-sample design holds 21 MB instead of 89 MB after it.
 ACTOR_ENV = {
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
     "PJRT_NPROC": "1",
