@@ -38,12 +38,12 @@ _log = logging.getLogger(__name__)
 # host libraries are held to one thread each for the same reason: numpy's BLAS (the design's
 # Gram), Zarr's pool that decodes chunks (by default as many threads as cores plus four) and
 # Blosc's (as many as cores). An actor then uses the one core it asks Ray for, and two actors on
-# two cores do not take turns on each other's. Two settings of glibc's malloc keep freed read
-# buffers from staying in the actor: by default each allocating thread gets an arena of its own
-# (up to 8 per core) whose freed memory serves that arena alone, and the mmap threshold rises to
-# the size of any mapped buffer freed (up to 32 MiB), so that later decoded chunks and row
-# buffers come from those heaps and stay resident once freed. With two arenas and a fixed 1 MiB
-# threshold, an actor reading a 50,000-sample design holds 21 MB instead of 89 MB after it.
+# two cores do not take turns on each other's. glibc's malloc gives each allocating thread an
+# arena of its own (up to 8 per core) whose freed memory serves that arena alone: an actor's two
+# block threads, Zarr's decoding and Ray's threads then kept freed read buffers resident in
+# several heaps. Two arenas lowered the actor peak of a 1,024-neuron fit by about 80 MB. (A fixed
+# mmap threshold also returns every freed buffer over it, but the page faults of each solve's
+# temporary buffer cost about 5% of the solve, and the compiler's peak rose.)
 ACTOR_ENV = {
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
     "PJRT_NPROC": "1",
@@ -55,7 +55,6 @@ ACTOR_ENV = {
     "ZARR_THREADING__MAX_WORKERS": "1",
     "BLOSC_NTHREADS": "1",
     "MALLOC_ARENA_MAX": "2",
-    "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
 }
 
 
