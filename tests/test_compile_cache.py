@@ -89,3 +89,51 @@ def test_users_own_setting_wins(setting, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected
+
+
+# A process that holds an actor's first solve turn (the one that compiles) for a while.
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from distglm.actor import _SolveTurns
+
+    turns = _SolveTurns(sys.argv[1])
+    with turns as turn:
+        print("holding", turn, flush=True)
+        time.sleep(float(sys.argv[2]))
+""")
+
+
+def test_actors_of_one_machine_compile_one_at_a_time(monkeypatch, tmp_path):
+    # the first actor compiles and fills the cache; the next waits, then loads from the cache
+    import time
+
+    from distglm import actor
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), "1.5"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().split() == ["holding", "0"]
+        turns = actor._SolveTurns(str(tmp_path))
+        t0 = time.monotonic()
+        with turns as turn:
+            waited = time.monotonic() - t0
+        assert turn == 0 and 1.0 <= waited < 30, waited
+        # later turns compile nothing: they never wait for another process
+        holder.wait(timeout=60)
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), "30"], stdout=subprocess.PIPE,
+                                  text=True)
+        assert holder.stdout.readline().split() == ["holding", "0"]
+        t0 = time.monotonic()
+        with turns as turn:
+            assert turn == 1 and time.monotonic() - t0 < 1.0
+        # a first turn waits for the lock a bounded time, then compiles without it
+        monkeypatch.setattr(actor, "COMPILE_WAIT_S", 0.5)
+        t0 = time.monotonic()
+        with actor._SolveTurns(str(tmp_path)) as turn:
+            assert turn == 0 and 0.5 <= time.monotonic() - t0 < 10
+    finally:
+        holder.kill()
+        holder.wait()
+    # without a cache (or with one at a URL) there is no lock to take
+    assert actor._SolveTurns(None)._lock_path is None
+    assert actor._SolveTurns("gs://bucket/xla")._lock_path is None
