@@ -109,7 +109,7 @@ class MemoryEstimate(NamedTuple):
 
 def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preconditioner="cholesky",
                           state_bytes_per_neuron=None, queued_blocks=0,
-                          base=PROCESS_BASE_BYTES, cv_strengths=0) -> MemoryEstimate:
+                          base=PROCESS_BASE_BYTES, cv_strengths=0, y_itemsize=None) -> MemoryEstimate:
     """Estimate the peak resident memory of a process fitting one block of ``n_neurons``.
 
     Parameters
@@ -134,6 +134,10 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
         fit: the folds' rows of X and y are copied (about 2 copies of X and 5 of the block's y at
         the peak, measured), and every candidate has a float64 strength array of shape
         (n_features, n_neurons).
+    y_itemsize : int, optional
+        Bytes per response held for the solve; default ``itemsize``. Counts held as uint8 or
+        uint16 (``core.fit.NARROW_COUNTS``) take 1 or 2; the candidates of a cross-validated
+        block are fitted on float copies whatever this is.
 
     Returns
     -------
@@ -149,6 +153,7 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
     """
     n_samples, n_features, n_neurons = _check_sizes(n_samples, n_features, n_neurons)
     itemsize = _check_int(itemsize, "itemsize", minimum=1)
+    y_itemsize = itemsize if y_itemsize is None else _check_int(y_itemsize, "y_itemsize", minimum=1)
     queued_blocks = _check_int(queued_blocks, "queued_blocks", minimum=0)
     cv_strengths = _check_int(cv_strengths, "cv_strengths", minimum=0)
     base = _check_int(base, "base", minimum=0)
@@ -160,7 +165,7 @@ def estimate_block_memory(n_samples, n_features, n_neurons, *, itemsize=4, preco
     state_bytes_per_neuron = _check_int(state_bytes_per_neuron, "state_bytes_per_neuron", minimum=0)
     gram = params * params * itemsize if preconditioner != "none" else 0
     design = _DESIGN_COPIES * n_samples * n_features * itemsize + _GRAM_COPIES * gram
-    responses = (_RESPONSE_COPIES + _QUEUED_RESPONSE_COPIES * queued_blocks) * n_samples * n_neurons * itemsize
+    responses = (_RESPONSE_COPIES + _QUEUED_RESPONSE_COPIES * queued_blocks) * n_samples * n_neurons * y_itemsize
     pre = _PRECONDITIONER_COPIES * _PRECONDITIONER_SIZES[preconditioner](params, n_neurons) * itemsize
     solver = _STATE_COPIES * state_bytes_per_neuron * n_neurons
     cv = 0

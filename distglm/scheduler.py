@@ -452,7 +452,8 @@ def fit(
         bounded whatever the recording's length; every pass over the data reads the chunks
         that do not fit in the actor's cache) rather than hold X and a block of y in memory.
         Default: stream when X and two blocks of y would take more than
-        ``STREAM_ABOVE_BYTES`` (1 GiB) in an actor. SVRG and ProxSVRG draw rows at random
+        ``STREAM_ABOVE_BYTES`` (1 GiB) in an actor (blocks of integer counts are held as
+        uint8 or uint16 when every count fits). SVRG and ProxSVRG draw rows at random
         from all the samples and never stream (``stream=True`` with them is refused).
     memory_per_actor : int, optional
         Bytes an actor may use; default the memory Ray schedules per CPU on the cluster's
@@ -600,12 +601,14 @@ def fit(
         spec = core_fit.state_spec(config, n_train, n_features, pad_to, dtype, block_strength(blocks[0]))
         budget = memory_per_actor or _memory_per_cpu(ray)
         streams = history is not None or (not stochastic and grid is None
-                                          and _streams(stream, n_train, n_features, pad_to, dtype))
+                                          and _streams(stream, n_train, n_features, pad_to, dtype, counts_dtype))
         estimate = None
         if not streams:
             # the estimate describes an actor that holds its samples; a streaming actor's memory
             # is bounded by its chunk cache whatever the block
-            memory = _memory_model(config, n_train, n_features, dtype, mask, spec, 0 if grid is None else len(grid))
+            # a cross-validated block fits float copies of its folds; a plain one holds the counts
+            memory = _memory_model(config, n_train, n_features, dtype, mask, spec, 0 if grid is None else len(grid),
+                                   counts_dtype=counts_dtype if grid is None else None)
             largest = _plan.largest_block(budget, info.n_neurons, info.neuron_chunk, **memory)
             if block_size is None and largest < pad_to:
                 blocks = _plan.plan_blocks(info.n_neurons, info.neuron_chunk, largest, actors)
@@ -723,9 +726,11 @@ def _memory_per_cpu(ray) -> int:
     return max(int(min(shares)), 1)
 
 
-def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec, cv_strengths: int = 0) -> dict:
+def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec, cv_strengths: int = 0,
+                  counts_dtype: str | None = None) -> dict:
     """Keyword arguments of ``plan.estimate_block_memory`` for an actor holding its samples (and
-    cross-validating ``cv_strengths`` candidates, if any)."""
+    cross-validating ``cv_strengths`` candidates, if any; blocks of y held as ``counts_dtype``
+    when given)."""
     from .core import fit as core_fit
 
     if config.preconditioned:
@@ -734,7 +739,7 @@ def _memory_model(config, n_samples: int, n_features: int, dtype, mask, spec, cv
         kind = "none"
     per_neuron = sum(int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt, per in spec.values() if per)
     return dict(n_samples=core_fit.bucket_rows(n_samples, 1), n_features=n_features,
-                itemsize=np.dtype(dtype).itemsize,
+                itemsize=np.dtype(dtype).itemsize, y_itemsize=np.dtype(counts_dtype or dtype).itemsize,
                 preconditioner=kind, state_bytes_per_neuron=per_neuron, queued_blocks=_PIPELINE - 1,
                 base=_plan.ACTOR_BASE_BYTES, cv_strengths=cv_strengths)
 
@@ -817,11 +822,14 @@ def _results_attributes(model_config: dict) -> dict:
             "software": store.software_versions()}
 
 
-def _streams(stream: bool | None, n_samples: int, n_features: int, pad_to: int, dtype) -> bool:
-    """Whether actors stream the samples: as asked, or when X and two blocks of y are too big to hold."""
+def _streams(stream: bool | None, n_samples: int, n_features: int, pad_to: int, dtype,
+             counts_dtype: str | None = None) -> bool:
+    """Whether actors stream the samples: as asked, or when X and two blocks of y (held as
+    ``counts_dtype`` when given) are too big to hold."""
     if stream is not None:
         return stream
-    return n_samples * (n_features + 2 * pad_to) * np.dtype(dtype).itemsize > STREAM_ABOVE_BYTES
+    y_itemsize = np.dtype(counts_dtype or dtype).itemsize
+    return n_samples * (n_features * np.dtype(dtype).itemsize + 2 * pad_to * y_itemsize) > STREAM_ABOVE_BYTES
 
 
 def _check_resumable(path: str, stored: dict, fingerprint: dict, block_size) -> None:

@@ -190,6 +190,20 @@ def test_a_cross_validated_block_is_planned_with_its_folds_and_candidates():
         largest_block(budget, 1024, 64, 20_000, 500, preconditioner="shared")
 
 
+def test_blocks_of_counts_held_narrow_are_planned_at_their_size():
+    from distglm.plan import estimate_block_memory, largest_block
+
+    floats = estimate_block_memory(50_000, 100, 256, queued_blocks=1)
+    counts = estimate_block_memory(50_000, 100, 256, queued_blocks=1, y_itemsize=1)
+    assert counts.responses * 4 == floats.responses and counts.design == floats.design
+    assert counts.total == floats.total - floats.responses + counts.responses
+    budget = floats.total
+    assert largest_block(budget, 4096, 64, 50_000, 100, queued_blocks=1, y_itemsize=1) > \
+        largest_block(budget, 4096, 64, 50_000, 100, queued_blocks=1)
+    with pytest.raises(InputError, match="y_itemsize"):
+        estimate_block_memory(50_000, 100, 256, y_itemsize=0)
+
+
 # --- the default deadline of a block ------------------------------------------------------------
 
 
