@@ -202,7 +202,7 @@ def test_stream_option_is_checked_and_chosen_by_size(long_store):
     assert not _streams(None, rows, 100, 256, np.float32)
     assert _streams(None, rows + 1, 100, 256, np.float32)
     assert _streams(True, 10, 1, 1, np.float32) and not _streams(False, 10**9, 100, 256, np.float32)
-    # counts held as uint8: a block of y is a quarter of the float one, so 2.9x the samples stay in memory
+    # counts held as uint8: a block of y is a quarter of the float one, so 2.7x the samples stay in memory
     rows = STREAM_ABOVE_BYTES // (100 * 4 + 2 * 256)
     assert not _streams(None, rows, 100, 256, np.float32, "uint8")
     assert _streams(None, rows + 1, 100, 256, np.float32, "uint8")
