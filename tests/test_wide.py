@@ -261,9 +261,10 @@ def test_distributed_blocks_are_sized_to_the_memory_budget(tmp_path):
     X, y = simulate(1000, 20, 64)
     path = distglm.write_inputs(tmp_path / "wide.zarr", X, y.astype(np.int32), neuron_chunk=16)
     model = PopulationGLM(regularizer="Ridge", regularizer_strength=0.01, solver_kwargs={"tol": TOL})
-    # a budget that fits two chunks, not three
+    # a budget that fits two chunks, not three; the counts are below 256, so actors hold them as uint8
+    assert 0 <= y.min() and y.max() <= 255
     memory = dict(n_samples=core_fit.bucket_rows(1000, 1), n_features=20, preconditioner="cholesky",
-                  queued_blocks=1, base=ACTOR_BASE_BYTES)
+                  queued_blocks=1, base=ACTOR_BASE_BYTES, y_itemsize=1)
     budget = (estimate_block_memory(**memory, n_neurons=32).total
               + estimate_block_memory(**memory, n_neurons=48).total) // 2
     # one actor's default plan is blocks of 48; the budget makes them 32
