@@ -201,10 +201,10 @@ def summarize(report: dict) -> dict:
     block_mb = sz["n_samples"] * block * 4 / MB
     growth = large["driver_peak_rss_mb"] / small["driver_peak_rss_mb"]
     # the type the actors hold each block's counts in: the narrowest that holds every count
-    from distglm.core.fit import NARROW_COUNTS
+    from distglm.core.fit import narrow_counts_dtype
 
     y_max = report["writes"][str(sz["n_neurons"][1])]["y_max"]
-    held = next((t for t in NARROW_COUNTS if y_max <= np.iinfo(t).max), np.dtype(np.float32))
+    held = narrow_counts_dtype(0, y_max) or np.dtype(np.float32)
     held_mb = sz["n_samples"] * block * held.itemsize / MB
     actor_peak = max(large["actor_peak_rss_mb"])
     above = actor_peak - max(baseline["actor_peak_rss_mb"])

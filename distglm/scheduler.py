@@ -190,8 +190,6 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
 
     def check(start, stop, chunk, row):
         digest.update(chunk.tobytes())
-        if not is_float and chunk.size:
-            y_range[0], y_range[1] = min(y_range[0], int(chunk.min())), max(y_range[1], int(chunk.max()))
         if is_float:
             y_ok[row:row + len(chunk)] &= ~np.isnan(chunk).any(axis=1)
             beyond = np.isinf(chunk) | (np.abs(np.nan_to_num(chunk)) > limit)
@@ -200,6 +198,8 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
                 raise InputError(f"{path}: inputs/y must be finite outside NaN rows and within the range of "
                                  f"{np.dtype(dtype).name}; got {chunk[r, col]} at sample {row + r}, neuron "
                                  f"{start + col}" + _X64_HINT * (dtype == np.float32))
+        elif chunk.size:
+            y_range[0], y_range[1] = min(y_range[0], int(chunk.min())), max(y_range[1], int(chunk.max()))
         val.check_support(observation, chunk, offset=start, row_offset=row)
 
     store.scan_y(path, check, by_rows=True)
@@ -213,12 +213,10 @@ def _scan_inputs(path: str, info: store.InputsInfo, observation, dtype) -> tuple
                              f"at sample {row}, feature {col}" + _X64_HINT * (dtype == np.float32))
     if not keep.any():
         raise InputError("every sample holds a NaN in X or y; nothing is left to fit")
-    from .core.fit import NARROW_COUNTS
+    from .core.fit import narrow_counts_dtype
 
-    counts_dtype = None
-    if not is_float and y_range[0] >= 0:
-        counts_dtype = next((t.name for t in NARROW_COUNTS if y_range[1] <= np.iinfo(t).max), None)
-    return keep, mask, digest.hexdigest(), y_ok, counts_dtype
+    narrow = None if is_float else narrow_counts_dtype(*y_range)
+    return keep, mask, digest.hexdigest(), y_ok, None if narrow is None else narrow.name
 
 
 def _check_model(model):

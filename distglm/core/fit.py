@@ -247,6 +247,15 @@ def _init_for_mean(config: FitConfig, mean_y, n_features: int, dtype) -> Params:
 # of a float copy of the block: an actor holds a block's spike counts in a quarter of the memory.
 NARROW_COUNTS = (np.dtype(np.uint8), np.dtype(np.uint16))
 
+
+def narrow_counts_dtype(low: int, high: int) -> np.dtype | None:
+    """The narrowest of ``NARROW_COUNTS`` that holds every integer in ``[low, high]``; None if none does.
+
+    >>> narrow_counts_dtype(0, 255), narrow_counts_dtype(0, 256), narrow_counts_dtype(-1, 3)
+    (dtype('uint8'), dtype('uint16'), None)
+    """
+    return next((t for t in NARROW_COUNTS if np.iinfo(t).min <= low and high <= np.iinfo(t).max), None)
+
 # Row chunks of at most this many elements (n_rows * n_neurons): every per-sample intermediate
 # then stays a few MB, in cache, instead of a fresh (n_samples, n_neurons) buffer per pass.
 _CHUNK_ELEMENTS = 1 << 20
