@@ -357,3 +357,22 @@ def test_dof_resid_per_regularizer():
                           (Lasso(), [40 - 1 - 1, 40 - 1 - 1])]:
         config = FitConfig(PoissonObservations(), "exp", reg, reg.default_solver, ())
         np.testing.assert_array_equal(np.asarray(core_fit.dof_resid(config, X, coef)), expected)
+
+
+def test_jaxopt_is_imported_only_for_its_solvers():
+    # importing jaxopt (with SciPy's optimizers and numba) costs each actor's start 0.4-1 s:
+    # the default solver must not pull it in, and a jaxopt solver must still resolve to its class
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, distglm, distglm.actor; import numpy as np; "
+            "distglm.PopulationGLM().fit(np.ones((20, 2), 'float32'), np.ones((20, 3), 'float32')); "
+            "print('jaxopt' in sys.modules); "
+            "from distglm.core.solvers import SOLVERS; import jaxopt; "
+            "print(SOLVERS['BFGS'] is jaxopt.BFGS, SOLVERS['ProximalGradient'] is jaxopt.ProximalGradient, "
+            "len(SOLVERS) == len(list(SOLVERS)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "DISTGLM_COMPILATION_CACHE": ""})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True", "True"]

@@ -2,7 +2,10 @@
 and SVRG/ProxSVRG (``svrg.PopulationSVRG``), and jaxopt's GradientDescent, BFGS, NonlinearCG and
 ProximalGradient.
 
-This is the only module of distglm that imports jaxopt.
+This is the only module of distglm that imports jaxopt, and only when one of its solvers is
+first looked up: importing it (with the SciPy and numba modules it loads) takes 0.4-1 s, which
+every Ray actor's start and every ``import distglm`` would otherwise pay for a solver that the
+default fit never uses.
 ``solver_kwargs`` are passed through to the solver's class; keys that class does not take are
 rejected with the list of those it does. Arguments distglm sets itself (the objective, the
 proximal operator, jit and unrolling) cannot be overridden.
@@ -11,11 +14,11 @@ proximal operator, jit and unrolling) cannot be overridden.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jaxopt
 import numpy as np
 
 from ..errors import InputError, InputTypeError, UnknownSolverArgumentError
@@ -322,15 +325,29 @@ class PopulationLBFGS:
         return unravel(x), new_state
 
 
-SOLVERS: dict[str, type] = {
-    "GradientDescent": jaxopt.GradientDescent,
-    "BFGS": jaxopt.BFGS,
-    "LBFGS": PopulationLBFGS,
-    "NonlinearCG": jaxopt.NonlinearCG,
-    "ProximalGradient": jaxopt.ProximalGradient,
-    "SVRG": PopulationSVRG,
-    "ProxSVRG": PopulationSVRG,
-}
+class _Solvers(Mapping):
+    """The solver classes by name; a jaxopt solver's class is imported at its first look-up."""
+
+    _NAMES = ("GradientDescent", "BFGS", "LBFGS", "NonlinearCG", "ProximalGradient", "SVRG", "ProxSVRG")
+    _OWN = {"LBFGS": PopulationLBFGS, "SVRG": PopulationSVRG, "ProxSVRG": PopulationSVRG}
+
+    def __getitem__(self, name: str) -> type:
+        if name not in self._NAMES:
+            raise KeyError(name)
+        if name in self._OWN:
+            return self._OWN[name]
+        import jaxopt
+
+        return getattr(jaxopt, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._NAMES)
+
+    def __len__(self) -> int:
+        return len(self._NAMES)
+
+
+SOLVERS: Mapping[str, type] = _Solvers()
 
 _RESERVED = frozenset({"fun", "prox", "value_and_grad", "has_aux", "jit", "unroll",
                        "implicit_diff", "implicit_diff_solve", "sampled"})
