@@ -31,10 +31,14 @@ def test_a_warm_started_strength_reaches_the_cold_fit_in_fewer_evaluations():
     X, y, mask = _population()
     config = _config(mask)
     reg = config.regularizer
-    first = fit_block(X, y, mask, config, strength=reg.expand_strength(0.3, *mask.shape))
+    # a path's first fit starts from a warm start that carries nothing, and returns its own
+    first = fit_block(X, y, mask, config, strength=reg.expand_strength(0.3, *mask.shape),
+                      warm_start=core_cv.empty_warm_start(config, *mask.shape))
     assert isinstance(first.warm_start, WarmStart)
     strength = reg.expand_strength(0.1, *mask.shape)
     cold = fit_block(X, y, mask, config, strength=strength)
+    # a plain fit compiles without the warm start it would not use
+    assert cold.warm_start is None
     ok = np.ones(mask.shape[1], bool)
     warm_start = core_cv._next_warm_start(config, first.warm_start, mask, reg.expand_strength(0.3, *mask.shape),
                                           strength, ok)
@@ -54,7 +58,7 @@ def test_a_neuron_without_a_known_loss_evaluates_its_start_and_still_converges()
     config = _config(mask)
     reg = config.regularizer
     big, small = (reg.expand_strength(s, *mask.shape) for s in (0.3, 0.1))
-    first = fit_block(X, y, mask, config, strength=big)
+    first = fit_block(X, y, mask, config, strength=big, warm_start=core_cv.empty_warm_start(config, *mask.shape))
     ok = np.array([True, False, True, True, False])
     warm_start = core_cv._next_warm_start(config, first.warm_start, mask, big, small, ok)
     assert np.isnan(warm_start.loss[~ok]).all() and not np.any(warm_start.steps.coef[..., ~ok])
@@ -64,7 +68,7 @@ def test_a_neuron_without_a_known_loss_evaluates_its_start_and_still_converges()
     cold = fit_block(X, y, mask, config, strength=small)
     np.testing.assert_allclose(warm.coef, cold.coef, atol=1e-5)
     # a cold start (nothing carried) is a plain fit
-    empty = core_cv._cold_start(config, *mask.shape)
+    empty = core_cv.empty_warm_start(config, *mask.shape)
     again = fit_block(X, y, mask, config, strength=small, warm_start=empty)
     np.testing.assert_array_equal(again.coef, cold.coef)
     assert int(again.state.num_fun_eval) == int(cold.state.num_fun_eval)

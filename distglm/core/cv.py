@@ -28,7 +28,8 @@ from .fit import (DesignGram, FitConfig, Params, WarmStart, _elementwise, bucket
 from .scoring import SCORE_TYPES, finish_score, score_terms
 from .solvers import PopulationLBFGS
 
-__all__ = ["PathScores", "max_strength", "strength_grid", "cv_path", "fold_scores", "heldout_scores", "select"]
+__all__ = ["PathScores", "max_strength", "strength_grid", "cv_path", "empty_warm_start", "fold_scores", "heldout_scores",
+           "select"]
 
 # Ridge never sets a coefficient exactly to 0: its largest strength is the Lasso's divided by
 # this ratio, as glmnet and glum do for a pure L2 penalty.
@@ -165,7 +166,7 @@ def cv_path(X, y, mask, config: FitConfig, strengths: Sequence, folds: Sequence,
         X_test, y_test = jax.device_put(X[test]), jax.device_put(y[test])
         # what the held-out log-likelihoods share, computed once for the fold's candidates
         data_terms = None if score_type == "pseudo-r2-Cohen" else _data_terms(config, y_test)
-        init, warm = start, _cold_start(config, X.shape[1], n_neurons)
+        init, warm = start, empty_warm_start(config, X.shape[1], n_neurons)
         for s, strength in enumerate(strengths):
             res = fit_block(X_train, y_train, mask, config, init=init, strength=strength, warm_start=warm,
                             n_samples=n_train, gram=gram)
@@ -198,7 +199,7 @@ def _fold_arrays(config: FitConfig, X, y, train):
     return jax.device_put(X_train), jax.device_put(y_train), n_train, gram
 
 
-def _cold_start(config: FitConfig, n_features: int, n_neurons: int):
+def empty_warm_start(config: FitConfig, n_features: int, n_neurons: int):
     """A warm start that carries nothing (no curvature pairs, an unknown loss) for a path's first
     strength, so that every strength runs the same compiled solve; None for solvers other than
     L-BFGS."""
