@@ -160,24 +160,6 @@ def history_stream_rows(info: store.InputsInfo, n_features: int, n_neurons: int,
     return stream_rows(info.row_chunk or info.n_samples, n_features, n_neurons, itemsize=itemsize)
 
 
-# JAX's CPU client takes a host array without copying it when the array is aligned to this
-# many bytes (numpy guarantees only 16): the design and each block's y then live once in an
-# actor, not once on the host and again on the device.
-_DEVICE_ALIGNMENT = 64
-
-
-def _device_buffer(shape: tuple, dtype) -> np.ndarray:
-    """A zero array of ``shape`` that ``jax.device_put`` takes without a copy (aligned to 64 bytes).
-
-    Filled on the host, then handed to JAX and never written again: JAX treats it as immutable.
-    """
-    dtype = np.dtype(dtype)
-    n_bytes = int(np.prod(shape)) * dtype.itemsize
-    raw = np.zeros(n_bytes + _DEVICE_ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % _DEVICE_ALIGNMENT
-    return raw[start:start + n_bytes].view(dtype).reshape(shape)
-
-
 def slice_strength(strength, start: int, stop: int, pad_to: int):
     """The block's slice of per-neuron strength arrays (neuron axis last), padded by repetition."""
     if strength is None:
@@ -348,9 +330,9 @@ class SampleReader:
             if self._design is None:
                 import jax
 
-                from .core.fit import bucket_rows
+                from .core.fit import bucket_rows, device_buffer
 
-                X = _device_buffer((bucket_rows(self.n_samples, n_cols), self.n_features), self.dtype)
+                X = device_buffer((bucket_rows(self.n_samples, n_cols), self.n_features), self.dtype)
                 at = 0
                 for row, stop in self._row_ranges():
                     values = self._fitted_rows(self.reader.X_rows(slice(row, stop)), row)
@@ -375,8 +357,10 @@ class SampleReader:
         Of the fit's float type; with ``counts``, of ``counts_dtype`` where the spec gives one
         (``core.fit.fit_block`` takes such counts as they are).
         """
+        from .core.fit import device_buffer
+
         dtype = self.counts_dtype if counts and self.counts_dtype is not None else self.dtype
-        y = _device_buffer((n_rows, n_cols), dtype)
+        y = device_buffer((n_rows, n_cols), dtype)
         # one stored chunk at a time, whole: the stored dtype is never held for the whole block,
         # and no chunk is decoded twice (a chunk's bytes are bounded when the store is written)
         width = self.reader.info.neuron_chunk
