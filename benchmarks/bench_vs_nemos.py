@@ -12,7 +12,7 @@ on the data they were fitted to.
 
 The first distglm process also measures this machine's float32 matmul rate on the benchmark's
 shapes and turns the solver's count of function evaluations into the FLOP rate the warm solve
-achieved, over the time of the jitted solve alone (the solve phase) and of the whole ``fit``.
+achieved, over the time of the compiled block solve alone (the solve phase) and of the whole ``fit``.
 
 Usage::
 
@@ -159,7 +159,9 @@ def solver_stats(lib: str, model) -> dict:
 
 
 class SolveClock:
-    """Seconds spent in distglm's jitted block solve, each call timed until its results are ready."""
+    """Seconds spent in distglm's block solve, each call timed until its results are ready: its two
+    compiled programs (the preconditioner's factors, then the solve loop) and the host's inverse
+    of the factors between them."""
 
     def __init__(self):
         import jax
@@ -167,7 +169,7 @@ class SolveClock:
         from distglm.core import fit as core_fit
 
         self.seconds = 0.0
-        solve = core_fit._solve
+        solve = core_fit._solve_block
 
         def timed(*args, **kwargs):
             t0 = time.perf_counter()
@@ -175,7 +177,7 @@ class SolveClock:
             self.seconds += time.perf_counter() - t0
             return out
 
-        core_fit._solve = timed
+        core_fit._solve_block = timed
 
 
 def timed_fit(model, X, y, clock, solve_clock=None):
@@ -470,7 +472,7 @@ def markdown(report: dict) -> str:
         f"X.T @ G {d['matmul']['xt_g_gflops']:.1f} GFLOP/s; reference = the faster, "
         f"{d['matmul']['reference_gflops']:.1f} GFLOP/s. The warm distglm fit did {w['flops'] / 1e9:.1f} GFLOP "
         f"(2 matmuls per evaluation, 1 for the preconditioner's curvature) in a {w['solve_seconds']:.3f} s solve "
-        f"phase (the jitted solve), {w['achieved_gflops']:.1f} GFLOP/s; over the whole warm fit, "
+        f"phase (the compiled block solve), {w['achieved_gflops']:.1f} GFLOP/s; over the whole warm fit, "
         f"{w['fraction_of_matmul_rate_whole_fit']:.1%} of the reference (best warm fit "
         f"{w['fraction_of_matmul_rate_best_warm_fit']:.1%}).",
         "",
