@@ -11,8 +11,10 @@ Both solutions are scored by one function, the penalised objective evaluated in 
 on the data they were fitted to.
 
 The first distglm process also measures this machine's float32 matmul rate on the benchmark's
-shapes and turns the solver's count of function evaluations into the FLOP rate the warm solve
-achieved, over the time of the compiled block solve alone (the solve phase) and of the whole ``fit``.
+shapes (``X @ W`` and ``X.T @ G``, best of many) and turns the solver's count of function
+evaluations into the products the warm solve did: the time those products take at their best
+speed, over the time of the compiled block solve alone (the solve phase) and of the whole ``fit``,
+is the share of the matmul rate the solve reaches.
 
 Usage::
 
@@ -227,7 +229,7 @@ def matmul_rate(X: np.ndarray, n_neurons: int, reps: int) -> dict:
         "xt_g_gflops": flops / t_bwd / 1e9,
         # the pair one value-and-gradient evaluation needs, each op at its best
         "pair_gflops": 2 * flops / (t_fwd + t_bwd) / 1e9,
-        # the reference: the faster op is what this machine's matmul can do at these shapes
+        # the faster op alone (the reference of earlier records)
         "reference_gflops": flops / min(t_fwd, t_bwd) / 1e9,
     }
 
@@ -284,15 +286,20 @@ def worker(lib: str, n_samples: int, n_features: int, n_neurons: int, matmul_rep
         solve_flops = (evals * 2 + 1) * rate["flops_per_matmul"]
         solve_s = out["warm"]["jax_compile_events"]["solve_s"]
         reference = rate["reference_gflops"]
+        # the same products, each at its best time in this process: what the solve's matmuls
+        # alone would take, the two kinds in the proportion the solve does them
+        matmul_s = evals * (rate["x_w_best_s"] + rate["xt_g_best_s"]) + rate["x_w_best_s"]
         out["matmul"] = rate
         out["warm_solve"] = {
             "evaluations": evals,
             "flops": solve_flops,
             "solve_seconds": solve_s,
+            "matmul_seconds": matmul_s,
             "achieved_gflops": solve_flops / solve_s / 1e9,
-            "fraction_of_matmul_rate": solve_flops / solve_s / 1e9 / reference,
-            "fraction_of_matmul_rate_whole_fit": solve_flops / warm_s / 1e9 / reference,
-            "fraction_of_matmul_rate_best_warm_fit": solve_flops / out["warm"]["best_seconds"] / 1e9 / reference,
+            "fraction_of_matmul_rate": matmul_s / solve_s,
+            "fraction_of_matmul_rate_whole_fit": matmul_s / warm_s,
+            "fraction_of_matmul_rate_best_warm_fit": matmul_s / out["warm"]["best_seconds"],
+            "fraction_of_faster_matmul_rate": solve_flops / solve_s / 1e9 / reference,
         }
     return out
 
@@ -455,7 +462,8 @@ def markdown(report: dict) -> str:
         f"{s['neurons_worse_than_nemos']['cold']}, {s['neurons_worse_than_nemos']['warm']} | largest excess "
         f"{s['largest_neuron_excess']['cold']:+.2g}, {s['largest_neuron_excess']['warm']:+.2g} | 0 | "
         f"{'met' if not any(s['neurons_worse_than_nemos'].values()) else 'not met'} |",
-        f"| warm solve phase, share of the same process's matmul rate | | {s['matmul_fraction']:.1%} | | "
+        f"| warm solve phase, share of the same process's matmul rate (the solve's products) | | "
+        f"{s['matmul_fraction']:.1%} | | "
         f">= {GOALS['matmul_fraction']:.0%} | {met['matmul_fraction']} |",
         "",
         f"Warm fit: NeMoS {n['warm']['num_steps']} LBFGS steps "
@@ -469,12 +477,15 @@ def markdown(report: dict) -> str:
         "(loading from the cache is not compilation).",
         "",
         f"Matmul rate, float32, best of {d['matmul']['reps']}: X @ W {d['matmul']['x_w_gflops']:.1f} GFLOP/s, "
-        f"X.T @ G {d['matmul']['xt_g_gflops']:.1f} GFLOP/s; reference = the faster, "
-        f"{d['matmul']['reference_gflops']:.1f} GFLOP/s. The warm distglm fit did {w['flops'] / 1e9:.1f} GFLOP "
-        f"(2 matmuls per evaluation, 1 for the preconditioner's curvature) in a {w['solve_seconds']:.3f} s solve "
-        f"phase (the compiled block solve), {w['achieved_gflops']:.1f} GFLOP/s; over the whole warm fit, "
-        f"{w['fraction_of_matmul_rate_whole_fit']:.1%} of the reference (best warm fit "
-        f"{w['fraction_of_matmul_rate_best_warm_fit']:.1%}).",
+        f"X.T @ G {d['matmul']['xt_g_gflops']:.1f} GFLOP/s. The warm distglm fit did {w['flops'] / 1e9:.1f} GFLOP "
+        f"(2 matmuls per evaluation, X @ W and X.T @ G, and 1 X @ W for the preconditioner's curvature) in a "
+        f"{w['solve_seconds']:.3f} s solve phase (the compiled block solve), {w['achieved_gflops']:.1f} GFLOP/s. "
+        f"The reference is the same products, each at its best time: {w['matmul_seconds']:.3f} s, "
+        f"{w['fraction_of_matmul_rate']:.1%} of the solve phase; over the whole warm fit "
+        f"{w['fraction_of_matmul_rate_whole_fit']:.1%} (best warm fit {w['fraction_of_matmul_rate_best_warm_fit']:.1%}). "
+        f"Against the faster of the two products alone ({d['matmul']['reference_gflops']:.1f} GFLOP/s, the reference "
+        f"of earlier records, which ignores that X.T @ G and X @ W run at different speeds here), the solve phase "
+        f"reaches {w['fraction_of_faster_matmul_rate']:.1%}.",
         "",
         "Objective: mean Poisson NLL over samples, summed over neurons, + 0.5*s*sum(coef**2), "
         "in float64 on the fitted data. Each library uses its default solver tolerance.",
