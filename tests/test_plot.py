@@ -68,7 +68,8 @@ def test_filters_of_chosen_neurons_from_a_model_and_from_a_store(basis_fit, fitt
     # from the store, neurons are chosen by their unit ids
     fig = plot.filters(fitted_store, [205], basis)
     assert [text.get_text() for text in fig.axes[0].get_legend().get_texts()] == ["neuron 205"]
-    np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(), values @ model.coef_[:, 2])
+    # the store's fit ran on an actor (one XLA thread), the model's in memory: equal to float32 rounding
+    np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(), values @ model.coef_[:, 2], rtol=1e-5)
     with pytest.raises(InputError, match=r"neurons \[999\] are not in the fit"):
         plot.filters(fitted_store, [999], basis)
     with pytest.raises(InputError, match="features must name 5 columns"):
