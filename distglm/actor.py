@@ -26,8 +26,8 @@ from .compile_cache import enable_compilation_cache
 from .logs import log_to_stderr
 from .plan import Block, stream_rows
 
-__all__ = ["ACTOR_ENV", "BlockFitter", "FitSpec", "SampleReader", "cv_path_arrays", "fit_one_block", "select_block",
-           "slice_strength", "stored_path", "history_stream_rows"]
+__all__ = ["ACTOR_ENV", "BlockFitter", "actor_class", "FitSpec", "SampleReader", "cv_path_arrays", "fit_one_block",
+           "select_block", "slice_strength", "stored_path", "history_stream_rows"]
 
 _log = logging.getLogger(__name__)
 
@@ -56,6 +56,63 @@ ACTOR_ENV = {
     "BLOSC_NTHREADS": "1",
     "MALLOC_ARENA_MAX": "2",
 }
+
+# glibc's mallopt parameter for the arena limit (MALLOC_ARENA_MAX read at run time)
+_M_ARENA_MAX = -8
+
+
+def actor_class() -> type:
+    """The Ray actor class of a fit: a ``BlockFitter`` that sets ``ACTOR_ENV`` in its own process first.
+
+    Every variable of ``ACTOR_ENV`` is read when its library loads (numpy's BLAS, JAX's CPU
+    client, Zarr, Blosc), not when the process starts, except glibc's arena limit, which
+    ``mallopt`` sets at run time. So the actor applies them in ``__init__``, before it imports
+    distglm, and needs no Ray ``runtime_env``: a ``runtime_env`` makes Ray start a dedicated
+    worker process for each actor (about 1 s here), where an actor without one takes a worker
+    Ray keeps started. The class is made here, inside a function, so that Ray ships it by value
+    and unpickling it in the worker imports nothing of distglm; it is named ``BlockFitter``, the
+    name Ray shows (``ray::BlockFitter.fit``). A worker that imported JAX or numpy before (one
+    that ran other tasks) keeps the thread settings it loaded them with.
+    """
+    env = dict(ACTOR_ENV)
+    arena_max = (_M_ARENA_MAX, int(env["MALLOC_ARENA_MAX"]))
+
+    class BlockFitter:
+        def __init__(self, spec=None):
+            import os
+            import sys
+
+            # libraries this worker loaded before (they keep the settings they loaded with)
+            self._loaded_before = sorted(m for m in ("jax", "numpy", "zarr") if m in sys.modules)
+            os.environ.update(env)
+            try:
+                import ctypes
+
+                ctypes.CDLL("libc.so.6").mallopt(*arena_max)
+            except (OSError, AttributeError):  # not glibc
+                pass
+            from distglm.actor import BlockFitter as Fitter
+
+            self._fitter = Fitter(spec)
+
+        def configure(self, spec):
+            return self._fitter.configure(spec)
+
+        def pid(self):
+            return self._fitter.pid()
+
+        def fit(self, block, strength):
+            return self._fitter.fit(block, strength)
+
+        def environment(self):
+            """The actor's ``ACTOR_ENV`` variables, and which of JAX, numpy and Zarr it had loaded
+            before it set them (none, in a worker that ran nothing before)."""
+            import os
+
+            return {"env": {key: os.environ.get(key) for key in env}, "loaded_before": self._loaded_before}
+
+    BlockFitter.__qualname__ = "BlockFitter"  # as Ray names the actor's class
+    return BlockFitter
 
 
 @dataclasses.dataclass(frozen=True)

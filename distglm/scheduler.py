@@ -877,13 +877,13 @@ def _no_strength(block):
 
 
 def _fitter_class():
-    """``BlockFitter`` as a Ray actor class: one CPU, host libraries on one thread (``ACTOR_ENV``)."""
+    """``BlockFitter`` as a Ray actor class: one CPU, host libraries on one thread (``ACTOR_ENV``,
+    set by the actor in its own process: see ``actor.actor_class``)."""
     import ray
 
-    from .actor import ACTOR_ENV, BlockFitter
+    from .actor import actor_class
 
-    return ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0, max_concurrency=_PIPELINE,
-                      runtime_env={"env_vars": ACTOR_ENV})(BlockFitter)
+    return ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0, max_concurrency=_PIPELINE)(actor_class())
 
 
 def _start_actors_early(num_actors: int | None) -> list:

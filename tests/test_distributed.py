@@ -188,9 +188,10 @@ def test_actors_hold_counts_in_the_narrowest_type_that_holds_them(tmp_path, top,
     assert data.responses(0, 16, 128, 16).dtype == np.float32
 
 
-def test_actor_processes_start_with_the_actor_environment():
-    # the thread limits and glibc's arena limit are read when a process starts: they must be in
-    # the actor process's own environment, not set from Python once it runs
+def test_actors_set_the_actor_environment_before_loading_their_libraries():
+    # the thread limits are read when numpy, JAX and Zarr load: the actor sets them in its own
+    # process before it imports any of them (and glibc's arena limit with mallopt), in a worker
+    # Ray had already started, which takes a fraction of the second a dedicated one would
     from distglm.actor import ACTOR_ENV
     from distglm.connect import connect_ray
     from distglm.scheduler import _fitter_class
@@ -198,13 +199,16 @@ def test_actor_processes_start_with_the_actor_environment():
     started = connect_ray()
     try:
         actor = _fitter_class().remote()
-        environ = psutil.Process(ray.get(actor.pid.remote(), timeout=120)).environ()
+        settings = ray.get(actor.environment.remote(), timeout=120)
+        pid = ray.get(actor.pid.remote(), timeout=120)
+        title = psutil.Process(pid).cmdline()[0]
         ray.kill(actor)
     finally:
         if started:
             ray.shutdown()
-    assert {key: environ.get(key) for key in ACTOR_ENV} == ACTOR_ENV
-    assert environ["MALLOC_ARENA_MAX"] == "2"
+    assert settings["env"] == ACTOR_ENV
+    assert settings["loaded_before"] == []
+    assert title.startswith("ray::BlockFitter")
 
 
 # --------------------------------------------------------------------------------------------
