@@ -37,10 +37,10 @@ free_port() {
 start_node() {
     local name="$1"; shift
     if command -v setsid >/dev/null; then
-        setsid ray start --block --disable-usage-stats --node-ip-address="$HOST" --num-cpus="$CPUS" \
+        setsid env MALLOC_ARENA_MAX=2 ray start --block --disable-usage-stats --node-ip-address="$HOST" --num-cpus="$CPUS" \
             --dashboard-agent-listen-port="$(free_port)" "$@" >"$DIR/$name.log" 2>&1 </dev/null &
     else
-        ray start --block --disable-usage-stats --node-ip-address="$HOST" --num-cpus="$CPUS" \
+        env MALLOC_ARENA_MAX=2 ray start --block --disable-usage-stats --node-ip-address="$HOST" --num-cpus="$CPUS" \
             --dashboard-agent-listen-port="$(free_port)" "$@" >"$DIR/$name.log" 2>&1 </dev/null &
     fi
     echo $! >"$DIR/$name.pid"

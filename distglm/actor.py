@@ -65,9 +65,12 @@ def actor_class() -> type:
     """The Ray actor class of a fit: a ``BlockFitter`` that sets ``ACTOR_ENV`` in its own process first.
 
     Every variable of ``ACTOR_ENV`` is read when its library loads (numpy's BLAS, JAX's CPU
-    client, Zarr, Blosc), not when the process starts, except glibc's arena limit, which
-    ``mallopt`` sets at run time. So the actor applies them in ``__init__``, before it imports
-    distglm, and needs no Ray ``runtime_env``: a ``runtime_env`` makes Ray start a dedicated
+    client, Zarr, Blosc), not when the process starts, except glibc's arena limit: a local Ray
+    that distglm starts passes that one to its processes from the start
+    (``connect._ray_process_environment``; set ``MALLOC_ARENA_MAX=2`` where a cluster's nodes run
+    ``ray start``), and an actor that finds it unset sets it with ``mallopt``, for the arenas made
+    from then on. So the actor applies them in ``__init__``, before it imports distglm, and
+    needs no Ray ``runtime_env``: a ``runtime_env`` makes Ray start a dedicated
     worker process for each actor (about 1 s here), where an actor without one takes a worker
     Ray keeps started. The class is made here, inside a function, so that Ray ships it by value
     and unpickling it in the worker imports nothing of distglm; it is named ``BlockFitter``, the

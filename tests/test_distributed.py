@@ -196,19 +196,27 @@ def test_actors_set_the_actor_environment_before_loading_their_libraries():
     from distglm.connect import connect_ray
     from distglm.scheduler import _fitter_class
 
+    driver_had = os.environ.get("MALLOC_ARENA_MAX")
     started = connect_ray()
     try:
         actor = _fitter_class().remote()
         settings = ray.get(actor.environment.remote(), timeout=120)
         pid = ray.get(actor.pid.remote(), timeout=120)
         title = psutil.Process(pid).cmdline()[0]
+        # glibc reads the arena limit at process start: a Ray started by distglm passes it to its
+        # workers from the start
+        at_start = psutil.Process(pid).environ().get("MALLOC_ARENA_MAX")
         ray.kill(actor)
     finally:
         if started:
             ray.shutdown()
+    assert started, "a Ray session of an earlier test was left running"
     assert settings["env"] == ACTOR_ENV
     assert settings["loaded_before"] == []
     assert title.startswith("ray::BlockFitter")
+    assert at_start == (driver_had or ACTOR_ENV["MALLOC_ARENA_MAX"])
+    # and the driver's own environment is as it was
+    assert os.environ.get("MALLOC_ARENA_MAX") == driver_had
 
 
 # --------------------------------------------------------------------------------------------
