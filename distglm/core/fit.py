@@ -861,6 +861,13 @@ class _Problem(NamedTuple):
     error: Callable
 
 
+def _cholesky_to_solver(tri, theta: Params) -> Params:
+    """``L_n^T theta_n`` for every neuron: parameters into a Cholesky preconditioner's coordinates."""
+    p = theta.coef.shape[0]
+    T = jnp.einsum("nji,jn->in", tri, jnp.concatenate([theta.coef, theta.intercept[None]], axis=0))
+    return Params(T[:p], T[p])
+
+
 def _build(chunks: _Chunks, mask, strength, active, precond, config: FitConfig) -> _Problem:
     """The solver and coordinate maps for a block (traced inside jit).
 
@@ -895,7 +902,7 @@ def _build(chunks: _Chunks, mask, strength, active, precond, config: FitConfig) 
             return split(jnp.einsum("nji,jn->in", tri_inv, stacked(v)))
 
         def to_solver(theta: Params) -> Params:
-            return split(jnp.einsum("nji,jn->in", tri, stacked(theta)))
+            return _cholesky_to_solver(tri, theta)
     elif isinstance(precond, _Shared):
         # one GEMM with the shared basis each way
         def to_theta(v: Params) -> Params:
@@ -1128,19 +1135,20 @@ def _solve(X, y, mask, init: Params, strength, active, n_valid, design, config: 
     solver's curvature pairs and, where its loss is finite, the objective and gradient at
     ``init`` (which must be the point it was taken at); the solve's own comes back likewise,
     and only then (a plain fit compiles without it). ``own`` (in memory) and ``n_other``: the
-    block's own features, see ``fit_block``. ``factor``: the Cholesky preconditioner and the
-    curvature it was built with, ``(_Cholesky, h)``, from ``_factor`` (see ``_solve_block``);
-    None builds the preconditioner here."""
+    block's own features, see ``fit_block``. ``factor``: the Cholesky preconditioner, the
+    curvature it was built with and the start in its coordinates, ``(_Cholesky, h, v0)``, from
+    ``_factor`` (see ``_solve_block``); None builds the preconditioner here."""
     theta0 = _safe_start(config, init, active)
     chunks = _chunk(X, y, n_valid, own=own) if host is None else _host_chunk(host, X, n_valid)
+    v0 = None
     if factor is None:
         precond, h = _precondition(kind, design, chunks, mask, theta0, strength, active, config,
                                    _known_curvature(warm_start, active))
     else:
-        precond, h = factor
+        precond, h, v0 = factor
     prob = _build(chunks, mask, strength, active, precond, config)
     solver = prob.solver
-    v0 = prob.to_solver(theta0)
+    v0 = prob.to_solver(theta0) if v0 is None else v0
     extra = _extra_args(config)
     lbfgs = config.solver_name == "LBFGS"
     weight = active.astype(mask.dtype)
@@ -1213,13 +1221,14 @@ def _known_curvature(warm_start: WarmStart | None, active):
 @partial(jax.jit, static_argnames=("config", "kind", "host"))
 def _factor(X, y, mask, init: Params, strength, active, n_valid, design, config: FitConfig, kind: str,
             host: HostLayout | None = None, warm_start: WarmStart | None = None, own=None):
-    """The part of ``_solve`` before its loop for a Cholesky preconditioner: each neuron's factor
-    and the curvature it was built with, ``(tri, h)``; arguments as ``_solve``'s."""
+    """The part of ``_solve`` before its loop for a Cholesky preconditioner: each neuron's factor,
+    the curvature it was built with and the starting point in the solver's coordinates,
+    ``(tri, h, v0)``; arguments as ``_solve``'s."""
     theta0 = _safe_start(config, init, active)
     chunks = _chunk(X, y, n_valid, own=own) if host is None else _host_chunk(host, X, n_valid)
     precond, h = _precondition(kind, design, chunks, mask, theta0, strength, active, config,
                                _known_curvature(warm_start, active))
-    return precond.tri, h
+    return precond.tri, h, _cholesky_to_solver(precond.tri, theta0)
 
 
 def _solve_block(X, y, mask, init: Params, strength, active, n_valid, design, config: FitConfig, kind: str,
@@ -1227,7 +1236,7 @@ def _solve_block(X, y, mask, init: Params, strength, active, n_valid, design, co
     """``_solve``; with a Cholesky preconditioner, in two compiled programs around the host.
 
     ``_factor`` computes the factors, the host inverts them (``_lower_inverse``) and ``_solve``
-    runs with both. The two programs compile in about 70% of the one solve that inverted the
+    runs with the inverse (and the factors, for a fit from a warm start). The two programs compile in about 70% of the one solve that inverted the
     factors itself, and both are kept by the persistent compilation cache.
     """
     factor = None
@@ -1235,9 +1244,13 @@ def _solve_block(X, y, mask, init: Params, strength, active, n_valid, design, co
         if host is None:
             # placed once for both programs (a numpy array would be copied by each call)
             X, y, own = jax.device_put((X, y, own))
-        tri, h = _factor(X, y, mask, init, strength, active, n_valid, design, config, kind, host=host,
-                         warm_start=warm_start, own=own)
-        factor = (_Cholesky(tri, _lower_inverse(tri)), h)
+        tri, h, v0 = _factor(X, y, mask, init, strength, active, n_valid, design, config, kind, host=host,
+                             warm_start=warm_start, own=own)
+        inverse = _lower_inverse(tri)
+        # a plain fit needs the factor only for its start, mapped here: the solve holds the
+        # inverse alone (a path maps its warm start both ways, and keeps both)
+        factor = (_Cholesky(tri if warm_start is not None else None, inverse), h, v0)
+        del tri
     return _solve(X, y, mask, init, strength, active, n_valid, design, config, kind, host=host,
                   warm_start=warm_start, own=own, n_other=n_other, factor=factor)
 
