@@ -1236,8 +1236,9 @@ def _solve_block(X, y, mask, init: Params, strength, active, n_valid, design, co
     """``_solve``; with a Cholesky preconditioner, in two compiled programs around the host.
 
     ``_factor`` computes the factors, the host inverts them (``_lower_inverse``) and ``_solve``
-    runs with the inverse (and the factors, for a fit from a warm start). The two programs compile in about 70% of the one solve that inverted the
-    factors itself, and both are kept by the persistent compilation cache.
+    runs with the inverse (and the factors, for a fit from a warm start). The two programs
+    compile in about 70% of the time of the one solve that inverted the factors itself, and
+    both are kept by the persistent compilation cache.
     """
     factor = None
     if config.preconditioned and kind == "cholesky":
