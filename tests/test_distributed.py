@@ -503,6 +503,26 @@ class TestOnRay:
         np.testing.assert_allclose(fitted.coef_, want.coef_, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(fitted.intercept_, want.intercept_, rtol=RTOL, atol=ATOL)
 
+    def test_a_refit_of_unchanged_inputs_does_not_read_them_again(self, population, tmp_path, monkeypatch):
+        from distglm import input_scans
+
+        X, y, mask, _ = population
+        monkeypatch.setenv(input_scans.ENV_VAR, str(tmp_path / "scans"))
+        monkeypatch.setattr(input_scans, "SETTLE_S", 0.0)
+        path = distglm.write_inputs(tmp_path / "fit.zarr", X, y, mask, neuron_chunk=16)
+        model = dict(feature_mask=mask, regularizer="Ridge", regularizer_strength=0.05)
+        distglm.fit(path, PopulationGLM(**model), num_actors=1, block_size=48, progress=False)
+        first = stored_fit(path)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the inputs were read again")
+
+        monkeypatch.setattr(store, "scan_y", refuse)
+        report = distglm.fit(path, PopulationGLM(**model), num_actors=1, block_size=48, progress=False,
+                             resume=False)
+        assert report.n_fitted == 96
+        assert_same_bytes(stored_fit(path), first)
+
     def test_bad_call_leaves_a_completed_fit_alone(self, population, poisson_fits):
         _, _, mask, _ = population
         path = poisson_fits[32][0]
