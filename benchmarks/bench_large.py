@@ -174,8 +174,9 @@ def fit_worker(path: str, options: dict | None = None) -> dict:
 def run_fit(path: str, cache: str, options: dict | None = None) -> dict:
     """``fit_worker`` in a fresh process whose actors start from an empty compilation cache."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "fit", path, json.dumps(options or {})]
-    # compiling takes memory of its own: every fit, the baseline's included, compiles afresh
-    env = dict(os.environ, DISTGLM_COMPILATION_CACHE=cache)
+    # compiling takes memory of its own: every fit, the baseline's included, compiles afresh;
+    # and every fit's driver reads the inputs (none reuses an earlier fit's check of them)
+    env = dict(os.environ, DISTGLM_COMPILATION_CACHE=cache, DISTGLM_SCAN_CACHE="")
     return run_for_result(cmd, env, f"fit of {path}")
 
 

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-__all__ = ["ENV_VAR", "SETTLE_S", "cache_dir", "signature", "load", "save"]
+__all__ = ["ENV_VAR", "MAX_ENTRIES", "SETTLE_S", "cache_dir", "signature", "load", "save"]
 
 ENV_VAR = "DISTGLM_SCAN_CACHE"
 
@@ -38,6 +38,9 @@ SETTLE_S = 2.0
 
 # Bumped when what a check finds, or how, changes: earlier entries are then never read.
 _FORMAT = 1
+
+# The most checks kept; past it, the least recently written go.
+MAX_ENTRIES = 256
 
 _log = logging.getLogger(__name__)
 
@@ -145,4 +148,16 @@ def save(path: str, key: tuple, sig: Signature | None, began_ns: int, keep: np.n
     except OSError as err:
         _log.debug("check of %s not kept (%s)", path, err)
         return False
+    _prune(os.path.dirname(entry))
     return True
+
+
+def _prune(where: str) -> None:
+    """Remove the least recently written checks beyond ``MAX_ENTRIES``."""
+    try:
+        with os.scandir(where) as found:
+            entries = sorted((e.stat().st_mtime_ns, e.path) for e in found if e.name.endswith(".npz"))
+        for _, old in entries[:max(0, len(entries) - MAX_ENTRIES)]:
+            os.unlink(old)
+    except OSError:
+        pass

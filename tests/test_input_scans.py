@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -116,3 +117,23 @@ def test_turned_off_by_an_empty_variable(counts, monkeypatch, tmp_path):
 
 def test_remote_stores_have_no_signature():
     assert input_scans.signature("s3://bucket/fit.zarr") is None
+
+
+def test_only_the_latest_checks_are_kept(counts, scans, monkeypatch, tmp_path):
+    monkeypatch.setattr(input_scans, "MAX_ENTRIES", 2)
+    for observation in (PoissonObservations(), GammaObservations(), PoissonObservations()):
+        with contextlib.suppress(InputError):
+            check(counts, observation)
+    # the Gamma check failed and kept nothing; the Poisson one was written again, last
+    assert len(list(scans.iterdir())) == 1
+    other = distglm.write_inputs(tmp_path / "other.zarr", np.ones((10, 1)), np.ones((10, 3)))
+    third = distglm.write_inputs(tmp_path / "third.zarr", np.ones((10, 1)), np.ones((10, 3)))
+    time.sleep(0.05)
+    check(other)
+    check(third)
+    kept = sorted(scans.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    assert len(kept) == 2
+    # the first store's check went: it is read again
+    no_reads(monkeypatch)
+    with pytest.raises(AssertionError, match="read again"):
+        check(counts)
