@@ -67,6 +67,7 @@ def write_attrs(path, group_name, attrs: dict) -> None:
     Examples
     --------
     >>> import tempfile, numpy as np
+    >>> from distglm.store import write_inputs
     >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
     >>> write_attrs(path, "job", {"state": "running", "blocks_done": 3})
     >>> read_attrs(path, "job")["blocks_done"]
@@ -102,6 +103,7 @@ def read_attrs(path, group_name) -> dict:
     Examples
     --------
     >>> import tempfile, numpy as np
+    >>> from distglm.store import write_inputs
     >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
     >>> read_attrs(path, "job")
     {}
@@ -261,6 +263,7 @@ def acquire_lease(path, purpose: str, *, ttl: float = DEFAULT_LEASE_TTL_S) -> Le
     Examples
     --------
     >>> import tempfile, numpy as np
+    >>> from distglm.store import write_inputs
     >>> from distglm.store import write_inputs
     >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
     >>> with acquire_lease(path, "fit") as lease:

@@ -336,6 +336,7 @@ def create_results(
     Examples
     --------
     >>> import tempfile, numpy as np
+    >>> from distglm.store import write_inputs
     >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
     >>> create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
     ...                dtype="float64", state_spec={"stepsize": ((), "float64", False)},
@@ -599,6 +600,7 @@ def write_block(path, block, arrays: dict, state: dict, name=None) -> None:
     Examples
     --------
     >>> import tempfile, numpy as np
+    >>> from distglm.store import write_inputs
     >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
     >>> create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
     ...                dtype="float64", state_spec={}, fingerprint={})
@@ -681,6 +683,7 @@ def fit_names(path) -> list:
     Examples
     --------
     >>> import tempfile, numpy as np
+    >>> from distglm.store import write_inputs
     >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
     >>> for name in (None, "ridge"):
     ...     create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
@@ -713,6 +716,7 @@ def done_blocks(path, name=None) -> set[int]:
     Examples
     --------
     >>> import tempfile, numpy as np
+    >>> from distglm.store import write_inputs
     >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
     >>> create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
     ...                dtype="float32", state_spec={}, fingerprint={})
@@ -731,6 +735,7 @@ def cv_path_done_blocks(path, name=None) -> set[int]:
     Examples
     --------
     >>> import tempfile, numpy as np
+    >>> from distglm.store import write_inputs
     >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
     >>> create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1, dtype="float64",
     ...                state_spec={}, fingerprint={}, cv={"n_strengths": 2, "n_folds": 2, "null": False,
@@ -803,6 +808,7 @@ def read_results(path, start=0, stop=None, name=None) -> dict[str, np.ndarray]:
     Examples
     --------
     >>> import tempfile, numpy as np
+    >>> from distglm.store import write_inputs
     >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
     >>> create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
     ...                dtype="float64", state_spec={}, fingerprint={})
@@ -834,6 +840,7 @@ def read_state(path, name=None) -> dict[str, np.ndarray]:
     Examples
     --------
     >>> import tempfile, numpy as np
+    >>> from distglm.store import write_inputs
     >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
     >>> create_results(path, n_features=2, n_neurons=3, neuron_chunk=3, n_blocks=1,
     ...                dtype="float64", state_spec={"velocity": ((2,), "float32", True)},
@@ -863,6 +870,7 @@ def read_fingerprint(path, name=None) -> dict | None:
     Examples
     --------
     >>> import tempfile, numpy as np
+    >>> from distglm.store import write_inputs
     >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
     >>> read_fingerprint(path) is None
     True
