@@ -1,10 +1,11 @@
 """Scaling of the distributed fit: 1 vs 2 Ray actors, and the Ray path vs the in-memory fit.
 
-Two simulated populations (Poisson counts, a random feature mask, Ridge, LBFGS, float32): a
-small one (2,048 neurons x 20,000 samples), where the fixed costs of a Ray fit (Ray start,
-actor start, compilation, the driver's preparation) are of the order of the solves, and a
-large one (8,192 neurons x 50,000 samples), closer to a real recording, where the solves
-dominate. Each is written once to a Zarr store. Each run then happens in its own fresh process:
+Three simulated populations (Poisson counts, a random feature mask, Ridge, LBFGS, float32): a
+small one (2,048 neurons x 20,000 samples x 50 features), where the fixed costs of a Ray fit
+(Ray start, actor start, compilation, the driver's preparation) are of the order of the solves,
+a large one (8,192 neurons x 50,000 samples x 50 features), closer to a real recording, where
+the solves dominate, and a wide one (the large one with 200 features), whose solves take four
+times as long for the same reads of y. Each is written once to a Zarr store. Each run then happens in its own fresh process:
 
 - ``memory``: ``PopulationGLM(..., feature_mask=mask).fit(X, y)`` on the same data read back
   from the store; cold (compilation included) and warm (a second fit). JAX uses every core.
@@ -60,10 +61,14 @@ RESULTS = HERE / "results"
 FULL = {
     "small": dict(n_samples=20_000, n_features=50, n_neurons=2_048, block_size=256),
     "large": dict(n_samples=50_000, n_features=50, n_neurons=8_192, block_size=256),
+    # a wide design (stimulus and coupling features): four times the solve per block, the same
+    # reads of y
+    "wide": dict(n_samples=50_000, n_features=200, n_neurons=8_192, block_size=256),
 }
 QUICK = {
     "small": dict(n_samples=4_000, n_features=20, n_neurons=256, block_size=64),
     "large": dict(n_samples=8_000, n_features=20, n_neurons=512, block_size=64),
+    "wide": dict(n_samples=8_000, n_features=80, n_neurons=512, block_size=64),
 }
 STRENGTH = 1e-3
 MASK_DENSITY = 0.8
