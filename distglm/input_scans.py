@@ -66,7 +66,8 @@ class Signature:
 
 
 def signature(path: str) -> Signature | None:
-    """The signature of the files under ``path/inputs``; None for a URL or a store without them."""
+    """The signature of the files under ``path/inputs``; None for a URL, a store without them, or
+    inputs holding a symbolic link (read by every fit)."""
     if "://" in path:
         return None
     root = os.path.join(path, "inputs")
@@ -76,10 +77,13 @@ def signature(path: str) -> Signature | None:
         while stack:
             with os.scandir(stack.pop()) as found:
                 for entry in found:
+                    if entry.is_symlink():
+                        # what a link points to can change without a trace here
+                        return None
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                         continue
-                    st = entry.stat(follow_symlinks=True)
+                    st = entry.stat(follow_symlinks=False)
                     entries.append((os.path.relpath(entry.path, root), st.st_ino, st.st_size, st.st_mtime_ns,
                                     st.st_ctime_ns))
                     newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)

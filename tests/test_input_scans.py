@@ -137,3 +137,13 @@ def test_only_the_latest_checks_are_kept(counts, scans, monkeypatch, tmp_path):
     no_reads(monkeypatch)
     with pytest.raises(AssertionError, match="read again"):
         check(counts)
+
+
+def test_inputs_holding_a_link_are_read_every_fit(counts, scans, tmp_path):
+    # y's chunks moved elsewhere and linked: an edit there would leave the store's files as they were
+    y = os.path.join(counts, "inputs", "y")
+    os.rename(y, tmp_path / "y-elsewhere")
+    os.symlink(tmp_path / "y-elsewhere", y)
+    assert input_scans.signature(counts) is None
+    check(counts)
+    assert not scans.exists() or not list(scans.iterdir())
