@@ -264,7 +264,6 @@ def acquire_lease(path, purpose: str, *, ttl: float = DEFAULT_LEASE_TTL_S) -> Le
     --------
     >>> import tempfile, numpy as np
     >>> from distglm.store import write_inputs
-    >>> from distglm.store import write_inputs
     >>> path = write_inputs(tempfile.mkdtemp() + "/fit.zarr", np.ones((5, 2)), np.ones((5, 3)))
     >>> with acquire_lease(path, "fit") as lease:
     ...     read_lease(path)["purpose"]
