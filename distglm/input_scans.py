@@ -20,6 +20,7 @@ Only stores on a local file system have a signature; a remote store is read by e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -54,15 +55,14 @@ def cache_dir() -> str | None:
     return path or None
 
 
+@dataclasses.dataclass(frozen=True)
 class Signature:
     """The state of a local store's input files: ``value`` (a digest of every file's inode, size,
-    modification and change times) and ``newest_ns``, the latest change time among them."""
+    modification and change times) and ``newest_ns``, the latest change time among them (which
+    ``value`` covers: signatures compare by ``value`` alone)."""
 
-    def __init__(self, value: str, newest_ns: int):
-        self.value, self.newest_ns = value, newest_ns
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Signature) and other.value == self.value
+    value: str
+    newest_ns: int = dataclasses.field(compare=False)
 
 
 def signature(path: str) -> Signature | None:
